@@ -1,0 +1,1 @@
+//! gxd api crate.

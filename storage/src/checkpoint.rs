@@ -1,0 +1,1 @@
+//! The checkpoint log: the chain of blocks the projector has applied.

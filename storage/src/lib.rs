@@ -1,0 +1,6 @@
+//! gxd storage: the RocksDB command outbox and checkpoint log, and PostgreSQL
+//! read-model access (connection pool, refinery migrations).
+
+pub mod checkpoint;
+pub mod outbox;
+pub mod pg;

@@ -1,0 +1,1 @@
+//! The crash-safe RocksDB command outbox.

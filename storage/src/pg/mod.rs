@@ -1,0 +1,1 @@
+//! PostgreSQL: connection pool, embedded refinery migrations, local clusters.
