@@ -1,1 +1,108 @@
-//! gxd api crate.
+//! gxd's HTTP API (axum): health, readiness, Prometheus metrics and (in later
+//! issues) the REST routes for wallets and operators.
+//!
+//! - `GET /healthz`: liveness; 200 while the process serves HTTP.
+//! - `GET /readyz`: readiness; 200 when every [`ReadinessCheck`] passes, 503
+//!   otherwise (and while shutting down), with a JSON body naming each check.
+//! - `GET /metrics`: the daemon's Prometheus registry in the text format.
+//! - every error is an RFC 9457 `application/problem+json` [`Problem`], including
+//!   the 404 for unknown routes and the 405 for a wrong method.
+//!
+//! HTTP metrics: `gxd_api_requests_total{route,status}` and
+//! `gxd_api_request_duration_seconds{route}`, labelled by the matched route
+//! template (never the raw path), `unmatched` for unknown routes.
+
+mod health;
+mod metrics;
+pub mod problem;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use health::{CheckOutcome, Readiness, ReadinessCheck};
+pub use problem::{ErrorCode, PROBLEM_JSON, Problem};
+
+/// How long one readiness check may take before it counts as failing.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shared state of the API: the daemon's metrics registry and readiness checks.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: prometheus::Registry,
+    http: metrics::HttpMetrics,
+    checks: Vec<Arc<dyn ReadinessCheck>>,
+    check_timeout: Duration,
+    draining: AtomicBool,
+}
+
+impl ApiState {
+    /// Registers the HTTP metrics in `registry` (the daemon's one registry) and
+    /// keeps it for `/metrics`.
+    pub fn new(
+        registry: &prometheus::Registry,
+        checks: Vec<Arc<dyn ReadinessCheck>>,
+    ) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry: registry.clone(),
+                http: metrics::HttpMetrics::register(registry)?,
+                checks,
+                check_timeout: DEFAULT_CHECK_TIMEOUT,
+                draining: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Marks the daemon as shutting down: `/readyz` answers 503 from now on, so
+    /// load balancers stop sending traffic while in-flight requests finish.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The registry `/metrics` exposes.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.inner.registry
+    }
+
+    /// Runs every readiness check (concurrently, each bounded by a timeout).
+    pub async fn readiness(&self) -> Readiness {
+        health::evaluate(
+            &self.inner.checks,
+            self.inner.check_timeout,
+            self.is_draining(),
+        )
+        .await
+    }
+}
+
+/// The API router. Serve it with `axum::serve`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .fallback(metrics::not_found)
+        .method_not_allowed_fallback(metrics::method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            metrics::panic_response,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

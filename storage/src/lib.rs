@@ -4,3 +4,8 @@
 pub mod checkpoint;
 pub mod outbox;
 pub mod pg;
+pub mod db;
+pub mod error;
+
+pub use db::{Db, DbOptions};
+pub use error::{ErrorKind, StorageError};

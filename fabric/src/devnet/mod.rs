@@ -1,31 +1,369 @@
 //! The devnet: a Fabric-compatible peer for development and tests.
 //!
-//! Placeholder entry point; the real peer replaces this module.
+//! One process plays a Fabric 2.5 channel `gxchannel` with two application organizations
+//! (Org1MSP, Org2MSP — both peers endorse every transaction, as the test network's default
+//! MAJORITY endorsement policy requires), a solo ordering service (OrdererMSP) and the GX
+//! chaincode built in. It serves Fabric's Gateway and Deliver gRPC services on one port, TLS
+//! on by default, so the official Fabric Gateway SDKs and gxd's own client work against it
+//! unchanged.
+//!
+//! - [`serve`] / [`start`]: initialize `DIR` on first start (crypto material in the cryptogen
+//!   layout — see [`crypto`] — and a ledger with the genesis block), then serve.
+//! - [`DevnetHandle`]: the listening address, the ledger height, runtime fault knobs
+//!   ([`faults::Faults`], also switchable out of process through `DIR/faults.json`), shutdown.
+//! - Blocks are cut by count, size or timeout ([`BatchConfig`], defaults 100 tx / 2 MiB / 100 ms).
+//! - Ledger, world state and height persist in RocksDB under `DIR/ledger` ([`ledger`]).
+//!
+//! Module map: [`crypto`] (material generation and loading), [`msp`] (identity validation),
+//! [`gx`] (the chaincode), [`peer`] (endorsement and commit validation), [`node`] (shared
+//! state, ordering and committing), [`genesis`] and [`blocks`] (block construction),
+//! [`gateway`] and [`deliver`] (the gRPC services), [`faults`], [`ledger`].
+
+pub mod blocks;
+pub mod crypto;
+pub mod deliver;
+pub mod faults;
+pub mod gateway;
+pub mod genesis;
+pub mod gx;
+pub mod ledger;
+pub mod msp;
+pub mod node;
+pub mod peer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Options for `gxd devnet`.
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crypto::DevnetPaths;
+pub use faults::{Fault, FaultRule, Faults, Rpc};
+pub use node::BatchConfig;
+
+use crate::proto::deliver_server::DeliverServer;
+use crate::proto::gateway::gateway_server::GatewayServer;
+
+/// Default channel name.
+pub const DEFAULT_CHANNEL: &str = "gxchannel";
+/// Default chaincode name.
+pub const DEFAULT_CHAINCODE: &str = gx::CHAINCODE_NAME;
+/// Default listen address (a Fabric peer's port).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7051";
+/// The peer's TLS host name (the server certificate's subject; clients override to it).
+pub const PEER_HOST: &str = "peer0.org1.example.com";
+
+/// Options for `gxd devnet`. Construct with [`DevnetOptions::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
     /// State directory: crypto material, ledger, world state. Initialized on first start.
     pub dir: PathBuf,
-    /// gRPC listen address (default 127.0.0.1:7051).
+    /// gRPC listen address (default 127.0.0.1:7051; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Serve TLS with peer0.org1.example.com's certificate (default true).
+    pub tls: bool,
+    /// Channel name (default `gxchannel`).
+    pub channel: String,
+    /// Name the GX chaincode is installed under (default `gx`).
+    pub chaincode: String,
+    /// Block cutting.
+    pub batch: BatchConfig,
+}
+
+impl DevnetOptions {
+    /// Defaults: listen 127.0.0.1:7051, TLS on, channel `gxchannel`, chaincode `gx`,
+    /// blocks of up to 100 transactions cut after 100 ms.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7051)),
+            tls: true,
+            channel: DEFAULT_CHANNEL.to_owned(),
+            chaincode: DEFAULT_CHAINCODE.to_owned(),
+            batch: BatchConfig::default(),
+        }
+    }
+
+    /// Sets the listen address.
+    pub fn with_listen(mut self, listen: SocketAddr) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Sets the block cutting parameters.
+    pub fn with_batch(mut self, max_message_count: usize, timeout: Duration) -> Self {
+        self.batch.max_message_count = max_message_count.max(1);
+        self.batch.timeout = timeout;
+        self
+    }
 }
 
 /// Errors from the devnet.
 #[derive(Debug, thiserror::Error)]
 pub enum DevnetError {
-    #[error("devnet is not built yet")]
-    NotBuilt,
+    #[error("crypto material: {0}")]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("MSP setup: {0}")]
+    Msp(#[from] msp::MspError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("node: {0}")]
+    Node(#[from] node::NodeError),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("gRPC server: {0}")]
+    Server(String),
+    #[error("devnet task failed: {0}")]
+    Task(String),
+}
+
+/// A running devnet.
+#[derive(Debug)]
+pub struct DevnetHandle {
+    addr: SocketAddr,
+    paths: DevnetPaths,
+    node: Arc<node::Node>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), DevnetError>>,
+}
+
+impl DevnetHandle {
+    /// The address the devnet listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Paths into the devnet directory (crypto material).
+    pub fn paths(&self) -> &DevnetPaths {
+        &self.paths
+    }
+
+    /// The fault knobs (shared with the running services).
+    pub fn faults(&self) -> &Faults {
+        &self.node.faults
+    }
+
+    /// Number of committed blocks (the genesis block counts).
+    pub fn height(&self) -> u64 {
+        self.node.height()
+    }
+
+    /// Channel name.
+    pub fn channel(&self) -> &str {
+        &self.node.channel.channel_id
+    }
+
+    /// Waits until at least `height` blocks are committed, or `timeout` passes.
+    pub async fn wait_for_height(&self, height: u64, timeout: Duration) -> bool {
+        if height == 0 {
+            return true;
+        }
+        tokio::time::timeout(timeout, self.node.wait_for_block(height - 1))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Whether the devnet has stopped (shut down or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops serving, commits what was already ordered, closes the ledger.
+    pub async fn shutdown(self) -> Result<(), DevnetError> {
+        self.shutdown.cancel();
+        self.join().await
+    }
+
+    /// Waits for the devnet to stop by itself (a fatal error) or through its token.
+    pub async fn join(self) -> Result<(), DevnetError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(DevnetError::Task(e.to_string())),
+        }
+    }
+}
+
+/// Initializes `opts.dir` if needed and starts serving; returns once the port is bound.
+pub async fn start(opts: DevnetOptions) -> Result<DevnetHandle, DevnetError> {
+    start_with_shutdown(opts, CancellationToken::new()).await
+}
+
+async fn start_with_shutdown(
+    opts: DevnetOptions,
+    shutdown: CancellationToken,
+) -> Result<DevnetHandle, DevnetError> {
+    std::fs::create_dir_all(&opts.dir).map_err(|source| DevnetError::Dir {
+        path: opts.dir.clone(),
+        source,
+    })?;
+    let dir = opts.dir.clone();
+    let paths = DevnetPaths::new(&dir);
+    let material = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            crypto::ensure_material(&dir)?;
+            crypto::load_material(&dir)
+        })
+        .await
+        .map_err(|e| DevnetError::Task(e.to_string()))??
+    };
+    let msp = msp::MspManager::new(
+        material
+            .orgs
+            .iter()
+            .map(|(id, ca, _)| (id.as_str(), ca.as_slice())),
+    )?;
+    let ledger = ledger::Ledger::open(&paths.ledger())?;
+    let channel = peer::ChannelInfo {
+        channel_id: opts.channel.clone(),
+        chaincode: opts.chaincode.clone(),
+    };
+    let config_org = |(id, ca, tls): &(String, Vec<u8>, Vec<u8>), anchor: Option<(String, i32)>| genesis::ConfigOrg {
+        msp_id: id.clone(),
+        ca_pem: ca.clone(),
+        tls_ca_pem: tls.clone(),
+        anchor_peer: anchor,
+    };
+    let n_peer_orgs = crypto::PEER_ORGS.len();
+    let genesis_cfg = genesis::ChannelConfig {
+        channel_id: opts.channel.clone(),
+        application_orgs: material.orgs[..n_peer_orgs]
+            .iter()
+            .zip(crypto::PEER_ORGS.iter())
+            .map(|(o, spec)| config_org(o, Some((format!("peer0.{}", spec.domain), 7051))))
+            .collect(),
+        orderer_org: config_org(&material.orgs[n_peer_orgs], None),
+        orderer_address: "orderer.example.com:7050".to_owned(),
+        max_message_count: u32::try_from(opts.batch.max_message_count).unwrap_or(u32::MAX),
+        preferred_max_bytes: u32::try_from(opts.batch.preferred_max_bytes).unwrap_or(u32::MAX),
+        absolute_max_bytes: u32::try_from(opts.batch.absolute_max_bytes).unwrap_or(u32::MAX),
+        batch_timeout: opts.batch.timeout,
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| DevnetError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DevnetError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let faults = Faults::default();
+    let (node, orderer_parts) = node::Node::open(
+        channel,
+        msp,
+        material.peer_signers.clone(),
+        material.orderer_signer.clone(),
+        ledger,
+        &genesis_cfg,
+        format!("{PEER_HOST}:{}", addr.port()),
+        opts.batch,
+        faults.clone(),
+        shutdown.clone(),
+    )?;
+
+    let mut builder = tonic::transport::Server::builder();
+    if opts.tls {
+        let identity = tonic::transport::Identity::from_pem(&material.tls_cert_pem, &material.tls_key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| DevnetError::Tls(e.to_string()))?;
+    }
+    let max_msg = opts.batch.absolute_max_bytes.max(4 * 1024 * 1024) + 1024 * 1024;
+    let router = builder
+        .add_service(
+            GatewayServer::new(gateway::GatewayService::new(Arc::clone(&node)))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            DeliverServer::new(deliver::DeliverService::new(Arc::clone(&node)))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        );
+    tracing::info!(%addr, tls = opts.tls, dir = %dir.display(), height = node.height(), "devnet peer listening");
+
+    let orderer = tokio::spawn(node::run_orderer(Arc::clone(&node), orderer_parts));
+    let fault_file = tokio::spawn(faults::watch_file(paths.faults_file(), faults, shutdown.clone()));
+    let server_token = shutdown.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, server_token.cancelled_owned())
+            .await
+    });
+    let task_token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let mut server = server;
+        let mut orderer = orderer;
+        // Either part ending early is fatal: stop the other.
+        let early = tokio::select! {
+            r = &mut server => Some(Err::<(), _>(match r {
+                Ok(Ok(())) => DevnetError::Server("gRPC server stopped".to_owned()),
+                Ok(Err(e)) => DevnetError::Server(e.to_string()),
+                Err(e) => DevnetError::Task(e.to_string()),
+            })),
+            r = &mut orderer => Some(match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(DevnetError::Node(e)),
+                Err(e) => Err(DevnetError::Task(e.to_string())),
+            }),
+            _ = task_token.cancelled() => None,
+        };
+        task_token.cancel();
+        let mut result = Ok(());
+        if let Some(Err(e)) = early {
+            tracing::error!(error = %e, "devnet failed");
+            result = Err(e);
+        }
+        if !server.is_finished() {
+            // Long-lived streams end on the token; bound the graceful drain anyway.
+            if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
+                server.abort();
+            }
+        }
+        if !orderer.is_finished() {
+            match orderer.await {
+                Ok(Err(e)) if result.is_ok() => result = Err(DevnetError::Node(e)),
+                Err(e) if result.is_ok() => result = Err(DevnetError::Task(e.to_string())),
+                _ => {}
+            }
+        }
+        let _ = fault_file.await;
+        tracing::info!("devnet stopped");
+        result
+    });
+    Ok(DevnetHandle {
+        addr,
+        paths,
+        node,
+        shutdown,
+        task,
+    })
 }
 
 /// Initialize `opts.dir` if needed, then serve until `shutdown` is cancelled.
-pub async fn serve(
-    opts: DevnetOptions,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), DevnetError> {
-    let _ = (opts, shutdown);
-    Err(DevnetError::NotBuilt)
+pub async fn serve(opts: DevnetOptions, shutdown: CancellationToken) -> Result<(), DevnetError> {
+    let handle = start_with_shutdown(opts, shutdown.child_token()).await?;
+    let token = handle.shutdown.clone();
+    tokio::select! {
+        _ = shutdown.cancelled() => token.cancel(),
+        _ = token.cancelled() => {}
+    }
+    handle.join().await
 }

@@ -1,1 +1,1404 @@
 //! The crash-safe RocksDB command outbox.
+//!
+//! A command accepted by [`Outbox::enqueue`] is on disk (WAL fsync'd, group-committed with
+//! the other enqueues of the same moment) before `enqueue` returns; the submitter then moves
+//! it through the state machine below until it is committed on the ledger or dead-lettered.
+//! The engine knows nothing of GX: the command type is an opaque string, the payload opaque
+//! bytes.
+//!
+//! # State machine
+//! ```text
+//!             enqueue
+//!                │
+//!                ▼         mark_prepared          mark_submitted
+//!   ┌──────▶ PENDING ──────────────────▶ PREPARED ──────────────▶ SUBMITTED
+//!   │            │  ▲ schedule_retry        │  │                    │  │
+//!   │            │  └───────────────────────┘  │ mark_committed      │  │ mark_committed
+//!   │            │  └─────────────────────────────────────────────────┘  │
+//!   │            │                             ▼                         ▼
+//!   │ requeue    │ mark_failed             COMMITTED ◀───────────────────┘
+//!   │            ▼
+//!   └─────── FAILED ◀── mark_failed (from PENDING, PREPARED or SUBMITTED)
+//! ```
+//! - `schedule_retry` (from PENDING, PREPARED or SUBMITTED → PENDING) is for an attempt that
+//!   certainly did **not** commit (endorsement refused, MVCC conflict reported in a block,
+//!   submit refused before ordering): it clears the prepared transaction, so the next
+//!   attempt is endorsed afresh. For an ambiguous outcome the submitter keeps the command
+//!   SUBMITTED and resubmits the same signed bytes (same transaction id).
+//! - Repeating the transition a command is already in with the same data (`mark_prepared`
+//!   with the same txid, `mark_submitted`, `mark_committed` with the same block) returns the
+//!   command unchanged, so callers that retry after an unknown outcome are safe.
+//! - Every other transition is refused with [`StorageError::IllegalTransition`].
+//! - Every transition is one write batch with all its index updates; a transition's reply
+//!   is sent only after that batch is fsync'd.
+//!
+//! # Partition order
+//! Each command has a partition key (the wallet whose order matters). The **queued**
+//! commands of a partition — PENDING, PREPARED and SUBMITTED — form a queue in acceptance
+//! order. The **head** is the oldest queued command; **in flight** means PREPARED or
+//! SUBMITTED. Rules:
+//! - only the head may be in flight, so a partition never has two commands in flight
+//!   ([`Outbox::mark_prepared`] on a command that is not the PENDING head is refused with
+//!   [`StorageError::PartitionBusy`]);
+//! - [`Outbox::next_due`] returns, per partition, only a PENDING head whose
+//!   `next_attempt_at` has come. A head waiting for its retry time **blocks its partition**:
+//!   order over throughput;
+//! - a head leaves the queue when it is COMMITTED or FAILED; the next command becomes head;
+//! - a dead-lettered command that is requeued goes to the **tail** of its partition: the
+//!   commands behind it were not held back while it was dead, and requeueing is an
+//!   operator's explicit "send it now".
+//!
+//! So commands of one partition reach the submitter, and the ledger, in acceptance order.
+//! `next_due` is not a lease: one dispatcher (the submitter) owns the PENDING → PREPARED step
+//! and remembers which heads it is working on.
+//!
+//! # Idempotency
+//! (tenant, request id) → command id. A repeat with the same command type, partition and
+//! payload (compared by SHA-256) returns the original command (`created: false`); with a
+//! different one it is [`StorageError::Conflict`]. An idempotency key lives at least
+//! [`OutboxOptions::idempotency_window`] and, past that, as long as its command is not
+//! committed (a dead-lettered or stuck command keeps its key); it is removed at the latest
+//! with its command.
+//!
+//! # Retention
+//! [`Outbox::purge`] removes COMMITTED commands older than
+//! [`OutboxOptions::committed_retention`] and expired idempotency keys, a bounded chunk per
+//! write round so it never holds up enqueues. FAILED commands are kept until an operator
+//! requeues them.
+
+mod integrity;
+mod keys;
+pub mod record;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use integrity::IntegrityReport;
+
+use crate::db::{Cf, Db, Round, cf_handle, decode_u64};
+use crate::error::{Result, StorageError};
+use record::{IdempotencyEntry, decode_command, decode_idempotency, encode_command};
+
+/// A command id: a UUIDv7, so ids sort by acceptance time (keys are big-endian bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandId(Uuid);
+
+impl CommandId {
+    /// A new time-ordered id (monotonic within the process).
+    pub fn new_v7() -> Self {
+        CommandId(Uuid::now_v7())
+    }
+
+    /// The id's 16 bytes.
+    pub fn to_bytes(self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    /// An id from 16 bytes; `None` for any other length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Uuid::from_slice(bytes).ok().map(CommandId)
+    }
+
+    /// The UUID.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+
+    /// The millisecond timestamp of a v7 id (0 for other versions).
+    pub fn timestamp_ms(&self) -> u64 {
+        let b = self.0.as_bytes();
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+}
+
+impl From<Uuid> for CommandId {
+    fn from(u: Uuid) -> Self {
+        CommandId(u)
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for CommandId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(CommandId)
+    }
+}
+
+/// Status of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Accepted, waiting for (another) attempt.
+    Pending,
+    /// Endorsed and signed: transaction id and signed bytes stored. In flight.
+    Prepared,
+    /// Sent for ordering, waiting for its commit status. In flight.
+    Submitted,
+    /// Committed valid on the ledger (terminal).
+    Committed,
+    /// Dead letter: gave up, with its reason. Requeue sends it again.
+    Failed,
+}
+
+impl Status {
+    /// All statuses.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Prepared,
+        Status::Submitted,
+        Status::Committed,
+        Status::Failed,
+    ];
+
+    /// Stable on-disk code.
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Pending => 1,
+            Status::Prepared => 2,
+            Status::Submitted => 3,
+            Status::Committed => 4,
+            Status::Failed => 5,
+        }
+    }
+
+    /// The status of an on-disk code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Status::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Upper-case name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Prepared => "PREPARED",
+            Status::Submitted => "SUBMITTED",
+            Status::Committed => "COMMITTED",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    /// PREPARED or SUBMITTED.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, Status::Prepared | Status::Submitted)
+    }
+
+    /// In its partition's queue: PENDING, PREPARED or SUBMITTED.
+    pub fn is_queued(self) -> bool {
+        matches!(self, Status::Pending | Status::Prepared | Status::Submitted)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = StorageError;
+    fn from_str(s: &str) -> Result<Self> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| StorageError::InvalidInput(format!("unknown status {s:?}")))
+    }
+}
+
+/// A command to accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCommand {
+    /// Tenant (organization, API client); scopes the request id. Non-empty.
+    pub tenant: String,
+    /// Command type, opaque to the engine (`TRANSFER_TOKENS`, ...). Non-empty.
+    pub command_type: String,
+    /// The client's request id (idempotency key). Non-empty.
+    pub request_id: String,
+    /// Partition key: commands with the same key leave in acceptance order.
+    pub partition_key: String,
+    /// Payload, opaque.
+    pub payload: Vec<u8>,
+}
+
+/// An error recorded on a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandError {
+    /// Stage: endorse, submit, commit_status, commit, validate, ...
+    pub stage: String,
+    /// Code: gRPC status, validation code, ...
+    pub code: String,
+    /// Message (stored up to 4 KiB).
+    pub message: String,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttemptOutcome {
+    /// Retry scheduled.
+    Retried,
+    /// Dead-lettered.
+    Failed,
+    /// Requeued from the dead letter by an operator.
+    Requeued,
+}
+
+impl AttemptOutcome {
+    /// Stable on-disk code.
+    pub fn code(self) -> u8 {
+        match self {
+            AttemptOutcome::Retried => 1,
+            AttemptOutcome::Failed => 2,
+            AttemptOutcome::Requeued => 3,
+        }
+    }
+
+    /// The outcome of an on-disk code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            AttemptOutcome::Retried,
+            AttemptOutcome::Failed,
+            AttemptOutcome::Requeued,
+        ]
+        .into_iter()
+        .find(|o| o.code() == code)
+    }
+}
+
+/// One entry of a command's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The attempt count when it ended.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// The transaction id it used, if it got that far.
+    pub txid: Option<String>,
+    /// Its error.
+    pub error: Option<CommandError>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A stored command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Command {
+    /// Id.
+    pub id: CommandId,
+    /// Tenant.
+    pub tenant: String,
+    /// Command type.
+    pub command_type: String,
+    /// Request id.
+    pub request_id: String,
+    /// Partition key.
+    pub partition_key: String,
+    /// Payload (hex in JSON; the API renders it as it sees fit).
+    #[serde(with = "crate::db::hex_bytes")]
+    pub payload: Vec<u8>,
+    /// SHA-256 of (type, partition, payload).
+    #[serde(skip)]
+    pub payload_digest: [u8; 32],
+    /// Status.
+    pub status: Status,
+    /// Attempts that ended in an error since acceptance (or the last requeue).
+    pub attempts: u32,
+    /// When it is due (for PENDING).
+    pub next_attempt_at: DateTime<Utc>,
+    /// The last error.
+    pub last_error: Option<CommandError>,
+    /// Fabric transaction id (from PREPARED on).
+    pub txid: Option<String>,
+    /// Signed transaction envelope (PREPARED, SUBMITTED; dropped at commit).
+    #[serde(skip)]
+    pub signed_tx: Option<Vec<u8>>,
+    /// Block number (COMMITTED).
+    pub block_number: Option<u64>,
+    /// Accepted at.
+    pub created_at: DateTime<Utc>,
+    /// Last changed at.
+    pub updated_at: DateTime<Utc>,
+    /// Prepared at.
+    pub prepared_at: Option<DateTime<Utc>>,
+    /// Submitted at.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// Committed at.
+    pub committed_at: Option<DateTime<Utc>>,
+    /// Dead-lettered at.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Times requeued.
+    pub requeues: u32,
+    /// Past attempts, oldest first (the last [`OutboxOptions::max_history`]).
+    pub history: Vec<AttemptRecord>,
+    /// Position in the partition queue.
+    #[serde(skip)]
+    pub queue_seq: u64,
+}
+
+/// Result of [`Outbox::enqueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueueOutcome {
+    /// The command (the original one for an idempotent repeat).
+    pub command: Command,
+    /// True if this call created it.
+    pub created: bool,
+}
+
+/// A page of [`Outbox::list_by_status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    /// Commands, oldest first.
+    pub commands: Vec<Command>,
+    /// Pass as `cursor` for the next page; `None` at the end.
+    pub next_cursor: Option<CommandId>,
+}
+
+/// Commands per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCounts {
+    /// PENDING.
+    pub pending: u64,
+    /// PREPARED.
+    pub prepared: u64,
+    /// SUBMITTED.
+    pub submitted: u64,
+    /// COMMITTED (not yet purged).
+    pub committed: u64,
+    /// FAILED.
+    pub failed: u64,
+}
+
+impl StatusCounts {
+    /// The count of one status.
+    pub fn get(&self, s: Status) -> u64 {
+        match s {
+            Status::Pending => self.pending,
+            Status::Prepared => self.prepared,
+            Status::Submitted => self.submitted,
+            Status::Committed => self.committed,
+            Status::Failed => self.failed,
+        }
+    }
+
+    fn slot(&mut self, s: Status) -> &mut u64 {
+        match s {
+            Status::Pending => &mut self.pending,
+            Status::Prepared => &mut self.prepared,
+            Status::Submitted => &mut self.submitted,
+            Status::Committed => &mut self.committed,
+            Status::Failed => &mut self.failed,
+        }
+    }
+
+    /// All commands.
+    pub fn total(&self) -> u64 {
+        Status::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+}
+
+/// Outbox settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxOptions {
+    /// Minimum time an idempotency key is remembered. Default 24 h (what payment APIs
+    /// promise). Must not exceed `committed_retention`.
+    pub idempotency_window: Duration,
+    /// COMMITTED commands older than this are purged. Default 7 days.
+    pub committed_retention: Duration,
+    /// Largest payload accepted. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// History entries kept per command (oldest dropped). Default 64.
+    pub max_history: usize,
+    /// Records examined per purge round (bounds how long a purge holds the writer).
+    /// Default 512.
+    pub purge_chunk: usize,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            idempotency_window: Duration::from_secs(24 * 3600),
+            committed_retention: Duration::from_secs(7 * 24 * 3600),
+            max_payload_bytes: 1 << 20,
+            max_history: 64,
+            purge_chunk: 512,
+        }
+    }
+}
+
+impl OutboxOptions {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.idempotency_window > self.committed_retention {
+            return Err(StorageError::InvalidInput(format!(
+                "idempotency_window ({:?}) must not exceed committed_retention ({:?})",
+                self.idempotency_window, self.committed_retention
+            )));
+        }
+        if self.purge_chunk == 0 || self.max_payload_bytes == 0 {
+            return Err(StorageError::InvalidInput(
+                "purge_chunk and max_payload_bytes must be positive".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// COMMITTED commands removed.
+    pub commands_removed: u64,
+    /// Idempotency keys expired (those of removed commands included).
+    pub idempotency_keys_removed: u64,
+}
+
+/// Longest tenant, request id (bytes).
+const MAX_ID_BYTES: usize = 256;
+/// Longest command type.
+const MAX_TYPE_BYTES: usize = 128;
+/// Longest partition key.
+const MAX_PARTITION_BYTES: usize = 1024;
+/// Longest stored error message.
+const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+/// The outbox. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: Db,
+    opts: Arc<OutboxOptions>,
+}
+
+impl Outbox {
+    /// The outbox in `db`. Logs the counts per status.
+    pub fn new(db: Db, opts: OutboxOptions) -> Result<Outbox> {
+        opts.validate()?;
+        let outbox = Outbox {
+            db,
+            opts: Arc::new(opts),
+        };
+        let c = outbox.counts()?;
+        tracing::info!(
+            pending = c.pending,
+            prepared = c.prepared,
+            submitted = c.submitted,
+            committed = c.committed,
+            failed = c.failed,
+            "outbox opened"
+        );
+        Ok(outbox)
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &OutboxOptions {
+        &self.opts
+    }
+
+    /// Accepts a command; returns once it is durable. An idempotent repeat returns the
+    /// original command with `created: false`.
+    pub async fn enqueue(&self, new: NewCommand) -> Result<EnqueueOutcome> {
+        validate_new(&new, self.opts.max_payload_bytes)?;
+        let digest = payload_digest(&new);
+        self.db
+            .write(move |round| stage_enqueue(round, new, digest))
+            .await
+    }
+
+    /// PENDING head → PREPARED, storing the transaction id and signed envelope.
+    pub async fn mark_prepared(
+        &self,
+        id: CommandId,
+        txid: String,
+        signed_tx: Vec<u8>,
+    ) -> Result<Command> {
+        if txid.is_empty() {
+            return Err(StorageError::InvalidInput("empty txid".to_owned()));
+        }
+        self.db
+            .write(move |round| stage_prepared(round, id, txid, signed_tx))
+            .await
+    }
+
+    /// PREPARED → SUBMITTED.
+    pub async fn mark_submitted(&self, id: CommandId) -> Result<Command> {
+        self.db.write(move |round| stage_submitted(round, id)).await
+    }
+
+    /// PREPARED or SUBMITTED → COMMITTED in `block`. The next command of the partition
+    /// becomes due.
+    pub async fn mark_committed(&self, id: CommandId, block: u64) -> Result<Command> {
+        self.db
+            .write(move |round| stage_committed(round, id, block))
+            .await
+    }
+
+    /// PENDING, PREPARED or SUBMITTED → PENDING, due at `next_attempt_at`; counts an attempt
+    /// and records the error. Only for attempts that certainly did not commit (see the
+    /// module docs).
+    pub async fn schedule_retry(
+        &self,
+        id: CommandId,
+        error: CommandError,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Command> {
+        let max_history = self.opts.max_history;
+        self.db
+            .write(move |round| {
+                stage_retry(round, id, clip(error), next_attempt_at, max_history)
+            })
+            .await
+    }
+
+    /// PENDING, PREPARED or SUBMITTED → FAILED (dead letter) with its reason. The next
+    /// command of the partition becomes due.
+    pub async fn mark_failed(&self, id: CommandId, error: CommandError) -> Result<Command> {
+        let max_history = self.opts.max_history;
+        self.db
+            .write(move |round| stage_failed(round, id, clip(error), max_history))
+            .await
+    }
+
+    /// FAILED → PENDING at the tail of its partition, attempts reset, history kept.
+    pub async fn requeue(&self, id: CommandId) -> Result<Command> {
+        let max_history = self.opts.max_history;
+        self.db
+            .write(move |round| stage_requeue(round, id, max_history))
+            .await
+    }
+
+    /// Removes COMMITTED commands committed before `older_than` (with their idempotency
+    /// keys), in bounded chunks. Returns how many.
+    pub async fn purge_committed(&self, older_than: DateTime<Utc>) -> Result<PurgeReport> {
+        let mut report = PurgeReport::default();
+        let mut cursor: Option<CommandId> = None;
+        let limit = self.opts.purge_chunk;
+        let cutoff = older_than.timestamp_millis();
+        loop {
+            let (chunk, next) = self
+                .db
+                .write(move |round| stage_purge_committed(round, cutoff, cursor, limit))
+                .await?;
+            report.commands_removed += chunk.commands_removed;
+            report.idempotency_keys_removed += chunk.idempotency_keys_removed;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes idempotency keys created before `older_than` whose command is committed or
+    /// gone (keys of live commands stay).
+    pub async fn expire_idempotency(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let mut removed = 0;
+        let mut cursor: Option<Vec<u8>> = None;
+        let limit = self.opts.purge_chunk;
+        let cutoff = u64::try_from(older_than.timestamp_millis()).unwrap_or(0);
+        loop {
+            let (n, next) = self
+                .db
+                .write(move |round| stage_expire_idempotency(round, cutoff, cursor, limit))
+                .await?;
+            removed += n;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Retention as configured: purges COMMITTED commands older than
+    /// `committed_retention` and idempotency keys older than `idempotency_window`.
+    pub async fn purge(&self, now: DateTime<Utc>) -> Result<PurgeReport> {
+        let retention = chrono::Duration::from_std(self.opts.committed_retention)
+            .map_err(|e| StorageError::InvalidInput(format!("committed_retention: {e}")))?;
+        let window = chrono::Duration::from_std(self.opts.idempotency_window)
+            .map_err(|e| StorageError::InvalidInput(format!("idempotency_window: {e}")))?;
+        let mut report = self.purge_committed(now - retention).await?;
+        report.idempotency_keys_removed += self.expire_idempotency(now - window).await?;
+        if report.commands_removed > 0 || report.idempotency_keys_removed > 0 {
+            tracing::info!(
+                commands = report.commands_removed,
+                idempotency_keys = report.idempotency_keys_removed,
+                "outbox purged"
+            );
+        }
+        Ok(report)
+    }
+
+    /// A command by id.
+    pub fn get(&self, id: CommandId) -> Result<Command> {
+        let raw = self.db.raw();
+        let key = keys::command(id);
+        match raw.get_pinned_cf(cf_handle(raw, Cf::Commands)?, key)? {
+            Some(bytes) => decode_command(&key, &bytes),
+            None => Err(not_found(id)),
+        }
+    }
+
+    /// The command a (tenant, request id) maps to, if the key is remembered.
+    pub fn find_by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Command>> {
+        let raw = self.db.raw();
+        let snapshot = raw.snapshot();
+        let ikey = keys::idempotency(tenant, request_id);
+        let Some(bytes) = snapshot.get_pinned_cf(cf_handle(raw, Cf::Idempotency)?, &ikey)? else {
+            return Ok(None);
+        };
+        let entry = decode_idempotency(&ikey, &bytes)?;
+        let key = keys::command(entry.command_id);
+        match snapshot.get_pinned_cf(cf_handle(raw, Cf::Commands)?, key)? {
+            Some(bytes) => decode_command(&key, &bytes).map(Some),
+            None => Err(StorageError::corrupt(
+                "idempotency",
+                &ikey,
+                format!("points to missing command {}", entry.command_id),
+            )),
+        }
+    }
+
+    /// Commands with `status`, oldest first, after `cursor` (exclusive), at most `limit`.
+    pub fn list_by_status(
+        &self,
+        status: Status,
+        cursor: Option<CommandId>,
+        limit: usize,
+    ) -> Result<Page> {
+        let raw = self.db.raw();
+        let snapshot = raw.snapshot();
+        let (lower, upper) = keys::status_range(status);
+        let start = match cursor {
+            Some(c) => {
+                let mut k = keys::status(status, c).to_vec();
+                k.push(0);
+                k
+            }
+            None => lower.to_vec(),
+        };
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mut it = snapshot.raw_iterator_cf_opt(cf_handle(raw, Cf::Status)?, ro);
+        it.seek(&start);
+        let mut ids = Vec::new();
+        // One more than asked tells whether there is a next page.
+        while let Some(key) = it.key() {
+            if ids.len() > limit {
+                break;
+            }
+            ids.push(keys::status_id(key)?);
+            it.next();
+        }
+        it.status()?;
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let commands = load_many(raw, &snapshot, &ids)?;
+        let next_cursor = if more { ids.last().copied() } else { None };
+        Ok(Page {
+            commands,
+            next_cursor,
+        })
+    }
+
+    /// Counts per status (maintained in the same batches as the changes).
+    pub fn counts(&self) -> Result<StatusCounts> {
+        let raw = self.db.raw();
+        let meta = cf_handle(raw, Cf::Meta)?;
+        let snapshot = raw.snapshot();
+        let mut counts = StatusCounts::default();
+        for s in Status::ALL {
+            let key = keys::meta_count(s);
+            if let Some(bytes) = snapshot.get_pinned_cf(meta, &key)? {
+                *counts.slot(s) = decode_u64("meta", &key, &bytes)?;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Up to `limit` commands to send now: per partition, the PENDING head if its
+    /// `next_attempt_at <= now` and nothing of its partition is in flight; earliest due
+    /// first.
+    pub fn next_due(&self, limit: usize, now: DateTime<Utc>) -> Result<Vec<Command>> {
+        let raw = self.db.raw();
+        let snapshot = raw.snapshot();
+        let now_ms = due_ms(now);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(now_ms.saturating_add(1).to_be_bytes().to_vec());
+        let mut it = snapshot.raw_iterator_cf_opt(cf_handle(raw, Cf::Due)?, ro);
+        it.seek_to_first();
+        let mut ids = Vec::new();
+        while let Some(key) = it.key() {
+            if ids.len() >= limit {
+                break;
+            }
+            let (_, id) = keys::split_due(key)?;
+            ids.push(id);
+            it.next();
+        }
+        it.status()?;
+        load_many(raw, &snapshot, &ids)
+    }
+
+    /// Cross-checks every record against every index (and the counters). Reads the whole
+    /// outbox under one snapshot: for tests, `gxd` diagnostics and after a crash.
+    pub fn verify_integrity(&self) -> Result<IntegrityReport> {
+        integrity::verify(self.db.raw())
+    }
+}
+
+fn not_found(id: CommandId) -> StorageError {
+    StorageError::NotFound {
+        what: "command",
+        id: id.to_string(),
+    }
+}
+
+fn load_many(
+    raw: &crate::db::RawDb,
+    snapshot: &rocksdb::SnapshotWithThreadMode<'_, crate::db::RawDb>,
+    ids: &[CommandId],
+) -> Result<Vec<Command>> {
+    let cf = cf_handle(raw, Cf::Commands)?;
+    let keys: Vec<[u8; 16]> = ids.iter().map(|id| keys::command(*id)).collect();
+    let values = snapshot.multi_get_cf(keys.iter().map(|k| (cf, k)));
+    let mut out = Vec::with_capacity(ids.len());
+    for (key, value) in keys.iter().zip(values) {
+        match value? {
+            Some(bytes) => out.push(decode_command(key, &bytes)?),
+            None => {
+                return Err(StorageError::corrupt(
+                    "commands",
+                    key,
+                    "indexed command is missing",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn validate_new(new: &NewCommand, max_payload: usize) -> Result<()> {
+    let check = |what: &str, v: &str, max: usize, allow_empty: bool| {
+        if !allow_empty && v.is_empty() {
+            return Err(StorageError::InvalidInput(format!("{what} is empty")));
+        }
+        if v.len() > max {
+            return Err(StorageError::InvalidInput(format!(
+                "{what} is longer than {max} bytes"
+            )));
+        }
+        Ok(())
+    };
+    check("tenant", &new.tenant, MAX_ID_BYTES, false)?;
+    check("request id", &new.request_id, MAX_ID_BYTES, false)?;
+    check("command type", &new.command_type, MAX_TYPE_BYTES, false)?;
+    check("partition key", &new.partition_key, MAX_PARTITION_BYTES, true)?;
+    if new.payload.len() > max_payload {
+        return Err(StorageError::InvalidInput(format!(
+            "payload is larger than {max_payload} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// SHA-256 over (type, partition, payload), each length-prefixed.
+pub fn payload_digest(new: &NewCommand) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        new.command_type.as_bytes(),
+        new.partition_key.as_bytes(),
+        new.payload.as_slice(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+fn clip(mut e: CommandError) -> CommandError {
+    if e.message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !e.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        e.message.truncate(cut);
+    }
+    e
+}
+
+/// Current time at millisecond precision (what is stored).
+fn now() -> DateTime<Utc> {
+    let ms = Utc::now().timestamp_millis();
+    DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now)
+}
+
+/// A time as an index key component (ms since the epoch, 0 before it).
+pub(crate) fn due_ms(t: DateTime<Utc>) -> u64 {
+    u64::try_from(t.timestamp_millis()).unwrap_or(0)
+}
+
+/// Simulated failure between the steps of a change (feature `failpoints`); the writer rolls
+/// the change back.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(StorageError::Unavailable {
+            message: format!("failpoint {}", $name),
+            source: None,
+        }));
+    };
+}
+
+// ---- the changes, run on the writer thread -------------------------------------------
+
+fn load(round: &Round<'_>, id: CommandId) -> Result<Command> {
+    let key = keys::command(id);
+    match round.get(Cf::Commands, &key)? {
+        Some(bytes) => decode_command(&key, &bytes),
+        None => Err(not_found(id)),
+    }
+}
+
+fn store(round: &mut Round<'_>, c: &Command) {
+    round.put(Cf::Commands, keys::command(c.id).to_vec(), encode_command(c));
+}
+
+fn add_count(round: &mut Round<'_>, status: Status, delta: i64) -> Result<()> {
+    let key = keys::meta_count(status);
+    let current = match round.get(Cf::Meta, &key)? {
+        Some(bytes) => decode_u64("meta", &key, &bytes)?,
+        None => 0,
+    };
+    let next = current
+        .checked_add_signed(delta)
+        .ok_or_else(|| StorageError::corrupt("meta", &key, "status counter would go negative"))?;
+    round.put(Cf::Meta, key, next.to_be_bytes().to_vec());
+    Ok(())
+}
+
+fn move_status(round: &mut Round<'_>, id: CommandId, from: Status, to: Status) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    round.delete(Cf::Status, keys::status(from, id).to_vec());
+    round.put(Cf::Status, keys::status(to, id).to_vec(), Vec::new());
+    add_count(round, from, -1)?;
+    add_count(round, to, 1)
+}
+
+fn next_seq(round: &mut Round<'_>) -> Result<u64> {
+    let seq = match round.get(Cf::Meta, keys::META_NEXT_SEQ)? {
+        Some(bytes) => decode_u64("meta", keys::META_NEXT_SEQ, &bytes)?,
+        None => 1,
+    };
+    round.put(
+        Cf::Meta,
+        keys::META_NEXT_SEQ.to_vec(),
+        (seq + 1).to_be_bytes().to_vec(),
+    );
+    Ok(seq)
+}
+
+/// The first queued command of a partition: (queue key, id).
+fn partition_head(round: &Round<'_>, partition: &str) -> Result<Option<(Vec<u8>, CommandId)>> {
+    let (lower, upper) = keys::partition_range(partition);
+    match round.first_in_range(Cf::PartitionQueue, &lower, &upper)? {
+        Some((key, value)) => {
+            let id = CommandId::from_slice(&value).ok_or_else(|| {
+                StorageError::corrupt("partition_queue", &key, "value is not a command id")
+            })?;
+            Ok(Some((key, id)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Makes the current head of a partition (if any) due.
+fn promote_head(round: &mut Round<'_>, partition: &str) -> Result<()> {
+    if let Some((key, id)) = partition_head(round, partition)? {
+        let head = load(round, id)?;
+        if head.status != Status::Pending {
+            return Err(StorageError::corrupt(
+                "partition_queue",
+                &key,
+                format!(
+                    "command {id} behind the head is {} (only the head may be in flight)",
+                    head.status
+                ),
+            ));
+        }
+        round.put(
+            Cf::Due,
+            keys::due(due_ms(head.next_attempt_at), id).to_vec(),
+            Vec::new(),
+        );
+    }
+    Ok(())
+}
+
+/// Takes a queued command (in its old state `c`) out of its partition queue; if it was the
+/// head, the next one becomes due.
+fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
+    let my_key = keys::partition_queue(&c.partition_key, c.queue_seq);
+    let head = partition_head(round, &c.partition_key)?;
+    let is_head = matches!(&head, Some((k, _)) if *k == my_key);
+    if !round.contains(Cf::PartitionQueue, &my_key)? {
+        return Err(StorageError::corrupt(
+            "partition_queue",
+            &my_key,
+            format!("queued command {} is missing from its partition queue", c.id),
+        ));
+    }
+    round.delete(Cf::PartitionQueue, my_key);
+    if is_head {
+        if c.status == Status::Pending {
+            round.delete(
+                Cf::Due,
+                keys::due(due_ms(c.next_attempt_at), c.id).to_vec(),
+            );
+        }
+        promote_head(round, &c.partition_key)?;
+    }
+    Ok(())
+}
+
+fn push_history(c: &mut Command, entry: AttemptRecord, max: usize) {
+    c.history.push(entry);
+    if c.history.len() > max {
+        let excess = c.history.len() - max;
+        c.history.drain(..excess);
+    }
+}
+
+fn stage_enqueue(
+    round: &mut Round<'_>,
+    new: NewCommand,
+    digest: [u8; 32],
+) -> Result<EnqueueOutcome> {
+    let ikey = keys::idempotency(&new.tenant, &new.request_id);
+    if let Some(bytes) = round.get(Cf::Idempotency, &ikey)? {
+        let entry = decode_idempotency(&ikey, &bytes)?;
+        if entry.payload_digest != digest {
+            return Err(StorageError::Conflict {
+                tenant: new.tenant,
+                request_id: new.request_id,
+                existing: entry.command_id,
+            });
+        }
+        let command = match load(round, entry.command_id) {
+            Err(StorageError::NotFound { .. }) => {
+                return Err(StorageError::corrupt(
+                    "idempotency",
+                    &ikey,
+                    format!("points to missing command {}", entry.command_id),
+                ));
+            }
+            other => other?,
+        };
+        return Ok(EnqueueOutcome {
+            command,
+            created: false,
+        });
+    }
+
+    let now = now();
+    let now_ms = due_ms(now);
+    let id = CommandId::new_v7();
+    let seq = next_seq(round)?;
+    let partition_empty = partition_head(round, &new.partition_key)?.is_none();
+    let command = Command {
+        id,
+        tenant: new.tenant,
+        command_type: new.command_type,
+        request_id: new.request_id,
+        partition_key: new.partition_key,
+        payload: new.payload,
+        payload_digest: digest,
+        status: Status::Pending,
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        txid: None,
+        signed_tx: None,
+        block_number: None,
+        created_at: now,
+        updated_at: now,
+        prepared_at: None,
+        submitted_at: None,
+        committed_at: None,
+        failed_at: None,
+        requeues: 0,
+        history: Vec::new(),
+        queue_seq: seq,
+    };
+    store(round, &command);
+    failpoint!("storage::outbox::enqueue::after_record");
+    let entry = IdempotencyEntry {
+        command_id: id,
+        payload_digest: digest,
+        created_at_ms: now.timestamp_millis(),
+    };
+    round.put(
+        Cf::Idempotency,
+        ikey.clone(),
+        record::encode_idempotency(&entry),
+    );
+    round.put(Cf::IdemExpiry, keys::idem_expiry(now_ms, &ikey), Vec::new());
+    round.put(
+        Cf::Status,
+        keys::status(Status::Pending, id).to_vec(),
+        Vec::new(),
+    );
+    round.put(
+        Cf::PartitionQueue,
+        keys::partition_queue(&command.partition_key, seq),
+        id.to_bytes().to_vec(),
+    );
+    if partition_empty {
+        round.put(Cf::Due, keys::due(now_ms, id).to_vec(), Vec::new());
+    }
+    add_count(round, Status::Pending, 1)?;
+    failpoint!("storage::outbox::enqueue::staged");
+    Ok(EnqueueOutcome {
+        command,
+        created: true,
+    })
+}
+
+fn illegal(c: &Command, to: Status) -> StorageError {
+    StorageError::IllegalTransition {
+        id: c.id,
+        from: c.status,
+        to,
+    }
+}
+
+fn stage_prepared(
+    round: &mut Round<'_>,
+    id: CommandId,
+    txid: String,
+    signed_tx: Vec<u8>,
+) -> Result<Command> {
+    let mut c = load(round, id)?;
+    if c.status == Status::Prepared && c.txid.as_deref() == Some(txid.as_str()) {
+        return Ok(c);
+    }
+    if c.status != Status::Pending {
+        return Err(illegal(&c, Status::Prepared));
+    }
+    let due_key = keys::due(due_ms(c.next_attempt_at), id);
+    if !round.contains(Cf::Due, &due_key)? {
+        let head = partition_head(round, &c.partition_key)?.map(|(_, h)| h);
+        return Err(StorageError::PartitionBusy {
+            id,
+            partition: c.partition_key,
+            head,
+        });
+    }
+    round.delete(Cf::Due, due_key.to_vec());
+    failpoint!("storage::outbox::transition::after_index");
+    let now = now();
+    c.status = Status::Prepared;
+    c.txid = Some(txid);
+    c.signed_tx = Some(signed_tx);
+    c.prepared_at = Some(now);
+    c.updated_at = now;
+    store(round, &c);
+    move_status(round, id, Status::Pending, Status::Prepared)?;
+    failpoint!("storage::outbox::transition::staged");
+    Ok(c)
+}
+
+fn stage_submitted(round: &mut Round<'_>, id: CommandId) -> Result<Command> {
+    let mut c = load(round, id)?;
+    match c.status {
+        Status::Submitted => return Ok(c),
+        Status::Prepared => {}
+        _ => return Err(illegal(&c, Status::Submitted)),
+    }
+    let now = now();
+    c.status = Status::Submitted;
+    c.submitted_at = Some(now);
+    c.updated_at = now;
+    store(round, &c);
+    failpoint!("storage::outbox::transition::after_record");
+    move_status(round, id, Status::Prepared, Status::Submitted)?;
+    failpoint!("storage::outbox::transition::staged");
+    Ok(c)
+}
+
+fn stage_committed(round: &mut Round<'_>, id: CommandId, block: u64) -> Result<Command> {
+    let old = load(round, id)?;
+    match old.status {
+        Status::Committed if old.block_number == Some(block) => return Ok(old),
+        Status::Prepared | Status::Submitted => {}
+        _ => return Err(illegal(&old, Status::Committed)),
+    }
+    leave_partition(round, &old)?;
+    failpoint!("storage::outbox::transition::after_index");
+    let now = now();
+    let mut c = old;
+    let from = c.status;
+    c.status = Status::Committed;
+    c.block_number = Some(block);
+    c.committed_at = Some(now);
+    c.updated_at = now;
+    c.signed_tx = None;
+    store(round, &c);
+    move_status(round, id, from, Status::Committed)?;
+    failpoint!("storage::outbox::transition::staged");
+    Ok(c)
+}
+
+fn stage_retry(
+    round: &mut Round<'_>,
+    id: CommandId,
+    error: CommandError,
+    next_attempt_at: DateTime<Utc>,
+    max_history: usize,
+) -> Result<Command> {
+    let mut c = load(round, id)?;
+    let from = c.status;
+    let new_due = keys::due(due_ms(next_attempt_at), id).to_vec();
+    match from {
+        Status::Pending => {
+            let old_due = keys::due(due_ms(c.next_attempt_at), id);
+            if round.contains(Cf::Due, &old_due)? {
+                round.delete(Cf::Due, old_due.to_vec());
+                round.put(Cf::Due, new_due, Vec::new());
+            }
+        }
+        // In flight, hence the head of its partition: due again at the new time.
+        Status::Prepared | Status::Submitted => round.put(Cf::Due, new_due, Vec::new()),
+        Status::Committed | Status::Failed => return Err(illegal(&c, Status::Pending)),
+    }
+    failpoint!("storage::outbox::transition::after_index");
+    let now = now();
+    c.attempts = c.attempts.saturating_add(1);
+    let entry = AttemptRecord {
+        attempt: c.attempts,
+        outcome: AttemptOutcome::Retried,
+        txid: c.txid.take(),
+        error: Some(error.clone()),
+        at: now,
+    };
+    push_history(&mut c, entry, max_history);
+    c.status = Status::Pending;
+    c.last_error = Some(error);
+    c.signed_tx = None;
+    c.prepared_at = None;
+    c.submitted_at = None;
+    c.next_attempt_at = DateTime::from_timestamp_millis(next_attempt_at.timestamp_millis())
+        .unwrap_or(next_attempt_at);
+    c.updated_at = now;
+    store(round, &c);
+    move_status(round, id, from, Status::Pending)?;
+    failpoint!("storage::outbox::transition::staged");
+    Ok(c)
+}
+
+fn stage_failed(
+    round: &mut Round<'_>,
+    id: CommandId,
+    error: CommandError,
+    max_history: usize,
+) -> Result<Command> {
+    let old = load(round, id)?;
+    if !old.status.is_queued() {
+        return Err(illegal(&old, Status::Failed));
+    }
+    leave_partition(round, &old)?;
+    failpoint!("storage::outbox::transition::after_index");
+    let now = now();
+    let mut c = old;
+    let from = c.status;
+    c.attempts = c.attempts.saturating_add(1);
+    let entry = AttemptRecord {
+        attempt: c.attempts,
+        outcome: AttemptOutcome::Failed,
+        txid: c.txid.take(),
+        error: Some(error.clone()),
+        at: now,
+    };
+    push_history(&mut c, entry, max_history);
+    c.status = Status::Failed;
+    c.last_error = Some(error);
+    c.signed_tx = None;
+    c.failed_at = Some(now);
+    c.updated_at = now;
+    store(round, &c);
+    move_status(round, id, from, Status::Failed)?;
+    failpoint!("storage::outbox::transition::staged");
+    Ok(c)
+}
+
+fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Result<Command> {
+    let mut c = load(round, id)?;
+    if c.status != Status::Failed {
+        return Err(illegal(&c, Status::Pending));
+    }
+    let now = now();
+    let seq = next_seq(round)?;
+    let partition_empty = partition_head(round, &c.partition_key)?.is_none();
+    round.put(
+        Cf::PartitionQueue,
+        keys::partition_queue(&c.partition_key, seq),
+        id.to_bytes().to_vec(),
+    );
+    if partition_empty {
+        round.put(Cf::Due, keys::due(due_ms(now), id).to_vec(), Vec::new());
+    }
+    failpoint!("storage::outbox::transition::after_index");
+    let entry = AttemptRecord {
+        attempt: c.attempts,
+        outcome: AttemptOutcome::Requeued,
+        txid: None,
+        error: None,
+        at: now,
+    };
+    push_history(&mut c, entry, max_history);
+    c.status = Status::Pending;
+    c.attempts = 0;
+    c.requeues = c.requeues.saturating_add(1);
+    c.queue_seq = seq;
+    c.next_attempt_at = now;
+    c.failed_at = None;
+    c.txid = None;
+    c.updated_at = now;
+    store(round, &c);
+    move_status(round, id, Status::Failed, Status::Pending)?;
+    failpoint!("storage::outbox::transition::staged");
+    Ok(c)
+}
+
+/// One chunk of `purge_committed`: returns what it removed and where to go on.
+fn stage_purge_committed(
+    round: &mut Round<'_>,
+    cutoff_ms: i64,
+    cursor: Option<CommandId>,
+    limit: usize,
+) -> Result<(PurgeReport, Option<CommandId>)> {
+    let mut report = PurgeReport::default();
+    let (lower, _) = keys::status_range(Status::Committed);
+    let start = match cursor {
+        Some(c) => {
+            let mut k = keys::status(Status::Committed, c).to_vec();
+            k.push(0);
+            k
+        }
+        None => lower.to_vec(),
+    };
+    // A command committed before the cutoff was created before it, and ids are created-at
+    // ordered: scan only ids older than the cutoff.
+    let mut upper = vec![Status::Committed.code()];
+    let cutoff_u = u64::try_from(cutoff_ms).unwrap_or(0);
+    upper.extend_from_slice(&cutoff_u.to_be_bytes()[2..]);
+    let entries = round.scan_range(Cf::Status, &start, &upper, limit)?;
+    let next = if entries.len() == limit {
+        entries
+            .last()
+            .map(|(k, _)| keys::status_id(k))
+            .transpose()?
+    } else {
+        None
+    };
+    for (key, _) in entries {
+        let id = keys::status_id(&key)?;
+        let c = load(round, id)?;
+        let Some(committed_at) = c.committed_at else {
+            return Err(StorageError::corrupt(
+                "commands",
+                &keys::command(id),
+                "COMMITTED without committed_at",
+            ));
+        };
+        if committed_at.timestamp_millis() >= cutoff_ms {
+            continue;
+        }
+        round.delete(Cf::Commands, keys::command(id).to_vec());
+        round.delete(Cf::Status, key);
+        add_count(round, Status::Committed, -1)?;
+        report.commands_removed += 1;
+        let ikey = keys::idempotency(&c.tenant, &c.request_id);
+        if let Some(bytes) = round.get(Cf::Idempotency, &ikey)? {
+            let entry = decode_idempotency(&ikey, &bytes)?;
+            if entry.command_id == id {
+                round.delete(Cf::Idempotency, ikey.clone());
+                let created = u64::try_from(entry.created_at_ms).unwrap_or(0);
+                round.delete(Cf::IdemExpiry, keys::idem_expiry(created, &ikey));
+                report.idempotency_keys_removed += 1;
+            }
+        }
+    }
+    Ok((report, next))
+}
+
+/// One chunk of `expire_idempotency`.
+fn stage_expire_idempotency(
+    round: &mut Round<'_>,
+    cutoff_ms: u64,
+    cursor: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<(u64, Option<Vec<u8>>)> {
+    let start = match cursor {
+        Some(mut c) => {
+            c.push(0);
+            c
+        }
+        None => Vec::new(),
+    };
+    let upper = cutoff_ms.to_be_bytes();
+    let entries = round.scan_range(Cf::IdemExpiry, &start, &upper, limit)?;
+    let next = if entries.len() == limit {
+        entries.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    let mut removed = 0;
+    for (key, _) in entries {
+        let (created, ikey) = keys::split_idem_expiry(&key)?;
+        let ikey = ikey.to_vec();
+        let Some(bytes) = round.get(Cf::Idempotency, &ikey)? else {
+            // Expiry entry without its key: drop it.
+            round.delete(Cf::IdemExpiry, key);
+            continue;
+        };
+        let entry = decode_idempotency(&ikey, &bytes)?;
+        if u64::try_from(entry.created_at_ms).unwrap_or(0) != created {
+            round.delete(Cf::IdemExpiry, key);
+            continue;
+        }
+        let releasable = match load(round, entry.command_id) {
+            Ok(c) => c.status == Status::Committed,
+            Err(StorageError::NotFound { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        if releasable {
+            round.delete(Cf::Idempotency, ikey);
+            round.delete(Cf::IdemExpiry, key);
+            removed += 1;
+        }
+    }
+    Ok((removed, next))
+}

@@ -1,0 +1,236 @@
+//! RFC 9457 problem details (`application/problem+json`), and the one mapping from
+//! [`ErrorCode`] to HTTP status. Every error response of the API goes through here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Media type of problem responses.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Every error the API can answer with. The HTTP status, the `type` URI and the
+/// title derive from the code, here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is malformed (syntax, encoding).
+    BadRequest,
+    /// The request is well-formed but a field is invalid.
+    Validation,
+    /// No or invalid credentials.
+    Unauthenticated,
+    /// Authenticated, but not allowed.
+    Forbidden,
+    /// No such resource (or route).
+    NotFound,
+    /// The route exists, but not with this method.
+    MethodNotAllowed,
+    /// Conflicts with the current state (e.g. a reused id with another payload).
+    Conflict,
+    /// The request body is too large.
+    PayloadTooLarge,
+    /// The body's media type is not supported.
+    UnsupportedMediaType,
+    /// A dependency is not available (database down, disk full); retry later.
+    Unavailable,
+    /// A dependency did not answer in time.
+    Timeout,
+    /// A bug or an unexpected failure; details are in the logs, not the response.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status for this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code, also the last segment of the `type` URI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::Validation => "validation-failed",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::MethodNotAllowed => "method-not-allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload-too-large",
+            ErrorCode::UnsupportedMediaType => "unsupported-media-type",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Short human-readable summary (the same for every occurrence).
+    pub fn title(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "Bad request",
+            ErrorCode::Validation => "Validation failed",
+            ErrorCode::Unauthenticated => "Authentication required",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::NotFound => "Not found",
+            ErrorCode::MethodNotAllowed => "Method not allowed",
+            ErrorCode::Conflict => "Conflict",
+            ErrorCode::PayloadTooLarge => "Payload too large",
+            ErrorCode::UnsupportedMediaType => "Unsupported media type",
+            ErrorCode::Unavailable => "Service unavailable",
+            ErrorCode::Timeout => "Timeout",
+            ErrorCode::Internal => "Internal error",
+        }
+    }
+
+    /// The problem `type` URI (RFC 9457 §3.1.1): a URN, not meant to be dereferenced.
+    pub fn type_uri(self) -> String {
+        format!("urn:gxd:problem:{}", self.as_str())
+    }
+}
+
+/// A problem details response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub code: ErrorCode,
+    /// Explanation specific to this occurrence. Never internal details for `Internal`.
+    pub detail: Option<String>,
+    /// URI reference of this occurrence (usually the request path).
+    pub instance: Option<String>,
+    /// Extension members (RFC 9457 §3.2), e.g. `errors` for field validation.
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code,
+            detail: None,
+            instance: None,
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// Adds an extension member; the standard member names are reserved.
+    pub fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {
+        if !matches!(
+            name,
+            "type" | "title" | "status" | "detail" | "instance" | "code"
+        ) {
+            self.extensions.insert(name.to_owned(), value);
+        }
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            type_: String,
+            title: &'static str,
+            status: u16,
+            code: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            detail: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            instance: Option<&'a str>,
+            #[serde(flatten)]
+            extensions: &'a serde_json::Map<String, serde_json::Value>,
+        }
+        serde_json::to_value(Body {
+            type_: self.code.type_uri(),
+            title: self.code.title(),
+            status: self.code.status().as_u16(),
+            code: self.code.as_str(),
+            detail: self.detail.as_deref(),
+            instance: self.instance.as_deref(),
+            extensions: &self.extensions,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<ErrorCode> for Problem {
+    fn from(code: ErrorCode) -> Self {
+        Problem::new(code)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = self.body().to_string();
+        let mut response = (self.code.status(), body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_statuses_once() {
+        assert_eq!(ErrorCode::NotFound.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ErrorCode::Validation.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            ErrorCode::Unavailable.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ErrorCode::Internal.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn body_has_rfc9457_members() {
+        let p = Problem::new(ErrorCode::NotFound)
+            .with_detail("no route for GET /nope")
+            .with_instance("/nope")
+            .with_extension("status", serde_json::json!(999))
+            .with_extension("hint", serde_json::json!("see /healthz"));
+        let b = p.body();
+        assert_eq!(b["type"], "urn:gxd:problem:not-found");
+        assert_eq!(b["title"], "Not found");
+        assert_eq!(b["status"], 404);
+        assert_eq!(b["code"], "not-found");
+        assert_eq!(b["detail"], "no route for GET /nope");
+        assert_eq!(b["instance"], "/nope");
+        assert_eq!(b["hint"], "see /healthz");
+    }
+
+    #[test]
+    fn response_has_problem_media_type() {
+        let r = Problem::new(ErrorCode::Conflict).into_response();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+}

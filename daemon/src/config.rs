@@ -1,0 +1,806 @@
+//! Configuration: a TOML file, `GXD_*` environment overrides, then [`FileConfig::validate`]
+//! into the runtime [`Config`].
+//!
+//! Every field is documented in `packaging/gxd.example.toml`.
+//!
+//! # Environment overrides
+//! `GXD_<SECTION>__<FIELD>=value` (two underscores between the section and the field,
+//! upper or lower case) sets `<section>.<field>`, overriding the file, e.g.
+//! `GXD_DATABASE__HOST=db.internal`, `GXD_DATABASE__PASSWORD_FILE=/run/secrets/pg`,
+//! `GXD_API__LISTEN=0.0.0.0:8080`, `GXD_SHUTDOWN__HTTP_DRAIN_TIMEOUT_SECONDS=5`.
+//! The value is read as the field's type (integer, boolean, string). A `GXD_` variable
+//! with `__` that names no field is an error (typos do not pass silently); variables
+//! without `__` (such as `GXD_CONFIG`) are not overrides.
+//!
+//! # Secrets
+//! `database.password_file` names a file holding the password (one trailing newline
+//! is dropped). It must not be readable by group or others (`chmod 600`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gxd_storage::pg::PgSettings;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "GXD_";
+/// Separator between path segments in an override's name.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// An invalid configuration: names the field (and the environment variable or file
+/// it came from). Maps to exit code 64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted field path (`database.port`), or empty for whole-file errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(f, "invalid configuration: {}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration file, as written. Unknown fields are errors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub api: ApiSection,
+    pub database: DatabaseSection,
+    pub storage: StorageSection,
+    pub log: LogSection,
+    pub shutdown: ShutdownSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// `ip:port` the REST API listens on.
+    pub listen: String,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Convenience: a libpq URL or `key=value` string; the separate fields below
+    /// override what it sets.
+    pub url: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub dbname: Option<String>,
+    pub pool_max_size: usize,
+    pub connect_timeout_seconds: u64,
+    pub migrate_on_startup: bool,
+    pub application_name: String,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: None,
+            user: None,
+            password: None,
+            password_file: None,
+            dbname: None,
+            pool_max_size: 16,
+            connect_timeout_seconds: 10,
+            migrate_on_startup: true,
+            application_name: "gxd".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSection")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("dbname", &self.dbname)
+            .field("pool_max_size", &self.pool_max_size)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
+            .field("migrate_on_startup", &self.migrate_on_startup)
+            .field("application_name", &self.application_name)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Directory of the daemon's local state (RocksDB outbox and checkpoint log).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/gxd"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `json` or `pretty`.
+    pub format: String,
+    /// tracing-subscriber `EnvFilter` directives, e.g. `info,gxd_storage=debug`.
+    pub filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "json".to_owned(),
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// Bound on stopping the HTTP server: stop accepting, finish in-flight requests.
+    pub http_drain_timeout_seconds: u64,
+    /// Bound on closing storage (PostgreSQL pool, local stores).
+    pub storage_close_timeout_seconds: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            http_drain_timeout_seconds: 10,
+            storage_close_timeout_seconds: 10,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_listen: SocketAddr,
+    pub database: PgSettings,
+    pub migrate_on_startup: bool,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub shutdown: ShutdownTimeouts,
+}
+
+/// Per-phase shutdown bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownTimeouts {
+    pub http_drain: Duration,
+    pub storage_close: Duration,
+}
+
+impl ShutdownTimeouts {
+    /// The longest an orderly shutdown can take.
+    pub fn total(&self) -> Duration {
+        self.http_drain + self.storage_close
+    }
+}
+
+/// Where each overridden field's value came from, for error messages.
+type Origins = BTreeMap<String, String>;
+
+/// Loads `path` (or only defaults when `None`), applies the `GXD_*` overrides found
+/// in `env`, and validates. `env` is passed in (not read here) so this is testable.
+pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::new("", format!("cannot read config file {}: {e}", p.display()))
+        })?,
+        None => String::new(),
+    };
+    let file = parse(&text, env).map_err(|mut e| {
+        if let Some(p) = path
+            && e.field.is_empty()
+        {
+            e.message = format!("{}: {}", p.display(), e.message);
+        }
+        e
+    })?;
+    file.validate()
+}
+
+/// Parses TOML text and applies environment overrides, without validating.
+pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<FileConfig, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        ConfigError::new("", format!("not valid TOML{at}: {}", e.message().trim()))
+    })?;
+    let origins = apply_env(&mut table, env)?;
+    let de = toml::Value::Table(table);
+    serde_path_to_error::deserialize::<_, FileConfig>(de).map_err(|e| {
+        let field = e.path().to_string();
+        let origin = origins
+            .get(&field)
+            .map(|var| format!(" (from {var})"))
+            .unwrap_or_default();
+        let inner = e.into_inner();
+        let msg = inner.message().to_owned();
+        if field == "." || field.is_empty() {
+            ConfigError::new("", msg)
+        } else {
+            ConfigError::new(format!("{field}{origin}"), msg)
+        }
+    })
+}
+
+/// A `FileConfig` with every optional field set, so that its serialization names
+/// every field with its type (used to read environment values as the right type).
+fn type_sample() -> toml::Table {
+    let mut sample = FileConfig::default();
+    sample.database.url = Some(String::new());
+    sample.database.host = Some(String::new());
+    sample.database.port = Some(0);
+    sample.database.user = Some(String::new());
+    sample.database.password = Some(String::new());
+    sample.database.password_file = Some(PathBuf::new());
+    sample.database.dbname = Some(String::new());
+    toml::Table::try_from(sample).unwrap_or_default()
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<Origins, ConfigError> {
+    let sample = type_sample();
+    let mut origins = Origins::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains(ENV_SEPARATOR) {
+            continue;
+        }
+        let path: Vec<String> = rest.split(ENV_SEPARATOR).map(str::to_lowercase).collect();
+        let dotted = path.join(".");
+        let [section, field] = path.as_slice() else {
+            return Err(ConfigError::new(
+                var.clone(),
+                format!("{dotted} is not a configuration field (expected GXD_<SECTION>__<FIELD>)"),
+            ));
+        };
+        let Some(kind) = sample
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(field))
+        else {
+            return Err(ConfigError::new(
+                var.clone(),
+                format!("{dotted} is not a configuration field"),
+            ));
+        };
+        let value =
+            coerce(kind, raw).map_err(|m| ConfigError::new(format!("{dotted} (from {var})"), m))?;
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = section_table.as_table_mut() else {
+            return Err(ConfigError::new(section.clone(), "must be a table"));
+        };
+        section_table.insert(field.clone(), value);
+        origins.insert(dotted, var.clone());
+    }
+    Ok(origins)
+}
+
+fn coerce(kind: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    match kind {
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected an integer, got {raw:?}")),
+        toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got {raw:?}")),
+        },
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("expected a number, got {raw:?}")),
+        _ => Ok(toml::Value::String(raw.to_owned())),
+    }
+}
+
+impl FileConfig {
+    /// Checks every field and resolves secrets into the runtime configuration.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let api_listen: SocketAddr = self.api.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "api.listen",
+                format!(
+                    "{:?} is not an ip:port address (e.g. 127.0.0.1:8080)",
+                    self.api.listen
+                ),
+            )
+        })?;
+        let database = self.database.validate()?;
+
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.data_dir", "must not be empty"));
+        }
+
+        let log_format = match self.log.format.as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                return Err(ConfigError::new(
+                    "log.format",
+                    format!("{other:?} is not one of \"json\", \"pretty\""),
+                ));
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| ConfigError::new("log.filter", format!("not a valid filter ({e})")))?;
+
+        let shutdown = ShutdownTimeouts {
+            http_drain: seconds(
+                "shutdown.http_drain_timeout_seconds",
+                self.shutdown.http_drain_timeout_seconds,
+            )?,
+            storage_close: seconds(
+                "shutdown.storage_close_timeout_seconds",
+                self.shutdown.storage_close_timeout_seconds,
+            )?,
+        };
+
+        Ok(Config {
+            api_listen,
+            database,
+            migrate_on_startup: self.database.migrate_on_startup,
+            data_dir: self.storage.data_dir.clone(),
+            log_format,
+            log_filter: self.log.filter.clone(),
+            shutdown,
+        })
+    }
+}
+
+fn seconds(field: &str, value: u64) -> Result<Duration, ConfigError> {
+    if value == 0 || value > 3600 {
+        return Err(ConfigError::new(
+            field,
+            format!("{value} is out of range 1..=3600"),
+        ));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+impl DatabaseSection {
+    fn validate(&self) -> Result<PgSettings, ConfigError> {
+        // Start from the URL, if any; separate fields win.
+        let (mut host, mut port, mut user, mut password, mut dbname) =
+            (None, None, None, None, None);
+        if let Some(url) = &self.url {
+            let parsed: tokio_postgres::Config = url.parse().map_err(|e| {
+                // The URL may hold a password: do not echo it.
+                ConfigError::new(
+                    "database.url",
+                    format!("not a valid connection string ({e})"),
+                )
+            })?;
+            host = parsed.get_hosts().first().map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            });
+            port = parsed.get_ports().first().copied();
+            user = parsed.get_user().map(str::to_owned);
+            password = parsed
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            dbname = parsed.get_dbname().map(str::to_owned);
+        }
+        let host = self
+            .host
+            .clone()
+            .or(host)
+            .unwrap_or_else(|| "localhost".to_owned());
+        let port = self.port.or(port).unwrap_or(5432);
+        let user = self.user.clone().or(user);
+        let dbname = self.dbname.clone().or(dbname);
+
+        if host.trim().is_empty() {
+            return Err(ConfigError::new("database.host", "must not be empty"));
+        }
+        if port == 0 {
+            return Err(ConfigError::new("database.port", "must be 1..=65535"));
+        }
+        let user = match user {
+            Some(u) if !u.is_empty() => u,
+            Some(_) => return Err(ConfigError::new("database.user", "must not be empty")),
+            None => return Err(ConfigError::new("database.user", "missing (required)")),
+        };
+        let dbname = match dbname {
+            Some(d) if !d.is_empty() => d,
+            Some(_) => return Err(ConfigError::new("database.dbname", "must not be empty")),
+            None => return Err(ConfigError::new("database.dbname", "missing (required)")),
+        };
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "database.password_file",
+                    "set either database.password or database.password_file, not both",
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(file)) => Some(read_secret_file("database.password_file", file)?),
+            (None, None) => password,
+        };
+        if !(1..=1024).contains(&self.pool_max_size) {
+            return Err(ConfigError::new(
+                "database.pool_max_size",
+                format!("{} is out of range 1..=1024", self.pool_max_size),
+            ));
+        }
+        let connect_timeout = seconds(
+            "database.connect_timeout_seconds",
+            self.connect_timeout_seconds,
+        )?;
+        if self.application_name.len() > 63 {
+            return Err(ConfigError::new(
+                "database.application_name",
+                "longer than 63 bytes",
+            ));
+        }
+        Ok(PgSettings {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            pool_max_size: self.pool_max_size,
+            connect_timeout,
+            application_name: self.application_name.clone(),
+        })
+    }
+}
+
+/// Reads a secret from `path`: refuses files readable or writable by group or
+/// others; drops one trailing newline (`\n` or `\r\n`).
+pub fn read_secret_file(field: &str, path: &Path) -> Result<String, ConfigError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(ConfigError::new(
+            field,
+            format!("{} is not a file", path.display()),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{} is accessible by group or others (mode {mode:03o}); a secret file must be private: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    let mut text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(ConfigError::new(
+            field,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(text)
+}
+
+/// The process environment as a map, for [`load`].
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MINIMAL: &str = r#"
+[database]
+host = "db.internal"
+user = "gxd"
+dbname = "gxd"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn check(text: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        parse(text, &env(env_pairs))?.validate()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = check(MINIMAL, &[]).unwrap();
+        assert_eq!(c.api_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.database.host, "db.internal");
+        assert_eq!(c.database.port, 5432);
+        assert_eq!(c.database.password, None);
+        assert_eq!(c.database.pool_max_size, 16);
+        assert!(c.migrate_on_startup);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.shutdown.http_drain, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let e = check("[database]\nuser = \"gxd\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "database.dbname");
+        assert!(e.to_string().contains("database.dbname"), "{e}");
+        let e = check("", &[]).unwrap_err();
+        assert_eq!(e.field, "database.user");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = check(&format!("{MINIMAL}port = \"five\"\n"), &[]).unwrap_err();
+        assert_eq!(e.field, "database.port", "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let e = check(&format!("{MINIMAL}pasword = \"x\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("pasword"), "{e}");
+        let e = check(&format!("{MINIMAL}[nope]\nx = 1\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let e = check(&format!("[api]\nlisten = \"localhost\"\n{MINIMAL}"), &[]).unwrap_err();
+        assert_eq!(e.field, "api.listen");
+        let e = check(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"), &[]).unwrap_err();
+        assert_eq!(e.field, "log.format");
+        let e = check(&format!("{MINIMAL}pool_max_size = 0\n"), &[]).unwrap_err();
+        assert_eq!(e.field, "database.pool_max_size");
+        let e = check(
+            &format!("{MINIMAL}[shutdown]\nhttp_drain_timeout_seconds = 0\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "shutdown.http_drain_timeout_seconds");
+        let e = check(&format!("{MINIMAL}[log]\nfilter = \"=[\"\n"), &[]).unwrap_err();
+        assert_eq!(e.field, "log.filter");
+    }
+
+    #[test]
+    fn invalid_toml_is_reported() {
+        let e = check("[database\n", &[]).unwrap_err();
+        assert!(e.message.contains("TOML"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file_with_types() {
+        let c = check(
+            MINIMAL,
+            &[
+                ("GXD_DATABASE__HOST", "other.host"),
+                ("GXD_DATABASE__PORT", "6543"),
+                ("GXD_DATABASE__MIGRATE_ON_STARTUP", "false"),
+                ("GXD_DATABASE__PASSWORD", "12345"),
+                ("GXD_api__listen", "0.0.0.0:9000"),
+                ("GXD_CONFIG", "/ignored/not/an/override"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.host, "other.host");
+        assert_eq!(c.database.port, 6543);
+        assert!(!c.migrate_on_startup);
+        // A numeric-looking password stays a string.
+        assert_eq!(c.database.password.as_deref(), Some("12345"));
+        assert_eq!(c.api_listen, "0.0.0.0:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn env_override_errors_name_the_variable() {
+        let e = check(MINIMAL, &[("GXD_DATABASE__PORT", "abc")]).unwrap_err();
+        assert!(
+            e.field.contains("database.port") && e.field.contains("GXD_DATABASE__PORT"),
+            "{e}"
+        );
+        let e = check(MINIMAL, &[("GXD_DATABASE__HOTS", "x")]).unwrap_err();
+        assert!(e.to_string().contains("GXD_DATABASE__HOTS"), "{e}");
+        let e = check(MINIMAL, &[("GXD_DATABASE__PORT", "70000")]).unwrap_err();
+        assert!(e.field.contains("GXD_DATABASE__PORT"), "{e}");
+    }
+
+    #[test]
+    fn env_alone_can_configure() {
+        let c = check(
+            "",
+            &[("GXD_DATABASE__USER", "u"), ("GXD_DATABASE__DBNAME", "d")],
+        )
+        .unwrap();
+        assert_eq!(c.database.user, "u");
+        assert_eq!(c.database.host, "localhost");
+    }
+
+    #[test]
+    fn url_is_a_convenience_and_fields_win() {
+        let c = check(
+            "[database]\nurl = \"postgres://a:p%40ss@h1:5555/d1\"\ndbname = \"d2\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.database.host, "h1");
+        assert_eq!(c.database.port, 5555);
+        assert_eq!(c.database.user, "a");
+        assert_eq!(c.database.password.as_deref(), Some("p@ss"));
+        assert_eq!(c.database.dbname, "d2");
+        let e = check("[database]\nurl = \"postgres://h:notaport/x\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "database.url");
+    }
+
+    #[test]
+    fn special_character_password_is_kept_verbatim() {
+        let pw = "p/a=s@s:w?o#rd%20&'\" \\x";
+        let toml_text = format!(
+            "{MINIMAL}password = {}\n",
+            toml::Value::String(pw.to_owned())
+        );
+        let c = check(&toml_text, &[]).unwrap();
+        assert_eq!(c.database.password.as_deref(), Some(pw));
+        let pg = c.database.pg_config();
+        assert_eq!(pg.get_password(), Some(pw.as_bytes()));
+    }
+
+    #[test]
+    fn password_file_is_read_and_permission_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"s3cr=t/@:?\n").unwrap();
+        drop(f);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env_pairs = [("GXD_DATABASE__PASSWORD_FILE", path.to_str().unwrap())];
+        let c = check(MINIMAL, &env_pairs).unwrap();
+        assert_eq!(c.database.password.as_deref(), Some("s3cr=t/@:?"));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check(MINIMAL, &env_pairs).unwrap_err();
+        assert_eq!(e.field, "database.password_file");
+        assert!(e.message.contains("chmod 600"), "{e}");
+
+        let e = check(
+            &format!("{MINIMAL}password = \"x\"\npassword_file = \"/x\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "database.password_file");
+
+        let e = check(
+            &format!("{MINIMAL}password_file = \"/nonexistent/pw\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "database.password_file");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = check(&format!("{MINIMAL}password = \"hunter2\"\n"), &[]).unwrap();
+        let f = parse(
+            &format!("{MINIMAL}password = \"hunter2\"\n"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{f:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn example_config_is_valid_and_complete() {
+        let example = include_str!("../../packaging/gxd.example.toml");
+        let file = parse(example, &BTreeMap::new()).unwrap();
+        file.validate().unwrap();
+        // Every field of the schema appears in the example (documented there).
+        let example_table: toml::Table = toml::from_str(&uncomment(example)).unwrap();
+        for (section, fields) in type_sample() {
+            let fields = fields.as_table().unwrap();
+            for field in fields.keys() {
+                assert!(
+                    example_table
+                        .get(&section)
+                        .and_then(|s| s.as_table())
+                        .is_some_and(|s| s.contains_key(field)),
+                    "{section}.{field} is not documented in packaging/gxd.example.toml"
+                );
+            }
+        }
+    }
+
+    /// The example shows optional fields commented out as `# field = value`:
+    /// uncomment those lines to see every field.
+    fn uncomment(text: &str) -> String {
+        text.lines()
+            .map(|l| {
+                let t = l.trim_start();
+                match t.strip_prefix("# ") {
+                    Some(rest)
+                        if rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                    {
+                        rest.to_owned()
+                    }
+                    _ => l.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

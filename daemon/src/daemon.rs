@@ -1,0 +1,359 @@
+//! Startup, supervision and ordered shutdown of the daemon.
+//!
+//! Startup: local state directory → PostgreSQL pool → schema check (refuse a
+//! diverged database; apply pending migrations when `migrate_on_startup`) → HTTP
+//! listener → `READY=1` to systemd.
+//!
+//! Supervision: every long-running subsystem is a spawned task with a child of
+//! the root `CancellationToken`. If one ends on its own — error, or panic — the
+//! daemon shuts down and exits non-zero: no half-alive process.
+//!
+//! Shutdown (on the shutdown future, i.e. SIGTERM/SIGINT, or a failed task):
+//! `/readyz` turns 503, then the subsystems stop in order — HTTP (stop accepting,
+//! finish in-flight requests), then (later issues) the submitter and the
+//! projector — each bounded by its configured timeout and aborted past it; every
+//! `JoinHandle` is awaited; finally storage is closed, also bounded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use gxd_api::{ApiState, ReadinessCheck};
+use gxd_storage::pg::{self, Pool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::exit::SchemaRefused;
+use crate::sdnotify;
+
+/// Runs the daemon until `shutdown` resolves (or a subsystem fails), then stops
+/// it in order. A shutdown requested during startup stops startup.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let registry = prometheus::Registry::new();
+    let daemon = tokio::select! {
+        daemon = Daemon::start(config, registry) => daemon?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested during startup");
+            return Ok(());
+        }
+    };
+    daemon.run_until(shutdown).await
+}
+
+/// A long-running subsystem task.
+struct Subsystem {
+    name: &'static str,
+    token: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+    stop_timeout: Duration,
+}
+
+/// A started daemon: listening, ready, not yet supervising.
+pub struct Daemon {
+    config: Config,
+    root: CancellationToken,
+    api_state: ApiState,
+    api_addr: SocketAddr,
+    pool: Pool,
+    /// In shutdown order.
+    subsystems: Vec<Subsystem>,
+    registry: prometheus::Registry,
+}
+
+impl Daemon {
+    /// Starts every subsystem. `registry` is the daemon's one metrics registry,
+    /// passed down to each subsystem and exposed at `/metrics`.
+    pub async fn start(config: Config, registry: prometheus::Registry) -> anyhow::Result<Daemon> {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "gxd starting");
+        register_build_info(&registry)?;
+
+        tokio::fs::create_dir_all(&config.data_dir)
+            .await
+            .with_context(|| format!("create storage.data_dir {}", config.data_dir.display()))?;
+
+        let pool = pg::connect_pool(&config.database)
+            .await
+            .context("connect to PostgreSQL (database.*)")?;
+        prepare_schema(&pool, config.migrate_on_startup).await?;
+
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+            Arc::new(PostgresReady { pool: pool.clone() }),
+            Arc::new(MigrationsCurrent { pool: pool.clone() }),
+        ];
+        let api_state = ApiState::new(&registry, checks).context("register API metrics")?;
+
+        let root = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("listen on api.listen {}", config.api_listen))?;
+        let api_addr = listener
+            .local_addr()
+            .context("read the API listen address")?;
+        let http_token = root.child_token();
+        let app = gxd_api::router(api_state.clone());
+        let http = {
+            let token = http_token.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                    .context("HTTP server")
+            })
+        };
+        tracing::info!(api = %api_addr, "API listening");
+
+        let subsystems = vec![Subsystem {
+            name: "http",
+            token: http_token,
+            handle: http,
+            stop_timeout: config.shutdown.http_drain,
+        }];
+        Ok(Daemon {
+            config,
+            root,
+            api_state,
+            api_addr,
+            pool,
+            subsystems,
+            registry,
+        })
+    }
+
+    /// The address the API listens on (useful with port 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The daemon's metrics registry.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// Supervises until `shutdown` resolves or a subsystem ends, then stops
+    /// everything in order. `Err` when a subsystem failed or a stop phase overran.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        sdnotify::notify_logged("READY=1");
+        tracing::info!(api = %self.api_addr, "gxd ready");
+
+        let failure = {
+            let watched = futures::future::select_all(
+                self.subsystems
+                    .iter_mut()
+                    .map(|s| Box::pin(watch(s.name, &mut s.handle))),
+            );
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutdown requested");
+                    None
+                }
+                (err, _, _) = watched => Some(err),
+            }
+        };
+        if let Some(err) = &failure {
+            tracing::error!(error = %format!("{err:#}"), "a subsystem stopped unexpectedly; shutting down");
+        }
+        let overran = self.shutdown().await;
+        match (failure, overran.is_empty()) {
+            (Some(err), _) => Err(err),
+            (None, true) => {
+                tracing::info!("gxd stopped");
+                Ok(())
+            }
+            (None, false) => Err(anyhow!(
+                "shutdown phase(s) exceeded their timeout: {}",
+                overran.join(", ")
+            )),
+        }
+    }
+
+    /// Ordered shutdown; returns the phases that overran their timeout.
+    async fn shutdown(self) -> Vec<&'static str> {
+        sdnotify::notify_logged("STOPPING=1");
+        self.api_state.set_draining();
+        let mut overran = Vec::new();
+        for sub in self.subsystems {
+            sub.token.cancel();
+            if !stop(sub.name, sub.handle, sub.stop_timeout).await {
+                overran.push(sub.name);
+            }
+        }
+        self.root.cancel();
+
+        let pool = self.pool;
+        let close = tokio::task::spawn_blocking(move || pool.close());
+        if tokio::time::timeout(self.config.shutdown.storage_close, close)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout = ?self.config.shutdown.storage_close,
+                "closing storage exceeded its timeout"
+            );
+            overran.push("storage");
+        } else {
+            tracing::info!("storage closed");
+        }
+        overran
+    }
+}
+
+/// Resolves when a subsystem's task ends, with the reason as an error (a task
+/// must run until cancelled, so any end counts as a failure here).
+async fn watch(name: &'static str, handle: &mut JoinHandle<anyhow::Result<()>>) -> anyhow::Error {
+    match handle.await {
+        Ok(Ok(())) => anyhow!("subsystem {name} ended unexpectedly"),
+        Ok(Err(e)) => e.context(format!("subsystem {name} failed")),
+        Err(e) if e.is_panic() => anyhow!("subsystem {name} panicked"),
+        Err(e) => anyhow!("subsystem {name} was cancelled: {e}"),
+    }
+}
+
+/// Awaits a cancelled subsystem for at most `timeout`, aborting it past that.
+/// Returns false if it overran.
+async fn stop(
+    name: &'static str,
+    mut handle: JoinHandle<anyhow::Result<()>>,
+    timeout: Duration,
+) -> bool {
+    if handle.is_finished() {
+        // Already ended (and reported by the supervisor); reap it.
+        let _ = handle.await;
+        return true;
+    }
+    match tokio::time::timeout(timeout, &mut handle).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!(subsystem = name, "stopped");
+            true
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(subsystem = name, error = %format!("{e:#}"), "stopped with an error");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::error!(subsystem = name, error = %e, "task failed while stopping");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(subsystem = name, ?timeout, "did not stop in time; aborting");
+            handle.abort();
+            let _ = handle.await;
+            false
+        }
+    }
+}
+
+/// Checks the schema against the embedded migrations; applies pending ones when
+/// allowed. Refuses (exit code 65) a diverged database, or a pending one when
+/// migrating on startup is off.
+async fn prepare_schema(pool: &Pool, migrate_on_startup: bool) -> anyhow::Result<()> {
+    let mut client = pool
+        .get()
+        .await
+        .context("get a PostgreSQL connection for the schema check")?;
+    let status = pg::migrate::status(&client)
+        .await
+        .context("read the applied migrations")?;
+    if status.is_diverged() {
+        return Err(SchemaRefused(format!(
+            "refusing to start: the database's schema diverges from this gxd binary: {}",
+            status.describe_divergence()
+        ))
+        .into());
+    }
+    if status.pending.is_empty() {
+        tracing::info!(applied = status.applied.len(), "database schema is current");
+        return Ok(());
+    }
+    if !migrate_on_startup {
+        return Err(SchemaRefused(format!(
+            "refusing to start: {}; run `gxd migrate` (database.migrate_on_startup is false)",
+            status.describe_pending()
+        ))
+        .into());
+    }
+    let client: &mut tokio_postgres::Client = &mut client;
+    match pg::migrate::migrate(client).await {
+        Ok(applied) => {
+            tracing::info!(count = applied.len(), "migrations applied at startup");
+            Ok(())
+        }
+        Err(pg::MigrationError::Diverged(st)) => Err(SchemaRefused(format!(
+            "refusing to start: the database's schema diverges from this gxd binary: {}",
+            st.describe_divergence()
+        ))
+        .into()),
+        Err(e) => Err(e).context("apply migrations at startup"),
+    }
+}
+
+fn register_build_info(registry: &prometheus::Registry) -> anyhow::Result<()> {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("gxd_build_info", "gxd build information; always 1."),
+        &["version"],
+    )?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(info))?;
+    Ok(())
+}
+
+/// Readiness: PostgreSQL answers.
+struct PostgresReady {
+    pool: Pool,
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for PostgresReady {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("no connection: {e}"))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Readiness: the database's schema is exactly this binary's migrations.
+struct MigrationsCurrent {
+    pool: Pool,
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for MigrationsCurrent {
+    fn name(&self) -> &'static str {
+        "migrations"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("no connection: {e}"))?;
+        let status = pg::migrate::status(&client)
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.is_diverged() {
+            Err(status.describe_divergence())
+        } else if !status.pending.is_empty() {
+            Err(status.describe_pending())
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `gxd dev`: the whole system on one machine, on embedded defaults.
+//!
+//! - a private PostgreSQL cluster in `DIR/postgres` (initdb on first start; the
+//!   superuser password is kept in `DIR/postgres/gxd_superuser_password`);
+//! - the devnet in `DIR/devnet`, in-process (if it cannot run, a warning, and the
+//!   rest goes on without it);
+//! - the daemon, against database `gxd` of that cluster, with its data in
+//!   `DIR/data` and the API on 127.0.0.1:8080.
+//!
+//! Ctrl-C (or SIGTERM) stops the daemon, then the devnet, then PostgreSQL.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use gxd_storage::pg::PgSettings;
+use gxd_storage::pg::cluster::LocalCluster;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat, ShutdownTimeouts};
+
+/// Database the daemon uses in the dev cluster.
+pub const DEV_DATABASE: &str = "gxd";
+
+/// Options of `gxd dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub devnet_listen: SocketAddr,
+}
+
+/// Runs the dev environment until SIGINT/SIGTERM.
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+    let dir = opts
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", opts.dir.display()))?;
+
+    let pg_dir = dir.join("postgres");
+    let cluster = {
+        let pg_dir = pg_dir.clone();
+        tokio::task::spawn_blocking(move || LocalCluster::start(&pg_dir))
+            .await
+            .context("PostgreSQL start task")?
+            .with_context(|| format!("start PostgreSQL in {}", pg_dir.display()))?
+    };
+    let result = with_cluster(&opts, &dir, &cluster).await;
+    // Stop PostgreSQL last, off the async threads (it waits for the server).
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .context("PostgreSQL stop task")?;
+    result
+}
+
+async fn with_cluster(
+    opts: &DevOptions,
+    dir: &std::path::Path,
+    cluster: &LocalCluster,
+) -> anyhow::Result<()> {
+    ensure_database(cluster).await?;
+
+    let devnet_dir = dir.join("devnet");
+    let devnet_token = CancellationToken::new();
+    let devnet = tokio::spawn(gxd_fabric::devnet::serve(
+        gxd_fabric::devnet::DevnetOptions {
+            dir: devnet_dir.clone(),
+            listen: opts.devnet_listen,
+        },
+        devnet_token.clone(),
+    ));
+
+    let config = Config {
+        api_listen: opts.api_listen,
+        database: PgSettings {
+            host: cluster.host().to_owned(),
+            port: cluster.port(),
+            user: cluster.superuser().to_owned(),
+            password: Some(cluster.superuser_password().to_owned()),
+            dbname: DEV_DATABASE.to_owned(),
+            pool_max_size: 8,
+            connect_timeout: Duration::from_secs(10),
+            application_name: "gxd-dev".to_owned(),
+        },
+        migrate_on_startup: true,
+        data_dir: dir.join("data"),
+        log_format: LogFormat::Pretty,
+        log_filter: "info".to_owned(),
+        shutdown: ShutdownTimeouts {
+            http_drain: Duration::from_secs(5),
+            storage_close: Duration::from_secs(5),
+        },
+    };
+
+    println!(
+        "gxd dev: everything on 127.0.0.1, state in {}",
+        dir.display()
+    );
+    println!(
+        "  PostgreSQL  {}:{} user {} database {} (password in {}; log {})",
+        cluster.host(),
+        cluster.port(),
+        cluster.superuser(),
+        DEV_DATABASE,
+        cluster
+            .data_dir()
+            .join(gxd_storage::pg::cluster::SUPERUSER_PASSWORD_FILE)
+            .display(),
+        cluster.log_file().display()
+    );
+    println!(
+        "  devnet      {} (state in {})",
+        opts.devnet_listen,
+        devnet_dir.display()
+    );
+    println!(
+        "  API         http://{0}  (GET /healthz /readyz /metrics)",
+        opts.api_listen
+    );
+    println!("  daemon data {}", config.data_dir.display());
+    println!("Ctrl-C stops everything.");
+
+    // Report the devnet's early end (e.g. not built yet) without stopping the rest.
+    let devnet_watch = {
+        let token = devnet_token.clone();
+        tokio::spawn(async move {
+            let result = devnet.await;
+            match &result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if !token.is_cancelled() => tracing::warn!(
+                    error = %e,
+                    "the devnet is not running; continuing without it"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the devnet stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "the devnet task failed"),
+            }
+        })
+    };
+
+    let result = crate::daemon::run(config, crate::cli::shutdown_signal()).await;
+
+    devnet_token.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), devnet_watch)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the devnet did not stop within 10s");
+    }
+    result
+}
+
+async fn ensure_database(cluster: &LocalCluster) -> anyhow::Result<()> {
+    let client = cluster
+        .connect("postgres")
+        .await
+        .context("connect to the dev PostgreSQL")?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&DEV_DATABASE],
+        )
+        .await
+        .context("look up the dev database")?
+        .is_some();
+    if !exists {
+        cluster
+            .create_database(DEV_DATABASE)
+            .await
+            .context("create the dev database")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! Fabric's Gateway service (`gateway.Gateway`) on the devnet: Evaluate, Endorse, Submit,
+//! CommitStatus and ChaincodeEvents, with the status codes, messages and `ErrorDetail`s a
+//! Fabric 2.5 gateway peer returns (see `internal/pkg/gateway` in Fabric):
+//!
+//! | situation | Evaluate | Endorse |
+//! |---|---|---|
+//! | proposal does not unpack | INVALID_ARGUMENT | INVALID_ARGUMENT |
+//! | channel is not the devnet's | NOT_FOUND | NOT_FOUND |
+//! | chaincode not on the channel | FAILED_PRECONDITION | FAILED_PRECONDITION |
+//! | endorser refuses (bad signature, unknown CA, bad tx id, duplicate tx id) | FAILED_PRECONDITION + detail | ABORTED + detail |
+//! | chaincode error | UNKNOWN + detail `chaincode response 500, <message>` | ABORTED + detail `chaincode response 500, <message>` |
+//!
+//! Submit: unsigned → INVALID_ARGUMENT; refused by the orderer (bad signature or creator:
+//! FORBIDDEN; malformed: BAD_REQUEST; wrong channel: NOT_FOUND; too large:
+//! REQUEST_ENTITY_TOO_LARGE) → ABORTED `received unsuccessful response from orderer: status=…, info=…`.
+//! CommitStatus / ChaincodeEvents: bad signature or non-member identity → PERMISSION_DENIED.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::blocks::summarize;
+use super::faults::{self, Disposition, Rpc};
+use super::node::Node;
+use super::peer::{Endorsed, Endorser, ProposalError, check_envelope};
+use crate::proto::common::HeaderType;
+use crate::proto::gateway::gateway_server::Gateway;
+use crate::proto::gateway::{
+    ChaincodeEventsRequest, ChaincodeEventsResponse, CommitStatusRequest, CommitStatusResponse,
+    EndorseRequest, EndorseResponse, ErrorDetail, EvaluateRequest, EvaluateResponse,
+    SignedChaincodeEventsRequest, SignedCommitStatusRequest, SubmitRequest, SubmitResponse,
+};
+use crate::proto::orderer::seek_position;
+use crate::proto::protos::{SignedProposal, TxValidationCode};
+use crate::proto::status_with_details;
+
+/// The Gateway service implementation.
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    node: Arc<Node>,
+}
+
+impl GatewayService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn detail(&self, message: String) -> ErrorDetail {
+        ErrorDetail {
+            address: self.node.peer_address.clone(),
+            msp_id: self
+                .node
+                .peer_signers
+                .first()
+                .map(|s| s.msp_id().to_owned())
+                .unwrap_or_default(),
+            message,
+        }
+    }
+
+    async fn process(&self, signed: SignedProposal) -> Result<Endorsed, ProposalError> {
+        let node = Arc::clone(&self.node);
+        tokio::task::spawn_blocking(move || {
+            let endorser = Endorser {
+                channel: &node.channel,
+                msp: &node.msp,
+                signers: &node.peer_signers,
+                ledger: &node.ledger,
+            };
+            let snapshot = node.ledger.snapshot();
+            endorser.process(&signed, &snapshot)
+        })
+        .await
+        .map_err(|e| ProposalError::Internal(e.to_string()))?
+    }
+
+    fn proposal_status(&self, err: ProposalError, evaluate: bool) -> Status {
+        let channel = &self.node.channel;
+        match err {
+            ProposalError::Malformed(m) => {
+                if evaluate {
+                    Status::invalid_argument(format!("failed to unpack transaction proposal: {m}"))
+                } else {
+                    Status::invalid_argument(m)
+                }
+            }
+            ProposalError::ChannelNotFound(ch) => Status::not_found(format!("channel '{ch}' not found")),
+            ProposalError::ChaincodeNotFound(cc) => Status::failed_precondition(format!(
+                "no peers available to {} chaincode {cc} in channel {}",
+                if evaluate { "evaluate" } else { "endorse" },
+                channel.channel_id
+            )),
+            ProposalError::Refused(m) => {
+                tracing::warn!(error = %m, "proposal refused");
+                let detail = self.detail(m.clone());
+                if evaluate {
+                    status_with_details(
+                        tonic::Code::FailedPrecondition,
+                        format!("evaluate call to endorser returned error: {m}"),
+                        &[detail],
+                    )
+                } else {
+                    status_with_details(
+                        tonic::Code::Aborted,
+                        "failed to endorse transaction, see attached details for more info",
+                        &[detail],
+                    )
+                }
+            }
+            ProposalError::Chaincode { status, message } => {
+                let m = format!("chaincode response {status}, {message}");
+                let detail = self.detail(m.clone());
+                if evaluate {
+                    status_with_details(
+                        tonic::Code::Unknown,
+                        format!("evaluate call to endorser returned error: {m}"),
+                        &[detail],
+                    )
+                } else {
+                    status_with_details(
+                        tonic::Code::Aborted,
+                        "failed to endorse transaction, see attached details for more info",
+                        &[detail],
+                    )
+                }
+            }
+            ProposalError::Internal(m) => {
+                tracing::error!(error = %m, "endorsement failed inside the peer");
+                let detail = self.detail(m);
+                status_with_details(
+                    tonic::Code::Aborted,
+                    if evaluate {
+                        "failed to evaluate transaction, see attached details for more info"
+                    } else {
+                        "failed to endorse transaction, see attached details for more info"
+                    },
+                    &[detail],
+                )
+            }
+        }
+    }
+
+    /// Decodes and authenticates a signed request whose `identity` must be a channel member.
+    fn authenticate(&self, request: &[u8], identity: &[u8], signature: &[u8]) -> Result<(), Status> {
+        let id = self
+            .node
+            .msp
+            .deserialize(identity)
+            .map_err(|e| Status::permission_denied(format!("access denied: {e}")))?;
+        id.verify(request, signature)
+            .map_err(|e| Status::permission_denied(format!("access denied: {e}")))
+    }
+
+    fn check_channel(&self, channel_id: &str) -> Result<(), Status> {
+        if channel_id == self.node.channel.channel_id {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("channel '{channel_id}' not found")))
+        }
+    }
+
+    async fn drop_reply<T>(&self) -> Result<T, Status> {
+        self.node.shutdown.cancelled().await;
+        Err(Status::unavailable("devnet is shutting down"))
+    }
+}
+
+fn unavailable() -> Status {
+    Status::unavailable("devnet fault injection: peer unavailable")
+}
+
+fn orderer_refusal(status: &str, info: &str) -> Status {
+    Status::aborted(format!(
+        "received unsuccessful response from orderer: status={status}, info={info}"
+    ))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ChaincodeEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn endorse(&self, request: Request<EndorseRequest>) -> Result<Response<EndorseResponse>, Status> {
+        let disposition = faults::before(&self.node.faults, Rpc::Endorse).await;
+        match disposition {
+            Disposition::Unavailable => return Err(unavailable()),
+            Disposition::Drop => return self.drop_reply().await,
+            _ => {}
+        }
+        let req = request.into_inner();
+        let signed = req.proposed_transaction.unwrap_or_default();
+        if signed.proposal_bytes.is_empty() {
+            return Err(Status::invalid_argument(
+                "the proposed transaction must contain a signed proposal",
+            ));
+        }
+        let endorsed = self
+            .process(signed)
+            .await
+            .map_err(|e| self.proposal_status(e, false))?;
+        let tx_id = endorsed.unpacked.channel_header.tx_id.clone();
+        tracing::debug!(tx_id = %tx_id, "endorsed");
+        let reply = EndorseResponse {
+            prepared_transaction: Some(endorsed.prepared_transaction()),
+        };
+        match disposition {
+            Disposition::ProcessThenUnavailable => Err(unavailable()),
+            Disposition::ProcessThenDrop => self.drop_reply().await,
+            _ => Ok(Response::new(reply)),
+        }
+    }
+
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let disposition = faults::before(&self.node.faults, Rpc::Submit).await;
+        match disposition {
+            Disposition::Unavailable => return Err(unavailable()),
+            Disposition::Drop => return self.drop_reply().await,
+            _ => {}
+        }
+        let req = request.into_inner();
+        let Some(envelope) = req.prepared_transaction else {
+            return Err(Status::invalid_argument("a prepared transaction is required"));
+        };
+        if envelope.signature.is_empty() {
+            return Err(Status::invalid_argument("prepared transaction must be signed"));
+        }
+        self.check_channel(&req.channel_id)?;
+        let bytes = envelope.encode_to_vec();
+        if bytes.len() > self.node.batch.absolute_max_bytes {
+            return Err(orderer_refusal(
+                "REQUEST_ENTITY_TOO_LARGE",
+                &format!("message payload is {} bytes and exceeds maximum allowed {} bytes", bytes.len(), self.node.batch.absolute_max_bytes),
+            ));
+        }
+        let node = Arc::clone(&self.node);
+        let checked = tokio::task::spawn_blocking(move || check_envelope(&node.msp, &envelope))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (chdr, _, _) = checked.map_err(|(code, info)| {
+            tracing::warn!(tx_id = %req.transaction_id, %info, "orderer refused transaction");
+            let status = if code == TxValidationCode::BadCreatorSignature {
+                "FORBIDDEN"
+            } else {
+                "BAD_REQUEST"
+            };
+            orderer_refusal(status, &info)
+        })?;
+        if chdr.channel_id != self.node.channel.channel_id {
+            return Err(orderer_refusal(
+                "NOT_FOUND",
+                &format!("channel {} not found", chdr.channel_id),
+            ));
+        }
+        if chdr.r#type != HeaderType::EndorserTransaction as i32 {
+            return Err(orderer_refusal(
+                "BAD_REQUEST",
+                &format!("unsupported header type {}", chdr.r#type),
+            ));
+        }
+        self.node
+            .order(bytes)
+            .await
+            .map_err(|()| Status::unavailable("no orderers could successfully process transaction"))?;
+        tracing::debug!(tx_id = %chdr.tx_id, "transaction ordered");
+        match disposition {
+            Disposition::ProcessThenUnavailable => Err(unavailable()),
+            Disposition::ProcessThenDrop => self.drop_reply().await,
+            _ => Ok(Response::new(SubmitResponse {})),
+        }
+    }
+
+    async fn commit_status(
+        &self,
+        request: Request<SignedCommitStatusRequest>,
+    ) -> Result<Response<CommitStatusResponse>, Status> {
+        let disposition = faults::before(&self.node.faults, Rpc::CommitStatus).await;
+        match disposition {
+            Disposition::Unavailable => return Err(unavailable()),
+            Disposition::Drop => return self.drop_reply().await,
+            _ => {}
+        }
+        let signed = request.into_inner();
+        if signed.request.is_empty() {
+            return Err(Status::invalid_argument("a commit status request is required"));
+        }
+        let req = CommitStatusRequest::decode(signed.request.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("invalid status request: {e}")))?;
+        self.authenticate(&signed.request, &req.identity, &signed.signature)?;
+        self.check_channel(&req.channel_id)?;
+        let mut rx = self.node.subscribe();
+        let reply = loop {
+            rx.borrow_and_update();
+            let found = self
+                .node
+                .ledger
+                .tx(&req.transaction_id)
+                .map_err(|e| Status::aborted(e.to_string()))?;
+            if let Some(rec) = found {
+                break CommitStatusResponse {
+                    result: rec.code,
+                    block_number: rec.block,
+                };
+            }
+            tokio::select! {
+                _ = self.node.shutdown.cancelled() => return Err(Status::unavailable("devnet is shutting down")),
+                changed = rx.changed() => if changed.is_err() {
+                    return Err(Status::unavailable("devnet is shutting down"));
+                },
+            }
+        };
+        match disposition {
+            Disposition::ProcessThenUnavailable => Err(unavailable()),
+            Disposition::ProcessThenDrop => self.drop_reply().await,
+            _ => Ok(Response::new(reply)),
+        }
+    }
+
+    async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
+        let disposition = faults::before(&self.node.faults, Rpc::Evaluate).await;
+        match disposition {
+            Disposition::Unavailable => return Err(unavailable()),
+            Disposition::Drop => return self.drop_reply().await,
+            _ => {}
+        }
+        let req = request.into_inner();
+        let signed = req.proposed_transaction.unwrap_or_default();
+        let endorsed = self
+            .process(signed)
+            .await
+            .map_err(|e| self.proposal_status(e, true))?;
+        let reply = EvaluateResponse {
+            result: Some(endorsed.response),
+        };
+        match disposition {
+            Disposition::ProcessThenUnavailable => Err(unavailable()),
+            Disposition::ProcessThenDrop => self.drop_reply().await,
+            _ => Ok(Response::new(reply)),
+        }
+    }
+
+    type ChaincodeEventsStream = EventStream;
+
+    async fn chaincode_events(
+        &self,
+        request: Request<SignedChaincodeEventsRequest>,
+    ) -> Result<Response<Self::ChaincodeEventsStream>, Status> {
+        match faults::before(&self.node.faults, Rpc::ChaincodeEvents).await {
+            Disposition::Unavailable => return Err(unavailable()),
+            Disposition::Drop | Disposition::ProcessThenDrop => return self.drop_reply().await,
+            Disposition::ProcessThenUnavailable => return Err(unavailable()),
+            Disposition::Normal => {}
+        }
+        let signed = request.into_inner();
+        if signed.request.is_empty() {
+            return Err(Status::invalid_argument("a chaincode events request is required"));
+        }
+        let req = ChaincodeEventsRequest::decode(signed.request.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("invalid chaincode events request: {e}")))?;
+        self.authenticate(&signed.request, &req.identity, &signed.signature)?;
+        self.check_channel(&req.channel_id)?;
+        let start = self.events_start_block(&req)?;
+        let (tx, rx) = mpsc::channel(16);
+        let node = Arc::clone(&self.node);
+        tokio::spawn(stream_chaincode_events(node, req, start, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl GatewayService {
+    fn events_start_block(&self, req: &ChaincodeEventsRequest) -> Result<u64, Status> {
+        if !req.after_transaction_id.is_empty() {
+            if let Ok(Some(rec)) = self.node.ledger.tx(&req.after_transaction_id) {
+                return Ok(rec.block);
+            }
+        }
+        match req.start_position.as_ref().and_then(|p| p.r#type.as_ref()) {
+            None | Some(seek_position::Type::NextCommit(_)) => Ok(self.node.height()),
+            Some(seek_position::Type::Specified(s)) => Ok(s.number),
+            Some(other) => Err(Status::invalid_argument(format!(
+                "invalid start position type: {}",
+                match other {
+                    seek_position::Type::Newest(_) => "Newest",
+                    seek_position::Type::Oldest(_) => "Oldest",
+                    _ => "unknown",
+                }
+            ))),
+        }
+    }
+}
+
+async fn stream_chaincode_events(
+    node: Arc<Node>,
+    req: ChaincodeEventsRequest,
+    start: u64,
+    tx: mpsc::Sender<Result<ChaincodeEventsResponse, Status>>,
+) {
+    let mut passed_after = req.after_transaction_id.is_empty();
+    let mut number = start;
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            ready = node.wait_for_block(number) => if !ready {
+                let _ = tx.send(Err(Status::unavailable("devnet is shutting down"))).await;
+                return;
+            },
+        }
+        let block = match node.read_block(number) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                let _ = tx.send(Err(Status::aborted(format!("block {number} not found")))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(Status::aborted(e.to_string()))).await;
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        for t in summarize(&block) {
+            if t.header_type != HeaderType::EndorserTransaction as i32 || t.code != TxValidationCode::Valid as i32 {
+                continue;
+            }
+            let Some(event) = t.event else { continue };
+            if !passed_after {
+                if event.tx_id == req.after_transaction_id {
+                    passed_after = true;
+                }
+                continue;
+            }
+            if event.chaincode_id == req.chaincode_id {
+                events.push(event);
+            }
+        }
+        if !events.is_empty() {
+            let resp = ChaincodeEventsResponse {
+                events,
+                block_number: number,
+            };
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+        number += 1;
+    }
+}

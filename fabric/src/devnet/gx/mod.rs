@@ -1,0 +1,852 @@
+//! The GX chaincode, natively in Rust (see BRIEF.md "The GX domain").
+//!
+//! Deterministic: its only inputs are the arguments, the creator's MSP id and NodeOU role,
+//! and the world state as read through the [`Stub`]. Like Fabric's shim, reads return the
+//! state committed before the transaction (a transaction does not read its own writes), so
+//! every function reads everything first, then writes.
+//!
+//! Amounts are decimal strings of non-negative integers in minor units (canonical: no sign,
+//! no leading zeros, at most 39 digits), computed with checked `u128` arithmetic — never
+//! floating point. Every transaction emits exactly one chaincode event whose payload is JSON
+//! with camelCase fields, and returns the same JSON as its result.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::msp::Role;
+
+/// The chaincode name the devnet installs GX under.
+pub const CHAINCODE_NAME: &str = "gx";
+/// The chaincode version reported in proposal responses.
+pub const CHAINCODE_VERSION: &str = "1.0";
+
+/// What the chaincode sees of the peer (Fabric's `ChaincodeStubInterface`, reduced).
+pub trait Stub {
+    /// The committed value of `key` (not this transaction's own writes).
+    fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Records a write.
+    fn put_state(&mut self, key: &str, value: Vec<u8>);
+    /// Sets the transaction's chaincode event (the last call wins, as in Fabric).
+    fn set_event(&mut self, name: &str, payload: Vec<u8>);
+    /// MSP id of the transaction creator.
+    fn creator_msp_id(&self) -> &str;
+    /// NodeOU role of the transaction creator.
+    fn creator_role(&self) -> Role;
+}
+
+const MAX_ID_LEN: usize = 128;
+const MAX_MEMO_LEN: usize = 512;
+const MAX_PROFILE_LEN: usize = 4096;
+const MAX_OWNERS: usize = 32;
+
+/// Fabric's composite key encoding (`CreateCompositeKey`): U+0000 type U+0000 attr U+0000.
+fn composite_key(object_type: &str, id: &str) -> String {
+    format!("\u{0}{object_type}\u{0}{id}\u{0}")
+}
+
+const SYSTEM_KEY: &str = "\u{0}system\u{0}";
+
+fn wallet_key(id: &str) -> String {
+    composite_key("wallet", id)
+}
+fn user_key(id: &str) -> String {
+    composite_key("user", id)
+}
+fn transfer_key(id: &str) -> String {
+    composite_key("transfer", id)
+}
+fn proposal_key(id: &str) -> String {
+    composite_key("proposal", id)
+}
+
+/// Parses an amount: a canonical decimal string of a non-negative integer.
+pub fn parse_amount(field: &str, s: &str) -> Result<u128, String> {
+    let canonical = !s.is_empty()
+        && s.len() <= 39
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if !canonical {
+        return Err(format!(
+            "{field} must be a decimal string of a non-negative integer without sign or leading zeros, got {s:?}"
+        ));
+    }
+    s.parse::<u128>()
+        .map_err(|_| format!("{field} is too large: {s}"))
+}
+
+fn validate_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!("{field} must be 1 to {MAX_ID_LEN} characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+    {
+        return Err(format!(
+            "{field} may contain only letters, digits and - _ . : @, got {id:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_memo(memo: &str) -> Result<(), String> {
+    if memo.chars().count() > MAX_MEMO_LEN {
+        return Err(format!("memo must be at most {MAX_MEMO_LEN} characters"));
+    }
+    if memo.chars().any(|c| c.is_control()) {
+        return Err("memo must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SystemRecord {
+    treasury_wallet_id: String,
+    initial_supply: String,
+    bootstrapped_by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WalletType {
+    Treasury,
+    User,
+    Multisig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wallet {
+    wallet_id: String,
+    #[serde(rename = "type")]
+    wallet_type: WalletType,
+    balance: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    owners: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    threshold: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Wallet {
+    fn balance(&self) -> Result<u128, String> {
+        parse_amount("stored balance", &self.balance)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct User {
+    user_id: String,
+    wallet_id: String,
+    profile: serde_json::Value,
+    msp_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum ProposalStatus {
+    Pending,
+    Executed,
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Proposal {
+    proposal_id: String,
+    from_wallet_id: String,
+    to_wallet_id: String,
+    amount: String,
+    memo: String,
+    threshold: u32,
+    status: ProposalStatus,
+    approvals: Vec<String>,
+    rejections: Vec<String>,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(
+    stub: &mut dyn Stub,
+    key: &str,
+    what: &str,
+) -> Result<Option<T>, String> {
+    match stub.get_state(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("stored {what} is corrupt: {e}")),
+    }
+}
+
+fn write_json<T: Serialize>(stub: &mut dyn Stub, key: &str, value: &T) -> Result<(), String> {
+    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    stub.put_state(key, bytes);
+    Ok(())
+}
+
+fn emit(stub: &mut dyn Stub, name: &str, payload: serde_json::Value) -> Result<Vec<u8>, String> {
+    let bytes = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+    stub.set_event(name, bytes.clone());
+    Ok(bytes)
+}
+
+fn expect_args<'a, const N: usize>(function: &str, args: &'a [String]) -> Result<[&'a str; N], String> {
+    if args.len() != N {
+        return Err(format!(
+            "{function} expects {N} argument{}, got {}",
+            if N == 1 { "" } else { "s" },
+            args.len()
+        ));
+    }
+    let mut out = [""; N];
+    for (slot, arg) in out.iter_mut().zip(args) {
+        *slot = arg.as_str();
+    }
+    Ok(out)
+}
+
+fn get_wallet(stub: &mut dyn Stub, id: &str) -> Result<Wallet, String> {
+    read_json(stub, &wallet_key(id), "wallet")?.ok_or_else(|| format!("wallet {id} does not exist"))
+}
+
+/// Invokes `function` with `args` (Fabric's `Invoke`). `Ok` is the response payload
+/// (status 200); `Err` is the chaincode's error message (status 500).
+pub fn invoke(stub: &mut dyn Stub, function: &str, args: &[String]) -> Result<Vec<u8>, String> {
+    match function {
+        "Bootstrap" => bootstrap(stub, args),
+        "CreateUser" => create_user(stub, args),
+        "TransferTokens" => transfer_tokens(stub, args),
+        "CreateMultisigWallet" => create_multisig_wallet(stub, args),
+        "ProposeTransfer" => propose_transfer(stub, args),
+        "ApproveTransfer" => decide(stub, args, true),
+        "RejectTransfer" => decide(stub, args, false),
+        "GetUser" => {
+            let [id] = expect_args::<1>(function, args)?;
+            let user: User = read_json(stub, &user_key(id), "user")?
+                .ok_or_else(|| format!("user {id} does not exist"))?;
+            serde_json::to_vec(&user).map_err(|e| e.to_string())
+        }
+        "GetWallet" => {
+            let [id] = expect_args::<1>(function, args)?;
+            let wallet = get_wallet(stub, id)?;
+            serde_json::to_vec(&wallet).map_err(|e| e.to_string())
+        }
+        "GetProposal" => {
+            let [id] = expect_args::<1>(function, args)?;
+            let proposal: Proposal = read_json(stub, &proposal_key(id), "proposal")?
+                .ok_or_else(|| format!("proposal {id} does not exist"))?;
+            serde_json::to_vec(&proposal).map_err(|e| e.to_string())
+        }
+        other => Err(format!("Function {other} not found in contract gx")),
+    }
+}
+
+fn bootstrap(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
+    let [treasury, supply] = expect_args::<2>("Bootstrap", args)?;
+    if stub.creator_role() != Role::Admin {
+        return Err(format!(
+            "Bootstrap requires an admin identity of the organization; the caller's role is {}",
+            stub.creator_role().as_str()
+        ));
+    }
+    validate_id("treasuryWalletId", treasury)?;
+    let amount = parse_amount("initialSupply", supply)?;
+    let existing: Option<SystemRecord> = read_json(stub, SYSTEM_KEY, "system record")?;
+    if let Some(sys) = existing {
+        return Err(format!(
+            "the system is already bootstrapped (treasury wallet {})",
+            sys.treasury_wallet_id
+        ));
+    }
+    if stub.get_state(&wallet_key(treasury))?.is_some() {
+        return Err(format!("wallet {treasury} already exists"));
+    }
+    let msp_id = stub.creator_msp_id().to_owned();
+    write_json(
+        stub,
+        SYSTEM_KEY,
+        &SystemRecord {
+            treasury_wallet_id: treasury.to_owned(),
+            initial_supply: amount.to_string(),
+            bootstrapped_by: msp_id.clone(),
+        },
+    )?;
+    write_json(
+        stub,
+        &wallet_key(treasury),
+        &Wallet {
+            wallet_id: treasury.to_owned(),
+            wallet_type: WalletType::Treasury,
+            balance: amount.to_string(),
+            owners: Vec::new(),
+            threshold: 0,
+        },
+    )?;
+    emit(
+        stub,
+        "SystemBootstrapped",
+        json!({
+            "treasuryWalletId": treasury,
+            "initialSupply": amount.to_string(),
+            "mspId": msp_id,
+        }),
+    )
+}
+
+fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
+    let [user_id, profile_json] = expect_args::<2>("CreateUser", args)?;
+    validate_id("userId", user_id)?;
+    if profile_json.len() > MAX_PROFILE_LEN {
+        return Err(format!("profileJson must be at most {MAX_PROFILE_LEN} bytes"));
+    }
+    let profile: serde_json::Value = serde_json::from_str(profile_json)
+        .map_err(|e| format!("profileJson is not valid JSON: {e}"))?;
+    if !profile.is_object() {
+        return Err("profileJson must be a JSON object".to_owned());
+    }
+    if stub.get_state(&user_key(user_id))?.is_some() {
+        return Err(format!("user {user_id} already exists"));
+    }
+    if stub.get_state(&wallet_key(user_id))?.is_some() {
+        return Err(format!("wallet {user_id} already exists"));
+    }
+    let msp_id = stub.creator_msp_id().to_owned();
+    write_json(
+        stub,
+        &user_key(user_id),
+        &User {
+            user_id: user_id.to_owned(),
+            wallet_id: user_id.to_owned(),
+            profile: profile.clone(),
+            msp_id: msp_id.clone(),
+        },
+    )?;
+    write_json(
+        stub,
+        &wallet_key(user_id),
+        &Wallet {
+            wallet_id: user_id.to_owned(),
+            wallet_type: WalletType::User,
+            balance: "0".to_owned(),
+            owners: Vec::new(),
+            threshold: 0,
+        },
+    )?;
+    emit(
+        stub,
+        "UserCreated",
+        json!({
+            "userId": user_id,
+            "walletId": user_id,
+            "profile": profile,
+            "mspId": msp_id,
+        }),
+    )
+}
+
+/// Debits `from` and credits `to` in memory; returns the new balances.
+fn move_funds(from: &mut Wallet, to: &mut Wallet, amount: u128) -> Result<(u128, u128), String> {
+    let from_balance = from.balance()?;
+    let to_balance = to.balance()?;
+    if from_balance < amount {
+        return Err(format!(
+            "insufficient funds in wallet {}: balance {from_balance}, amount {amount}",
+            from.wallet_id
+        ));
+    }
+    let new_from = from_balance - amount;
+    let new_to = to_balance
+        .checked_add(amount)
+        .ok_or_else(|| format!("balance of wallet {} would overflow", to.wallet_id))?;
+    from.balance = new_from.to_string();
+    to.balance = new_to.to_string();
+    Ok((new_from, new_to))
+}
+
+fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
+    let [transfer_id, from_id, to_id, amount, memo] = expect_args::<5>("TransferTokens", args)?;
+    validate_id("transferId", transfer_id)?;
+    validate_id("fromWalletId", from_id)?;
+    validate_id("toWalletId", to_id)?;
+    validate_memo(memo)?;
+    let amount = parse_amount("amount", amount)?;
+    if amount == 0 {
+        return Err("amount must be greater than zero".to_owned());
+    }
+    if from_id == to_id {
+        return Err("fromWalletId and toWalletId must differ".to_owned());
+    }
+    if stub.get_state(&transfer_key(transfer_id))?.is_some() {
+        return Err(format!("transfer {transfer_id} already exists"));
+    }
+    let mut from = get_wallet(stub, from_id)?;
+    let mut to = get_wallet(stub, to_id)?;
+    if from.wallet_type == WalletType::Multisig {
+        return Err(format!(
+            "wallet {from_id} is a multisig wallet; use ProposeTransfer"
+        ));
+    }
+    let (from_balance, to_balance) = move_funds(&mut from, &mut to, amount)?;
+    write_json(stub, &wallet_key(from_id), &from)?;
+    write_json(stub, &wallet_key(to_id), &to)?;
+    let record = json!({
+        "transferId": transfer_id,
+        "fromWalletId": from_id,
+        "toWalletId": to_id,
+        "amount": amount.to_string(),
+        "memo": memo,
+    });
+    write_json(stub, &transfer_key(transfer_id), &record)?;
+    emit(
+        stub,
+        "TokensTransferred",
+        json!({
+            "transferId": transfer_id,
+            "fromWalletId": from_id,
+            "toWalletId": to_id,
+            "amount": amount.to_string(),
+            "memo": memo,
+            "fromBalance": from_balance.to_string(),
+            "toBalance": to_balance.to_string(),
+        }),
+    )
+}
+
+fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
+    let [wallet_id, owners_json, threshold] = expect_args::<3>("CreateMultisigWallet", args)?;
+    validate_id("walletId", wallet_id)?;
+    let owners: Vec<String> = serde_json::from_str(owners_json)
+        .map_err(|e| format!("ownersJson must be a JSON array of user ids: {e}"))?;
+    if owners.is_empty() || owners.len() > MAX_OWNERS {
+        return Err(format!("a multisig wallet needs 1 to {MAX_OWNERS} owners"));
+    }
+    for (i, owner) in owners.iter().enumerate() {
+        validate_id("owner", owner)?;
+        if owners[..i].contains(owner) {
+            return Err(format!("owner {owner} is listed twice"));
+        }
+    }
+    let threshold_value = parse_amount("threshold", threshold)?;
+    if threshold_value == 0 || threshold_value > owners.len() as u128 {
+        return Err(format!(
+            "threshold must be between 1 and the number of owners ({}), got {threshold}",
+            owners.len()
+        ));
+    }
+    let threshold_value = u32::try_from(threshold_value).map_err(|_| "threshold is too large".to_owned())?;
+    if stub.get_state(&wallet_key(wallet_id))?.is_some() {
+        return Err(format!("wallet {wallet_id} already exists"));
+    }
+    for owner in &owners {
+        if stub.get_state(&user_key(owner))?.is_none() {
+            return Err(format!("owner {owner} is not a user"));
+        }
+    }
+    write_json(
+        stub,
+        &wallet_key(wallet_id),
+        &Wallet {
+            wallet_id: wallet_id.to_owned(),
+            wallet_type: WalletType::Multisig,
+            balance: "0".to_owned(),
+            owners: owners.clone(),
+            threshold: threshold_value,
+        },
+    )?;
+    emit(
+        stub,
+        "MultisigWalletCreated",
+        json!({
+            "walletId": wallet_id,
+            "owners": owners,
+            "threshold": threshold_value,
+        }),
+    )
+}
+
+fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
+    let [proposal_id, from_id, to_id, amount, memo] = expect_args::<5>("ProposeTransfer", args)?;
+    validate_id("proposalId", proposal_id)?;
+    validate_id("fromWalletId", from_id)?;
+    validate_id("toWalletId", to_id)?;
+    validate_memo(memo)?;
+    let amount = parse_amount("amount", amount)?;
+    if amount == 0 {
+        return Err("amount must be greater than zero".to_owned());
+    }
+    if from_id == to_id {
+        return Err("fromWalletId and toWalletId must differ".to_owned());
+    }
+    if stub.get_state(&proposal_key(proposal_id))?.is_some() {
+        return Err(format!("proposal {proposal_id} already exists"));
+    }
+    let from = get_wallet(stub, from_id)?;
+    get_wallet(stub, to_id)?;
+    if from.wallet_type != WalletType::Multisig {
+        return Err(format!("wallet {from_id} is not a multisig wallet"));
+    }
+    let balance = from.balance()?;
+    if balance < amount {
+        return Err(format!(
+            "insufficient funds in wallet {from_id}: balance {balance}, amount {amount}"
+        ));
+    }
+    let proposal = Proposal {
+        proposal_id: proposal_id.to_owned(),
+        from_wallet_id: from_id.to_owned(),
+        to_wallet_id: to_id.to_owned(),
+        amount: amount.to_string(),
+        memo: memo.to_owned(),
+        threshold: from.threshold,
+        status: ProposalStatus::Pending,
+        approvals: Vec::new(),
+        rejections: Vec::new(),
+    };
+    write_json(stub, &proposal_key(proposal_id), &proposal)?;
+    emit(
+        stub,
+        "TransferProposed",
+        json!({
+            "proposalId": proposal_id,
+            "fromWalletId": from_id,
+            "toWalletId": to_id,
+            "amount": amount.to_string(),
+            "memo": memo,
+            "threshold": from.threshold,
+            "owners": from.owners,
+        }),
+    )
+}
+
+fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>, String> {
+    let function = if approve {
+        "ApproveTransfer"
+    } else {
+        "RejectTransfer"
+    };
+    let [proposal_id, approver_id] = expect_args::<2>(function, args)?;
+    validate_id("proposalId", proposal_id)?;
+    validate_id("approverId", approver_id)?;
+    let mut proposal: Proposal = read_json(stub, &proposal_key(proposal_id), "proposal")?
+        .ok_or_else(|| format!("proposal {proposal_id} does not exist"))?;
+    if proposal.status != ProposalStatus::Pending {
+        return Err(format!(
+            "proposal {proposal_id} is no longer pending (status {:?})",
+            proposal.status
+        )
+        .replace("Executed", "EXECUTED")
+        .replace("Rejected", "REJECTED"));
+    }
+    let mut from = get_wallet(stub, &proposal.from_wallet_id)?;
+    if !from.owners.iter().any(|o| o == approver_id) {
+        return Err(format!(
+            "{approver_id} is not an owner of wallet {}",
+            proposal.from_wallet_id
+        ));
+    }
+    if proposal.approvals.iter().any(|a| a == approver_id)
+        || proposal.rejections.iter().any(|a| a == approver_id)
+    {
+        return Err(format!(
+            "{approver_id} has already decided on proposal {proposal_id}"
+        ));
+    }
+    let amount = parse_amount("stored amount", &proposal.amount)?;
+    let threshold = proposal.threshold as usize;
+    if approve {
+        proposal.approvals.push(approver_id.to_owned());
+        let mut balances = None;
+        if proposal.approvals.len() >= threshold {
+            let mut to = get_wallet(stub, &proposal.to_wallet_id)?;
+            let moved = move_funds(&mut from, &mut to, amount)?;
+            write_json(stub, &wallet_key(&proposal.from_wallet_id), &from)?;
+            write_json(stub, &wallet_key(&proposal.to_wallet_id), &to)?;
+            proposal.status = ProposalStatus::Executed;
+            balances = Some(moved);
+        }
+        write_json(stub, &proposal_key(proposal_id), &proposal)?;
+        let mut payload = json!({
+            "proposalId": proposal_id,
+            "approverId": approver_id,
+            "approvals": proposal.approvals,
+            "threshold": proposal.threshold,
+            "status": proposal.status,
+            "executed": balances.is_some(),
+            "fromWalletId": proposal.from_wallet_id,
+            "toWalletId": proposal.to_wallet_id,
+            "amount": proposal.amount,
+        });
+        if let (Some((from_balance, to_balance)), Some(obj)) = (balances, payload.as_object_mut()) {
+            obj.insert("fromBalance".into(), json!(from_balance.to_string()));
+            obj.insert("toBalance".into(), json!(to_balance.to_string()));
+        }
+        emit(stub, "TransferApproved", payload)
+    } else {
+        proposal.rejections.push(approver_id.to_owned());
+        if from.owners.len().saturating_sub(proposal.rejections.len()) < threshold {
+            proposal.status = ProposalStatus::Rejected;
+        }
+        write_json(stub, &proposal_key(proposal_id), &proposal)?;
+        emit(
+            stub,
+            "TransferRejected",
+            json!({
+                "proposalId": proposal_id,
+                "approverId": approver_id,
+                "rejections": proposal.rejections,
+                "threshold": proposal.threshold,
+                "status": proposal.status,
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A stub with Fabric's read semantics: reads see the committed map only.
+    struct MemStub {
+        committed: BTreeMap<String, Vec<u8>>,
+        writes: BTreeMap<String, Vec<u8>>,
+        event: Option<(String, Vec<u8>)>,
+        role: Role,
+    }
+
+    impl Stub for MemStub {
+        fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.committed.get(key).cloned())
+        }
+        fn put_state(&mut self, key: &str, value: Vec<u8>) {
+            self.writes.insert(key.to_owned(), value);
+        }
+        fn set_event(&mut self, name: &str, payload: Vec<u8>) {
+            self.event = Some((name.to_owned(), payload));
+        }
+        fn creator_msp_id(&self) -> &str {
+            "Org1MSP"
+        }
+        fn creator_role(&self) -> Role {
+            self.role
+        }
+    }
+
+    struct World {
+        state: BTreeMap<String, Vec<u8>>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                state: BTreeMap::new(),
+            }
+        }
+
+        fn run_as(
+            &mut self,
+            role: Role,
+            f: &str,
+            args: &[&str],
+        ) -> Result<(String, serde_json::Value), String> {
+            let mut stub = MemStub {
+                committed: self.state.clone(),
+                writes: BTreeMap::new(),
+                event: None,
+                role,
+            };
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let out = invoke(&mut stub, f, &args)?;
+            self.state.extend(stub.writes);
+            let (name, payload) = stub.event.unwrap_or_default();
+            if !name.is_empty() {
+                assert_eq!(payload, out, "result equals event payload");
+            }
+            Ok((name, serde_json::from_slice(&out).unwrap()))
+        }
+
+        fn run(&mut self, f: &str, args: &[&str]) -> Result<(String, serde_json::Value), String> {
+            self.run_as(Role::Client, f, args)
+        }
+
+        fn balance(&mut self, wallet: &str) -> String {
+            let (_, w) = self.run("GetWallet", &[wallet]).unwrap();
+            w["balance"].as_str().unwrap().to_owned()
+        }
+    }
+
+    fn bootstrapped() -> World {
+        let mut w = World::new();
+        w.run_as(Role::Admin, "Bootstrap", &["treasury", "1000000"])
+            .unwrap();
+        w.run("CreateUser", &["alice", r#"{"country":"FR","commitment":"ab"}"#])
+            .unwrap();
+        w.run("CreateUser", &["bob", r#"{"country":"DE"}"#]).unwrap();
+        w
+    }
+
+    #[test]
+    fn amounts_are_canonical_decimal_strings() {
+        assert_eq!(parse_amount("a", "0"), Ok(0));
+        assert_eq!(parse_amount("a", "42"), Ok(42));
+        assert_eq!(
+            parse_amount("a", "340282366920938463463374607431768211455"),
+            Ok(u128::MAX)
+        );
+        for bad in [
+            "", "-1", "+1", "1.5", "1e3", "007", " 1", "abc", "0x10",
+            "340282366920938463463374607431768211456", "1234567890123456789012345678901234567890",
+        ] {
+            assert!(parse_amount("amount", bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn bootstrap_needs_admin_and_happens_once() {
+        let mut w = World::new();
+        let err = w
+            .run_as(Role::Client, "Bootstrap", &["treasury", "100"])
+            .unwrap_err();
+        assert!(err.contains("admin"), "{err}");
+        let (name, ev) = w
+            .run_as(Role::Admin, "Bootstrap", &["treasury", "100"])
+            .unwrap();
+        assert_eq!(name, "SystemBootstrapped");
+        assert_eq!(ev["treasuryWalletId"], "treasury");
+        assert_eq!(ev["initialSupply"], "100");
+        assert_eq!(w.balance("treasury"), "100");
+        let err = w
+            .run_as(Role::Admin, "Bootstrap", &["treasury2", "100"])
+            .unwrap_err();
+        assert!(err.contains("already bootstrapped"), "{err}");
+    }
+
+    #[test]
+    fn transfers_move_funds_and_refuse_overdrafts() {
+        let mut w = bootstrapped();
+        let (name, ev) = w
+            .run("TransferTokens", &["t1", "treasury", "alice", "250", "hello"])
+            .unwrap();
+        assert_eq!(name, "TokensTransferred");
+        assert_eq!(ev["fromBalance"], "999750");
+        assert_eq!(ev["toBalance"], "250");
+        assert_eq!(ev["memo"], "hello");
+        assert_eq!(w.balance("alice"), "250");
+        let err = w
+            .run("TransferTokens", &["t2", "alice", "bob", "251", ""])
+            .unwrap_err();
+        assert!(err.contains("insufficient funds"), "{err}");
+        let err = w
+            .run("TransferTokens", &["t1", "alice", "bob", "1", ""])
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+        for (args, needle) in [
+            (["t3", "alice", "bob", "0", ""], "greater than zero"),
+            (["t3", "alice", "bob", "1.0", ""], "decimal string"),
+            (["t3", "alice", "alice", "1", ""], "must differ"),
+            (["t3", "alice", "nobody", "1", ""], "does not exist"),
+            (["t 3", "alice", "bob", "1", ""], "may contain only"),
+        ] {
+            let err = w.run("TransferTokens", &args).unwrap_err();
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+        assert_eq!(w.balance("alice"), "250");
+        assert_eq!(w.balance("bob"), "0");
+    }
+
+    #[test]
+    fn users_are_unique_and_profiles_are_objects() {
+        let mut w = bootstrapped();
+        assert!(w.run("CreateUser", &["alice", "{}"]).unwrap_err().contains("already exists"));
+        assert!(w.run("CreateUser", &["carol", "[1]"]).unwrap_err().contains("JSON object"));
+        assert!(w.run("CreateUser", &["carol", "{"]).unwrap_err().contains("not valid JSON"));
+        assert!(w.run("CreateUser", &["treasury", "{}"]).unwrap_err().contains("wallet treasury already exists"));
+        let (_, user) = w.run("GetUser", &["alice"]).unwrap();
+        assert_eq!(user["walletId"], "alice");
+        assert_eq!(user["profile"]["country"], "FR");
+        assert!(w.run("GetUser", &["zed"]).unwrap_err().contains("does not exist"));
+        assert!(w.run("Nope", &[]).unwrap_err().contains("not found"));
+        assert!(w.run("GetUser", &[]).unwrap_err().contains("expects 1 argument"));
+    }
+
+    #[test]
+    fn multisig_threshold_executes_the_transfer() {
+        let mut w = bootstrapped();
+        w.run("CreateUser", &["carol", "{}"]).unwrap();
+        let (name, ev) = w
+            .run("CreateMultisigWallet", &["vault", r#"["alice","bob","carol"]"#, "2"])
+            .unwrap();
+        assert_eq!(name, "MultisigWalletCreated");
+        assert_eq!(ev["threshold"], 2);
+        w.run("TransferTokens", &["fund", "treasury", "vault", "500", ""])
+            .unwrap();
+        let err = w
+            .run("TransferTokens", &["out", "vault", "bob", "1", ""])
+            .unwrap_err();
+        assert!(err.contains("use ProposeTransfer"), "{err}");
+        assert!(w
+            .run("ProposeTransfer", &["p1", "vault", "bob", "501", ""])
+            .unwrap_err()
+            .contains("insufficient"));
+        let (name, _) = w
+            .run("ProposeTransfer", &["p1", "vault", "bob", "200", "rent"])
+            .unwrap();
+        assert_eq!(name, "TransferProposed");
+        let (name, ev) = w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        assert_eq!(name, "TransferApproved");
+        assert_eq!(ev["executed"], false);
+        assert_eq!(ev["status"], "PENDING");
+        assert!(w
+            .run("ApproveTransfer", &["p1", "alice"])
+            .unwrap_err()
+            .contains("already decided"));
+        assert!(w
+            .run("ApproveTransfer", &["p1", "mallory"])
+            .unwrap_err()
+            .contains("not an owner"));
+        let (_, ev) = w.run("ApproveTransfer", &["p1", "carol"]).unwrap();
+        assert_eq!(ev["executed"], true);
+        assert_eq!(ev["status"], "EXECUTED");
+        assert_eq!(ev["fromBalance"], "300");
+        assert_eq!(w.balance("vault"), "300");
+        assert_eq!(w.balance("bob"), "200");
+        assert!(w
+            .run("ApproveTransfer", &["p1", "bob"])
+            .unwrap_err()
+            .contains("no longer pending"));
+        let (_, p) = w.run("GetProposal", &["p1"]).unwrap();
+        assert_eq!(p["approvals"], serde_json::json!(["alice", "carol"]));
+    }
+
+    #[test]
+    fn rejections_that_make_the_threshold_unreachable_reject() {
+        let mut w = bootstrapped();
+        w.run("CreateMultisigWallet", &["vault", r#"["alice","bob"]"#, "2"])
+            .unwrap();
+        w.run("TransferTokens", &["fund", "treasury", "vault", "10", ""])
+            .unwrap();
+        w.run("ProposeTransfer", &["p1", "vault", "alice", "5", ""])
+            .unwrap();
+        let (name, ev) = w.run("RejectTransfer", &["p1", "bob"]).unwrap();
+        assert_eq!(name, "TransferRejected");
+        assert_eq!(ev["status"], "REJECTED");
+        assert_eq!(w.balance("vault"), "10");
+        for (args, needle) in [
+            (vec!["v2", r#"["alice","alice"]"#, "1"], "listed twice"),
+            (vec!["v2", r#"["alice"]"#, "2"], "threshold must be"),
+            (vec!["v2", r#"["alice"]"#, "0"], "threshold must be"),
+            (vec!["v2", r#"["ghost"]"#, "1"], "not a user"),
+            (vec!["v2", "alice", "1"], "JSON array"),
+            (vec!["vault", r#"["alice"]"#, "1"], "already exists"),
+        ] {
+            let err = w.run("CreateMultisigWallet", &args).unwrap_err();
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+    }
+}

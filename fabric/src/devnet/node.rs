@@ -1,0 +1,306 @@
+//! The devnet node: shared state of the peer (ledger, MSPs, identities, height) and the
+//! in-process ordering service, which cuts blocks by count, size or timeout and hands each
+//! block to the committer (validate, add metadata, write atomically, publish the height).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::blocks::{finish_block, header_hash, new_block};
+use super::crypto::LocalSigner;
+use super::faults::Faults;
+use super::genesis::{ChannelConfig, genesis_block};
+use super::ledger::{BlockCommit, Ledger, LedgerError, TxRecord};
+use super::msp::MspManager;
+use super::peer::{BlockState, ChannelInfo, Validator};
+use crate::proto::common::{Block, HeaderType};
+
+/// Block cutting parameters of the ordering service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Cut a block when it holds this many transactions.
+    pub max_message_count: usize,
+    /// Cut a block when its transactions reach this many bytes.
+    pub preferred_max_bytes: usize,
+    /// Refuse a single transaction larger than this (REQUEST_ENTITY_TOO_LARGE).
+    pub absolute_max_bytes: usize,
+    /// Cut a block this long after its first transaction arrived.
+    pub timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    /// Fabric's defaults scaled for a development peer: the fabric-samples test network cuts
+    /// at 10 messages or 2 s; the devnet cuts at 100 messages, 2 MiB, or 100 ms, so a single
+    /// transaction commits quickly while a loaded devnet still builds full blocks.
+    fn default() -> Self {
+        Self {
+            max_message_count: 100,
+            preferred_max_bytes: 2 * 1024 * 1024,
+            absolute_max_bytes: 10 * 1024 * 1024,
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// State shared by the gRPC services and the orderer task.
+pub struct Node {
+    pub channel: ChannelInfo,
+    pub msp: MspManager,
+    pub peer_signers: Vec<LocalSigner>,
+    pub orderer_signer: LocalSigner,
+    pub ledger: Ledger,
+    pub endorsing_orgs: Vec<String>,
+    /// `host:port` this peer reports in gateway error details.
+    pub peer_address: String,
+    pub batch: BatchConfig,
+    pub faults: Faults,
+    pub shutdown: CancellationToken,
+    height_tx: watch::Sender<u64>,
+    submit_tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the orderer task needs to start.
+pub struct OrdererParts {
+    submit_rx: mpsc::Receiver<Vec<u8>>,
+    tip: Tip,
+}
+
+/// The committer's view of the chain's end.
+#[derive(Debug, Clone)]
+struct Tip {
+    height: u64,
+    last_header_hash: Vec<u8>,
+}
+
+/// Errors starting or running the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("stored block {0} cannot be decoded")]
+    CorruptBlock(u64),
+    #[error("committer task failed: {0}")]
+    Committer(String),
+}
+
+impl Node {
+    /// Builds the node; writes the genesis block if the ledger is empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        channel: ChannelInfo,
+        msp: MspManager,
+        peer_signers: Vec<LocalSigner>,
+        orderer_signer: LocalSigner,
+        ledger: Ledger,
+        genesis: &ChannelConfig,
+        peer_address: String,
+        batch: BatchConfig,
+        faults: Faults,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<Self>, OrdererParts), NodeError> {
+        let mut tip = Tip {
+            height: ledger.height()?,
+            last_header_hash: Vec::new(),
+        };
+        if tip.height == 0 {
+            let mut block = genesis_block(genesis, &orderer_signer);
+            let filter = vec![crate::proto::protos::TxValidationCode::Valid as u8];
+            finish_block(&mut block, &orderer_signer, filter);
+            let tx_id = super::blocks::summarize(&block)
+                .first()
+                .map(|t| t.tx_id.clone())
+                .unwrap_or_default();
+            ledger.commit(&BlockCommit {
+                number: 0,
+                block_bytes: block.encode_to_vec(),
+                txs: vec![(
+                    tx_id,
+                    TxRecord {
+                        block: 0,
+                        index: 0,
+                        code: 0,
+                    },
+                )],
+                writes: Vec::new(),
+            })?;
+            tracing::info!(channel = %channel.channel_id, "genesis block written");
+            tip.height = 1;
+        }
+        let last = tip.height - 1;
+        let bytes = ledger.block(last)?.ok_or(NodeError::CorruptBlock(last))?;
+        let block = Block::decode(bytes.as_slice()).map_err(|_| NodeError::CorruptBlock(last))?;
+        let header = block.header.ok_or(NodeError::CorruptBlock(last))?;
+        tip.last_header_hash = header_hash(&header);
+        let endorsing_orgs = msp
+            .msp_ids()
+            .filter(|id| *id != super::crypto::ORDERER_ORG.msp_id)
+            .map(str::to_owned)
+            .collect();
+        let (height_tx, _) = watch::channel(tip.height);
+        let (submit_tx, submit_rx) = mpsc::channel(batch.max_message_count.max(1) * 4);
+        let node = Arc::new(Self {
+            channel,
+            msp,
+            peer_signers,
+            orderer_signer,
+            ledger,
+            endorsing_orgs,
+            peer_address,
+            batch,
+            faults,
+            shutdown,
+            height_tx,
+            submit_tx,
+        });
+        Ok((node, OrdererParts { submit_rx, tip }))
+    }
+
+    /// Number of committed blocks.
+    pub fn height(&self) -> u64 {
+        *self.height_tx.borrow()
+    }
+
+    /// A receiver notified after each block commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.height_tx.subscribe()
+    }
+
+    /// Hands an envelope to the ordering service. `Err` when it has stopped.
+    pub async fn order(&self, envelope: Vec<u8>) -> Result<(), ()> {
+        self.submit_tx.send(envelope).await.map_err(|_| ())
+    }
+
+    /// Waits until block `number` is committed. `false` on shutdown.
+    pub async fn wait_for_block(&self, number: u64) -> bool {
+        let mut rx = self.subscribe();
+        loop {
+            if *rx.borrow_and_update() > number {
+                return true;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                changed = rx.changed() => if changed.is_err() { return false },
+            }
+        }
+    }
+
+    /// Reads and decodes committed block `number`.
+    pub fn read_block(&self, number: u64) -> Result<Option<Block>, NodeError> {
+        match self.ledger.block(number)? {
+            None => Ok(None),
+            Some(bytes) => Block::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| NodeError::CorruptBlock(number)),
+        }
+    }
+
+    /// Validates and commits one block of envelopes; returns its number.
+    fn commit_block(&self, tip: &mut Tip, envelopes: Vec<Vec<u8>>) -> Result<u64, NodeError> {
+        let number = tip.height;
+        let mut block = new_block(number, tip.last_header_hash.clone(), envelopes);
+        let validator = Validator {
+            channel: &self.channel,
+            msp: &self.msp,
+            ledger: &self.ledger,
+            endorsing_orgs: &self.endorsing_orgs,
+        };
+        let mut state = BlockState::default();
+        let mut filter = Vec::new();
+        let data = block.data.as_ref().map(|d| d.data.clone()).unwrap_or_default();
+        for (i, env) in data.iter().enumerate() {
+            let code = validator.validate(number, i as u64, env, &mut state)?;
+            filter.push(u8::try_from(code as i32).unwrap_or(u8::MAX));
+        }
+        finish_block(&mut block, &self.orderer_signer, filter);
+        let header_hash = block.header.as_ref().map(header_hash).unwrap_or_default();
+        self.ledger.commit(&BlockCommit {
+            number,
+            block_bytes: block.encode_to_vec(),
+            txs: state.index,
+            writes: state.writes,
+        })?;
+        tip.height = number + 1;
+        tip.last_header_hash = header_hash;
+        self.height_tx.send_replace(tip.height);
+        tracing::debug!(block = number, txs = data.len(), "block committed");
+        Ok(number)
+    }
+}
+
+/// The ordering service: batches envelopes into blocks and commits them, until shutdown;
+/// on shutdown the pending batch is still committed (an acknowledged Submit is never lost).
+pub async fn run_orderer(node: Arc<Node>, parts: OrdererParts) -> Result<(), NodeError> {
+    let OrdererParts {
+        mut submit_rx,
+        mut tip,
+    } = parts;
+    let batch = node.batch;
+    loop {
+        let first = tokio::select! {
+            _ = node.shutdown.cancelled() => None,
+            env = submit_rx.recv() => env,
+        };
+        let Some(first) = first else {
+            // Drain whatever was acknowledged before shutdown.
+            let mut rest = Vec::new();
+            while let Ok(env) = submit_rx.try_recv() {
+                rest.push(env);
+            }
+            if !rest.is_empty() {
+                tip = commit(&node, tip, rest).await?;
+            }
+            return Ok(());
+        };
+        let mut bytes = first.len();
+        let mut pending = vec![first];
+        let deadline = tokio::time::Instant::now() + batch.timeout;
+        while pending.len() < batch.max_message_count && bytes < batch.preferred_max_bytes {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = node.shutdown.cancelled() => break,
+                env = submit_rx.recv() => match env {
+                    Some(env) => {
+                        bytes += env.len();
+                        pending.push(env);
+                    }
+                    None => break,
+                },
+            }
+        }
+        tip = commit(&node, tip, pending).await?;
+    }
+}
+
+async fn commit(node: &Arc<Node>, tip: Tip, envelopes: Vec<Vec<u8>>) -> Result<Tip, NodeError> {
+    let node = Arc::clone(node);
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut tip = tip;
+        node.commit_block(&mut tip, envelopes).map(|_| tip)
+    })
+    .await;
+    match joined {
+        Ok(result) => result,
+        Err(e) => {
+            Err(NodeError::Committer(e.to_string()))
+        }
+    }
+}
+
+/// Whether a block's first transaction is a config transaction.
+pub fn is_config_block(block: &Block) -> bool {
+    super::blocks::summarize(block)
+        .first()
+        .map(|t| t.header_type == HeaderType::Config as i32)
+        .unwrap_or(false)
+}

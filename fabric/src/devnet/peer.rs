@@ -1,0 +1,673 @@
+//! The peer's core: endorsement (unpack and validate a signed proposal, simulate the
+//! chaincode into a read-write set, sign the proposal response) and commit-time
+//! validation (creator signature, transaction id, duplicates, endorsement policy, MVCC),
+//! following Fabric's `core/endorser` and `core/committer/txvalidator` where it matters.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::blocks::compute_tx_id;
+use super::crypto::LocalSigner;
+use super::gx;
+use super::ledger::{Height, Ledger, LedgerError, StateWrite, TxRecord, VersionedValue};
+use super::msp::{Identity, MspManager, Role};
+use crate::proto::common::{ChannelHeader, Envelope, Header, HeaderType, Payload, SignatureHeader};
+use crate::proto::kvrwset::{KvRead, KvWrite, KvrwSet, Version};
+use crate::proto::protos::{
+    ChaincodeAction, ChaincodeActionPayload, ChaincodeCall, ChaincodeEndorsedAction,
+    ChaincodeEvent, ChaincodeHeaderExtension, ChaincodeId, ChaincodeInterest,
+    ChaincodeInvocationSpec, ChaincodeProposalPayload, Endorsement, Proposal,
+    ProposalResponsePayload, Response, SignedProposal, Transaction, TransactionAction,
+    TxValidationCode,
+};
+use crate::proto::rwset::{NsReadWriteSet, TxReadWriteSet, tx_read_write_set};
+
+/// Static facts of the devnet channel.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    pub channel_id: String,
+    pub chaincode: String,
+}
+
+/// A proposal, unpacked (Fabric's `UnpackedProposal`).
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    pub header: Header,
+    pub channel_header: ChannelHeader,
+    pub signature_header: SignatureHeader,
+    pub chaincode_name: String,
+    pub function: String,
+    pub args: Vec<Vec<u8>>,
+    /// The chaincode proposal payload without its transient map, as it goes into the transaction.
+    pub cpp_no_transient: ChaincodeProposalPayload,
+    pub proposal_hash: Vec<u8>,
+}
+
+/// Unpacks a signed proposal; the error text is what Fabric's gateway would report.
+pub fn unpack(signed: &SignedProposal) -> Result<Unpacked, String> {
+    if signed.proposal_bytes.is_empty() {
+        return Err("a signed proposal is required".to_owned());
+    }
+    let prop = Proposal::decode(signed.proposal_bytes.as_slice())
+        .map_err(|e| format!("error unmarshalling Proposal: {e}"))?;
+    let header = Header::decode(prop.header.as_slice())
+        .map_err(|e| format!("error unmarshalling Header: {e}"))?;
+    let channel_header = ChannelHeader::decode(header.channel_header.as_slice())
+        .map_err(|e| format!("error unmarshalling ChannelHeader: {e}"))?;
+    let signature_header = SignatureHeader::decode(header.signature_header.as_slice())
+        .map_err(|e| format!("error unmarshalling SignatureHeader: {e}"))?;
+    let ext = ChaincodeHeaderExtension::decode(channel_header.extension.as_slice())
+        .map_err(|e| format!("error unmarshalling ChaincodeHeaderExtension: {e}"))?;
+    let ext_name = ext
+        .chaincode_id
+        .map(|c| c.name)
+        .ok_or_else(|| "ChaincodeHeaderExtension.ChaincodeId is nil".to_owned())?;
+    if ext_name.is_empty() {
+        return Err("ChaincodeHeaderExtension.ChaincodeId.Name is empty".to_owned());
+    }
+    let cpp = ChaincodeProposalPayload::decode(prop.payload.as_slice())
+        .map_err(|e| format!("error unmarshalling ChaincodeProposalPayload: {e}"))?;
+    let cis = ChaincodeInvocationSpec::decode(cpp.input.as_slice())
+        .map_err(|e| format!("error unmarshalling ChaincodeInvocationSpec: {e}"))?;
+    let spec = cis
+        .chaincode_spec
+        .ok_or_else(|| "chaincode invocation spec did not contain chaincode spec".to_owned())?;
+    if channel_header.channel_id.is_empty() {
+        return Err("no channel id provided".to_owned());
+    }
+    let spec_name = spec.chaincode_id.map(|c| c.name).unwrap_or_default();
+    if spec_name.is_empty() {
+        return Err(format!(
+            "no chaincode name is provided, channel id [{}]",
+            channel_header.channel_id
+        ));
+    }
+    let input = spec
+        .input
+        .ok_or_else(|| "chaincode input did not contain any input".to_owned())?;
+    let mut args = input.args;
+    if args.is_empty() {
+        return Err("chaincode input did not contain a function name".to_owned());
+    }
+    let function = String::from_utf8(args.remove(0))
+        .map_err(|_| "the function name is not valid UTF-8".to_owned())?;
+    let cpp_no_transient = ChaincodeProposalPayload {
+        input: cpp.input.clone(),
+        transient_map: Default::default(),
+    };
+    let mut h = Sha256::new();
+    h.update(&header.channel_header);
+    h.update(&header.signature_header);
+    h.update(cpp_no_transient.encode_to_vec());
+    Ok(Unpacked {
+        header,
+        channel_header,
+        signature_header,
+        chaincode_name: spec_name,
+        function,
+        args,
+        cpp_no_transient,
+        proposal_hash: h.finalize().to_vec(),
+    })
+}
+
+/// Why a proposal was not endorsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposalError {
+    /// The proposal could not be unpacked (gateway: INVALID_ARGUMENT).
+    Malformed(String),
+    /// The channel is not the devnet's.
+    ChannelNotFound(String),
+    /// No such chaincode on the channel.
+    ChaincodeNotFound(String),
+    /// The endorser refused it before simulation (signature, creator, duplicate tx id…).
+    Refused(String),
+    /// The chaincode returned an error (status 500).
+    Chaincode { status: i32, message: String },
+    /// A peer-side failure (ledger I/O).
+    Internal(String),
+}
+
+/// A successfully simulated and endorsed proposal.
+#[derive(Debug, Clone)]
+pub struct Endorsed {
+    pub unpacked: Unpacked,
+    pub response: Response,
+    pub prp_bytes: Vec<u8>,
+    pub endorsements: Vec<Endorsement>,
+    pub interest: ChaincodeInterest,
+}
+
+impl Endorsed {
+    /// The unsigned transaction envelope, assembled exactly as Fabric's gateway does
+    /// (`prepareTransaction`): the proposal's header, one action whose header is the
+    /// signature header, and a ChaincodeActionPayload without transient data.
+    pub fn prepared_transaction(&self) -> Envelope {
+        let cap = ChaincodeActionPayload {
+            chaincode_proposal_payload: self.unpacked.cpp_no_transient.encode_to_vec(),
+            action: Some(ChaincodeEndorsedAction {
+                proposal_response_payload: self.prp_bytes.clone(),
+                endorsements: self.endorsements.clone(),
+            }),
+        };
+        let tx = Transaction {
+            actions: vec![TransactionAction {
+                header: self.unpacked.header.signature_header.clone(),
+                payload: cap.encode_to_vec(),
+            }],
+        };
+        let payload = Payload {
+            header: Some(self.unpacked.header.clone()),
+            data: tx.encode_to_vec(),
+        };
+        Envelope {
+            payload: payload.encode_to_vec(),
+            signature: Vec::new(),
+        }
+    }
+}
+
+/// Simulation of one transaction against a consistent snapshot of the world state.
+struct Simulator<'a> {
+    reader: &'a dyn StateReader,
+    namespace: String,
+    reads: BTreeMap<String, Option<Height>>,
+    writes: BTreeMap<String, Vec<u8>>,
+    event: Option<(String, Vec<u8>)>,
+    creator: &'a Identity,
+}
+
+/// Read access to committed state (a RocksDB snapshot during simulation).
+pub trait StateReader {
+    fn read(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError>;
+}
+
+impl StateReader for Ledger {
+    fn read(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError> {
+        self.state(namespace, key)
+    }
+}
+
+impl StateReader for super::ledger::LedgerSnapshot<'_> {
+    fn read(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError> {
+        self.state(namespace, key)
+    }
+}
+
+impl gx::Stub for Simulator<'_> {
+    fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let v = self
+            .reader
+            .read(&self.namespace, key)
+            .map_err(|e| format!("failed to read state: {e}"))?;
+        self.reads
+            .entry(key.to_owned())
+            .or_insert(v.as_ref().map(|v| v.version));
+        Ok(v.map(|v| v.value))
+    }
+    fn put_state(&mut self, key: &str, value: Vec<u8>) {
+        self.writes.insert(key.to_owned(), value);
+    }
+    fn set_event(&mut self, name: &str, payload: Vec<u8>) {
+        self.event = Some((name.to_owned(), payload));
+    }
+    fn creator_msp_id(&self) -> &str {
+        &self.creator.msp_id
+    }
+    fn creator_role(&self) -> Role {
+        self.creator.role
+    }
+}
+
+impl Simulator<'_> {
+    fn rwset_bytes(&self) -> Vec<u8> {
+        let kv = KvrwSet {
+            reads: self
+                .reads
+                .iter()
+                .map(|(k, v)| KvRead {
+                    key: k.clone(),
+                    version: v.map(|h| Version {
+                        block_num: h.block,
+                        tx_num: h.tx,
+                    }),
+                })
+                .collect(),
+            range_queries_info: Vec::new(),
+            writes: self
+                .writes
+                .iter()
+                .map(|(k, v)| KvWrite {
+                    key: k.clone(),
+                    is_delete: false,
+                    value: v.clone(),
+                })
+                .collect(),
+            metadata_writes: Vec::new(),
+        };
+        TxReadWriteSet {
+            data_model: tx_read_write_set::DataModel::Kv as i32,
+            ns_rwset: vec![NsReadWriteSet {
+                namespace: self.namespace.clone(),
+                rwset: kv.encode_to_vec(),
+                collection_hashed_rwset: Vec::new(),
+            }],
+        }
+        .encode_to_vec()
+    }
+}
+
+/// The endorsing side of the peer.
+pub struct Endorser<'a> {
+    pub channel: &'a ChannelInfo,
+    pub msp: &'a MspManager,
+    pub signers: &'a [LocalSigner],
+    pub ledger: &'a Ledger,
+}
+
+impl Endorser<'_> {
+    /// Validates the proposal like Fabric's `UnpackedProposal.Validate` + `preProcess`.
+    fn validate(&self, signed: &SignedProposal, up: &Unpacked) -> Result<Identity, ProposalError> {
+        let refuse = |m: String| ProposalError::Refused(format!("error validating proposal: {m}"));
+        let ch = &up.channel_header;
+        match HeaderType::try_from(ch.r#type) {
+            Ok(HeaderType::EndorserTransaction) => {}
+            _ => return Err(refuse(format!("invalid header type {}", ch.r#type))),
+        }
+        if ch.epoch != 0 {
+            return Err(refuse("epoch is non-zero".to_owned()));
+        }
+        let shdr = &up.signature_header;
+        if shdr.nonce.is_empty() {
+            return Err(refuse("nonce is empty".to_owned()));
+        }
+        if shdr.creator.is_empty() {
+            return Err(refuse("creator is empty".to_owned()));
+        }
+        let expected = compute_tx_id(&shdr.nonce, &shdr.creator);
+        if ch.tx_id != expected {
+            return Err(refuse(format!(
+                "incorrectly computed txid '{}' -- expected '{expected}'",
+                ch.tx_id
+            )));
+        }
+        if signed.signature.is_empty() {
+            return Err(refuse("empty signature bytes".to_owned()));
+        }
+        let creator = self.msp.deserialize(&shdr.creator).map_err(|e| {
+            tracing::warn!(error = %e, "access denied: creator identity is not valid");
+            match e {
+                super::msp::MspError::MalformedIdentity | super::msp::MspError::UnknownMsp(_) => refuse(format!(
+                    "access denied: channel [{}] creator org unknown, creator is malformed",
+                    ch.channel_id
+                )),
+                _ => refuse(format!(
+                    "access denied: channel [{}] creator org [{}]",
+                    ch.channel_id,
+                    msp_id_of(&shdr.creator)
+                )),
+            }
+        })?;
+        if creator.msp_id == super::crypto::ORDERER_ORG.msp_id {
+            return Err(refuse(format!(
+                "access denied: channel [{}] creator org [{}]",
+                ch.channel_id, creator.msp_id
+            )));
+        }
+        creator
+            .verify(&signed.proposal_bytes, &signed.signature)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "access denied: creator's signature over the proposal is not valid");
+                refuse(format!(
+                    "access denied: channel [{}] creator org [{}]",
+                    ch.channel_id, creator.msp_id
+                ))
+            })?;
+        match self.ledger.tx(&ch.tx_id) {
+            Ok(Some(_)) => {
+                return Err(ProposalError::Refused(format!(
+                    "duplicate transaction found [{}]. Creator [{}]",
+                    ch.tx_id,
+                    hex::encode(&shdr.creator)
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ProposalError::Internal(e.to_string())),
+        }
+        Ok(creator)
+    }
+
+    /// Processes a signed proposal: validate, simulate, endorse.
+    pub fn process(&self, signed: &SignedProposal, reader: &dyn StateReader) -> Result<Endorsed, ProposalError> {
+        let up = unpack(signed).map_err(ProposalError::Malformed)?;
+        if up.channel_header.channel_id != self.channel.channel_id {
+            return Err(ProposalError::ChannelNotFound(up.channel_header.channel_id.clone()));
+        }
+        if up.chaincode_name != self.channel.chaincode {
+            return Err(ProposalError::ChaincodeNotFound(up.chaincode_name.clone()));
+        }
+        let creator = self.validate(signed, &up)?;
+        let args: Vec<String> = up
+            .args
+            .iter()
+            .map(|a| String::from_utf8(a.clone()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ProposalError::Chaincode {
+                status: 500,
+                message: "arguments must be valid UTF-8 strings".to_owned(),
+            })?;
+        let mut sim = Simulator {
+            reader,
+            namespace: self.channel.chaincode.clone(),
+            reads: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            event: None,
+            creator: &creator,
+        };
+        let result = gx::invoke(&mut sim, &up.function, &args);
+        let payload = match result {
+            Ok(p) => p,
+            Err(message) => {
+                return Err(ProposalError::Chaincode {
+                    status: 500,
+                    message,
+                });
+            }
+        };
+        let response = Response {
+            status: 200,
+            message: String::new(),
+            payload,
+        };
+        let events = sim
+            .event
+            .as_ref()
+            .map(|(name, payload)| {
+                ChaincodeEvent {
+                    chaincode_id: self.channel.chaincode.clone(),
+                    tx_id: up.channel_header.tx_id.clone(),
+                    event_name: name.clone(),
+                    payload: payload.clone(),
+                }
+                .encode_to_vec()
+            })
+            .unwrap_or_default();
+        let action = ChaincodeAction {
+            results: sim.rwset_bytes(),
+            events,
+            response: Some(response.clone()),
+            chaincode_id: Some(ChaincodeId {
+                path: String::new(),
+                name: self.channel.chaincode.clone(),
+                version: gx::CHAINCODE_VERSION.to_owned(),
+            }),
+        };
+        let prp_bytes = ProposalResponsePayload {
+            proposal_hash: up.proposal_hash.clone(),
+            extension: action.encode_to_vec(),
+        }
+        .encode_to_vec();
+        let endorsements = self
+            .signers
+            .iter()
+            .map(|s| {
+                let mut msg = prp_bytes.clone();
+                msg.extend_from_slice(s.serialized());
+                Endorsement {
+                    endorser: s.serialized().to_vec(),
+                    signature: s.sign(&msg),
+                }
+            })
+            .collect();
+        Ok(Endorsed {
+            unpacked: up,
+            response,
+            prp_bytes,
+            endorsements,
+            interest: ChaincodeInterest {
+                chaincodes: vec![ChaincodeCall {
+                    name: self.channel.chaincode.clone(),
+                    ..Default::default()
+                }],
+            },
+        })
+    }
+}
+
+fn msp_id_of(serialized: &[u8]) -> String {
+    crate::proto::msp::SerializedIdentity::decode(serialized)
+        .map(|s| s.mspid)
+        .unwrap_or_default()
+}
+
+/// Result of validating one envelope at commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    pub tx_id: String,
+    pub code: TxValidationCode,
+    pub writes: Vec<(String, String, Vec<u8>)>,
+}
+
+/// Checks an envelope's creator and signature (the orderer's Writers check at broadcast and
+/// the committer's first step). Returns the channel header and the creator.
+pub fn check_envelope(
+    msp: &MspManager,
+    env: &Envelope,
+) -> Result<(ChannelHeader, SignatureHeader, Payload), (TxValidationCode, String)> {
+    let payload = Payload::decode(env.payload.as_slice())
+        .map_err(|e| (TxValidationCode::BadPayload, format!("bad payload: {e}")))?;
+    let header = payload
+        .header
+        .as_ref()
+        .ok_or((TxValidationCode::BadCommonHeader, "missing header".to_owned()))?;
+    let chdr = ChannelHeader::decode(header.channel_header.as_slice())
+        .map_err(|e| (TxValidationCode::BadChannelHeader, format!("bad channel header: {e}")))?;
+    let shdr = SignatureHeader::decode(header.signature_header.as_slice())
+        .map_err(|e| (TxValidationCode::BadCommonHeader, format!("bad signature header: {e}")))?;
+    let creator = msp
+        .deserialize(&shdr.creator)
+        .map_err(|e| (TxValidationCode::BadCreatorSignature, format!("creator is not valid: {e}")))?;
+    creator
+        .verify(&env.payload, &env.signature)
+        .map_err(|e| (TxValidationCode::BadCreatorSignature, format!("signature is not valid: {e}")))?;
+    Ok((chdr, shdr, payload))
+}
+
+/// Commit-time validation of the transactions of one block.
+pub struct Validator<'a> {
+    pub channel: &'a ChannelInfo,
+    pub msp: &'a MspManager,
+    pub ledger: &'a Ledger,
+    /// MSP ids of the application orgs (the Endorsement policy is MAJORITY of them).
+    pub endorsing_orgs: &'a [String],
+}
+
+/// Per-block overlay: keys written by earlier valid transactions of the block.
+#[derive(Default)]
+pub struct BlockState {
+    seen_tx_ids: BTreeSet<String>,
+    updated: HashMap<(String, String), Height>,
+    pub writes: Vec<StateWrite>,
+    pub index: Vec<(String, TxRecord)>,
+}
+
+impl Validator<'_> {
+    /// Validates envelope `tx_num` of block `block_num`, updating `state` when valid.
+    pub fn validate(
+        &self,
+        block_num: u64,
+        tx_num: u64,
+        envelope_bytes: &[u8],
+        state: &mut BlockState,
+    ) -> Result<TxValidationCode, LedgerError> {
+        let (code, tx_id, writes) = self.check(envelope_bytes, state)?;
+        if let Some(tx_id) = &tx_id {
+            if code != TxValidationCode::DuplicateTxid && !tx_id.is_empty() {
+                state.seen_tx_ids.insert(tx_id.clone());
+                state.index.push((
+                    tx_id.clone(),
+                    TxRecord {
+                        block: block_num,
+                        index: u32::try_from(tx_num).unwrap_or(u32::MAX),
+                        code: code as i32,
+                    },
+                ));
+            }
+        }
+        if code == TxValidationCode::Valid {
+            let version = Height {
+                block: block_num,
+                tx: tx_num,
+            };
+            for (ns, key, value) in writes {
+                state.updated.insert((ns.clone(), key.clone()), version);
+                state.writes.push(StateWrite {
+                    namespace: ns,
+                    key,
+                    value: Some(value),
+                    version,
+                });
+            }
+        } else {
+            tracing::info!(tx_id = tx_id.as_deref().unwrap_or(""), code = code.as_str_name(), block = block_num, "transaction invalidated");
+        }
+        Ok(code)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        envelope_bytes: &[u8],
+        state: &BlockState,
+    ) -> Result<(TxValidationCode, Option<String>, Vec<(String, String, Vec<u8>)>), LedgerError> {
+        use TxValidationCode as C;
+        let none = |c: C| Ok((c, None, Vec::new()));
+        if envelope_bytes.is_empty() {
+            return none(C::NilEnvelope);
+        }
+        let Ok(env) = Envelope::decode(envelope_bytes) else {
+            return none(C::BadPayload);
+        };
+        let (chdr, shdr, payload) = match check_envelope(self.msp, &env) {
+            Ok(v) => v,
+            Err((code, _)) => {
+                // A bad signature still names a transaction id when the header decodes.
+                let tx_id = super::blocks::envelope_channel_header(envelope_bytes).map(|(_, c)| c.tx_id);
+                return Ok((code, tx_id, Vec::new()));
+            }
+        };
+        let tx_id = chdr.tx_id.clone();
+        let with_id = |c: C| Ok((c, Some(tx_id.clone()), Vec::new()));
+        if chdr.r#type != HeaderType::EndorserTransaction as i32 {
+            return with_id(C::UnknownTxType);
+        }
+        if chdr.channel_id != self.channel.channel_id {
+            return with_id(C::TargetChainNotFound);
+        }
+        if tx_id != compute_tx_id(&shdr.nonce, &shdr.creator) {
+            return with_id(C::BadProposalTxid);
+        }
+        if state.seen_tx_ids.contains(&tx_id) || self.ledger.tx(&tx_id)?.is_some() {
+            return Ok((C::DuplicateTxid, Some(tx_id), Vec::new()));
+        }
+        let Ok(tx) = Transaction::decode(payload.data.as_slice()) else {
+            return with_id(C::BadPayload);
+        };
+        if tx.actions.len() != 1 {
+            return with_id(C::BadPayload);
+        }
+        let action = &tx.actions[0];
+        let Ok(cap) = ChaincodeActionPayload::decode(action.payload.as_slice()) else {
+            return with_id(C::BadPayload);
+        };
+        let Some(endorsed) = cap.action else {
+            return with_id(C::NilTxaction);
+        };
+        let Ok(ext) = ChaincodeHeaderExtension::decode(chdr.extension.as_slice()) else {
+            return with_id(C::BadHeaderExtension);
+        };
+        let cc_name = ext.chaincode_id.map(|c| c.name).unwrap_or_default();
+        if cc_name != self.channel.chaincode {
+            return with_id(C::InvalidChaincode);
+        }
+        let Ok(prp) = ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice()) else {
+            return with_id(C::BadResponsePayload);
+        };
+        let Some(header) = payload.header.as_ref() else {
+            return with_id(C::BadCommonHeader);
+        };
+        let mut h = Sha256::new();
+        h.update(&header.channel_header);
+        h.update(&header.signature_header);
+        h.update(&cap.chaincode_proposal_payload);
+        if prp.proposal_hash != h.finalize().as_slice() {
+            return with_id(C::BadResponsePayload);
+        }
+        let Ok(cca) = ChaincodeAction::decode(prp.extension.as_slice()) else {
+            return with_id(C::BadResponsePayload);
+        };
+        if cca.chaincode_id.as_ref().map(|c| c.name.as_str()) != Some(cc_name.as_str()) {
+            return with_id(C::InvalidChaincode);
+        }
+        // Endorsement policy: MAJORITY of the application orgs' Endorsement policies, each
+        // satisfied by a valid signature from a peer of that org.
+        let mut orgs = BTreeSet::new();
+        for e in &endorsed.endorsements {
+            let Ok(id) = self.msp.deserialize(&e.endorser) else {
+                continue;
+            };
+            if id.role != Role::Peer || !self.endorsing_orgs.contains(&id.msp_id) {
+                continue;
+            }
+            let mut msg = endorsed.proposal_response_payload.clone();
+            msg.extend_from_slice(&e.endorser);
+            if id.verify(&msg, &e.signature).is_ok() {
+                orgs.insert(id.msp_id);
+            }
+        }
+        if orgs.len() * 2 <= self.endorsing_orgs.len() {
+            return with_id(C::EndorsementPolicyFailure);
+        }
+        let Ok(rwset) = TxReadWriteSet::decode(cca.results.as_slice()) else {
+            return with_id(C::BadRwset);
+        };
+        let mut writes = Vec::new();
+        for ns in &rwset.ns_rwset {
+            let Ok(kv) = KvrwSet::decode(ns.rwset.as_slice()) else {
+                return with_id(C::BadRwset);
+            };
+            if ns.namespace != cc_name && !kv.writes.is_empty() {
+                return with_id(C::IllegalWriteset);
+            }
+            if !kv.range_queries_info.is_empty() {
+                return with_id(C::PhantomReadConflict);
+            }
+            for read in &kv.reads {
+                let read_version = read.version.as_ref().map(|v| Height {
+                    block: v.block_num,
+                    tx: v.tx_num,
+                });
+                if state
+                    .updated
+                    .contains_key(&(ns.namespace.clone(), read.key.clone()))
+                {
+                    return with_id(C::MvccReadConflict);
+                }
+                let committed = self.ledger.state(&ns.namespace, &read.key)?.map(|v| v.version);
+                if committed != read_version {
+                    return with_id(C::MvccReadConflict);
+                }
+            }
+            for w in &kv.writes {
+                if w.is_delete {
+                    // The GX chaincode never deletes; refuse rather than mis-apply.
+                    return with_id(C::InvalidWriteset);
+                }
+                writes.push((ns.namespace.clone(), w.key.clone(), w.value.clone()));
+            }
+        }
+        Ok((C::Valid, Some(tx_id), writes))
+    }
+}

@@ -1,0 +1,704 @@
+//! The one RocksDB instance of a gxd data directory (`<data_dir>/rocksdb`), shared by the
+//! outbox and the checkpoint log, and its single group-committing writer.
+//!
+//! # Writes: one writer thread, group commit
+//! Every change goes through [`Db::write`]: the caller hands a closure to a dedicated writer
+//! thread over a bounded queue and awaits a oneshot reply. The writer drains whatever is
+//! queued (up to [`DbOptions::max_batch`]), runs the closures one after another against a
+//! [`Round`] — an in-memory overlay over the database, so each closure sees the effects of
+//! the closures before it in the same round — then writes the whole round as **one
+//! `WriteBatch` with `sync = true`** (the WAL is fsync'd) and only then answers every caller.
+//! So:
+//! - many concurrent callers cost one fsync, not one each;
+//! - read-check-write sequences (idempotency check and insert, partition head checks) are
+//!   race-free: there is exactly one writer and it sees its own pending writes;
+//! - a change is either wholly in the batch or not at all (a closure that fails is rolled
+//!   back to its savepoint), and the batch is atomic on disk, indexes included;
+//! - nobody is answered before the batch holding their change is durable, including callers
+//!   that were answered from another caller's not-yet-durable change (an idempotent repeat
+//!   in the same round).
+//!
+//! If the write fails (I/O error, disk full), every caller of the round gets
+//! [`StorageError::Unavailable`] and nothing of the round is on disk.
+//!
+//! # Reads
+//! Readers use the RocksDB handle directly (from any thread), usually under a snapshot so
+//! that an index and the records it points to are read at one point in time.
+//!
+//! # Column families
+//! See [`Cf`]. The `meta` family holds the format version ([`FORMAT_VERSION`]) and the
+//! outbox counters.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, LogLevel,
+    Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Result, StorageError};
+
+/// The RocksDB handle type used throughout (column families are all created at open, so
+/// the single-threaded-CF-management mode suffices; reads and writes are thread-safe).
+pub(crate) type RawDb = rocksdb::DB;
+
+/// The on-disk format version this build writes and the highest it reads.
+///
+/// Version 1: the column families of [`Cf`], records as described in
+/// [`crate::outbox::record`] and [`crate::checkpoint`].
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Key of the format version in the meta column family.
+const META_FORMAT_VERSION: &[u8] = b"format_version";
+
+/// The column families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Cf {
+    /// Format version, counters, sequence numbers.
+    Meta,
+    /// Command id (16 bytes, UUIDv7 big-endian) → command record.
+    Commands,
+    /// (tenant, request id) → idempotency record.
+    Idempotency,
+    /// (created ms, tenant, request id) → empty: idempotency keys in age order, for expiry.
+    IdemExpiry,
+    /// (status, command id) → empty: commands by status in id (= time) order.
+    Status,
+    /// (partition, queue sequence) → command id: the queued (not yet committed or failed)
+    /// commands of each partition, in acceptance order.
+    PartitionQueue,
+    /// (due ms, command id) → empty: the dispatchable head of each partition.
+    Due,
+    /// (channel, block number) → checkpoint record.
+    Checkpoints,
+}
+
+impl Cf {
+    pub(crate) const ALL: [Cf; 8] = [
+        Cf::Meta,
+        Cf::Commands,
+        Cf::Idempotency,
+        Cf::IdemExpiry,
+        Cf::Status,
+        Cf::PartitionQueue,
+        Cf::Due,
+        Cf::Checkpoints,
+    ];
+
+    /// The column family's name on disk.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Commands => "commands",
+            Cf::Idempotency => "idempotency",
+            Cf::IdemExpiry => "idempotency_expiry",
+            Cf::Status => "status_index",
+            Cf::PartitionQueue => "partition_queue",
+            Cf::Due => "due_index",
+            Cf::Checkpoints => "checkpoints",
+        }
+    }
+}
+
+/// Tuning of the RocksDB instance and its writer. The defaults suit a sidecar on a small
+/// machine.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Shared block cache, bytes. Default 64 MiB.
+    pub block_cache_bytes: usize,
+    /// Memtable size of the `commands` family, bytes. Default 64 MiB.
+    pub commands_write_buffer_bytes: usize,
+    /// Memtable size of the small index families, bytes. Default 8 MiB: index entries are
+    /// written and deleted quickly (queues), small memtables flush their tombstones early.
+    pub index_write_buffer_bytes: usize,
+    /// Most changes the writer puts into one write batch. Default 2048.
+    pub max_batch: usize,
+    /// Capacity of the writer's queue; callers wait (backpressure) when it is full.
+    /// Default 16384.
+    pub queue_capacity: usize,
+    /// RocksDB background flush/compaction jobs. Default 2.
+    pub max_background_jobs: i32,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            block_cache_bytes: 64 << 20,
+            commands_write_buffer_bytes: 64 << 20,
+            index_write_buffer_bytes: 8 << 20,
+            max_batch: 2048,
+            queue_capacity: 16384,
+            max_background_jobs: 2,
+        }
+    }
+}
+
+/// What the writer calls back once the round's batch is written (or failed).
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+/// A change to run on the writer thread. `None`: the change failed, its caller has been
+/// answered and its effects rolled back.
+type Op = Box<dyn FnOnce(&mut Round<'_>) -> Option<Completion> + Send>;
+
+struct DbInner {
+    raw: Arc<RawDb>,
+    path: PathBuf,
+    sender: Option<mpsc::Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain what is queued and stop; joining it
+        // means the RocksDB handle (and its LOCK) is released when the last `Db` goes.
+        drop(self.sender.take());
+        if let Some(handle) = self.writer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the storage writer thread had panicked");
+        }
+    }
+}
+
+/// The RocksDB instance of a data directory with its writer. Cheap to clone; the outbox and
+/// the checkpoint log share one. Dropping the last clone stops the writer (after it has
+/// written what was queued) and closes the database.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
+    }
+}
+
+impl Db {
+    /// The RocksDB directory inside a gxd data directory.
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("rocksdb")
+    }
+
+    /// Opens (creating if missing) the database at `path` and starts its writer.
+    ///
+    /// Blocking (RocksDB replays its WAL here); call it from `spawn_blocking` in async code.
+    /// A directory locked by another process gives [`StorageError::Locked`] at once.
+    pub fn open(path: impl AsRef<Path>, options: &DbOptions) -> Result<Db> {
+        let path = path.as_ref().to_path_buf();
+        if options.max_batch == 0 || options.queue_capacity == 0 {
+            return Err(StorageError::InvalidInput(
+                "max_batch and queue_capacity must be positive".to_owned(),
+            ));
+        }
+        std::fs::create_dir_all(&path).map_err(|e| StorageError::Unavailable {
+            message: format!("cannot create {}: {e}", path.display()),
+            source: None,
+        })?;
+        let (db_opts, cfs) = rocksdb_options(options);
+        let raw = RawDb::open_cf_descriptors(&db_opts, &path, cfs)
+            .map_err(|e| classify_open_error(&path, e))?;
+        check_format_version(&raw)?;
+        let raw = Arc::new(raw);
+
+        let (sender, receiver) = mpsc::channel::<Op>(options.queue_capacity);
+        let writer_db = Arc::clone(&raw);
+        let max_batch = options.max_batch;
+        let writer = std::thread::Builder::new()
+            .name("gxd-storage-writer".to_owned())
+            .spawn(move || writer_loop(&writer_db, receiver, max_batch))
+            .map_err(|e| StorageError::Unavailable {
+                message: format!("cannot start the storage writer thread: {e}"),
+                source: None,
+            })?;
+        tracing::info!(path = %path.display(), format_version = FORMAT_VERSION, "opened RocksDB");
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                raw,
+                path,
+                sender: Some(sender),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// The RocksDB directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Whether the writer is running (false after it stopped on a panic): for readiness.
+    pub fn is_writable(&self) -> bool {
+        self.inner.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    pub(crate) fn raw(&self) -> &RawDb {
+        &self.inner.raw
+    }
+
+    /// Runs `change` on the writer thread inside a round and returns its result once the
+    /// round's batch is durable. If `change` fails, its writes are rolled back and its error
+    /// returned; if the batch write fails, [`StorageError::Unavailable`].
+    ///
+    /// `change` must not capture a `Db` (it would be dropped on the writer thread).
+    pub(crate) async fn write<T, F>(&self, change: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Round<'_>) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T>>();
+        let op: Op = Box::new(move |round: &mut Round<'_>| {
+            let savepoint = round.savepoint();
+            match change(round) {
+                Ok(value) => Some(Box::new(move |written: Result<()>| {
+                    let _ = reply.send(written.map(|()| value));
+                }) as Completion),
+                Err(e) => {
+                    round.rollback(savepoint);
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            }
+        });
+        let sender = self
+            .inner
+            .sender
+            .as_ref()
+            .ok_or_else(StorageError::writer_stopped)?;
+        sender
+            .send(op)
+            .await
+            .map_err(|_| StorageError::writer_stopped())?;
+        answer.await.map_err(|_| StorageError::writer_stopped())?
+    }
+}
+
+/// Classifies an open error: a held LOCK file is [`StorageError::Locked`].
+fn classify_open_error(path: &Path, e: rocksdb::Error) -> StorageError {
+    let message = e.to_string();
+    // RocksDB says "IO error: While lock file: <path>/LOCK: Resource temporarily
+    // unavailable" when another process holds the lock, and "IO error: lock hold by current
+    // process ... <path>/LOCK: No locks available" when this process already has it open.
+    let locked = e.kind() == rocksdb::ErrorKind::IOError
+        && (message.contains("While lock file")
+            || message.contains("lock hold by current process")
+            || (message.contains("/LOCK") && message.contains("unavailable")));
+    if locked {
+        StorageError::Locked {
+            path: path.display().to_string(),
+            message,
+        }
+    } else {
+        StorageError::from(e)
+    }
+}
+
+fn check_format_version(raw: &RawDb) -> Result<()> {
+    let meta = cf_handle(raw, Cf::Meta)?;
+    match raw.get_pinned_cf(meta, META_FORMAT_VERSION)? {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(&bytes[..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| {
+                    StorageError::corrupt("meta", META_FORMAT_VERSION, "format version is not 4 bytes")
+                })?;
+            if found > FORMAT_VERSION {
+                return Err(StorageError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            raw.write_opt(batch, &wo)?;
+            Ok(())
+        }
+    }
+}
+
+/// The column family handle (all are created at open, so a missing one is a bug or a
+/// foreign database).
+pub(crate) fn cf_handle(raw: &RawDb, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
+    raw.cf_handle(cf.name())
+        .ok_or_else(|| StorageError::Unavailable {
+            message: format!("column family {} is missing", cf.name()),
+            source: None,
+        })
+}
+
+/// RocksDB tuning for an outbox: small, hot, write-heavy, sync-per-batch.
+fn rocksdb_options(o: &DbOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let mut db = Options::default();
+    db.create_if_missing(true);
+    db.create_missing_column_families(true);
+    // The WAL is what makes an acknowledged command durable: every batch is written with
+    // sync=true, and RocksDB writes the WAL itself (no manual flush that could be forgotten).
+    db.set_manual_wal_flush(false);
+    // After a crash, recover every record up to the last complete one. A torn tail record
+    // was never acknowledged (its sync did not return), so dropping it loses nothing.
+    db.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    // With several column families, an old WAL file stays until every family that has data
+    // in it is flushed. Cap the total so a rarely written family (checkpoints) cannot pin
+    // gigabytes of WAL; RocksDB flushes the laggards when the cap is hit.
+    db.set_max_total_wal_size(256 << 20);
+    // Two cores: one flush and one compaction in the background is the right amount.
+    db.set_max_background_jobs(o.max_background_jobs);
+    db.increase_parallelism(o.max_background_jobs.max(1));
+    // Smooth out background I/O so a flush does not stall a foreground WAL fsync.
+    db.set_bytes_per_sync(1 << 20);
+    db.set_paranoid_checks(true);
+    db.set_keep_log_file_num(4);
+    db.set_max_log_file_size(16 << 20);
+    db.set_log_level(LogLevel::Warn);
+    db.set_avoid_unnecessary_blocking_io(true);
+
+    let cache = Cache::new_lru_cache(o.block_cache_bytes);
+    let table = |bloom: bool| {
+        let mut t = BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        t.set_format_version(5);
+        t.set_cache_index_and_filter_blocks(true);
+        t.set_cache_index_and_filter_blocks_with_high_priority(true);
+        if bloom {
+            // Point lookups (get by id, idempotency check on every enqueue, where the key
+            // is usually absent) skip SST files whose bloom filter says "not here".
+            t.set_bloom_filter(10.0, false);
+        }
+        t
+    };
+
+    let cfs = Cf::ALL
+        .iter()
+        .map(|&cf| {
+            let mut c = Options::default();
+            let (point_lookups, write_buffer) = match cf {
+                Cf::Commands => (true, o.commands_write_buffer_bytes),
+                Cf::Idempotency => (true, o.index_write_buffer_bytes),
+                Cf::Meta | Cf::Checkpoints => (true, 4 << 20),
+                // Iterated, never point-read: no bloom filter.
+                Cf::IdemExpiry | Cf::Status | Cf::PartitionQueue | Cf::Due => {
+                    (false, o.index_write_buffer_bytes)
+                }
+            };
+            c.set_block_based_table_factory(&table(point_lookups));
+            c.set_write_buffer_size(write_buffer);
+            c.set_max_write_buffer_number(3);
+            c.set_level_compaction_dynamic_level_bytes(true);
+            // LZ4 only (the only codec compiled in): cheap on CPU, and command payloads
+            // (JSON) compress well. The index families hold tiny keys: no compression.
+            let compression = match cf {
+                Cf::Commands | Cf::Checkpoints => DBCompressionType::Lz4,
+                _ => DBCompressionType::None,
+            };
+            c.set_compression_type(compression);
+            c.set_bottommost_compression_type(compression);
+            if matches!(
+                cf,
+                Cf::Status | Cf::PartitionQueue | Cf::Due | Cf::IdemExpiry
+            ) {
+                // Queue-like families: entries are inserted and deleted soon after. Compact
+                // SST files dense with tombstones so iterating from the start stays fast.
+                c.add_compact_on_deletion_collector_factory(4096, 2048, 0.5);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), c)
+        })
+        .collect();
+    (db, cfs)
+}
+
+fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) {
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    let mut ops: Vec<Op> = Vec::with_capacity(max_batch);
+    while let Some(first) = receiver.blocking_recv() {
+        ops.push(first);
+        while ops.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("storage::writer::round");
+
+        let mut round = Round::new(raw);
+        let mut completions: Vec<Completion> = Vec::with_capacity(ops.len());
+        for op in ops.drain(..) {
+            let savepoint = round.savepoint();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| op(&mut round))) {
+                Ok(Some(done)) => completions.push(done),
+                Ok(None) => {}
+                Err(_) => {
+                    // A bug in one change must not poison the others: undo it; its caller
+                    // gets "unavailable" (its reply sender was dropped by the unwind).
+                    round.rollback(savepoint);
+                    tracing::error!("a storage change panicked; it was rolled back");
+                }
+            }
+        }
+        let written = round.commit(&sync);
+        if let Err(e) = &written {
+            tracing::error!(error = %e, changes = completions.len(), "storage write failed");
+        }
+        for done in completions {
+            done(written.clone());
+        }
+    }
+}
+
+type OverlayKey = (Cf, Vec<u8>);
+
+/// One round of the writer: the pending writes of the round over the database.
+///
+/// Reads see the database as of the round's start plus the round's own writes (the writer
+/// is the only one writing, so that is the current state). Writes are buffered and become
+/// one atomic, synced `WriteBatch` at the end of the round; a savepoint/rollback pair undoes
+/// one change's writes when it fails half-way.
+pub(crate) struct Round<'a> {
+    raw: &'a RawDb,
+    overlay: BTreeMap<OverlayKey, Option<Vec<u8>>>,
+    /// (key, what the overlay held for it before) for rollback.
+    undo: Vec<(OverlayKey, Option<Option<Vec<u8>>>)>,
+}
+
+impl<'a> Round<'a> {
+    fn new(raw: &'a RawDb) -> Self {
+        Round {
+            raw,
+            overlay: BTreeMap::new(),
+            undo: Vec::new(),
+        }
+    }
+
+    fn savepoint(&self) -> usize {
+        self.undo.len()
+    }
+
+    fn rollback(&mut self, savepoint: usize) {
+        while self.undo.len() > savepoint {
+            let Some((key, before)) = self.undo.pop() else {
+                break;
+            };
+            match before {
+                Some(value) => {
+                    self.overlay.insert(key, value);
+                }
+                None => {
+                    self.overlay.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let k = (cf, key);
+        let before = self.overlay.insert(k.clone(), value);
+        self.undo.push((k, before));
+    }
+
+    /// Buffers a put.
+    pub(crate) fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.set(cf, key, Some(value));
+    }
+
+    /// Buffers a delete.
+    pub(crate) fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.set(cf, key, None);
+    }
+
+    /// Reads a key: the round's pending write if any, else the database.
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(pending) = self.overlay.get(&(cf, key.to_vec())) {
+            return Ok(pending.clone());
+        }
+        let handle = cf_handle(self.raw, cf)?;
+        Ok(self.raw.get_pinned_cf(handle, key)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether a key exists (overlay-aware).
+    pub(crate) fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
+        if let Some(pending) = self.overlay.get(&(cf, key.to_vec())) {
+            return Ok(pending.is_some());
+        }
+        let handle = cf_handle(self.raw, cf)?;
+        Ok(self.raw.get_pinned_cf(handle, key)?.is_some())
+    }
+
+    /// The first live entry with `lower <= key < upper` (overlay-aware).
+    pub(crate) fn first_in_range(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.scan_range(cf, lower, upper, 1)?.into_iter().next())
+    }
+
+    /// Up to `limit` live entries with `lower <= key < upper`, in key order (overlay-aware).
+    pub(crate) fn scan_range(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if limit == 0 || lower >= upper {
+            return Ok(out);
+        }
+        let range = (
+            Bound::Included((cf, lower.to_vec())),
+            Bound::Excluded((cf, upper.to_vec())),
+        );
+        let mut pending = self.overlay.range(range).peekable();
+
+        let handle = cf_handle(self.raw, cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mut it = self.raw.raw_iterator_cf_opt(handle, ro);
+        it.seek(lower);
+        loop {
+            if out.len() >= limit {
+                break;
+            }
+            let db_item = it.item();
+            let next_pending = pending.peek().map(|((_, k), v)| (k, v));
+            match (db_item, next_pending) {
+                (None, None) => break,
+                (Some((dk, dv)), None) => {
+                    out.push((dk.to_vec(), dv.to_vec()));
+                    it.next();
+                }
+                (None, Some((pk, pv))) => {
+                    if let Some(v) = pv {
+                        out.push((pk.clone(), v.clone()));
+                    }
+                    pending.next();
+                }
+                (Some((dk, dv)), Some((pk, pv))) => {
+                    if dk < pk.as_slice() {
+                        out.push((dk.to_vec(), dv.to_vec()));
+                        it.next();
+                    } else {
+                        // The overlay shadows the database entry with the same key.
+                        if dk == pk.as_slice() {
+                            it.next();
+                        }
+                        if let Some(v) = pv {
+                            out.push((pk.clone(), v.clone()));
+                        }
+                        pending.next();
+                    }
+                }
+            }
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The last live entry with `lower <= key < upper` (overlay-aware).
+    pub(crate) fn last_in_range(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if lower >= upper {
+            return Ok(None);
+        }
+        // The round's own last live entry in the range.
+        let range = (
+            Bound::Included((cf, lower.to_vec())),
+            Bound::Excluded((cf, upper.to_vec())),
+        );
+        let pending_last = self
+            .overlay
+            .range(range)
+            .rev()
+            .find_map(|((_, k), v)| v.as_ref().map(|v| (k.clone(), v.clone())));
+        // The database's last entry not deleted by the round.
+        let handle = cf_handle(self.raw, cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mut it = self.raw.raw_iterator_cf_opt(handle, ro);
+        it.seek_to_last();
+        let mut db_last = None;
+        while let Some((k, v)) = it.item() {
+            match self.overlay.get(&(cf, k.to_vec())) {
+                Some(None) => it.prev(),
+                _ => {
+                    db_last = Some((k.to_vec(), v.to_vec()));
+                    break;
+                }
+            }
+        }
+        it.status()?;
+        Ok(match (pending_last, db_last) {
+            (Some(p), Some(d)) => Some(if p.0 >= d.0 { p } else { d }),
+            (p, d) => p.or(d),
+        })
+    }
+
+    /// Writes the round as one synced batch.
+    fn commit(self, sync: &WriteOptions) -> Result<()> {
+        if self.overlay.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for ((cf, key), value) in &self.overlay {
+            let handle = cf_handle(self.raw, *cf)?;
+            match value {
+                Some(v) => batch.put_cf(handle, key, v),
+                None => batch.delete_cf(handle, key),
+            }
+        }
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("storage::writer::before_write", |_| Err(
+            StorageError::Unavailable {
+                message: "failpoint storage::writer::before_write".to_owned(),
+                source: None,
+            }
+        ));
+        self.raw.write_opt(batch, sync)?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("storage::writer::after_write", |_| Err(
+            StorageError::Unavailable {
+                message: "failpoint storage::writer::after_write".to_owned(),
+                source: None,
+            }
+        ));
+        Ok(())
+    }
+}
+
+/// Big-endian u64 in the meta family.
+pub(crate) fn decode_u64(cf: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StorageError::corrupt(cf, key, "expected an 8-byte big-endian integer"))
+}
+
+/// Serde for byte strings as lowercase hex.
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}

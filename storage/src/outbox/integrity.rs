@@ -1,0 +1,284 @@
+//! The outbox consistency checker: every record against every index, under one snapshot.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::record::{decode_command, decode_idempotency};
+use super::{CommandId, Status, StatusCounts, due_ms, keys};
+use crate::db::{Cf, RawDb, cf_handle, decode_u64};
+use crate::error::Result;
+
+/// What [`super::Outbox::verify_integrity`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntegrityReport {
+    /// Command records.
+    pub commands: u64,
+    /// Counts per status, from the records.
+    pub counts: StatusCounts,
+    /// Partitions with queued commands.
+    pub partitions: u64,
+    /// Due-index entries.
+    pub due: u64,
+    /// Idempotency keys.
+    pub idempotency_keys: u64,
+    /// Everything inconsistent (at most 100 listed), empty when all is well.
+    pub problems: Vec<String>,
+    /// Problems found, including those not listed.
+    pub problem_count: u64,
+}
+
+impl IntegrityReport {
+    /// No problem found.
+    pub fn is_ok(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn problem(&mut self, p: String) {
+        self.problem_count += 1;
+        if self.problems.len() < 100 {
+            self.problems.push(p);
+        }
+    }
+}
+
+struct Summary {
+    status: Status,
+    partition: String,
+    seq: u64,
+    idem_key: Vec<u8>,
+    digest: [u8; 32],
+    due_ms: u64,
+}
+
+type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, RawDb>;
+
+fn scan(
+    raw: &RawDb,
+    snapshot: &Snapshot<'_>,
+    cf: Cf,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> Result<()> {
+    let mut it = snapshot.raw_iterator_cf(cf_handle(raw, cf)?);
+    it.seek_to_first();
+    while let Some((k, v)) = it.item() {
+        each(k, v);
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
+    let snapshot = raw.snapshot();
+    let mut r = IntegrityReport::default();
+
+    // Records.
+    let mut commands: HashMap<CommandId, Summary> = HashMap::new();
+    let mut decode_problems = Vec::new();
+    scan(raw, &snapshot, Cf::Commands, |k, v| match decode_command(k, v) {
+        Ok(c) => {
+            commands.insert(
+                c.id,
+                Summary {
+                    status: c.status,
+                    partition: c.partition_key.clone(),
+                    seq: c.queue_seq,
+                    idem_key: keys::idempotency(&c.tenant, &c.request_id),
+                    digest: c.payload_digest,
+                    due_ms: due_ms(c.next_attempt_at),
+                },
+            );
+        }
+        Err(e) => decode_problems.push(e.to_string()),
+    })?;
+    for p in decode_problems {
+        r.problem(p);
+    }
+    r.commands = commands.len() as u64;
+    for s in commands.values() {
+        *r.counts.slot(s.status) += 1;
+    }
+
+    // Counters.
+    let meta = cf_handle(raw, Cf::Meta)?;
+    for s in Status::ALL {
+        let key = keys::meta_count(s);
+        let stored = match snapshot.get_pinned_cf(meta, &key)? {
+            Some(b) => decode_u64("meta", &key, &b).unwrap_or(u64::MAX),
+            None => 0,
+        };
+        if stored != r.counts.get(s) {
+            r.problem(format!(
+                "counter of {s} is {stored}, but {} records have it",
+                r.counts.get(s)
+            ));
+        }
+    }
+    let next_seq = match snapshot.get_pinned_cf(meta, keys::META_NEXT_SEQ)? {
+        Some(b) => decode_u64("meta", keys::META_NEXT_SEQ, &b).unwrap_or(0),
+        None => 1,
+    };
+
+    // Status index.
+    let mut status_entries: HashSet<(Status, CommandId)> = HashSet::new();
+    let mut problems = Vec::new();
+    scan(raw, &snapshot, Cf::Status, |k, _| {
+        let parsed = keys::status_id(k)
+            .ok()
+            .and_then(|id| Status::from_code(k[0]).map(|s| (s, id)));
+        match parsed {
+            Some((s, id)) => {
+                match commands.get(&id) {
+                    None => problems.push(format!("status index {s}/{id}: no such command")),
+                    Some(c) if c.status != s => problems.push(format!(
+                        "status index {s}/{id}: command is {}",
+                        c.status
+                    )),
+                    Some(_) => {}
+                }
+                status_entries.insert((s, id));
+            }
+            None => problems.push(format!("status index: bad key {}", hex::encode(k))),
+        }
+    })?;
+    for (id, c) in &commands {
+        if !status_entries.contains(&(c.status, *id)) {
+            problems.push(format!("command {id} ({}) missing from the status index", c.status));
+        }
+    }
+
+    // Partition queues.
+    let mut queues: BTreeMap<String, Vec<(u64, CommandId)>> = BTreeMap::new();
+    scan(raw, &snapshot, Cf::PartitionQueue, |k, v| {
+        let Ok((partition, seq)) = keys::split_partition_queue(k) else {
+            problems.push(format!("partition queue: bad key {}", hex::encode(k)));
+            return;
+        };
+        let Some(id) = CommandId::from_slice(v) else {
+            problems.push(format!("partition queue {partition:?}/{seq}: bad value"));
+            return;
+        };
+        match commands.get(&id) {
+            None => problems.push(format!("partition queue {partition:?}/{seq}: no command {id}")),
+            Some(c) => {
+                if !c.status.is_queued() {
+                    problems.push(format!("partition queue {partition:?}/{seq}: {id} is {}", c.status));
+                }
+                if c.partition != partition || c.seq != seq {
+                    problems.push(format!(
+                        "partition queue {partition:?}/{seq}: command {id} says {:?}/{}",
+                        c.partition, c.seq
+                    ));
+                }
+            }
+        }
+        if seq >= next_seq {
+            problems.push(format!("partition queue {partition:?}/{seq}: not below next_seq {next_seq}"));
+        }
+        queues.entry(partition).or_default().push((seq, id));
+    })?;
+    let queued: HashSet<CommandId> = queues.values().flatten().map(|(_, id)| *id).collect();
+    for (id, c) in &commands {
+        if c.status.is_queued() && !queued.contains(id) {
+            problems.push(format!("queued command {id} ({}) missing from its partition queue", c.status));
+        }
+    }
+    r.partitions = queues.len() as u64;
+
+    // Due index: exactly the PENDING heads; only heads in flight.
+    let mut expected_due: HashSet<(u64, CommandId)> = HashSet::new();
+    for (partition, q) in &queues {
+        for (i, (_, id)) in q.iter().enumerate() {
+            let Some(c) = commands.get(id) else { continue };
+            if i == 0 {
+                if c.status == Status::Pending {
+                    expected_due.insert((c.due_ms, *id));
+                }
+            } else if c.status.is_in_flight() {
+                problems.push(format!(
+                    "partition {partition:?}: {id} is {} behind the head",
+                    c.status
+                ));
+            }
+        }
+    }
+    let mut due_entries: HashSet<(u64, CommandId)> = HashSet::new();
+    scan(raw, &snapshot, Cf::Due, |k, _| match keys::split_due(k) {
+        Ok(entry) => {
+            if !expected_due.contains(&entry) {
+                problems.push(format!("due index {}/{}: not a PENDING partition head", entry.0, entry.1));
+            }
+            due_entries.insert(entry);
+        }
+        Err(e) => problems.push(e.to_string()),
+    })?;
+    for (ms, id) in &expected_due {
+        if !due_entries.contains(&(*ms, *id)) {
+            problems.push(format!("PENDING head {id} (due {ms}) missing from the due index"));
+        }
+    }
+    r.due = due_entries.len() as u64;
+
+    // Idempotency.
+    let mut idem: HashMap<Vec<u8>, (CommandId, i64)> = HashMap::new();
+    scan(raw, &snapshot, Cf::Idempotency, |k, v| match decode_idempotency(k, v) {
+        Ok(e) => {
+            match commands.get(&e.command_id) {
+                None => problems.push(format!(
+                    "idempotency key {}: no command {}",
+                    hex::encode(k),
+                    e.command_id
+                )),
+                Some(c) => {
+                    if c.idem_key != k {
+                        problems.push(format!(
+                            "idempotency key {}: command {} has another request id",
+                            hex::encode(k),
+                            e.command_id
+                        ));
+                    }
+                    if c.digest != e.payload_digest {
+                        problems.push(format!(
+                            "idempotency key {}: digest differs from command {}",
+                            hex::encode(k),
+                            e.command_id
+                        ));
+                    }
+                }
+            }
+            idem.insert(k.to_vec(), (e.command_id, e.created_at_ms));
+        }
+        Err(e) => problems.push(e.to_string()),
+    })?;
+    for (id, c) in &commands {
+        let pointed = idem.get(&c.idem_key).map(|(cid, _)| *cid);
+        if pointed != Some(*id) && c.status != Status::Committed {
+            problems.push(format!(
+                "live command {id} ({}) has no idempotency key (key points to {pointed:?})",
+                c.status
+            ));
+        }
+    }
+    let mut expiry_seen = 0u64;
+    scan(raw, &snapshot, Cf::IdemExpiry, |k, _| match keys::split_idem_expiry(k) {
+        Ok((created, ikey)) => {
+            expiry_seen += 1;
+            match idem.get(ikey) {
+                Some((_, c)) if u64::try_from(*c).unwrap_or(0) == created => {}
+                _ => problems.push(format!("idempotency expiry {}: no matching key", hex::encode(k))),
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
+    })?;
+    if expiry_seen != idem.len() as u64 {
+        problems.push(format!(
+            "{} idempotency keys but {expiry_seen} expiry entries",
+            idem.len()
+        ));
+    }
+    r.idempotency_keys = idem.len() as u64;
+
+    for p in problems {
+        r.problem(p);
+    }
+    Ok(r)
+}

@@ -1,0 +1,565 @@
+//! Behaviour of the RocksDB outbox and checkpoint log through the public API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gxd_storage::checkpoint::{AppendOutcome, CheckpointLog, NewCheckpoint};
+use gxd_storage::error::CheckpointRefusal;
+use gxd_storage::outbox::{
+    AttemptOutcome, CommandError, CommandId, NewCommand, Outbox, OutboxOptions, Status,
+};
+use gxd_storage::{Db, DbOptions, ErrorKind, StorageError};
+
+fn open(dir: &std::path::Path) -> (Db, Outbox) {
+    let db = Db::open(Db::path_in(dir), &DbOptions::default()).unwrap();
+    let outbox = Outbox::new(db.clone(), OutboxOptions::default()).unwrap();
+    (db, outbox)
+}
+
+fn cmd(request_id: &str, partition: &str, payload: &str) -> NewCommand {
+    NewCommand {
+        tenant: "org1".into(),
+        command_type: "TRANSFER_TOKENS".into(),
+        request_id: request_id.into(),
+        partition_key: partition.into(),
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+fn err(stage: &str) -> CommandError {
+    CommandError {
+        stage: stage.into(),
+        code: "UNAVAILABLE".into(),
+        message: "peer down".into(),
+    }
+}
+
+fn far_future() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::days(3650)
+}
+
+fn due_ids(outbox: &Outbox) -> Vec<CommandId> {
+    outbox
+        .next_due(100, far_future())
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+fn assert_integrity(outbox: &Outbox) {
+    let report = outbox.verify_integrity().unwrap();
+    assert!(report.is_ok(), "integrity problems: {:#?}", report.problems);
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent_and_conflicts_on_a_different_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+
+    let first = outbox.enqueue(cmd("r1", "w1", "{\"a\":1}")).await.unwrap();
+    assert!(first.created);
+    assert_eq!(first.command.status, Status::Pending);
+    assert_eq!(first.command.attempts, 0);
+
+    let again = outbox.enqueue(cmd("r1", "w1", "{\"a\":1}")).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.command.id, first.command.id);
+
+    let conflict = outbox.enqueue(cmd("r1", "w1", "{\"a\":2}")).await.unwrap_err();
+    match &conflict {
+        StorageError::Conflict { existing, .. } => assert_eq!(*existing, first.command.id),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(conflict.kind(), ErrorKind::Conflict);
+
+    // Another tenant may use the same request id.
+    let mut other_tenant = cmd("r1", "w1", "{\"a\":1}");
+    other_tenant.tenant = "org2".into();
+    let other = outbox.enqueue(other_tenant).await.unwrap();
+    assert!(other.created);
+    assert_ne!(other.command.id, first.command.id);
+
+    assert_eq!(outbox.get(first.command.id).unwrap(), first.command);
+    assert_eq!(
+        outbox
+            .find_by_request_id("org1", "r1")
+            .unwrap()
+            .map(|c| c.id),
+        Some(first.command.id)
+    );
+    assert_eq!(outbox.counts().unwrap().pending, 2);
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_in_one_batch_create_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let outbox = outbox.clone();
+        tasks.push(tokio::spawn(async move {
+            outbox.enqueue(cmd("same", "w1", "p")).await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut created = 0;
+    for t in tasks {
+        let o = t.await.unwrap();
+        created += usize::from(o.created);
+        ids.push(o.command.id);
+    }
+    ids.dedup();
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(outbox.counts().unwrap().total(), 1);
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let mut c = cmd("", "w", "p");
+    assert_eq!(
+        outbox.enqueue(c.clone()).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    c.request_id = "x".repeat(300);
+    assert_eq!(
+        outbox.enqueue(c).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    let mut big = cmd("big", "w", "");
+    big.payload = vec![0; (1 << 20) + 1];
+    assert_eq!(
+        outbox.enqueue(big).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(outbox.counts().unwrap().total(), 0);
+}
+
+#[tokio::test]
+async fn full_lifecycle_and_illegal_transitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let id = outbox.enqueue(cmd("r", "w", "p")).await.unwrap().command.id;
+
+    // Not yet prepared: submit/commit are illegal.
+    for result in [
+        outbox.mark_submitted(id).await,
+        outbox.mark_committed(id, 7).await,
+    ] {
+        assert!(matches!(
+            result,
+            Err(StorageError::IllegalTransition {
+                from: Status::Pending,
+                ..
+            })
+        ));
+    }
+    let prepared = outbox
+        .mark_prepared(id, "tx1".into(), b"signed".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(prepared.status, Status::Prepared);
+    assert_eq!(prepared.signed_tx.as_deref(), Some(&b"signed"[..]));
+    // Repeating with the same txid is a no-op; another txid is illegal.
+    assert_eq!(
+        outbox
+            .mark_prepared(id, "tx1".into(), b"signed".to_vec())
+            .await
+            .unwrap(),
+        prepared
+    );
+    assert!(
+        outbox
+            .mark_prepared(id, "tx2".into(), vec![])
+            .await
+            .is_err()
+    );
+    assert!(due_ids(&outbox).is_empty(), "in flight: not due");
+
+    let submitted = outbox.mark_submitted(id).await.unwrap();
+    assert_eq!(submitted.status, Status::Submitted);
+    assert_eq!(outbox.mark_submitted(id).await.unwrap(), submitted);
+
+    let committed = outbox.mark_committed(id, 42).await.unwrap();
+    assert_eq!(committed.status, Status::Committed);
+    assert_eq!(committed.block_number, Some(42));
+    assert_eq!(committed.txid.as_deref(), Some("tx1"));
+    assert!(committed.signed_tx.is_none());
+    assert_eq!(outbox.mark_committed(id, 42).await.unwrap(), committed);
+    assert!(outbox.mark_committed(id, 43).await.is_err());
+    for result in [
+        outbox.schedule_retry(id, err("x"), Utc::now()).await,
+        outbox.mark_failed(id, err("x")).await,
+        outbox.requeue(id).await,
+    ] {
+        assert!(matches!(
+            result,
+            Err(StorageError::IllegalTransition {
+                from: Status::Committed,
+                ..
+            })
+        ));
+    }
+    let unknown = CommandId::new_v7();
+    assert_eq!(
+        outbox.mark_submitted(unknown).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let c = outbox.counts().unwrap();
+    assert_eq!((c.pending, c.committed, c.total()), (0, 1, 1));
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn partition_order_one_in_flight_and_retry_blocks_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let a1 = outbox.enqueue(cmd("a1", "A", "1")).await.unwrap().command.id;
+    let a2 = outbox.enqueue(cmd("a2", "A", "2")).await.unwrap().command.id;
+    let b1 = outbox.enqueue(cmd("b1", "B", "1")).await.unwrap().command.id;
+    let a3 = outbox.enqueue(cmd("a3", "A", "3")).await.unwrap().command.id;
+
+    assert_eq!(due_ids(&outbox), vec![a1, b1]);
+    // Not the head: refused.
+    match outbox.mark_prepared(a2, "t".into(), vec![]).await {
+        Err(StorageError::PartitionBusy { head, .. }) => assert_eq!(head, Some(a1)),
+        other => panic!("expected PartitionBusy, got {other:?}"),
+    }
+    outbox
+        .mark_prepared(a1, "ta1".into(), vec![1])
+        .await
+        .unwrap();
+    assert_eq!(due_ids(&outbox), vec![b1]);
+    // Even while the head is in flight, the next one may not go.
+    assert!(matches!(
+        outbox.mark_prepared(a2, "t".into(), vec![]).await,
+        Err(StorageError::PartitionBusy { .. })
+    ));
+
+    // The in-flight head fails transiently: retry later; the partition waits for it.
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let retried = outbox
+        .schedule_retry(a1, err("endorse"), later)
+        .await
+        .unwrap();
+    assert_eq!(retried.status, Status::Pending);
+    assert_eq!(retried.attempts, 1);
+    assert!(retried.txid.is_none() && retried.signed_tx.is_none());
+    assert_eq!(retried.history.len(), 1);
+    assert_eq!(retried.history[0].outcome, AttemptOutcome::Retried);
+    assert_eq!(retried.history[0].txid.as_deref(), Some("ta1"));
+    let now_due: Vec<_> = outbox
+        .next_due(10, Utc::now())
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(now_due, vec![b1], "A waits for its head's retry time");
+    assert_eq!(due_ids(&outbox), vec![b1, a1]);
+
+    outbox
+        .mark_prepared(a1, "ta1b".into(), vec![2])
+        .await
+        .unwrap();
+    outbox.mark_committed(a1, 1).await.unwrap();
+    assert_eq!(due_ids(&outbox), vec![a2, b1]);
+
+    // Dead-letter a2: a3 goes next; a requeued a2 goes to the tail, after a3.
+    outbox.mark_failed(a2, err("endorse")).await.unwrap();
+    assert_eq!(due_ids(&outbox), vec![a3, b1]);
+    let requeued = outbox.requeue(a2).await.unwrap();
+    assert_eq!(requeued.status, Status::Pending);
+    assert_eq!(requeued.attempts, 0);
+    assert_eq!(requeued.requeues, 1);
+    assert_eq!(
+        requeued
+            .history
+            .iter()
+            .map(|h| h.outcome)
+            .collect::<Vec<_>>(),
+        vec![AttemptOutcome::Failed, AttemptOutcome::Requeued]
+    );
+    assert_eq!(due_ids(&outbox), vec![a3, b1]);
+    outbox
+        .mark_prepared(a3, "ta3".into(), vec![])
+        .await
+        .unwrap();
+    outbox.mark_committed(a3, 2).await.unwrap();
+    assert_eq!(due_ids(&outbox), vec![b1, a2]);
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn list_by_status_pages_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let o = outbox
+            .enqueue(cmd(&format!("r{i}"), &format!("w{}", i % 3), "p"))
+            .await
+            .unwrap();
+        ids.push(o.command.id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = outbox.list_by_status(Status::Pending, cursor, 10).unwrap();
+        seen.extend(page.commands.iter().map(|c| c.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    assert!(
+        outbox
+            .list_by_status(Status::Failed, None, 10)
+            .unwrap()
+            .commands
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn purge_removes_old_committed_commands_and_expired_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let mut committed = Vec::new();
+    for i in 0..5 {
+        let id = outbox
+            .enqueue(cmd(&format!("c{i}"), &format!("w{i}"), "p"))
+            .await
+            .unwrap()
+            .command
+            .id;
+        outbox.mark_prepared(id, format!("t{i}"), vec![]).await.unwrap();
+        outbox.mark_committed(id, i).await.unwrap();
+        committed.push(id);
+    }
+    let live = outbox.enqueue(cmd("live", "wl", "p")).await.unwrap().command.id;
+    let dead = outbox.enqueue(cmd("dead", "wd", "p")).await.unwrap().command.id;
+    outbox.mark_failed(dead, err("endorse")).await.unwrap();
+
+    // Nothing is old enough yet.
+    let report = outbox.purge(Utc::now()).await.unwrap();
+    assert_eq!(report.commands_removed, 0);
+
+    // Idempotency keys of committed commands expire first; live ones stay.
+    let expired = outbox
+        .expire_idempotency(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(expired, 5);
+    assert!(outbox.find_by_request_id("org1", "c0").unwrap().is_none());
+    assert_eq!(
+        outbox.find_by_request_id("org1", "live").unwrap().map(|c| c.id),
+        Some(live)
+    );
+    assert_integrity(&outbox);
+
+    // Then the committed commands themselves.
+    let report = outbox
+        .purge_committed(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(report.commands_removed, 5);
+    for id in committed {
+        assert_eq!(outbox.get(id).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+    outbox.get(live).unwrap();
+    outbox.get(dead).unwrap();
+    let c = outbox.counts().unwrap();
+    assert_eq!((c.committed, c.pending, c.failed), (0, 1, 1));
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn purge_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(Db::path_in(dir.path()), &DbOptions::default()).unwrap();
+    let opts = OutboxOptions {
+        purge_chunk: 3,
+        ..OutboxOptions::default()
+    };
+    let outbox = Outbox::new(db, opts).unwrap();
+    for i in 0..10 {
+        let id = outbox
+            .enqueue(cmd(&format!("c{i}"), "w", "p"))
+            .await
+            .unwrap()
+            .command
+            .id;
+        outbox.mark_prepared(id, format!("t{i}"), vec![]).await.unwrap();
+        outbox.mark_committed(id, i).await.unwrap();
+    }
+    let report = outbox
+        .purge_committed(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(report.commands_removed, 10);
+    assert_eq!(report.idempotency_keys_removed, 10);
+    assert_eq!(outbox.counts().unwrap().total(), 0);
+    assert_integrity(&outbox);
+}
+
+#[test]
+fn options_are_validated() {
+    let opts = OutboxOptions {
+        idempotency_window: Duration::from_secs(10),
+        committed_retention: Duration::from_secs(5),
+        ..OutboxOptions::default()
+    };
+    assert_eq!(opts.validate().unwrap_err().kind(), ErrorKind::InvalidInput);
+    OutboxOptions::default().validate().unwrap();
+}
+
+#[tokio::test]
+async fn state_survives_reopen_and_a_second_open_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let (db, outbox) = open(dir.path());
+        id = outbox.enqueue(cmd("r", "w", "p")).await.unwrap().command.id;
+        outbox.mark_prepared(id, "tx".into(), vec![9]).await.unwrap();
+        // The same directory cannot be opened twice.
+        let second = Db::open(db.path(), &DbOptions::default()).unwrap_err();
+        assert!(
+            matches!(second, StorageError::Locked { .. }),
+            "expected Locked, got {second:?}"
+        );
+        assert_eq!(second.kind(), ErrorKind::Unavailable);
+    }
+    let (_db, outbox) = open(dir.path());
+    let c = outbox.get(id).unwrap();
+    assert_eq!(c.status, Status::Prepared);
+    assert_eq!(c.signed_tx, Some(vec![9]));
+    assert_eq!(outbox.counts().unwrap().prepared, 1);
+    let again = outbox.enqueue(cmd("r", "w", "p")).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.command.id, id);
+    assert_integrity(&outbox);
+}
+
+fn block(number: u64, prev: &[u8], hash: &[u8]) -> NewCheckpoint {
+    NewCheckpoint {
+        number,
+        header_hash: hash.to_vec(),
+        previous_hash: prev.to_vec(),
+        tx_count: number * 2,
+    }
+}
+
+#[tokio::test]
+async fn checkpoint_log_enforces_continuity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _outbox) = open(dir.path());
+    let log = CheckpointLog::new(db);
+    let ch = "gxchannel";
+    assert!(log.last(ch).unwrap().is_none());
+
+    // An empty log starts at block 0.
+    match log.append(ch, block(1, b"h0", b"h1")).await {
+        Err(StorageError::CheckpointRefused {
+            reason: CheckpointRefusal::Gap { expected: 0, got: 1 },
+            ..
+        }) => {}
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert!(matches!(
+        log.append(ch, block(0, b"", b"h0")).await.unwrap(),
+        AppendOutcome::Appended(_)
+    ));
+    log.append(ch, block(1, b"h0", b"h1")).await.unwrap();
+    log.append(ch, block(2, b"h1", b"h2")).await.unwrap();
+
+    // Gap.
+    match log.append(ch, block(4, b"h3", b"h4")).await {
+        Err(StorageError::CheckpointRefused {
+            reason: CheckpointRefusal::Gap { expected: 3, got: 4 },
+            ..
+        }) => {}
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    // Previous hash mismatch.
+    match log.append(ch, block(3, b"hX", b"h3")).await {
+        Err(StorageError::CheckpointRefused {
+            reason: CheckpointRefusal::PreviousHashMismatch { number: 3, expected, got },
+            ..
+        }) => {
+            assert_eq!(expected, hex::encode(b"h2"));
+            assert_eq!(got, hex::encode(b"hX"));
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    // The same block again is a no-op; a different block 2 a conflict.
+    assert!(matches!(
+        log.append(ch, block(2, b"h1", b"h2")).await.unwrap(),
+        AppendOutcome::AlreadyPresent(_)
+    ));
+    assert!(matches!(
+        log.append(ch, block(2, b"h1", b"other")).await,
+        Err(StorageError::CheckpointRefused {
+            reason: CheckpointRefusal::Conflict { number: 2 },
+            ..
+        })
+    ));
+
+    // Channels are independent.
+    log.append("other", block(0, b"", b"o0")).await.unwrap();
+    assert_eq!(log.last("other").unwrap().unwrap().number, 0);
+
+    let last = log.last(ch).unwrap().unwrap();
+    assert_eq!((last.number, last.header_hash.as_slice()), (2, &b"h2"[..]));
+    assert_eq!(log.get(ch, 1).unwrap().unwrap().previous_hash, b"h0");
+    assert!(log.get(ch, 9).unwrap().is_none());
+    let numbers: Vec<u64> = log
+        .range(ch, 1, 10, 100)
+        .unwrap()
+        .iter()
+        .map(|c| c.number)
+        .collect();
+    assert_eq!(numbers, vec![1, 2]);
+    assert_eq!(log.range(ch, 0, 10, 2).unwrap().len(), 2);
+
+    // Rebuild support.
+    assert_eq!(log.truncate_after(ch, 0).await.unwrap(), 2);
+    assert_eq!(log.last(ch).unwrap().unwrap().number, 0);
+    log.append(ch, block(1, b"h0", b"h1")).await.unwrap();
+    assert_eq!(log.reset(ch).await.unwrap(), 2);
+    assert!(log.last(ch).unwrap().is_none());
+    assert_eq!(log.last("other").unwrap().unwrap().number, 0);
+}
+
+#[tokio::test]
+async fn concurrent_checkpoint_appends_in_one_round_keep_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _outbox) = open(dir.path());
+    let log = CheckpointLog::new(db);
+    let hash = |n: u64| format!("h{n}").into_bytes();
+    log.append("c", block(0, b"", &hash(0))).await.unwrap();
+    // Submitted all at once: whatever lands in one round, only the continuous chain wins.
+    let mut tasks = Vec::new();
+    for n in 1..50u64 {
+        let log = log.clone();
+        let b = block(n, &hash(n - 1), &hash(n));
+        tasks.push(tokio::spawn(async move { log.append("c", b).await }));
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    let last = log.last("c").unwrap().unwrap();
+    let chain = log.range("c", 0, last.number, 1000).unwrap();
+    for (i, c) in chain.iter().enumerate() {
+        assert_eq!(c.number, i as u64);
+        if i > 0 {
+            assert_eq!(c.previous_hash, chain[i - 1].header_hash);
+        }
+    }
+}
