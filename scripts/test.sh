@@ -30,11 +30,13 @@ if [ -z "${GXD_TEST_DATABASE_URL:-}" ]; then
 fi
 trap cleanup EXIT
 
+# Every cargo invocation selects the whole workspace: features are unified over the
+# selected packages, and a different selection means a different (~12 min) RocksDB build.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
   # Failpoints are process-global: their tests live in their own binary, behind a feature.
-  cargo nextest run --locked -p gxd-storage --features failpoints --test failpoints
+  cargo nextest run --workspace --locked --features gxd-storage/failpoints -E 'binary(failpoints)'
 else
   cargo test --workspace --locked --no-fail-fast "$@"
-  cargo test --locked -p gxd-storage --features failpoints --test failpoints
+  cargo test --workspace --locked --features gxd-storage/failpoints --test failpoints
 fi

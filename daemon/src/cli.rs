@@ -156,7 +156,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             logging::init(config.log_format, &config.log_filter);
             runtime()?.block_on(async {
                 crate::daemon::run(config, shutdown_signal()).await?;
-                Ok(ExitCode::SUCCESS)
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
         Command::Migrate { check, config } => {
@@ -181,7 +181,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     devnet_listen,
                 })
                 .await?;
-                Ok(ExitCode::SUCCESS)
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
     }

@@ -291,7 +291,10 @@ fn type_sample() -> toml::Table {
     sample.database.password = Some(String::new());
     sample.database.password_file = Some(PathBuf::new());
     sample.database.dbname = Some(String::new());
-    toml::Table::try_from(sample).unwrap_or_default()
+    match toml::Value::try_from(sample) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    }
 }
 
 fn apply_env(

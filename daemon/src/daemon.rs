@@ -142,7 +142,10 @@ impl Daemon {
         sdnotify::notify_logged("READY=1");
         tracing::info!(api = %self.api_addr, "gxd ready");
 
-        let failure = {
+        let failure = if self.subsystems.is_empty() {
+            shutdown.await;
+            None
+        } else {
             let watched = futures::future::select_all(
                 self.subsystems
                     .iter_mut()
@@ -156,8 +159,9 @@ impl Daemon {
                 (err, _, _) = watched => Some(err),
             }
         };
-        if let Some(err) = &failure {
-            tracing::error!(error = %format!("{err:#}"), "a subsystem stopped unexpectedly; shutting down");
+        if failure.is_some() {
+            // The error itself is reported once, when the daemon exits with it.
+            tracing::warn!("a subsystem stopped unexpectedly; shutting down");
         }
         let overran = self.shutdown().await;
         match (failure, overran.is_empty()) {
@@ -233,7 +237,7 @@ async fn stop(
             true
         }
         Ok(Ok(Err(e))) => {
-            tracing::warn!(subsystem = name, error = %format!("{e:#}"), "stopped with an error");
+            tracing::warn!(subsystem = name, error = %crate::exit::one_line(&e), "stopped with an error");
             true
         }
         Ok(Err(e)) => {

@@ -37,10 +37,28 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
 /// Prints `error` with its causes on one line (no backtrace), returns its code.
 pub fn report(error: &anyhow::Error) -> ExitCode {
     let code = code_for(error);
+    let message = one_line(error);
     if crate::logging::is_initialized() {
-        tracing::error!(exit_code = code, "{error:#}");
+        tracing::error!(exit_code = code, "{message}");
     } else {
-        eprintln!("gxd: error: {error:#}");
+        eprintln!("gxd: error: {message}");
     }
     ExitCode::from(code)
+}
+
+/// The error and its causes on one line, `: `-separated, skipping a cause whose
+/// text the line already holds (many errors print their source themselves).
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }

@@ -181,11 +181,15 @@ impl ParsedBlock {
             .metadata
             .as_ref()
             .and_then(|m| m.metadata.get(TRANSACTIONS_FILTER_INDEX))
-            .filter(|f| !f.is_empty() || data.is_empty())
-            .ok_or(BlockError::MissingTransactionsFilter(number))?;
-        if filter.len() != data.len() {
-            return Err(BlockError::FilterLength { number, filter: filter.len(), transactions: data.len() });
-        }
+            .filter(|f| !f.is_empty())
+            .cloned();
+        let filter = match filter {
+            Some(f) => f,
+            // No filter: only acceptable for a config block (e.g. a genesis block written
+            // as configtxgen produced it), whose transactions are valid by construction.
+            None if data.iter().all(|d| is_config_envelope(d)) => vec![0u8; data.len()],
+            None => return Err(BlockError::MissingTransactionsFilter(number)),
+        };
         let mut transactions = Vec::with_capacity(data.len());
         for (index, (entry, code)) in data.iter().zip(filter.iter()).enumerate() {
             let validation_code = i32::from(*code);
@@ -252,6 +256,14 @@ impl ParsedBlock {
     pub fn valid_transactions(&self) -> impl Iterator<Item = &BlockTransaction> {
         self.transactions.iter().filter(|t| t.is_valid())
     }
+}
+
+fn is_config_envelope(entry: &[u8]) -> bool {
+    let Ok(env) = common::Envelope::decode(entry) else { return false };
+    let Ok(payload) = common::Payload::decode(env.payload.as_slice()) else { return false };
+    let Some(header) = payload.header else { return false };
+    common::ChannelHeader::decode(header.channel_header.as_slice())
+        .is_ok_and(|ch| ch.r#type == common::HeaderType::Config as i32)
 }
 
 fn decode_transaction(index: usize, entry: &[u8], validation_code: i32) -> Result<BlockTransaction, String> {

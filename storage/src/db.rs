@@ -456,7 +456,7 @@ fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) 
     }
 }
 
-type OverlayKey = (Cf, Vec<u8>);
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// One round of the writer: the pending writes of the round over the database.
 ///
@@ -466,16 +466,17 @@ type OverlayKey = (Cf, Vec<u8>);
 /// one change's writes when it fails half-way.
 pub(crate) struct Round<'a> {
     raw: &'a RawDb,
-    overlay: BTreeMap<OverlayKey, Option<Vec<u8>>>,
-    /// (key, what the overlay held for it before) for rollback.
-    undo: Vec<(OverlayKey, Option<Option<Vec<u8>>>)>,
+    /// Pending writes per column family (indexed by `Cf as usize`).
+    overlay: [Overlay; Cf::ALL.len()],
+    /// (family, key, what the overlay held for it before) for rollback.
+    undo: Vec<(Cf, Vec<u8>, Option<Option<Vec<u8>>>)>,
 }
 
 impl<'a> Round<'a> {
     fn new(raw: &'a RawDb) -> Self {
         Round {
             raw,
-            overlay: BTreeMap::new(),
+            overlay: Default::default(),
             undo: Vec::new(),
         }
     }
@@ -486,24 +487,24 @@ impl<'a> Round<'a> {
 
     fn rollback(&mut self, savepoint: usize) {
         while self.undo.len() > savepoint {
-            let Some((key, before)) = self.undo.pop() else {
+            let Some((cf, key, before)) = self.undo.pop() else {
                 break;
             };
+            let map = &mut self.overlay[cf as usize];
             match before {
                 Some(value) => {
-                    self.overlay.insert(key, value);
+                    map.insert(key, value);
                 }
                 None => {
-                    self.overlay.remove(&key);
+                    map.remove(&key);
                 }
             }
         }
     }
 
     fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let k = (cf, key);
-        let before = self.overlay.insert(k.clone(), value);
-        self.undo.push((k, before));
+        let before = self.overlay[cf as usize].insert(key.clone(), value);
+        self.undo.push((cf, key, before));
     }
 
     /// Buffers a put.
@@ -518,7 +519,7 @@ impl<'a> Round<'a> {
 
     /// Reads a key: the round's pending write if any, else the database.
     pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.overlay.get(&(cf, key.to_vec())) {
+        if let Some(pending) = self.overlay[cf as usize].get(key) {
             return Ok(pending.clone());
         }
         let handle = cf_handle(self.raw, cf)?;
@@ -527,7 +528,7 @@ impl<'a> Round<'a> {
 
     /// Whether a key exists (overlay-aware).
     pub(crate) fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
-        if let Some(pending) = self.overlay.get(&(cf, key.to_vec())) {
+        if let Some(pending) = self.overlay[cf as usize].get(key) {
             return Ok(pending.is_some());
         }
         let handle = cf_handle(self.raw, cf)?;
@@ -556,11 +557,10 @@ impl<'a> Round<'a> {
         if limit == 0 || lower >= upper {
             return Ok(out);
         }
-        let range = (
-            Bound::Included((cf, lower.to_vec())),
-            Bound::Excluded((cf, upper.to_vec())),
-        );
-        let mut pending = self.overlay.range(range).peekable();
+        let range = (Bound::Included(lower), Bound::Excluded(upper));
+        let mut pending = self.overlay[cf as usize]
+            .range::<[u8], _>(range)
+            .peekable();
 
         let handle = cf_handle(self.raw, cf)?;
         let mut ro = ReadOptions::default();
@@ -572,7 +572,7 @@ impl<'a> Round<'a> {
                 break;
             }
             let db_item = it.item();
-            let next_pending = pending.peek().map(|((_, k), v)| (k, v));
+            let next_pending = pending.peek().map(|(k, v)| (*k, *v));
             match (db_item, next_pending) {
                 (None, None) => break,
                 (Some((dk, dv)), None) => {
@@ -581,7 +581,7 @@ impl<'a> Round<'a> {
                 }
                 (None, Some((pk, pv))) => {
                     if let Some(v) = pv {
-                        out.push((pk.clone(), v.clone()));
+                        out.push((pk.to_vec(), v.to_vec()));
                     }
                     pending.next();
                 }
@@ -595,7 +595,7 @@ impl<'a> Round<'a> {
                             it.next();
                         }
                         if let Some(v) = pv {
-                            out.push((pk.clone(), v.clone()));
+                            out.push((pk.to_vec(), v.to_vec()));
                         }
                         pending.next();
                     }
@@ -617,15 +617,11 @@ impl<'a> Round<'a> {
             return Ok(None);
         }
         // The round's own last live entry in the range.
-        let range = (
-            Bound::Included((cf, lower.to_vec())),
-            Bound::Excluded((cf, upper.to_vec())),
-        );
-        let pending_last = self
-            .overlay
-            .range(range)
+        let range = (Bound::Included(lower), Bound::Excluded(upper));
+        let pending_last = self.overlay[cf as usize]
+            .range::<[u8], _>(range)
             .rev()
-            .find_map(|((_, k), v)| v.as_ref().map(|v| (k.clone(), v.clone())));
+            .find_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
         // The database's last entry not deleted by the round.
         let handle = cf_handle(self.raw, cf)?;
         let mut ro = ReadOptions::default();
@@ -635,7 +631,7 @@ impl<'a> Round<'a> {
         it.seek_to_last();
         let mut db_last = None;
         while let Some((k, v)) = it.item() {
-            match self.overlay.get(&(cf, k.to_vec())) {
+            match self.overlay[cf as usize].get(k) {
                 Some(None) => it.prev(),
                 _ => {
                     db_last = Some((k.to_vec(), v.to_vec()));
@@ -652,15 +648,21 @@ impl<'a> Round<'a> {
 
     /// Writes the round as one synced batch.
     fn commit(self, sync: &WriteOptions) -> Result<()> {
-        if self.overlay.is_empty() {
+        if self.overlay.iter().all(BTreeMap::is_empty) {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
-        for ((cf, key), value) in &self.overlay {
-            let handle = cf_handle(self.raw, *cf)?;
-            match value {
-                Some(v) => batch.put_cf(handle, key, v),
-                None => batch.delete_cf(handle, key),
+        for cf in Cf::ALL {
+            let map = &self.overlay[cf as usize];
+            if map.is_empty() {
+                continue;
+            }
+            let handle = cf_handle(self.raw, cf)?;
+            for (key, value) in map {
+                match value {
+                    Some(v) => batch.put_cf(handle, key, v),
+                    None => batch.delete_cf(handle, key),
+                }
             }
         }
         #[cfg(feature = "failpoints")]
@@ -700,5 +702,112 @@ pub(crate) mod hex_bytes {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn raw_db(dir: &Path) -> RawDb {
+        let (opts, cfs) = rocksdb_options(&DbOptions::default());
+        RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
+    }
+
+    fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
+        raw.put_cf(cf_handle(raw, cf).unwrap(), key, value).unwrap();
+    }
+
+    #[test]
+    fn round_reads_merge_pending_writes_over_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = raw_db(dir.path());
+        for k in [b"a1", b"a3", b"a5", b"b1"] {
+            put_raw(&raw, Cf::Status, k, b"db");
+        }
+        let mut round = Round::new(&raw);
+        round.put(Cf::Status, b"a2".to_vec(), b"new".to_vec());
+        round.delete(Cf::Status, b"a3".to_vec());
+        round.put(Cf::Status, b"a5".to_vec(), b"changed".to_vec());
+        round.put(Cf::Due, b"a4".to_vec(), b"other cf".to_vec());
+
+        let all = round.scan_range(Cf::Status, b"a", b"b", 100).unwrap();
+        let keys: Vec<(&[u8], &[u8])> = all
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (&b"a1"[..], &b"db"[..]),
+                (b"a2", b"new"),
+                (b"a5", b"changed")
+            ]
+        );
+        assert_eq!(round.scan_range(Cf::Status, b"a", b"b", 2).unwrap().len(), 2);
+        assert_eq!(
+            round.first_in_range(Cf::Status, b"a2", b"b").unwrap().unwrap().0,
+            b"a2"
+        );
+        assert_eq!(
+            round.last_in_range(Cf::Status, b"a", b"b").unwrap().unwrap(),
+            (b"a5".to_vec(), b"changed".to_vec())
+        );
+        round.delete(Cf::Status, b"a5".to_vec());
+        assert_eq!(
+            round.last_in_range(Cf::Status, b"a", b"b").unwrap().unwrap().0,
+            b"a2"
+        );
+        assert!(!round.contains(Cf::Status, b"a3").unwrap());
+        assert_eq!(round.get(Cf::Status, b"a1").unwrap(), Some(b"db".to_vec()));
+        assert!(round.scan_range(Cf::Status, b"c", b"d", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rollback_undoes_only_the_failed_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = raw_db(dir.path());
+        put_raw(&raw, Cf::Meta, b"k", b"db");
+        let mut round = Round::new(&raw);
+        round.put(Cf::Meta, b"k".to_vec(), b"first".to_vec());
+        let sp = round.savepoint();
+        round.put(Cf::Meta, b"k".to_vec(), b"second".to_vec());
+        round.delete(Cf::Meta, b"k".to_vec());
+        round.put(Cf::Meta, b"x".to_vec(), b"new".to_vec());
+        round.rollback(sp);
+        assert_eq!(round.get(Cf::Meta, b"k").unwrap(), Some(b"first".to_vec()));
+        assert_eq!(round.get(Cf::Meta, b"x").unwrap(), None);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        round.commit(&sync).unwrap();
+        let meta = cf_handle(&raw, Cf::Meta).unwrap();
+        assert_eq!(raw.get_cf(meta, b"k").unwrap(), Some(b"first".to_vec()));
+        assert_eq!(raw.get_cf(meta, b"x").unwrap(), None);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let raw = raw_db(dir.path());
+            put_raw(&raw, Cf::Meta, META_FORMAT_VERSION, &99u32.to_be_bytes());
+        }
+        match Db::open(dir.path(), &DbOptions::default()) {
+            Err(StorageError::UnsupportedFormat { found: 99, .. }) => {}
+            other => panic!("expected UnsupportedFormat, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fresh_database_gets_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let meta = cf_handle(db.raw(), Cf::Meta).unwrap();
+        assert_eq!(
+            db.raw().get_cf(meta, META_FORMAT_VERSION).unwrap(),
+            Some(FORMAT_VERSION.to_be_bytes().to_vec())
+        );
     }
 }

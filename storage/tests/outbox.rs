@@ -272,7 +272,8 @@ async fn partition_order_one_in_flight_and_retry_blocks_the_partition() {
 
     // Dead-letter a2: a3 goes next; a requeued a2 goes to the tail, after a3.
     outbox.mark_failed(a2, err("endorse")).await.unwrap();
-    assert_eq!(due_ids(&outbox), vec![a3, b1]);
+    // Earliest due first: b1 was accepted before a3.
+    assert_eq!(due_ids(&outbox), vec![b1, a3]);
     let requeued = outbox.requeue(a2).await.unwrap();
     assert_eq!(requeued.status, Status::Pending);
     assert_eq!(requeued.attempts, 0);
@@ -285,7 +286,7 @@ async fn partition_order_one_in_flight_and_retry_blocks_the_partition() {
             .collect::<Vec<_>>(),
         vec![AttemptOutcome::Failed, AttemptOutcome::Requeued]
     );
-    assert_eq!(due_ids(&outbox), vec![a3, b1]);
+    assert_eq!(due_ids(&outbox), vec![b1, a3]);
     outbox
         .mark_prepared(a3, "ta3".into(), vec![])
         .await

@@ -25,6 +25,8 @@ use crate::proto::{
 /// TRANSACTIONS_FILTER, ORDERER, COMMIT_HASH).
 pub const METADATA_ENTRIES: usize = 5;
 
+const LAST_CONFIG_INDEX: usize = 1;
+
 /// SHA-256 of the DER encoding of the block header — `previous_hash` of the next block.
 pub fn header_hash(header: &BlockHeader) -> Vec<u8> {
     crate::block::block_header_hash(header).to_vec()
@@ -121,7 +123,8 @@ pub fn finish_block(block: &mut Block, orderer: &LocalSigner, filter: Vec<u8>) {
     let md = block.metadata.get_or_insert_with(BlockMetadata::default);
     md.metadata.resize(METADATA_ENTRIES, Vec::new());
     md.metadata[common::BlockMetadataIndex::Signatures as usize] = signatures;
-    md.metadata[common::BlockMetadataIndex::LastConfig as usize] = last_config;
+    // LAST_CONFIG (index 1) is deprecated in Fabric 2.x but orderers still write it.
+    md.metadata[LAST_CONFIG_INDEX] = last_config;
     md.metadata[common::BlockMetadataIndex::TransactionsFilter as usize] = filter;
 }
 

@@ -55,34 +55,22 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7051";
 /// The peer's TLS host name (the server certificate's subject; clients override to it).
 pub const PEER_HOST: &str = "peer0.org1.example.com";
 
-/// Options for `gxd devnet`. Construct with [`DevnetOptions::new`] and adjust fields.
+/// Options for `gxd devnet --dir DIR [--listen ADDR]`. Everything else has defaults in
+/// [`DevnetConfig`] (see [`start_with`] / [`serve_with`]).
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
     /// State directory: crypto material, ledger, world state. Initialized on first start.
     pub dir: PathBuf,
     /// gRPC listen address (default 127.0.0.1:7051; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Serve TLS with peer0.org1.example.com's certificate (default true).
-    pub tls: bool,
-    /// Channel name (default `gxchannel`).
-    pub channel: String,
-    /// Name the GX chaincode is installed under (default `gx`).
-    pub chaincode: String,
-    /// Block cutting.
-    pub batch: BatchConfig,
 }
 
 impl DevnetOptions {
-    /// Defaults: listen 127.0.0.1:7051, TLS on, channel `gxchannel`, chaincode `gx`,
-    /// blocks of up to 100 transactions cut after 100 ms.
+    /// `dir` with the default listen address 127.0.0.1:7051.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7051)),
-            tls: true,
-            channel: DEFAULT_CHANNEL.to_owned(),
-            chaincode: DEFAULT_CHAINCODE.to_owned(),
-            batch: BatchConfig::default(),
         }
     }
 
@@ -91,8 +79,34 @@ impl DevnetOptions {
         self.listen = listen;
         self
     }
+}
 
-    /// Sets the block cutting parameters.
+/// Further devnet settings, all with defaults.
+#[derive(Debug, Clone)]
+pub struct DevnetConfig {
+    /// Serve TLS with peer0.org1.example.com's certificate (default true).
+    pub tls: bool,
+    /// Channel name (default `gxchannel`). Fixed by the genesis block on first start.
+    pub channel: String,
+    /// Name the GX chaincode is installed under (default `gx`).
+    pub chaincode: String,
+    /// Block cutting (default 100 transactions / 2 MiB / 100 ms).
+    pub batch: BatchConfig,
+}
+
+impl Default for DevnetConfig {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            channel: DEFAULT_CHANNEL.to_owned(),
+            chaincode: DEFAULT_CHAINCODE.to_owned(),
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+impl DevnetConfig {
+    /// Sets the block cutting count and timeout.
     pub fn with_batch(mut self, max_message_count: usize, timeout: Duration) -> Self {
         self.batch.max_message_count = max_message_count.max(1);
         self.batch.timeout = timeout;
@@ -199,11 +213,17 @@ impl DevnetHandle {
 
 /// Initializes `opts.dir` if needed and starts serving; returns once the port is bound.
 pub async fn start(opts: DevnetOptions) -> Result<DevnetHandle, DevnetError> {
-    start_with_shutdown(opts, CancellationToken::new()).await
+    start_with(opts, DevnetConfig::default()).await
+}
+
+/// [`start`] with explicit settings.
+pub async fn start_with(opts: DevnetOptions, config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
+    start_with_shutdown(opts, config, CancellationToken::new()).await
 }
 
 async fn start_with_shutdown(
     opts: DevnetOptions,
+    config: DevnetConfig,
     shutdown: CancellationToken,
 ) -> Result<DevnetHandle, DevnetError> {
     std::fs::create_dir_all(&opts.dir).map_err(|source| DevnetError::Dir {
@@ -229,8 +249,8 @@ async fn start_with_shutdown(
     )?;
     let ledger = ledger::Ledger::open(&paths.ledger())?;
     let channel = peer::ChannelInfo {
-        channel_id: opts.channel.clone(),
-        chaincode: opts.chaincode.clone(),
+        channel_id: config.channel.clone(),
+        chaincode: config.chaincode.clone(),
     };
     let config_org = |(id, ca, tls): &(String, Vec<u8>, Vec<u8>), anchor: Option<(String, i32)>| genesis::ConfigOrg {
         msp_id: id.clone(),
@@ -240,7 +260,7 @@ async fn start_with_shutdown(
     };
     let n_peer_orgs = crypto::PEER_ORGS.len();
     let genesis_cfg = genesis::ChannelConfig {
-        channel_id: opts.channel.clone(),
+        channel_id: config.channel.clone(),
         application_orgs: material.orgs[..n_peer_orgs]
             .iter()
             .zip(crypto::PEER_ORGS.iter())
@@ -248,10 +268,10 @@ async fn start_with_shutdown(
             .collect(),
         orderer_org: config_org(&material.orgs[n_peer_orgs], None),
         orderer_address: "orderer.example.com:7050".to_owned(),
-        max_message_count: u32::try_from(opts.batch.max_message_count).unwrap_or(u32::MAX),
-        preferred_max_bytes: u32::try_from(opts.batch.preferred_max_bytes).unwrap_or(u32::MAX),
-        absolute_max_bytes: u32::try_from(opts.batch.absolute_max_bytes).unwrap_or(u32::MAX),
-        batch_timeout: opts.batch.timeout,
+        max_message_count: u32::try_from(config.batch.max_message_count).unwrap_or(u32::MAX),
+        preferred_max_bytes: u32::try_from(config.batch.preferred_max_bytes).unwrap_or(u32::MAX),
+        absolute_max_bytes: u32::try_from(config.batch.absolute_max_bytes).unwrap_or(u32::MAX),
+        batch_timeout: config.batch.timeout,
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -272,19 +292,19 @@ async fn start_with_shutdown(
         ledger,
         &genesis_cfg,
         format!("{PEER_HOST}:{}", addr.port()),
-        opts.batch,
+        config.batch,
         faults.clone(),
         shutdown.clone(),
     )?;
 
     let mut builder = tonic::transport::Server::builder();
-    if opts.tls {
+    if config.tls {
         let identity = tonic::transport::Identity::from_pem(&material.tls_cert_pem, &material.tls_key_pem);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| DevnetError::Tls(e.to_string()))?;
     }
-    let max_msg = opts.batch.absolute_max_bytes.max(4 * 1024 * 1024) + 1024 * 1024;
+    let max_msg = config.batch.absolute_max_bytes.max(4 * 1024 * 1024) + 1024 * 1024;
     let router = builder
         .add_service(
             GatewayServer::new(gateway::GatewayService::new(Arc::clone(&node)))
@@ -296,7 +316,7 @@ async fn start_with_shutdown(
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(usize::MAX),
         );
-    tracing::info!(%addr, tls = opts.tls, dir = %dir.display(), height = node.height(), "devnet peer listening");
+    tracing::info!(%addr, tls = config.tls, dir = %dir.display(), height = node.height(), "devnet peer listening");
 
     let orderer = tokio::spawn(node::run_orderer(Arc::clone(&node), orderer_parts));
     let fault_file = tokio::spawn(faults::watch_file(paths.faults_file(), faults, shutdown.clone()));
@@ -359,7 +379,16 @@ async fn start_with_shutdown(
 
 /// Initialize `opts.dir` if needed, then serve until `shutdown` is cancelled.
 pub async fn serve(opts: DevnetOptions, shutdown: CancellationToken) -> Result<(), DevnetError> {
-    let handle = start_with_shutdown(opts, shutdown.child_token()).await?;
+    serve_with(opts, DevnetConfig::default(), shutdown).await
+}
+
+/// [`serve`] with explicit settings.
+pub async fn serve_with(
+    opts: DevnetOptions,
+    config: DevnetConfig,
+    shutdown: CancellationToken,
+) -> Result<(), DevnetError> {
+    let handle = start_with_shutdown(opts, config, shutdown.child_token()).await?;
     let token = handle.shutdown.clone();
     tokio::select! {
         _ = shutdown.cancelled() => token.cancel(),
@@ -367,3 +396,6 @@ pub async fn serve(opts: DevnetOptions, shutdown: CancellationToken) -> Result<(
     }
     handle.join().await
 }
+
+#[cfg(test)]
+mod tests;

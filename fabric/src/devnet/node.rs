@@ -258,7 +258,7 @@ pub async fn run_orderer(node: Arc<Node>, parts: OrdererParts) -> Result<(), Nod
                 rest.push(env);
             }
             if !rest.is_empty() {
-                tip = commit(&node, tip, rest).await?;
+                commit(&node, tip, rest).await?;
             }
             return Ok(());
         };

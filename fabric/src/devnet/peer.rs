@@ -570,7 +570,7 @@ impl Validator<'_> {
             return with_id(C::BadProposalTxid);
         }
         if state.seen_tx_ids.contains(&tx_id) || self.ledger.tx(&tx_id)?.is_some() {
-            return Ok((C::DuplicateTxid, Some(tx_id), Vec::new()));
+            return Ok((C::DuplicateTxid, Some(tx_id.clone()), Vec::new()));
         }
         let Ok(tx) = Transaction::decode(payload.data.as_slice()) else {
             return with_id(C::BadPayload);
@@ -668,6 +668,6 @@ impl Validator<'_> {
                 writes.push((ns.namespace.clone(), w.key.clone(), w.value.clone()));
             }
         }
-        Ok((C::Valid, Some(tx_id), writes))
+        Ok((C::Valid, Some(tx_id.clone()), writes))
     }
 }

@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Gid, Pid, Uid, User, chown};
+use nix::unistd::{Pid, Uid, User, chown};
 
 /// Environment variable that names the directory holding `initdb`, `postgres` and
 /// `pg_isready`, overriding the search.
@@ -592,7 +592,7 @@ fn check_ancestors_accessible(dir: &Path, user: &User) -> Result<(), ClusterErro
 
 fn chown_to(path: &Path, user: Option<&User>) -> Result<(), ClusterError> {
     if let Some(user) = user {
-        chown(path, Some(user.uid), Some(Gid::from_raw(user.gid.as_raw()))).map_err(|source| {
+        chown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
             ClusterError::Sys {
                 context: format!("chown {} to postgres", path.display()),
                 source,
