@@ -236,7 +236,7 @@ async fn migrate(config: Config, check: bool) -> anyhow::Result<ExitCode> {
 async fn devnet(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let token = tokio_util::sync::CancellationToken::new();
     let serve = gxd_fabric::devnet::serve(
-        gxd_fabric::devnet::DevnetOptions { dir, listen },
+        gxd_fabric::devnet::DevnetOptions::new(dir).with_listen(listen),
         token.clone(),
     );
     let mut serve = std::pin::pin!(serve);

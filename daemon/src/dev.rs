@@ -65,10 +65,7 @@ async fn with_cluster(
     let devnet_dir = dir.join("devnet");
     let devnet_token = CancellationToken::new();
     let devnet = tokio::spawn(gxd_fabric::devnet::serve(
-        gxd_fabric::devnet::DevnetOptions {
-            dir: devnet_dir.clone(),
-            listen: opts.devnet_listen,
-        },
+        gxd_fabric::devnet::DevnetOptions::new(devnet_dir.clone()).with_listen(opts.devnet_listen),
         devnet_token.clone(),
     ));
 

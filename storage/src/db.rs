@@ -457,6 +457,9 @@ fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) 
 }
 
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// An undo entry: family, key, and what the overlay held for the key before (`None`:
+/// nothing, `Some(None)`: a pending delete, `Some(Some(v))`: a pending put).
+type Undo = (Cf, Vec<u8>, Option<Option<Vec<u8>>>);
 
 /// One round of the writer: the pending writes of the round over the database.
 ///
@@ -469,7 +472,7 @@ pub(crate) struct Round<'a> {
     /// Pending writes per column family (indexed by `Cf as usize`).
     overlay: [Overlay; Cf::ALL.len()],
     /// (family, key, what the overlay held for it before) for rollback.
-    undo: Vec<(Cf, Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<Undo>,
 }
 
 impl<'a> Round<'a> {

@@ -726,3 +726,31 @@ fn crypto_layout_roles_and_chains() {
     crypto::ensure_material(dir.path()).unwrap();
     assert_eq!(std::fs::read(paths.user_cert(ORG1, "User1")).unwrap(), user.cert_pem());
 }
+
+mod decoding {
+    use proptest::prelude::*;
+
+    use super::super::blocks::{chaincode_event, filtered_block, summarize};
+    use super::super::peer::unpack;
+    use crate::proto::common::{Block, BlockData, BlockMetadata};
+    use crate::proto::protos::SignedProposal;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Malformed proposals, envelopes and blocks from the network never panic the peer.
+        #[test]
+        fn malformed_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                                        sig in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = unpack(&SignedProposal { proposal_bytes: bytes.clone(), signature: sig.clone() });
+            let _ = chaincode_event(&bytes);
+            let block = Block {
+                header: None,
+                data: Some(BlockData { data: vec![bytes.clone(), sig.clone()] }),
+                metadata: Some(BlockMetadata { metadata: vec![sig.clone(), bytes.clone(), sig] }),
+            };
+            let _ = summarize(&block);
+            let _ = filtered_block("gxchannel", &block);
+        }
+    }
+}
