@@ -86,7 +86,11 @@ impl Devnet {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gxd devnet did not stop:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "gxd devnet did not stop:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -108,7 +112,9 @@ fn run(cmd: &mut Command, what: &str, timeout: Duration) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("cannot run {what}: {e} — node and npm are required for the Node SDK interop test")
+            panic!(
+                "cannot run {what}: {e} — node and npm are required for the Node SDK interop test"
+            )
         });
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();

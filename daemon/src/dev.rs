@@ -41,8 +41,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
 
     let pg_dir = dir.join("postgres");
     let cluster = {
-        let pg_dir = pg_dir.clone();
-        tokio::task::spawn_blocking(move || LocalCluster::start(&pg_dir))
+        let dir = pg_dir.clone();
+        tokio::task::spawn_blocking(move || LocalCluster::start(&dir))
             .await
             .context("PostgreSQL start task")?
             .with_context(|| format!("start PostgreSQL in {}", pg_dir.display()))?

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 use crate::proto::{common, google_protobuf, msp, protos};
 
 /// Index of the TRANSACTIONS_FILTER entry in `BlockMetadata.metadata`.
-pub const TRANSACTIONS_FILTER_INDEX: usize = common::BlockMetadataIndex::TransactionsFilter as usize;
+pub const TRANSACTIONS_FILTER_INDEX: usize =
+    common::BlockMetadataIndex::TransactionsFilter as usize;
 
 /// Errors decoding or checking a block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,14 +31,32 @@ pub enum BlockError {
     MissingHeader,
     #[error("block {0} has no TRANSACTIONS_FILTER metadata")]
     MissingTransactionsFilter(u64),
-    #[error("block {number}: TRANSACTIONS_FILTER has {filter} entries for {transactions} transactions")]
-    FilterLength { number: u64, filter: usize, transactions: usize },
+    #[error(
+        "block {number}: TRANSACTIONS_FILTER has {filter} entries for {transactions} transactions"
+    )]
+    FilterLength {
+        number: u64,
+        filter: usize,
+        transactions: usize,
+    },
     #[error("block {number}: transaction {index} is marked VALID but cannot be decoded: {reason}")]
-    MalformedValidTransaction { number: u64, index: usize, reason: String },
+    MalformedValidTransaction {
+        number: u64,
+        index: usize,
+        reason: String,
+    },
     #[error("block {number}: data hash mismatch (header {expected}, computed {actual})")]
-    DataHashMismatch { number: u64, expected: String, actual: String },
+    DataHashMismatch {
+        number: u64,
+        expected: String,
+        actual: String,
+    },
     #[error("block {number}: previous_hash {actual} does not match the hash of block {} ({expected})", number.wrapping_sub(1))]
-    ChainBroken { number: u64, expected: String, actual: String },
+    ChainBroken {
+        number: u64,
+        expected: String,
+        actual: String,
+    },
     #[error("expected block {expected}, got block {actual}")]
     UnexpectedNumber { expected: u64, actual: u64 },
 }
@@ -76,7 +95,12 @@ fn der_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
 
 /// Fabric's block header hash: SHA-256 of [`block_header_bytes`].
 pub fn block_header_hash(header: &common::BlockHeader) -> [u8; 32] {
-    Sha256::digest(block_header_bytes(header.number, &header.previous_hash, &header.data_hash)).into()
+    Sha256::digest(block_header_bytes(
+        header.number,
+        &header.previous_hash,
+        &header.data_hash,
+    ))
+    .into()
 }
 
 /// Fabric's block data hash: SHA-256 of the data entries concatenated.
@@ -88,14 +112,34 @@ pub fn block_data_hash(data: &[Vec<u8>]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Checks a raw block's header data hash against its data (before decoding transactions).
+pub fn verify_block_data_hash(block: &common::Block) -> Result<(), BlockError> {
+    let header = block.header.as_ref().ok_or(BlockError::MissingHeader)?;
+    let empty = Vec::new();
+    let data = block.data.as_ref().map(|d| &d.data).unwrap_or(&empty);
+    let actual = block_data_hash(data);
+    if actual.as_slice() != header.data_hash.as_slice() {
+        return Err(BlockError::DataHashMismatch {
+            number: header.number,
+            expected: hex::encode(&header.data_hash),
+            actual: hex::encode(actual),
+        });
+    }
+    Ok(())
+}
+
 /// Converts a protobuf timestamp to `SystemTime` (None if out of range).
 pub fn timestamp_to_system_time(ts: &google_protobuf::Timestamp) -> Option<SystemTime> {
-    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
     if ts.seconds >= 0 {
         SystemTime::UNIX_EPOCH.checked_add(Duration::new(u64::try_from(ts.seconds).ok()?, nanos))
     } else {
         let back = Duration::from_secs(ts.seconds.unsigned_abs());
-        SystemTime::UNIX_EPOCH.checked_sub(back)?.checked_add(Duration::from_nanos(u64::from(nanos)))
+        SystemTime::UNIX_EPOCH
+            .checked_sub(back)?
+            .checked_add(Duration::from_nanos(u64::from(nanos)))
     }
 }
 
@@ -167,7 +211,8 @@ pub struct ParsedBlock {
 impl ParsedBlock {
     /// Decodes a serialized `common.Block`.
     pub fn decode(bytes: &[u8]) -> Result<Self, BlockError> {
-        let block = common::Block::decode(bytes).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        let block =
+            common::Block::decode(bytes).map_err(|e| BlockError::Malformed(e.to_string()))?;
         Self::parse(block)
     }
 
@@ -190,13 +235,24 @@ impl ParsedBlock {
             None if data.iter().all(|d| is_config_envelope(d)) => vec![0u8; data.len()],
             None => return Err(BlockError::MissingTransactionsFilter(number)),
         };
+        if filter.len() != data.len() {
+            return Err(BlockError::FilterLength {
+                number,
+                filter: filter.len(),
+                transactions: data.len(),
+            });
+        }
         let mut transactions = Vec::with_capacity(data.len());
         for (index, (entry, code)) in data.iter().zip(filter.iter()).enumerate() {
             let validation_code = i32::from(*code);
             match decode_transaction(index, entry, validation_code) {
                 Ok(tx) => transactions.push(tx),
                 Err(reason) if validation_code == protos::TxValidationCode::Valid as i32 => {
-                    return Err(BlockError::MalformedValidTransaction { number, index, reason });
+                    return Err(BlockError::MalformedValidTransaction {
+                        number,
+                        index,
+                        reason,
+                    });
                 }
                 Err(reason) => transactions.push(BlockTransaction {
                     index,
@@ -227,17 +283,7 @@ impl ParsedBlock {
 
     /// Checks the header's data hash against the block's data.
     pub fn verify_data_hash(&self) -> Result<(), BlockError> {
-        let empty = Vec::new();
-        let data = self.block.data.as_ref().map(|d| &d.data).unwrap_or(&empty);
-        let actual = block_data_hash(data);
-        if actual.as_slice() != self.data_hash.as_slice() {
-            return Err(BlockError::DataHashMismatch {
-                number: self.number,
-                expected: hex::encode(&self.data_hash),
-                actual: hex::encode(actual),
-            });
-        }
-        Ok(())
+        verify_block_data_hash(&self.block)
     }
 
     /// Checks that this block follows a block whose header hash is `previous_header_hash`.
@@ -259,16 +305,27 @@ impl ParsedBlock {
 }
 
 fn is_config_envelope(entry: &[u8]) -> bool {
-    let Ok(env) = common::Envelope::decode(entry) else { return false };
-    let Ok(payload) = common::Payload::decode(env.payload.as_slice()) else { return false };
-    let Some(header) = payload.header else { return false };
+    let Ok(env) = common::Envelope::decode(entry) else {
+        return false;
+    };
+    let Ok(payload) = common::Payload::decode(env.payload.as_slice()) else {
+        return false;
+    };
+    let Some(header) = payload.header else {
+        return false;
+    };
     common::ChannelHeader::decode(header.channel_header.as_slice())
         .is_ok_and(|ch| ch.r#type == common::HeaderType::Config as i32)
 }
 
-fn decode_transaction(index: usize, entry: &[u8], validation_code: i32) -> Result<BlockTransaction, String> {
+fn decode_transaction(
+    index: usize,
+    entry: &[u8],
+    validation_code: i32,
+) -> Result<BlockTransaction, String> {
     let env = common::Envelope::decode(entry).map_err(|e| format!("envelope: {e}"))?;
-    let payload = common::Payload::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))?;
+    let payload =
+        common::Payload::decode(env.payload.as_slice()).map_err(|e| format!("payload: {e}"))?;
     let header = payload.header.as_ref().ok_or("payload has no header")?;
     let ch = common::ChannelHeader::decode(header.channel_header.as_slice())
         .map_err(|e| format!("channel header: {e}"))?;
@@ -302,14 +359,16 @@ fn decode_transaction(index: usize, entry: &[u8], validation_code: i32) -> Resul
         if let Ok(ext) = protos::ChaincodeHeaderExtension::decode(ch.extension.as_slice()) {
             tx.chaincode = ext.chaincode_id.map(|c| c.name).filter(|n| !n.is_empty());
         }
-        let transaction =
-            protos::Transaction::decode(payload.data.as_slice()).map_err(|e| format!("transaction: {e}"))?;
+        let transaction = protos::Transaction::decode(payload.data.as_slice())
+            .map_err(|e| format!("transaction: {e}"))?;
         for action in &transaction.actions {
             let cap = protos::ChaincodeActionPayload::decode(action.payload.as_slice())
                 .map_err(|e| format!("chaincode action payload: {e}"))?;
             if tx.args.is_empty() {
-                let cpp = protos::ChaincodeProposalPayload::decode(cap.chaincode_proposal_payload.as_slice())
-                    .map_err(|e| format!("chaincode proposal payload: {e}"))?;
+                let cpp = protos::ChaincodeProposalPayload::decode(
+                    cap.chaincode_proposal_payload.as_slice(),
+                )
+                .map_err(|e| format!("chaincode proposal payload: {e}"))?;
                 let cis = protos::ChaincodeInvocationSpec::decode(cpp.input.as_slice())
                     .map_err(|e| format!("invocation spec: {e}"))?;
                 if let Some(spec) = cis.chaincode_spec {
@@ -319,9 +378,13 @@ fn decode_transaction(index: usize, entry: &[u8], validation_code: i32) -> Resul
                     tx.args = spec.input.map(|i| i.args).unwrap_or_default();
                 }
             }
-            let endorsed = cap.action.ok_or("chaincode action payload has no endorsed action")?;
-            let prp = protos::ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
-                .map_err(|e| format!("proposal response payload: {e}"))?;
+            let endorsed = cap
+                .action
+                .ok_or("chaincode action payload has no endorsed action")?;
+            let prp = protos::ProposalResponsePayload::decode(
+                endorsed.proposal_response_payload.as_slice(),
+            )
+            .map_err(|e| format!("proposal response payload: {e}"))?;
             let cca = protos::ChaincodeAction::decode(prp.extension.as_slice())
                 .map_err(|e| format!("chaincode action: {e}"))?;
             if tx.response.is_none() {
@@ -347,13 +410,30 @@ mod tests {
     #[test]
     fn header_bytes_known_encodings() {
         // number 0, nil hashes: SEQUENCE { INTEGER 0, OCTET STRING '', OCTET STRING '' }
-        assert_eq!(block_header_bytes(0, &[], &[]), vec![0x30, 0x07, 0x02, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00]);
+        assert_eq!(
+            block_header_bytes(0, &[], &[]),
+            vec![0x30, 0x07, 0x02, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00]
+        );
         // 128 needs a leading zero byte to stay positive.
-        assert_eq!(&block_header_bytes(128, &[], &[])[2..6], &[0x02, 0x02, 0x00, 0x80]);
-        assert_eq!(&block_header_bytes(255, &[], &[])[2..6], &[0x02, 0x02, 0x00, 0xFF]);
-        assert_eq!(&block_header_bytes(256, &[], &[])[2..6], &[0x02, 0x02, 0x01, 0x00]);
+        assert_eq!(
+            &block_header_bytes(128, &[], &[])[2..6],
+            &[0x02, 0x02, 0x00, 0x80]
+        );
+        assert_eq!(
+            &block_header_bytes(255, &[], &[])[2..6],
+            &[0x02, 0x02, 0x00, 0xFF]
+        );
+        assert_eq!(
+            &block_header_bytes(256, &[], &[])[2..6],
+            &[0x02, 0x02, 0x01, 0x00]
+        );
         let max = block_header_bytes(u64::MAX, &[], &[]);
-        assert_eq!(&max[2..13], &[0x02, 0x09, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(
+            &max[2..13],
+            &[
+                0x02, 0x09, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF
+            ]
+        );
         // two 32-byte hashes
         let b = block_header_bytes(1, &[0xAA; 32], &[0xBB; 32]);
         assert_eq!(b.len(), 2 + 3 + 34 + 34);
@@ -375,10 +455,28 @@ mod tests {
 
     #[test]
     fn timestamps_convert() {
-        let t = google_protobuf::Timestamp { seconds: 1_700_000_000, nanos: 5 };
+        let t = google_protobuf::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
         let st = timestamp_to_system_time(&t).unwrap();
-        assert_eq!(st.duration_since(SystemTime::UNIX_EPOCH).unwrap(), Duration::new(1_700_000_000, 5));
-        assert!(timestamp_to_system_time(&google_protobuf::Timestamp { seconds: 0, nanos: -1 }).is_none());
-        assert!(timestamp_to_system_time(&google_protobuf::Timestamp { seconds: 0, nanos: 1_000_000_000 }).is_none());
+        assert_eq!(
+            st.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
+            Duration::new(1_700_000_000, 5)
+        );
+        assert!(
+            timestamp_to_system_time(&google_protobuf::Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_none()
+        );
+        assert!(
+            timestamp_to_system_time(&google_protobuf::Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000
+            })
+            .is_none()
+        );
     }
 }

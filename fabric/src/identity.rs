@@ -120,15 +120,19 @@ impl P256Signer {
     pub fn from_pem(pem: &str) -> Result<Self, IdentityError> {
         let pem = pem.trim();
         let secret = if pem.contains("BEGIN EC PRIVATE KEY") {
-            p256::SecretKey::from_sec1_pem(pem).map_err(|e| IdentityError::PrivateKey(e.to_string()))?
+            p256::SecretKey::from_sec1_pem(pem)
+                .map_err(|e| IdentityError::PrivateKey(e.to_string()))?
         } else if pem.contains("BEGIN PRIVATE KEY") {
-            p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| IdentityError::PrivateKey(e.to_string()))?
+            p256::SecretKey::from_pkcs8_pem(pem)
+                .map_err(|e| IdentityError::PrivateKey(e.to_string()))?
         } else {
             return Err(IdentityError::PrivateKey(
                 "expected a PEM 'PRIVATE KEY' (PKCS#8) or 'EC PRIVATE KEY' (SEC1) block".into(),
             ));
         };
-        Ok(Self { key: SigningKey::from(secret) })
+        Ok(Self {
+            key: SigningKey::from(secret),
+        })
     }
 
     /// Wraps an existing key.
@@ -138,7 +142,9 @@ impl P256Signer {
 
     /// A fresh random key (tests, devnet material).
     pub fn generate() -> Self {
-        Self { key: SigningKey::random(&mut rand::rngs::OsRng) }
+        Self {
+            key: SigningKey::random(&mut rand::rngs::OsRng),
+        }
     }
 
     /// The public half.
@@ -154,7 +160,10 @@ impl P256Signer {
 
 impl Signer for P256Signer {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, SignError> {
-        let sig: Signature = self.key.try_sign(msg).map_err(|e| SignError(e.to_string()))?;
+        let sig: Signature = self
+            .key
+            .try_sign(msg)
+            .map_err(|e| SignError(e.to_string()))?;
         let sig = sig.normalize_s().unwrap_or(sig);
         Ok(sig.to_der().as_bytes().to_vec())
     }
@@ -171,7 +180,9 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("msp_id", &self.msp_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("msp_id", &self.msp_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,12 +200,27 @@ impl Identity {
         if msp_id.is_empty() {
             return Err(IdentityError::EmptyMspId);
         }
-        let parsed = parse_certificate(cert).map_err(|e| IdentityError::Certificate(e.to_string()))?;
-        let cert_der = parsed.to_der().map_err(|e| IdentityError::Certificate(e.to_string()))?;
-        let cert_pem = if looks_like_pem(cert) { cert.to_vec() } else { der_to_pem(&cert_der).into_bytes() };
-        let creator =
-            SerializedIdentity { mspid: msp_id.clone(), id_bytes: cert_pem.clone() }.encode_to_vec();
-        Ok(Self { msp_id, cert_pem, cert_der, creator })
+        let parsed =
+            parse_certificate(cert).map_err(|e| IdentityError::Certificate(e.to_string()))?;
+        let cert_der = parsed
+            .to_der()
+            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+        let cert_pem = if looks_like_pem(cert) {
+            cert.to_vec()
+        } else {
+            der_to_pem(&cert_der).into_bytes()
+        };
+        let creator = SerializedIdentity {
+            mspid: msp_id.clone(),
+            id_bytes: cert_pem.clone(),
+        }
+        .encode_to_vec();
+        Ok(Self {
+            msp_id,
+            cert_pem,
+            cert_der,
+            creator,
+        })
     }
 
     /// Decodes a serialized creator (`msp.SerializedIdentity` bytes).
@@ -246,7 +272,9 @@ pub struct SigningIdentity {
 
 impl fmt::Debug for SigningIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningIdentity").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("SigningIdentity")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -263,37 +291,59 @@ impl SigningIdentity {
     ) -> Result<Self, IdentityError> {
         let identity = Identity::new(msp_id, cert_pem)?;
         let signer = P256Signer::from_pem(key_pem)?;
-        let cert_key = public_key_of(&identity.certificate().map_err(|e| IdentityError::Certificate(e.to_string()))?)
-            .map_err(|e| IdentityError::UnsupportedKey(e.to_string()))?;
+        let cert_key = public_key_of(
+            &identity
+                .certificate()
+                .map_err(|e| IdentityError::Certificate(e.to_string()))?,
+        )
+        .map_err(|e| IdentityError::UnsupportedKey(e.to_string()))?;
         if cert_key != signer.verifying_key() {
             return Err(IdentityError::KeyMismatch);
         }
-        Ok(Self { identity, signer: Arc::new(signer) })
+        Ok(Self {
+            identity,
+            signer: Arc::new(signer),
+        })
     }
 
     /// Loads from an MSP directory as cryptogen / Fabric CA write it. `dir` is either the `msp`
     /// directory itself or its parent (e.g. `users/User1@org1.example.com`). The certificate is
     /// the first `signcerts/*.pem` (by name); the key is the `keystore/*` file that matches it.
     pub fn from_msp_dir(msp_id: impl Into<String>, dir: &Path) -> Result<Self, IdentityError> {
-        let msp = if dir.join("signcerts").is_dir() { dir.to_path_buf() } else { dir.join("msp") };
+        let msp = if dir.join("signcerts").is_dir() {
+            dir.to_path_buf()
+        } else {
+            dir.join("msp")
+        };
         let signcerts = msp.join("signcerts");
         let mut certs = list_files(&signcerts)?;
         certs.retain(|p| p.extension().is_some_and(|e| e == "pem"));
-        let cert_path = certs.first().ok_or_else(|| IdentityError::NoCertificate(signcerts.clone()))?;
+        let cert_path = certs
+            .first()
+            .ok_or_else(|| IdentityError::NoCertificate(signcerts.clone()))?;
         let cert_pem = read(cert_path)?;
         let identity = Identity::new(msp_id, &cert_pem)?;
-        let cert_key = public_key_of(&identity.certificate().map_err(|e| IdentityError::Certificate(e.to_string()))?)
-            .map_err(|e| IdentityError::UnsupportedKey(e.to_string()))?;
+        let cert_key = public_key_of(
+            &identity
+                .certificate()
+                .map_err(|e| IdentityError::Certificate(e.to_string()))?,
+        )
+        .map_err(|e| IdentityError::UnsupportedKey(e.to_string()))?;
 
         let keystore = msp.join("keystore");
         let keys = list_files(&keystore)?;
         let mut last_err = IdentityError::NoPrivateKey(keystore.clone());
         for key_path in keys {
             let bytes = read(&key_path)?;
-            let Ok(text) = String::from_utf8(bytes) else { continue };
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
             match P256Signer::from_pem(&text) {
                 Ok(signer) if signer.verifying_key() == cert_key => {
-                    return Ok(Self { identity, signer: Arc::new(signer) });
+                    return Ok(Self {
+                        identity,
+                        signer: Arc::new(signer),
+                    });
                 }
                 Ok(_) => last_err = IdentityError::KeyMismatch,
                 Err(e) => last_err = e,
@@ -325,10 +375,16 @@ impl SigningIdentity {
 }
 
 fn list_files(dir: &Path) -> Result<Vec<PathBuf>, IdentityError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| IdentityError::Io { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| IdentityError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|source| IdentityError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| IdentityError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = entry.path();
         if path.is_file() {
             files.push(path);
@@ -339,7 +395,10 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, IdentityError> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|source| IdentityError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn looks_like_pem(bytes: &[u8]) -> bool {
@@ -374,7 +433,10 @@ pub fn parse_certificates(bundle: &[u8]) -> Result<Vec<Certificate>, VerifyError
 pub fn public_key_of(cert: &Certificate) -> Result<VerifyingKey, VerifyError> {
     let spki = &cert.tbs_certificate.subject_public_key_info;
     if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
-        return Err(VerifyError::UnsupportedKey(format!("algorithm {}", spki.algorithm.oid)));
+        return Err(VerifyError::UnsupportedKey(format!(
+            "algorithm {}",
+            spki.algorithm.oid
+        )));
     }
     let curve = spki
         .algorithm
@@ -382,12 +444,13 @@ pub fn public_key_of(cert: &Certificate) -> Result<VerifyingKey, VerifyError> {
         .as_ref()
         .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok());
     if curve != Some(OID_SECP256R1) {
-        return Err(VerifyError::UnsupportedKey("only the P-256 curve is supported".into()));
+        return Err(VerifyError::UnsupportedKey(
+            "only the P-256 curve is supported".into(),
+        ));
     }
-    let bytes = spki
-        .subject_public_key
-        .as_bytes()
-        .ok_or_else(|| VerifyError::UnsupportedKey("public key bit string is not octet-aligned".into()))?;
+    let bytes = spki.subject_public_key.as_bytes().ok_or_else(|| {
+        VerifyError::UnsupportedKey("public key bit string is not octet-aligned".into())
+    })?;
     VerifyingKey::from_sec1_bytes(bytes).map_err(|e| VerifyError::UnsupportedKey(e.to_string()))
 }
 
@@ -400,7 +463,11 @@ pub fn verify_signature(cert: &[u8], msg: &[u8], signature: &[u8]) -> Result<(),
 }
 
 /// [`verify_signature`] with an already-extracted key.
-pub fn verify_with_key(key: &VerifyingKey, msg: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+pub fn verify_with_key(
+    key: &VerifyingKey,
+    msg: &[u8],
+    signature: &[u8],
+) -> Result<(), VerifyError> {
     let sig = Signature::from_der(signature).map_err(|_| VerifyError::MalformedSignature)?;
     if sig.normalize_s().is_some() {
         return Err(VerifyError::HighS);
@@ -415,7 +482,10 @@ pub fn verify_with_key(key: &VerifyingKey, msg: &[u8], signature: &[u8]) -> Resu
 /// validity period. Certificates may be PEM or DER.
 pub fn cert_chains_to(cert: &[u8], ca_certs: &[&[u8]]) -> Result<(), VerifyError> {
     let cert = parse_certificate(cert)?;
-    let cas = ca_certs.iter().map(|c| parse_certificate(c)).collect::<Result<Vec<_>, _>>()?;
+    let cas = ca_certs
+        .iter()
+        .map(|c| parse_certificate(c))
+        .collect::<Result<Vec<_>, _>>()?;
     cert_chains_to_parsed(&cert, &cas, SystemTime::now())
 }
 
@@ -454,24 +524,39 @@ pub fn cert_chains_to_parsed(
     Err(VerifyError::UnknownAuthority)
 }
 
-fn verify_issued_by(cert: &Certificate, ca: &Certificate, now: SystemTime) -> Result<(), VerifyError> {
+fn verify_issued_by(
+    cert: &Certificate,
+    ca: &Certificate,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
     check_validity(ca, now)?;
     if !is_ca(ca)? {
         return Err(VerifyError::NotACa);
     }
     if cert.signature_algorithm.oid != OID_ECDSA_WITH_SHA256 {
-        return Err(VerifyError::UnsupportedAlgorithm(cert.signature_algorithm.oid.to_string()));
+        return Err(VerifyError::UnsupportedAlgorithm(
+            cert.signature_algorithm.oid.to_string(),
+        ));
     }
     let key = public_key_of(ca)?;
-    let tbs = cert.tbs_certificate.to_der().map_err(|e| VerifyError::Certificate(e.to_string()))?;
-    let sig_bytes = cert.signature.as_bytes().ok_or(VerifyError::MalformedSignature)?;
+    let tbs = cert
+        .tbs_certificate
+        .to_der()
+        .map_err(|e| VerifyError::Certificate(e.to_string()))?;
+    let sig_bytes = cert
+        .signature
+        .as_bytes()
+        .ok_or(VerifyError::MalformedSignature)?;
     // Certificate signatures (unlike Fabric message signatures) need not be low-S.
     let sig = Signature::from_der(sig_bytes).map_err(|_| VerifyError::MalformedSignature)?;
-    key.verify(&tbs, &sig).map_err(|_| VerifyError::BadSignature)
+    key.verify(&tbs, &sig)
+        .map_err(|_| VerifyError::BadSignature)
 }
 
 fn is_ca(cert: &Certificate) -> Result<bool, VerifyError> {
-    let Some(exts) = &cert.tbs_certificate.extensions else { return Ok(false) };
+    let Some(exts) = &cert.tbs_certificate.extensions else {
+        return Ok(false);
+    };
     for ext in exts {
         if ext.extn_id == OID_BASIC_CONSTRAINTS {
             let bc = x509_cert::ext::pkix::BasicConstraints::from_der(ext.extn_value.as_bytes())
@@ -486,9 +571,14 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), VerifyError
     let v = &cert.tbs_certificate.validity;
     let not_before = v.not_before.to_unix_duration();
     let not_after = v.not_after.to_unix_duration();
-    let now = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     if now < not_before || now > not_after {
-        return Err(VerifyError::Expired { not_before: not_before.as_secs(), not_after: not_after.as_secs() });
+        return Err(VerifyError::Expired {
+            not_before: not_before.as_secs(),
+            not_after: not_after.as_secs(),
+        });
     }
     Ok(())
 }
@@ -524,18 +614,27 @@ mod tests {
         let mut params = CertificateParams::new(Vec::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = is_ca;
-        let pem = params.signed_by(&key, &Issuer::from_params(&parent.params, &parent.key)).unwrap().pem();
+        let pem = params
+            .signed_by(&key, &Issuer::from_params(&parent.params, &parent.key))
+            .unwrap()
+            .pem();
         TestCa { params, key, pem }
     }
 
     /// (cert PEM, PKCS#8 key PEM)
-    fn leaf(name: &str, issuer: &TestCa, tweak: impl FnOnce(&mut CertificateParams)) -> (String, String) {
+    fn leaf(
+        name: &str,
+        issuer: &TestCa,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::new(Vec::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::ExplicitNoCa;
         tweak(&mut params);
-        let cert = params.signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key)).unwrap();
+        let cert = params
+            .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
+            .unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
@@ -558,11 +657,20 @@ mod tests {
             assert!(parsed.normalize_s().is_none(), "signature must be low-S");
             verify_signature(cert.as_bytes(), msg.as_bytes(), &sig).unwrap();
             id.identity().verify(msg.as_bytes(), &sig).unwrap();
-            assert_eq!(verify_signature(cert.as_bytes(), b"other", &sig), Err(VerifyError::BadSignature));
+            assert_eq!(
+                verify_signature(cert.as_bytes(), b"other", &sig),
+                Err(VerifyError::BadSignature)
+            );
             // The same signature with s replaced by n - s is mathematically valid but Fabric refuses it.
-            assert_eq!(verify_signature(cert.as_bytes(), msg.as_bytes(), &high_s(&sig)), Err(VerifyError::HighS));
+            assert_eq!(
+                verify_signature(cert.as_bytes(), msg.as_bytes(), &high_s(&sig)),
+                Err(VerifyError::HighS)
+            );
         }
-        assert_eq!(verify_signature(cert.as_bytes(), b"m", b"\x30\x00"), Err(VerifyError::MalformedSignature));
+        assert_eq!(
+            verify_signature(cert.as_bytes(), b"m", b"\x30\x00"),
+            Err(VerifyError::MalformedSignature)
+        );
         // DER certificates work too.
         let der = id.identity().cert_der().to_vec();
         let sig = id.sign(b"m").unwrap();
@@ -575,7 +683,10 @@ mod tests {
         let (cert, _) = leaf("a", &ca, |_| {});
         let other = P256Signer::generate();
         let sig = other.sign(b"payload").unwrap();
-        assert_eq!(verify_signature(cert.as_bytes(), b"payload", &sig), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verify_signature(cert.as_bytes(), b"payload", &sig),
+            Err(VerifyError::BadSignature)
+        );
     }
 
     #[test]
@@ -585,9 +696,18 @@ mod tests {
         use p256::pkcs8::{EncodePrivateKey, LineEnding};
         let pkcs8 = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
         let sec1 = secret.to_sec1_pem(LineEnding::LF).unwrap();
-        assert_eq!(P256Signer::from_pem(&pkcs8).unwrap().verifying_key(), signer.verifying_key());
-        assert_eq!(P256Signer::from_pem(&sec1).unwrap().verifying_key(), signer.verifying_key());
-        assert!(matches!(P256Signer::from_pem("garbage"), Err(IdentityError::PrivateKey(_))));
+        assert_eq!(
+            P256Signer::from_pem(&pkcs8).unwrap().verifying_key(),
+            signer.verifying_key()
+        );
+        assert_eq!(
+            P256Signer::from_pem(&sec1).unwrap().verifying_key(),
+            signer.verifying_key()
+        );
+        assert!(matches!(
+            P256Signer::from_pem("garbage"),
+            Err(IdentityError::PrivateKey(_))
+        ));
         assert!(matches!(
             P256Signer::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
             Err(IdentityError::PrivateKey(_))
@@ -626,7 +746,10 @@ mod tests {
             verify_signature(cert.as_bytes(), b"x", &sig).unwrap();
         }
         std::fs::remove_file(msp.join("keystore/priv_sk")).unwrap();
-        assert!(matches!(SigningIdentity::from_msp_dir("Org1MSP", &user), Err(IdentityError::KeyMismatch)));
+        assert!(matches!(
+            SigningIdentity::from_msp_dir("Org1MSP", &user),
+            Err(IdentityError::KeyMismatch)
+        ));
         assert!(matches!(
             SigningIdentity::from_msp_dir("Org1MSP", dir.path()),
             Err(IdentityError::Io { .. })
@@ -646,9 +769,16 @@ mod tests {
         assert_eq!(back.creator(), id.creator());
         // DER input is re-encoded as PEM for id_bytes.
         let from_der = Identity::new("Org1MSP", id.cert_der()).unwrap();
-        assert!(from_der.cert_pem().starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert!(
+            from_der
+                .cert_pem()
+                .starts_with(b"-----BEGIN CERTIFICATE-----")
+        );
         assert_eq!(from_der, id);
-        assert!(matches!(Identity::new("", cert.as_bytes()), Err(IdentityError::EmptyMspId)));
+        assert!(matches!(
+            Identity::new("", cert.as_bytes()),
+            Err(IdentityError::EmptyMspId)
+        ));
         assert!(Identity::from_creator(b"\xff\xff").is_err());
     }
 
@@ -662,19 +792,33 @@ mod tests {
         let (by_other, _) = leaf("u3", &other_root, |_| {});
 
         cert_chains_to(direct.as_bytes(), &[root.pem.as_bytes()]).unwrap();
-        cert_chains_to(direct.as_bytes(), &[other_root.pem.as_bytes(), root.pem.as_bytes()]).unwrap();
-        cert_chains_to(via_inter.as_bytes(), &[root.pem.as_bytes(), inter.pem.as_bytes()]).unwrap();
+        cert_chains_to(
+            direct.as_bytes(),
+            &[other_root.pem.as_bytes(), root.pem.as_bytes()],
+        )
+        .unwrap();
+        cert_chains_to(
+            via_inter.as_bytes(),
+            &[root.pem.as_bytes(), inter.pem.as_bytes()],
+        )
+        .unwrap();
         // An intermediate alone is not a trust anchor.
         assert_eq!(
             cert_chains_to(via_inter.as_bytes(), &[inter.pem.as_bytes()]),
             Err(VerifyError::UnknownAuthority)
         );
-        assert_eq!(cert_chains_to(by_other.as_bytes(), &[root.pem.as_bytes()]), Err(VerifyError::UnknownAuthority));
+        assert_eq!(
+            cert_chains_to(by_other.as_bytes(), &[root.pem.as_bytes()]),
+            Err(VerifyError::UnknownAuthority)
+        );
 
         // Same subject name as the trusted root, different key: signature check fails.
         let impostor = ca("ca.org1.example.com");
         let (forged, _) = leaf("u4", &impostor, |_| {});
-        assert_eq!(cert_chains_to(forged.as_bytes(), &[root.pem.as_bytes()]), Err(VerifyError::BadSignature));
+        assert_eq!(
+            cert_chains_to(forged.as_bytes(), &[root.pem.as_bytes()]),
+            Err(VerifyError::BadSignature)
+        );
 
         // Expired leaf.
         let (expired, _) = leaf("u5", &root, |p| {
@@ -690,7 +834,10 @@ mod tests {
         let fake_ca = issued("not-a-ca", &root, IsCa::ExplicitNoCa);
         let (child, _) = leaf("child", &fake_ca, |_| {});
         assert_eq!(
-            cert_chains_to(child.as_bytes(), &[root.pem.as_bytes(), fake_ca.pem.as_bytes()]),
+            cert_chains_to(
+                child.as_bytes(),
+                &[root.pem.as_bytes(), fake_ca.pem.as_bytes()]
+            ),
             Err(VerifyError::NotACa)
         );
     }

@@ -19,7 +19,9 @@
 //!
 //! [`Message`] (prost) is re-exported for `encode_to_vec` / `decode`.
 
-pub use fabric_sdk::fabric::{common, gateway, google_protobuf, kvrwset, msp, orderer, protos, rwset};
+pub use fabric_sdk::fabric::{
+    common, gateway, google_protobuf, kvrwset, msp, orderer, protos, rwset,
+};
 pub use prost::Message;
 
 /// The type URL under which Fabric's Gateway packs an `ErrorDetail` into `google.rpc.Status.details`.
@@ -188,7 +190,9 @@ pub fn error_details(status: &tonic::Status) -> Vec<gateway::ErrorDetail> {
     rpc_status
         .details
         .iter()
-        .filter(|any| any.type_url.ends_with("/gateway.ErrorDetail") || any.type_url == "gateway.ErrorDetail")
+        .filter(|any| {
+            any.type_url.ends_with("/gateway.ErrorDetail") || any.type_url == "gateway.ErrorDetail"
+        })
         .filter_map(|any| gateway::ErrorDetail::decode(any.value.as_slice()).ok())
         .collect()
 }
@@ -205,10 +209,16 @@ mod tests {
                 previous_hash: vec![1; 32],
                 data_hash: vec![2; 32],
             }),
-            data: Some(common::BlockData { data: vec![b"tx".to_vec()] }),
-            metadata: Some(common::BlockMetadata { metadata: vec![vec![], vec![], vec![0]] }),
+            data: Some(common::BlockData {
+                data: vec![b"tx".to_vec()],
+            }),
+            metadata: Some(common::BlockMetadata {
+                metadata: vec![vec![], vec![], vec![0]],
+            }),
         };
-        let resp = DeliverResponse { r#type: Some(deliver_response::Type::Block(block.clone())) };
+        let resp = DeliverResponse {
+            r#type: Some(deliver_response::Type::Block(block.clone())),
+        };
         let bytes = resp.encode_to_vec();
         // field 2, wire type 2 (length-delimited)
         assert_eq!(bytes[0], 0x12);
@@ -219,7 +229,9 @@ mod tests {
     #[test]
     fn deliver_response_status_encoding_matches_protobuf() {
         let resp = DeliverResponse {
-            r#type: Some(deliver_response::Type::Status(common::Status::Success as i32)),
+            r#type: Some(deliver_response::Type::Status(
+                common::Status::Success as i32,
+            )),
         };
         // field 1 varint 200 => 0x08 0xC8 0x01
         assert_eq!(resp.encode_to_vec(), vec![0x08, 0xC8, 0x01]);
@@ -236,7 +248,9 @@ mod tests {
                 tx_validation_code: protos::TxValidationCode::MvccReadConflict as i32,
                 data: Some(filtered_transaction::Data::TransactionActions(
                     FilteredTransactionActions {
-                        chaincode_actions: vec![FilteredChaincodeAction { chaincode_event: None }],
+                        chaincode_actions: vec![FilteredChaincodeAction {
+                            chaincode_event: None,
+                        }],
                     },
                 )),
             }],
@@ -256,7 +270,10 @@ mod tests {
     fn block_and_private_data_roundtrip() {
         let mut m = std::collections::BTreeMap::new();
         m.insert(3u64, rwset::TxPvtReadWriteSet::default());
-        let v = BlockAndPrivateData { block: Some(common::Block::default()), private_data_map: m };
+        let v = BlockAndPrivateData {
+            block: Some(common::Block::default()),
+            private_data_map: m,
+        };
         let back = BlockAndPrivateData::decode(v.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back, v);
     }
@@ -268,11 +285,16 @@ mod tests {
             msp_id: "Org1MSP".into(),
             message: "chaincode response 500, insufficient funds".into(),
         };
-        let status = status_with_details(tonic::Code::Aborted, "failed to endorse", &[detail.clone()]);
+        let status = status_with_details(
+            tonic::Code::Aborted,
+            "failed to endorse",
+            std::slice::from_ref(&detail),
+        );
         assert_eq!(status.code(), tonic::Code::Aborted);
         assert_eq!(error_details(&status), vec![detail]);
         assert!(error_details(&tonic::Status::unavailable("x")).is_empty());
-        let garbage = tonic::Status::with_details(tonic::Code::Internal, "x", vec![0xFF, 0xFF].into());
+        let garbage =
+            tonic::Status::with_details(tonic::Code::Internal, "x", vec![0xFF, 0xFF].into());
         assert!(error_details(&garbage).is_empty());
     }
 

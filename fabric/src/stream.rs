@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::block::{BlockError, ParsedBlock};
+use crate::block::{BlockError, ParsedBlock, verify_block_data_hash};
 use crate::identity::SigningIdentity;
 use crate::proto::{DeliverResponse, common, deliver_client::DeliverClient, deliver_response};
 use crate::tls::{CallError, ConnectError, PeerConnector};
@@ -67,7 +67,11 @@ impl Backoff {
     pub fn delay_with(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let base = self.base_delay(attempt).as_secs_f64();
         let j = self.jitter.clamp(0.0, 0.99);
-        let factor = if j > 0.0 { rng.gen_range(1.0 - j..=1.0 + j) } else { 1.0 };
+        let factor = if j > 0.0 {
+            rng.gen_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
         Duration::from_secs_f64((base * factor).max(0.0))
     }
 
@@ -90,7 +94,12 @@ pub struct BlockStreamConfig {
 
 impl BlockStreamConfig {
     pub fn new(channel: impl Into<String>, start: u64) -> Self {
-        Self { channel: channel.into(), start, previous_hash: None, backoff: Backoff::default() }
+        Self {
+            channel: channel.into(),
+            start,
+            previous_hash: None,
+            backoff: Backoff::default(),
+        }
     }
 }
 
@@ -225,7 +234,9 @@ impl BlockStream {
                     }
                 }
             }
-            let Some(open) = self.open.as_mut() else { continue };
+            let Some(open) = self.open.as_mut() else {
+                continue;
+            };
             let msg = tokio::select! {
                 () = self.cancel.cancelled() => {
                     self.open = None;
@@ -234,27 +245,45 @@ impl BlockStream {
                 m = open.responses.message() => m,
             };
             match msg {
-                Ok(Some(DeliverResponse { r#type: Some(deliver_response::Type::Block(block)) })) => {
+                Ok(Some(DeliverResponse {
+                    r#type: Some(deliver_response::Type::Block(block)),
+                })) => {
                     let parsed = self.verify(block)?;
                     self.failures = 0;
                     self.next = parsed.number.saturating_add(1);
                     self.previous_hash = Some(parsed.header_hash.to_vec());
                     return Ok(Some(parsed));
                 }
-                Ok(Some(DeliverResponse { r#type: Some(deliver_response::Type::Status(code)) })) => {
+                Ok(Some(DeliverResponse {
+                    r#type: Some(deliver_response::Type::Status(code)),
+                })) => {
                     self.open = None;
                     match common::Status::try_from(code) {
                         // SUCCESS ends a bounded seek; ours is unbounded, so the peer closed it: resume.
-                        Ok(common::Status::Success | common::Status::ServiceUnavailable | common::Status::InternalServerError) => {
-                            let name = common::Status::try_from(code).map(|s| s.as_str_name()).unwrap_or("?");
+                        Ok(
+                            common::Status::Success
+                            | common::Status::ServiceUnavailable
+                            | common::Status::InternalServerError,
+                        ) => {
+                            let name = common::Status::try_from(code)
+                                .map(|s| s.as_str_name())
+                                .unwrap_or("?");
                             self.note_failure(format!("deliver ended with status {name}"))?;
                         }
-                        Ok(other) => return Err(StreamError::Refused(format!("status {}", other.as_str_name()))),
+                        Ok(other) => {
+                            return Err(StreamError::Refused(format!(
+                                "status {}",
+                                other.as_str_name()
+                            )));
+                        }
                         Err(_) => return Err(StreamError::Refused(format!("status {code}"))),
                     }
                 }
                 Ok(Some(other)) => {
-                    return Err(StreamError::Protocol(format!("unexpected deliver response {:?}", variant_name(&other))));
+                    return Err(StreamError::Protocol(format!(
+                        "unexpected deliver response {:?}",
+                        variant_name(&other)
+                    )));
                 }
                 Ok(None) => {
                     self.open = None;
@@ -274,20 +303,30 @@ impl BlockStream {
     fn note_failure(&mut self, msg: String) -> Result<(), StreamError> {
         self.failures = self.failures.saturating_add(1);
         tracing::warn!(channel = %self.config.channel, next_block = self.next, attempt = self.failures, error = %msg, "deliver stream interrupted; reconnecting");
-        if let Some(max) = self.config.backoff.max_attempts {
-            if self.failures >= max {
-                return Err(StreamError::GaveUp { attempts: self.failures, last: msg });
-            }
+        if let Some(max) = self.config.backoff.max_attempts
+            && self.failures >= max
+        {
+            return Err(StreamError::GaveUp {
+                attempts: self.failures,
+                last: msg,
+            });
         }
         Ok(())
     }
 
     fn verify(&self, block: common::Block) -> Result<ParsedBlock, StreamError> {
-        let parsed = ParsedBlock::parse(block)?;
-        if parsed.number != self.next {
-            return Err(BlockError::UnexpectedNumber { expected: self.next, actual: parsed.number }.into());
+        // Chain checks first, on the raw header: a tampered or foreign block is reported as
+        // such rather than as an undecodable transaction.
+        let header = block.header.as_ref().ok_or(BlockError::MissingHeader)?;
+        if header.number != self.next {
+            return Err(BlockError::UnexpectedNumber {
+                expected: self.next,
+                actual: header.number,
+            }
+            .into());
         }
-        parsed.verify_data_hash()?;
+        verify_block_data_hash(&block)?;
+        let parsed = ParsedBlock::parse(block)?;
         if let Some(prev) = &self.previous_hash {
             parsed.verify_follows(prev)?;
         }
@@ -295,8 +334,13 @@ impl BlockStream {
     }
 
     async fn connect(&self) -> Result<Open, Failure> {
-        let envelope = tx::seek_envelope(&self.config.channel, self.next, &self.signer, self.connector.tls_cert_hash())
-            .map_err(|e| Failure::Permanent(e.into()))?;
+        let envelope = tx::seek_envelope(
+            &self.config.channel,
+            self.next,
+            &self.signer,
+            self.connector.tls_cert_hash(),
+        )
+        .map_err(|e| Failure::Permanent(e.into()))?;
         let result = self
             .connector
             .call(|ch| {
@@ -306,9 +350,15 @@ impl BlockStream {
                     tx.send(envelope)
                         .await
                         .map_err(|_| tonic::Status::internal("request channel closed"))?;
-                    let mut client = DeliverClient::new(ch).max_decoding_message_size(MAX_BLOCK_MESSAGE_BYTES);
-                    let resp = client.deliver(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
-                    Ok(Open { responses: resp.into_inner(), _requests: tx })
+                    let mut client =
+                        DeliverClient::new(ch).max_decoding_message_size(MAX_BLOCK_MESSAGE_BYTES);
+                    let resp = client
+                        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await?;
+                    Ok(Open {
+                        responses: resp.into_inner(),
+                        _requests: tx,
+                    })
                 }
             })
             .await;
@@ -324,9 +374,11 @@ fn classify_status(status: &tonic::Status) -> Failure {
     use tonic::Code;
     let msg = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument | Code::NotFound | Code::Unimplemented => {
-            Failure::Permanent(StreamError::Refused(msg))
-        }
+        Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::Unimplemented => Failure::Permanent(StreamError::Refused(msg)),
         _ => Failure::Transient(msg),
     }
 }
@@ -379,7 +431,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_then_caps() {
-        let b = Backoff { jitter: 0.0, ..Backoff::default() };
+        let b = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
         assert_eq!(b.delay(1), Duration::from_millis(200));
         assert_eq!(b.delay(2), Duration::from_millis(400));
         assert_eq!(b.delay(3), Duration::from_millis(800));

@@ -26,7 +26,10 @@ pub struct PeerEndpoint {
 
 impl PeerEndpoint {
     pub fn new(address: impl Into<String>) -> Self {
-        Self { address: address.into(), server_name: None }
+        Self {
+            address: address.into(),
+            server_name: None,
+        }
     }
 
     pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
@@ -96,7 +99,10 @@ pub enum CallError {
     /// No endpoint could be connected.
     Connect(ConnectError),
     /// The last call's gRPC status (after failing over on UNAVAILABLE where possible).
-    Status { status: tonic::Status, endpoint: String },
+    Status {
+        status: tonic::Status,
+        endpoint: String,
+    },
 }
 
 #[derive(Default)]
@@ -115,7 +121,14 @@ pub struct PeerConnector {
 impl std::fmt::Debug for PeerConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerConnector")
-            .field("endpoints", &self.endpoints.iter().map(|(p, _)| &p.address).collect::<Vec<_>>())
+            .field(
+                "endpoints",
+                &self
+                    .endpoints
+                    .iter()
+                    .map(|(p, _)| &p.address)
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -129,21 +142,37 @@ impl PeerConnector {
         let mut tls_cert_hash = Vec::new();
         if let Some(tls) = &config.tls {
             if tls.client_cert_pem.is_some() != tls.client_key_pem.is_some() {
-                return Err(ConnectError::Tls("client certificate and key must be given together".into()));
+                return Err(ConnectError::Tls(
+                    "client certificate and key must be given together".into(),
+                ));
             }
             if let Some(cert) = &tls.client_cert_pem {
-                let parsed = parse_certificate(cert).map_err(|e| ConnectError::Tls(format!("client certificate: {e}")))?;
-                let der = der::Encode::to_der(&parsed).map_err(|e| ConnectError::Tls(e.to_string()))?;
+                let parsed = parse_certificate(cert)
+                    .map_err(|e| ConnectError::Tls(format!("client certificate: {e}")))?;
+                let der =
+                    der::Encode::to_der(&parsed).map_err(|e| ConnectError::Tls(e.to_string()))?;
                 tls_cert_hash = Sha256::digest(der).to_vec();
             }
-            if crate::identity::parse_certificates(&tls.ca_pem).map(|v| v.is_empty()).unwrap_or(true) {
-                return Err(ConnectError::Tls("TLS CA bundle holds no PEM certificate".into()));
+            if crate::identity::parse_certificates(&tls.ca_pem)
+                .map(|v| v.is_empty())
+                .unwrap_or(true)
+            {
+                return Err(ConnectError::Tls(
+                    "TLS CA bundle holds no PEM certificate".into(),
+                ));
             }
         }
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for peer in &config.endpoints {
-            let scheme = if config.tls.is_some() { "https" } else { "http" };
-            let invalid = |reason: String| ConnectError::InvalidEndpoint { address: peer.address.clone(), reason };
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let invalid = |reason: String| ConnectError::InvalidEndpoint {
+                address: peer.address.clone(),
+                reason,
+            };
             let mut ep = Endpoint::from_shared(format!("{scheme}://{}", peer.address))
                 .map_err(|e| invalid(e.to_string()))?
                 .connect_timeout(config.connect_timeout)
@@ -152,18 +181,25 @@ impl PeerConnector {
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true);
             if let Some(tls) = &config.tls {
-                let mut tc = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+                let mut tc =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
                 if let Some(name) = &peer.server_name {
                     tc = tc.domain_name(name.clone());
                 }
                 if let (Some(cert), Some(key)) = (&tls.client_cert_pem, &tls.client_key_pem) {
                     tc = tc.identity(TlsIdentity::from_pem(cert, key));
                 }
-                ep = ep.tls_config(tc).map_err(|e| ConnectError::Tls(format!("{}: {e}", peer.address)))?;
+                ep = ep
+                    .tls_config(tc)
+                    .map_err(|e| ConnectError::Tls(format!("{}: {e}", peer.address)))?;
             }
             endpoints.push((peer.clone(), ep));
         }
-        Ok(Self { endpoints, tls_cert_hash, state: Mutex::new(State::default()) })
+        Ok(Self {
+            endpoints,
+            tls_cert_hash,
+            state: Mutex::new(State::default()),
+        })
     }
 
     /// SHA-256 of the client TLS certificate (DER) when mutual TLS is configured, else empty.
@@ -214,7 +250,10 @@ impl PeerConnector {
 
     /// Address of endpoint `idx`.
     pub fn address(&self, idx: usize) -> &str {
-        self.endpoints.get(idx).map(|(p, _)| p.address.as_str()).unwrap_or("")
+        self.endpoints
+            .get(idx)
+            .map(|(p, _)| p.address.as_str())
+            .unwrap_or("")
     }
 
     /// Runs `f` on a channel, failing over to the next endpoint when connecting fails or the
@@ -237,10 +276,16 @@ impl PeerConnector {
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     tracing::warn!(endpoint = %self.address(idx), message = %status.message(), "peer unavailable; failing over");
                     self.report_failure(idx).await;
-                    last = Some(CallError::Status { status, endpoint: self.address(idx).to_owned() });
+                    last = Some(CallError::Status {
+                        status,
+                        endpoint: self.address(idx).to_owned(),
+                    });
                 }
                 Err(status) => {
-                    return Err(CallError::Status { status, endpoint: self.address(idx).to_owned() });
+                    return Err(CallError::Status {
+                        status,
+                        endpoint: self.address(idx).to_owned(),
+                    });
                 }
             }
         }
@@ -273,32 +318,63 @@ mod tests {
             PeerConnector::new(ConnectionConfig::new(vec![], None)),
             Err(ConnectError::NoEndpoints)
         ));
-        let bad_tls = TlsOptions { ca_pem: b"not a pem".to_vec(), ..Default::default() };
+        let bad_tls = TlsOptions {
+            ca_pem: b"not a pem".to_vec(),
+            ..Default::default()
+        };
         assert!(matches!(
-            PeerConnector::new(ConnectionConfig::new(vec![PeerEndpoint::new("127.0.0.1:1")], Some(bad_tls))),
+            PeerConnector::new(ConnectionConfig::new(
+                vec![PeerEndpoint::new("127.0.0.1:1")],
+                Some(bad_tls)
+            )),
             Err(ConnectError::Tls(_))
         ));
-        let half = TlsOptions { ca_pem: Vec::new(), client_cert_pem: Some(b"x".to_vec()), client_key_pem: None };
+        let half = TlsOptions {
+            ca_pem: Vec::new(),
+            client_cert_pem: Some(b"x".to_vec()),
+            client_key_pem: None,
+        };
         assert!(matches!(
-            PeerConnector::new(ConnectionConfig::new(vec![PeerEndpoint::new("127.0.0.1:1")], Some(half))),
+            PeerConnector::new(ConnectionConfig::new(
+                vec![PeerEndpoint::new("127.0.0.1:1")],
+                Some(half)
+            )),
             Err(ConnectError::Tls(_))
         ));
-        assert!(PeerConnector::new(ConnectionConfig::new(vec![PeerEndpoint::new("127.0.0.1:1")], None)).is_ok());
+        assert!(
+            PeerConnector::new(ConnectionConfig::new(
+                vec![PeerEndpoint::new("127.0.0.1:1")],
+                None
+            ))
+            .is_ok()
+        );
     }
 
     #[tokio::test]
     async fn all_endpoints_down_reports_each() {
         // Ports from listeners we bind and drop: nothing listens there.
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let a = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let c = PeerConnector::new(ConnectionConfig::new(
-            vec![PeerEndpoint::new(a.to_string()), PeerEndpoint::new(b.to_string())],
+            vec![
+                PeerEndpoint::new(a.to_string()),
+                PeerEndpoint::new(b.to_string()),
+            ],
             None,
         ))
         .unwrap();
         match c.channel().await {
             Err(ConnectError::AllFailed(msg)) => {
-                assert!(msg.contains(&a.to_string()) && msg.contains(&b.to_string()), "{msg}");
+                assert!(
+                    msg.contains(&a.to_string()) && msg.contains(&b.to_string()),
+                    "{msg}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

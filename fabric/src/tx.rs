@@ -36,7 +36,11 @@ pub enum TxError {
     #[error("no endorsements to assemble a transaction from")]
     NoEndorsements,
     #[error("endorsement {index} returned status {status}: {message}")]
-    EndorsementFailed { index: usize, status: i32, message: String },
+    EndorsementFailed {
+        index: usize,
+        status: i32,
+        message: String,
+    },
     #[error("proposal responses differ (endorsement {0} has a different payload)")]
     ResponsesDiffer(usize),
     #[error(transparent)]
@@ -44,7 +48,10 @@ pub enum TxError {
 }
 
 pub(crate) fn malformed(what: &'static str, e: impl std::fmt::Display) -> TxError {
-    TxError::Malformed { what, reason: e.to_string() }
+    TxError::Malformed {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// A fresh random 24-byte nonce.
@@ -64,7 +71,9 @@ pub fn compute_tx_id(nonce: &[u8], creator: &[u8]) -> String {
 
 /// The current time as a protobuf timestamp.
 pub fn now_timestamp() -> google_protobuf::Timestamp {
-    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     google_protobuf::Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
@@ -105,7 +114,8 @@ impl ProposalSpec {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().as_bytes().to_vec()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().as_bytes().to_vec()));
         self
     }
 
@@ -144,17 +154,25 @@ pub fn build_proposal_unsigned(
     timestamp: google_protobuf::Timestamp,
 ) -> (protos::Proposal, String) {
     let tx_id = compute_tx_id(nonce, creator);
-    let chaincode_id = protos::ChaincodeId { name: spec.chaincode.clone(), ..Default::default() };
+    let chaincode_id = protos::ChaincodeId {
+        name: spec.chaincode.clone(),
+        ..Default::default()
+    };
     let invocation = protos::ChaincodeInvocationSpec {
         chaincode_spec: Some(protos::ChaincodeSpec {
             // The SDKs send NODE; peers ignore the type for invocations.
             r#type: protos::chaincode_spec::Type::Node as i32,
             chaincode_id: Some(chaincode_id.clone()),
-            input: Some(protos::ChaincodeInput { args: spec.chaincode_args(), ..Default::default() }),
+            input: Some(protos::ChaincodeInput {
+                args: spec.chaincode_args(),
+                ..Default::default()
+            }),
             timeout: 0,
         }),
     };
-    let extension = protos::ChaincodeHeaderExtension { chaincode_id: Some(chaincode_id) };
+    let extension = protos::ChaincodeHeaderExtension {
+        chaincode_id: Some(chaincode_id),
+    };
     let channel_header = common::ChannelHeader {
         r#type: common::HeaderType::EndorserTransaction as i32,
         version: 0,
@@ -165,7 +183,10 @@ pub fn build_proposal_unsigned(
         extension: extension.encode_to_vec(),
         tls_cert_hash: Vec::new(),
     };
-    let signature_header = common::SignatureHeader { creator: creator.to_vec(), nonce: nonce.to_vec() };
+    let signature_header = common::SignatureHeader {
+        creator: creator.to_vec(),
+        nonce: nonce.to_vec(),
+    };
     let header = common::Header {
         channel_header: channel_header.encode_to_vec(),
         signature_header: signature_header.encode_to_vec(),
@@ -188,7 +209,8 @@ pub fn build_proposal(
     signer: &SigningIdentity,
 ) -> Result<SignedProposalBundle, TxError> {
     let nonce = new_nonce();
-    let (proposal, tx_id) = build_proposal_unsigned(spec, signer.creator(), &nonce, now_timestamp());
+    let (proposal, tx_id) =
+        build_proposal_unsigned(spec, signer.creator(), &nonce, now_timestamp());
     let proposal_bytes = proposal.encode_to_vec();
     let signature = signer.sign(&proposal_bytes)?;
     Ok(SignedProposalBundle {
@@ -196,7 +218,10 @@ pub fn build_proposal(
         channel: spec.channel.clone(),
         nonce,
         proposal,
-        signed: protos::SignedProposal { proposal_bytes, signature },
+        signed: protos::SignedProposal {
+            proposal_bytes,
+            signature,
+        },
     })
 }
 
@@ -217,8 +242,10 @@ pub struct DecodedProposal {
 
 /// Decodes `proposal_bytes` (as in `SignedProposal.proposal_bytes`). Never panics.
 pub fn decode_proposal(proposal_bytes: &[u8]) -> Result<DecodedProposal, TxError> {
-    let proposal = protos::Proposal::decode(proposal_bytes).map_err(|e| malformed("proposal", e))?;
-    let header = common::Header::decode(proposal.header.as_slice()).map_err(|e| malformed("proposal header", e))?;
+    let proposal =
+        protos::Proposal::decode(proposal_bytes).map_err(|e| malformed("proposal", e))?;
+    let header = common::Header::decode(proposal.header.as_slice())
+        .map_err(|e| malformed("proposal header", e))?;
     let channel_header = common::ChannelHeader::decode(header.channel_header.as_slice())
         .map_err(|e| malformed("channel header", e))?;
     let signature_header = common::SignatureHeader::decode(header.signature_header.as_slice())
@@ -227,15 +254,31 @@ pub fn decode_proposal(proposal_bytes: &[u8]) -> Result<DecodedProposal, TxError
         .map_err(|e| malformed("chaincode proposal payload", e))?;
     let invocation = protos::ChaincodeInvocationSpec::decode(payload.input.as_slice())
         .map_err(|e| malformed("chaincode invocation spec", e))?;
-    let spec = invocation.chaincode_spec.as_ref().ok_or(TxError::Missing("chaincode spec"))?;
+    let spec = invocation
+        .chaincode_spec
+        .as_ref()
+        .ok_or(TxError::Missing("chaincode spec"))?;
     let chaincode = spec
         .chaincode_id
         .as_ref()
         .map(|c| c.name.clone())
         .filter(|n| !n.is_empty())
         .ok_or(TxError::Missing("chaincode name"))?;
-    let args = spec.input.as_ref().map(|i| i.args.clone()).unwrap_or_default();
-    Ok(DecodedProposal { proposal, header, channel_header, signature_header, payload, invocation, chaincode, args })
+    let args = spec
+        .input
+        .as_ref()
+        .map(|i| i.args.clone())
+        .unwrap_or_default();
+    Ok(DecodedProposal {
+        proposal,
+        header,
+        channel_header,
+        signature_header,
+        payload,
+        invocation,
+        chaincode,
+        args,
+    })
 }
 
 /// Assembles the unsigned transaction envelope from a proposal and its endorsements, as
@@ -249,9 +292,17 @@ pub fn assemble_transaction(
 ) -> Result<common::Envelope, TxError> {
     let first = responses.first().ok_or(TxError::NoEndorsements)?;
     for (index, r) in responses.iter().enumerate() {
-        let (status, message) = r.response.as_ref().map(|x| (x.status, x.message.clone())).unwrap_or((0, String::new()));
+        let (status, message) = r
+            .response
+            .as_ref()
+            .map(|x| (x.status, x.message.clone()))
+            .unwrap_or((0, String::new()));
         if !(200..400).contains(&status) {
-            return Err(TxError::EndorsementFailed { index, status, message });
+            return Err(TxError::EndorsementFailed {
+                index,
+                status,
+                message,
+            });
         }
         if r.payload != first.payload {
             return Err(TxError::ResponsesDiffer(index));
@@ -261,7 +312,10 @@ pub fn assemble_transaction(
         .iter()
         .map(|r| r.endorsement.clone().ok_or(TxError::Missing("endorsement")))
         .collect::<Result<Vec<_>, _>>()?;
-    let action = protos::ChaincodeEndorsedAction { proposal_response_payload: first.payload.clone(), endorsements };
+    let action = protos::ChaincodeEndorsedAction {
+        proposal_response_payload: first.payload.clone(),
+        endorsements,
+    };
     assemble_transaction_from_action(proposal, action)
 }
 
@@ -270,10 +324,14 @@ pub fn assemble_transaction_from_action(
     proposal: &protos::Proposal,
     action: protos::ChaincodeEndorsedAction,
 ) -> Result<common::Envelope, TxError> {
-    let header = common::Header::decode(proposal.header.as_slice()).map_err(|e| malformed("proposal header", e))?;
+    let header = common::Header::decode(proposal.header.as_slice())
+        .map_err(|e| malformed("proposal header", e))?;
     let cpp = protos::ChaincodeProposalPayload::decode(proposal.payload.as_slice())
         .map_err(|e| malformed("chaincode proposal payload", e))?;
-    let cpp_no_transient = protos::ChaincodeProposalPayload { input: cpp.input, transient_map: HashMap::new() };
+    let cpp_no_transient = protos::ChaincodeProposalPayload {
+        input: cpp.input,
+        transient_map: HashMap::new(),
+    };
     let cap = protos::ChaincodeActionPayload {
         chaincode_proposal_payload: cpp_no_transient.encode_to_vec(),
         action: Some(action),
@@ -284,12 +342,21 @@ pub fn assemble_transaction_from_action(
             payload: cap.encode_to_vec(),
         }],
     };
-    let payload = common::Payload { header: Some(header), data: tx.encode_to_vec() };
-    Ok(common::Envelope { payload: payload.encode_to_vec(), signature: Vec::new() })
+    let payload = common::Payload {
+        header: Some(header),
+        data: tx.encode_to_vec(),
+    };
+    Ok(common::Envelope {
+        payload: payload.encode_to_vec(),
+        signature: Vec::new(),
+    })
 }
 
 /// Signs an envelope's payload in place.
-pub fn sign_envelope(envelope: &mut common::Envelope, signer: &SigningIdentity) -> Result<(), TxError> {
+pub fn sign_envelope(
+    envelope: &mut common::Envelope,
+    signer: &SigningIdentity,
+) -> Result<(), TxError> {
     envelope.signature = signer.sign(&envelope.payload)?;
     Ok(())
 }
@@ -304,13 +371,21 @@ pub struct EnvelopeParts {
 
 /// Decodes an envelope's payload and headers. Never panics.
 pub fn signed_envelope_payload(envelope: &common::Envelope) -> Result<EnvelopeParts, TxError> {
-    let payload = common::Payload::decode(envelope.payload.as_slice()).map_err(|e| malformed("payload", e))?;
-    let header = payload.header.as_ref().ok_or(TxError::Missing("payload header"))?;
+    let payload = common::Payload::decode(envelope.payload.as_slice())
+        .map_err(|e| malformed("payload", e))?;
+    let header = payload
+        .header
+        .as_ref()
+        .ok_or(TxError::Missing("payload header"))?;
     let channel_header = common::ChannelHeader::decode(header.channel_header.as_slice())
         .map_err(|e| malformed("channel header", e))?;
     let signature_header = common::SignatureHeader::decode(header.signature_header.as_slice())
         .map_err(|e| malformed("signature header", e))?;
-    Ok(EnvelopeParts { payload, channel_header, signature_header })
+    Ok(EnvelopeParts {
+        payload,
+        channel_header,
+        signature_header,
+    })
 }
 
 /// Builds the signed DELIVER_SEEK_INFO envelope that opens a Deliver stream: deliver blocks
@@ -335,7 +410,10 @@ pub fn seek_envelope(
         extension: Vec::new(),
         tls_cert_hash: tls_cert_hash.to_vec(),
     };
-    let signature_header = common::SignatureHeader { creator: signer.creator().to_vec(), nonce };
+    let signature_header = common::SignatureHeader {
+        creator: signer.creator().to_vec(),
+        nonce,
+    };
     let seek = orderer::SeekInfo {
         start: Some(seek_specified(start)),
         stop: Some(seek_specified(u64::MAX)),
@@ -357,7 +435,9 @@ pub fn seek_envelope(
 /// `SeekPosition::Specified(number)`.
 pub fn seek_specified(number: u64) -> orderer::SeekPosition {
     orderer::SeekPosition {
-        r#type: Some(orderer::seek_position::Type::Specified(orderer::SeekSpecified { number })),
+        r#type: Some(orderer::seek_position::Type::Specified(
+            orderer::SeekSpecified { number },
+        )),
     }
 }
 
@@ -372,7 +452,10 @@ mod tests {
         let creator = b"creator-bytes";
         let mut concat = nonce.to_vec();
         concat.extend_from_slice(creator);
-        assert_eq!(compute_tx_id(&nonce, creator), hex::encode(Sha256::digest(&concat)));
+        assert_eq!(
+            compute_tx_id(&nonce, creator),
+            hex::encode(Sha256::digest(&concat))
+        );
         assert_eq!(new_nonce().len(), NONCE_LEN);
         assert_ne!(new_nonce(), new_nonce());
     }
@@ -380,35 +463,55 @@ mod tests {
     #[test]
     fn proposal_has_fabrics_shape() {
         let (id, _) = test_support::identity("Org1MSP", "User1@org1.example.com");
-        let mut spec = ProposalSpec::new("gxchannel", "gx", "TransferTokens").with_args(["t1", "a", "b", "10", "memo"]);
+        let mut spec = ProposalSpec::new("gxchannel", "gx", "TransferTokens")
+            .with_args(["t1", "a", "b", "10", "memo"]);
         spec.transient.insert("secret".into(), b"s".to_vec());
         let bundle = build_proposal(&spec, &id).unwrap();
         assert_eq!(bundle.tx_id, compute_tx_id(&bundle.nonce, id.creator()));
-        id.identity().verify(&bundle.signed.proposal_bytes, &bundle.signed.signature).unwrap();
+        id.identity()
+            .verify(&bundle.signed.proposal_bytes, &bundle.signed.signature)
+            .unwrap();
 
         let d = decode_proposal(&bundle.signed.proposal_bytes).unwrap();
-        assert_eq!(d.channel_header.r#type, common::HeaderType::EndorserTransaction as i32);
+        assert_eq!(
+            d.channel_header.r#type,
+            common::HeaderType::EndorserTransaction as i32
+        );
         assert_eq!(d.channel_header.channel_id, "gxchannel");
         assert_eq!(d.channel_header.tx_id, bundle.tx_id);
         assert_eq!(d.channel_header.epoch, 0);
         assert!(d.channel_header.timestamp.is_some());
-        let ext = protos::ChaincodeHeaderExtension::decode(d.channel_header.extension.as_slice()).unwrap();
+        let ext = protos::ChaincodeHeaderExtension::decode(d.channel_header.extension.as_slice())
+            .unwrap();
         assert_eq!(ext.chaincode_id.unwrap().name, "gx");
         assert_eq!(d.signature_header.creator, id.creator());
         assert_eq!(d.signature_header.nonce, bundle.nonce);
         assert_eq!(d.chaincode, "gx");
         let args: Vec<&[u8]> = d.args.iter().map(|a| a.as_slice()).collect();
-        assert_eq!(args, vec![&b"TransferTokens"[..], b"t1", b"a", b"b", b"10", b"memo"]);
-        assert_eq!(d.payload.transient_map.get("secret").map(|v| v.as_slice()), Some(&b"s"[..]));
+        assert_eq!(
+            args,
+            vec![&b"TransferTokens"[..], b"t1", b"a", b"b", b"10", b"memo"]
+        );
+        assert_eq!(
+            d.payload.transient_map.get("secret").map(|v| v.as_slice()),
+            Some(&b"s"[..])
+        );
     }
 
     fn response(payload: &[u8], status: i32, endorser: &[u8]) -> protos::ProposalResponse {
         protos::ProposalResponse {
             version: 1,
             timestamp: None,
-            response: Some(protos::Response { status, message: String::new(), payload: b"result".to_vec() }),
+            response: Some(protos::Response {
+                status,
+                message: String::new(),
+                payload: b"result".to_vec(),
+            }),
             payload: payload.to_vec(),
-            endorsement: Some(protos::Endorsement { endorser: endorser.to_vec(), signature: b"sig".to_vec() }),
+            endorsement: Some(protos::Endorsement {
+                endorser: endorser.to_vec(),
+                signature: b"sig".to_vec(),
+            }),
             interest: None,
         }
     }
@@ -419,7 +522,11 @@ mod tests {
         let mut spec = ProposalSpec::new("gxchannel", "gx", "CreateUser").with_args(["u1", "{}"]);
         spec.transient.insert("k".into(), b"v".to_vec());
         let bundle = build_proposal(&spec, &id).unwrap();
-        let prp = protos::ProposalResponsePayload { proposal_hash: vec![1; 32], extension: b"ext".to_vec() }.encode_to_vec();
+        let prp = protos::ProposalResponsePayload {
+            proposal_hash: vec![1; 32],
+            extension: b"ext".to_vec(),
+        }
+        .encode_to_vec();
         let responses = vec![response(&prp, 200, b"peer0"), response(&prp, 200, b"peer1")];
         let mut env = assemble_transaction(&bundle.proposal, &responses).unwrap();
         assert!(env.signature.is_empty());
@@ -434,21 +541,33 @@ mod tests {
         assert_eq!(t.actions.len(), 1);
         assert_eq!(t.actions[0].header, proposal_header.signature_header);
         let cap = protos::ChaincodeActionPayload::decode(t.actions[0].payload.as_slice()).unwrap();
-        let cpp = protos::ChaincodeProposalPayload::decode(cap.chaincode_proposal_payload.as_slice()).unwrap();
-        assert!(cpp.transient_map.is_empty(), "transient data must not reach the ledger");
-        let original = protos::ChaincodeProposalPayload::decode(bundle.proposal.payload.as_slice()).unwrap();
+        let cpp =
+            protos::ChaincodeProposalPayload::decode(cap.chaincode_proposal_payload.as_slice())
+                .unwrap();
+        assert!(
+            cpp.transient_map.is_empty(),
+            "transient data must not reach the ledger"
+        );
+        let original =
+            protos::ChaincodeProposalPayload::decode(bundle.proposal.payload.as_slice()).unwrap();
         assert_eq!(cpp.input, original.input);
         let action = cap.action.unwrap();
         assert_eq!(action.proposal_response_payload, prp);
         assert_eq!(action.endorsements.len(), 2);
 
-        assert!(matches!(assemble_transaction(&bundle.proposal, &[]), Err(TxError::NoEndorsements)));
+        assert!(matches!(
+            assemble_transaction(&bundle.proposal, &[]),
+            Err(TxError::NoEndorsements)
+        ));
         assert!(matches!(
             assemble_transaction(&bundle.proposal, &[response(&prp, 500, b"p")]),
             Err(TxError::EndorsementFailed { status: 500, .. })
         ));
         assert!(matches!(
-            assemble_transaction(&bundle.proposal, &[response(&prp, 200, b"p"), response(b"other", 200, b"q")]),
+            assemble_transaction(
+                &bundle.proposal,
+                &[response(&prp, 200, b"p"), response(b"other", 200, b"q")]
+            ),
             Err(TxError::ResponsesDiffer(1))
         ));
     }
@@ -459,20 +578,29 @@ mod tests {
         let env = seek_envelope("gxchannel", 42, &id, &[9; 32]).unwrap();
         id.identity().verify(&env.payload, &env.signature).unwrap();
         let parts = signed_envelope_payload(&env).unwrap();
-        assert_eq!(parts.channel_header.r#type, common::HeaderType::DeliverSeekInfo as i32);
+        assert_eq!(
+            parts.channel_header.r#type,
+            common::HeaderType::DeliverSeekInfo as i32
+        );
         assert_eq!(parts.channel_header.channel_id, "gxchannel");
         assert_eq!(parts.channel_header.tls_cert_hash, vec![9; 32]);
         assert_eq!(parts.signature_header.creator, id.creator());
         let seek = orderer::SeekInfo::decode(parts.payload.data.as_slice()).unwrap();
         assert_eq!(seek.start, Some(seek_specified(42)));
         assert_eq!(seek.stop, Some(seek_specified(u64::MAX)));
-        assert_eq!(seek.behavior, orderer::seek_info::SeekBehavior::BlockUntilReady as i32);
+        assert_eq!(
+            seek.behavior,
+            orderer::seek_info::SeekBehavior::BlockUntilReady as i32
+        );
     }
 
     #[test]
     fn malformed_proposals_are_errors() {
         assert!(decode_proposal(b"\xff\xff\xff").is_err());
         let empty = protos::Proposal::default().encode_to_vec();
-        assert!(matches!(decode_proposal(&empty), Err(TxError::Missing("chaincode spec"))));
+        assert!(matches!(
+            decode_proposal(&empty),
+            Err(TxError::Missing("chaincode spec"))
+        ));
     }
 }

@@ -13,7 +13,8 @@ use gxd_fabric::block::{BlockError, block_data_hash, block_header_hash};
 use gxd_fabric::client::{ErrorClass, Gateway, GatewayError, PreparedTransaction, Stage, Timeouts};
 use gxd_fabric::identity::{Identity, P256Signer, SigningIdentity, verify_signature};
 use gxd_fabric::proto::{
-    self, DeliverResponse, Message, common, deliver_response, deliver_server, gateway, orderer, protos,
+    self, DeliverResponse, Message, common, deliver_response, deliver_server, gateway, orderer,
+    protos,
 };
 use gxd_fabric::stream::{Backoff, BlockStream, BlockStreamConfig, StreamError};
 use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
@@ -41,7 +42,9 @@ struct Pki {
 fn pki() -> Pki {
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-    ca_params.distinguished_name.push(DnType::CommonName, "tlsca.org1.example.com");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tlsca.org1.example.com");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
     let issuer = Issuer::from_params(&ca_params, &ca_key);
@@ -49,13 +52,26 @@ fn pki() -> Pki {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = CertificateParams::new(sans).unwrap();
         p.distinguished_name.push(DnType::CommonName, name);
-        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
     };
-    let (server_cert, server_key) = issue("peer0.org1.example.com", vec!["peer0.org1.example.com".into()]);
+    let (server_cert, server_key) = issue(
+        "peer0.org1.example.com",
+        vec!["peer0.org1.example.com".into()],
+    );
     let (client_cert, client_key) = issue("User1@org1.example.com", vec!["client".into()]);
     let (user_cert, user_key) = issue("User1@org1.example.com", vec![]);
     let user = SigningIdentity::from_pem("Org1MSP", user_cert.as_bytes(), &user_key).unwrap();
-    Pki { ca_pem, server_cert, server_key, client_cert, client_key, user }
+    Pki {
+        ca_pem,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        user,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,8 +117,11 @@ impl gateway::gateway_server::Gateway for MockPeer {
             return Err(e);
         }
         let req = request.into_inner();
-        let signed = req.proposed_transaction.ok_or_else(|| tonic::Status::invalid_argument("no proposal"))?;
-        let decoded = tx::decode_proposal(&signed.proposal_bytes).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let signed = req
+            .proposed_transaction
+            .ok_or_else(|| tonic::Status::invalid_argument("no proposal"))?;
+        let decoded = tx::decode_proposal(&signed.proposal_bytes)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let creator = Identity::from_creator(&decoded.signature_header.creator)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         creator
@@ -113,19 +132,37 @@ impl gateway::gateway_server::Gateway for MockPeer {
         }
         let result = format!("ok:{}", String::from_utf8_lossy(&decoded.args[0]));
         let cca = protos::ChaincodeAction {
-            response: Some(protos::Response { status: 200, message: String::new(), payload: result.clone().into_bytes() }),
+            response: Some(protos::Response {
+                status: 200,
+                message: String::new(),
+                payload: result.clone().into_bytes(),
+            }),
             ..Default::default()
         };
-        let prp = protos::ProposalResponsePayload { proposal_hash: vec![0; 32], extension: cca.encode_to_vec() }.encode_to_vec();
+        let prp = protos::ProposalResponsePayload {
+            proposal_hash: vec![0; 32],
+            extension: cca.encode_to_vec(),
+        }
+        .encode_to_vec();
         let pr = protos::ProposalResponse {
             version: 1,
-            response: Some(protos::Response { status: 200, message: String::new(), payload: result.into_bytes() }),
+            response: Some(protos::Response {
+                status: 200,
+                message: String::new(),
+                payload: result.into_bytes(),
+            }),
             payload: prp,
-            endorsement: Some(protos::Endorsement { endorser: b"peer0".to_vec(), signature: b"sig".to_vec() }),
+            endorsement: Some(protos::Endorsement {
+                endorser: b"peer0".to_vec(),
+                signature: b"sig".to_vec(),
+            }),
             ..Default::default()
         };
-        let env = tx::assemble_transaction(&decoded.proposal, &[pr]).map_err(|e| tonic::Status::aborted(e.to_string()))?;
-        Ok(tonic::Response::new(gateway::EndorseResponse { prepared_transaction: Some(env) }))
+        let env = tx::assemble_transaction(&decoded.proposal, &[pr])
+            .map_err(|e| tonic::Status::aborted(e.to_string()))?;
+        Ok(tonic::Response::new(gateway::EndorseResponse {
+            prepared_transaction: Some(env),
+        }))
     }
 
     async fn submit(
@@ -133,11 +170,21 @@ impl gateway::gateway_server::Gateway for MockPeer {
         request: tonic::Request<gateway::SubmitRequest>,
     ) -> Result<tonic::Response<gateway::SubmitResponse>, tonic::Status> {
         let req = request.into_inner();
-        let env = req.prepared_transaction.ok_or_else(|| tonic::Status::invalid_argument("no tx"))?;
-        let parts = tx::signed_envelope_payload(&env).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let creator = Identity::from_creator(&parts.signature_header.creator).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        creator.verify(&env.payload, &env.signature).map_err(|e| tonic::Status::permission_denied(e.to_string()))?;
-        self.script.lock().unwrap().submitted.push(parts.channel_header.tx_id);
+        let env = req
+            .prepared_transaction
+            .ok_or_else(|| tonic::Status::invalid_argument("no tx"))?;
+        let parts = tx::signed_envelope_payload(&env)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let creator = Identity::from_creator(&parts.signature_header.creator)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        creator
+            .verify(&env.payload, &env.signature)
+            .map_err(|e| tonic::Status::permission_denied(e.to_string()))?;
+        self.script
+            .lock()
+            .unwrap()
+            .submitted
+            .push(parts.channel_header.tx_id);
         Ok(tonic::Response::new(gateway::SubmitResponse {}))
     }
 
@@ -148,7 +195,8 @@ impl gateway::gateway_server::Gateway for MockPeer {
         let signed = request.into_inner();
         let req = gateway::CommitStatusRequest::decode(signed.request.as_slice())
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let creator = Identity::from_creator(&req.identity).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let creator = Identity::from_creator(&req.identity)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         creator
             .verify(&signed.request, &signed.signature)
             .map_err(|e| tonic::Status::permission_denied(e.to_string()))?;
@@ -156,18 +204,33 @@ impl gateway::gateway_server::Gateway for MockPeer {
         if !s.submitted.contains(&req.transaction_id) {
             return Err(tonic::Status::not_found("unknown transaction"));
         }
-        Ok(tonic::Response::new(gateway::CommitStatusResponse { result: s.commit_code, block_number: 5 }))
+        Ok(tonic::Response::new(gateway::CommitStatusResponse {
+            result: s.commit_code,
+            block_number: 5,
+        }))
     }
 
     async fn evaluate(
         &self,
         request: tonic::Request<gateway::EvaluateRequest>,
     ) -> Result<tonic::Response<gateway::EvaluateResponse>, tonic::Status> {
-        let signed = request.into_inner().proposed_transaction.ok_or_else(|| tonic::Status::invalid_argument("no proposal"))?;
-        let decoded = tx::decode_proposal(&signed.proposal_bytes).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let joined: Vec<String> = decoded.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let signed = request
+            .into_inner()
+            .proposed_transaction
+            .ok_or_else(|| tonic::Status::invalid_argument("no proposal"))?;
+        let decoded = tx::decode_proposal(&signed.proposal_bytes)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let joined: Vec<String> = decoded
+            .args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
         Ok(tonic::Response::new(gateway::EvaluateResponse {
-            result: Some(protos::Response { status: 200, message: String::new(), payload: joined.join(",").into_bytes() }),
+            result: Some(protos::Response {
+                status: 200,
+                message: String::new(),
+                payload: joined.join(",").into_bytes(),
+            }),
         }))
     }
 
@@ -192,18 +255,30 @@ impl deliver_server::Deliver for MockPeer {
         request: tonic::Request<tonic::Streaming<common::Envelope>>,
     ) -> Result<tonic::Response<Self::DeliverStream>, tonic::Status> {
         let mut requests = request.into_inner();
-        let env = requests.message().await?.ok_or_else(|| tonic::Status::invalid_argument("no seek"))?;
-        let parts = tx::signed_envelope_payload(&env).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let env = requests
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("no seek"))?;
+        let parts = tx::signed_envelope_payload(&env)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         if parts.channel_header.r#type != common::HeaderType::DeliverSeekInfo as i32 {
             return Err(tonic::Status::invalid_argument("not a seek"));
         }
-        let creator = Identity::from_creator(&parts.signature_header.creator).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let creator = Identity::from_creator(&parts.signature_header.creator)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         if creator.verify(&env.payload, &env.signature).is_err() {
             // Fabric answers a failed access check with a FORBIDDEN status message.
-            let resp = DeliverResponse { r#type: Some(deliver_response::Type::Status(common::Status::Forbidden as i32)) };
-            return Ok(tonic::Response::new(Box::pin(futures::stream::iter(vec![Ok(resp)]))));
+            let resp = DeliverResponse {
+                r#type: Some(deliver_response::Type::Status(
+                    common::Status::Forbidden as i32,
+                )),
+            };
+            return Ok(tonic::Response::new(Box::pin(futures::stream::iter(vec![
+                Ok(resp),
+            ]))));
         }
-        let seek = orderer::SeekInfo::decode(parts.payload.data.as_slice()).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let seek = orderer::SeekInfo::decode(parts.payload.data.as_slice())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let start = match seek.start.and_then(|s| s.r#type) {
             Some(orderer::seek_position::Type::Specified(s)) => s.number,
             _ => 0,
@@ -223,16 +298,20 @@ impl deliver_server::Deliver for MockPeer {
         let stop = self.stop.clone();
         tokio::spawn(async move {
             let _requests = requests; // keep the request side alive while serving
-            let mut sent = 0usize;
-            for b in blocks.into_iter().filter(|b| b.header.as_ref().is_some_and(|h| h.number >= start)) {
+            for (sent, b) in blocks
+                .into_iter()
+                .filter(|b| b.header.as_ref().is_some_and(|h| h.number >= start))
+                .enumerate()
+            {
                 if limit.is_some_and(|l| sent >= l) {
                     return; // drop the stream: the client must reconnect and resume
                 }
-                let msg = DeliverResponse { r#type: Some(deliver_response::Type::Block(b)) };
+                let msg = DeliverResponse {
+                    r#type: Some(deliver_response::Type::Block(b)),
+                };
                 if txs.send(Ok(msg)).await.is_err() {
                     return;
                 }
-                sent += 1;
             }
             // BLOCK_UNTIL_READY: hold the stream open until the client leaves or the peer stops.
             tokio::select! {
@@ -240,7 +319,9 @@ impl deliver_server::Deliver for MockPeer {
                 () = stop.cancelled() => {}
             }
         });
-        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rxs))))
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rxs),
+        )))
     }
 
     async fn deliver_filtered(
@@ -272,7 +353,10 @@ async fn serve(peer: MockPeer, tls: Tls<'_>) -> SocketAddr {
         Tls::Off => {}
         Tls::Server(p) => {
             builder = builder
-                .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(&p.server_cert, &p.server_key)))
+                .tls_config(
+                    ServerTlsConfig::new()
+                        .identity(TlsIdentity::from_pem(&p.server_cert, &p.server_key)),
+                )
                 .unwrap();
         }
         Tls::Mutual(p) => {
@@ -291,7 +375,10 @@ async fn serve(peer: MockPeer, tls: Tls<'_>) -> SocketAddr {
         .add_service(deliver_server::DeliverServer::new(peer));
     tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.cancelled(),
+            )
             .await
             .unwrap();
     });
@@ -299,7 +386,10 @@ async fn serve(peer: MockPeer, tls: Tls<'_>) -> SocketAddr {
 }
 
 fn mock(script: Script) -> MockPeer {
-    MockPeer { script: Arc::new(Mutex::new(script)), stop: CancellationToken::new() }
+    MockPeer {
+        script: Arc::new(Mutex::new(script)),
+        stop: CancellationToken::new(),
+    }
 }
 
 fn tls_opts(p: &Pki, mutual: bool) -> TlsOptions {
@@ -321,7 +411,10 @@ fn peer_endpoint(addr: SocketAddr) -> PeerEndpoint {
 }
 
 fn dead_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,20 +425,37 @@ async fn full_flow_over_tls_with_server_name_override_and_resubmission() {
     let p = pki();
     let peer = mock(Script::default());
     let addr = serve(peer.clone(), Tls::Server(&p)).await;
-    let gw = Gateway::new(connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, false))), p.user.clone(), "gxchannel");
+    let gw = Gateway::new(
+        connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, false))),
+        p.user.clone(),
+        "gxchannel",
+    );
 
     let spec = gw.proposal("gx", "CreateUser").with_args(["u1", "{}"]);
-    let committed = tokio::time::timeout(LIMIT, gw.submit_transaction(&spec)).await.unwrap().unwrap();
+    let committed = tokio::time::timeout(LIMIT, gw.submit_transaction(&spec))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(committed.result, b"ok:CreateUser");
     assert_eq!(committed.block_number, 5);
 
     // Endorse, persist the prepared transaction, restore it, submit it twice: same tx id.
-    let proposal = gw.new_proposal(&gw.proposal("gx", "TransferTokens").with_args(["t1", "a", "b", "5", ""])).unwrap();
+    let proposal = gw
+        .new_proposal(
+            &gw.proposal("gx", "TransferTokens")
+                .with_args(["t1", "a", "b", "5", ""]),
+        )
+        .unwrap();
     let prepared = gw.endorse(&proposal).await.unwrap();
     assert_eq!(prepared.tx_id(), proposal.tx_id);
     assert_eq!(prepared.channel(), "gxchannel");
     assert_eq!(prepared.result(), b"ok:TransferTokens");
-    verify_signature(p.user.identity().cert_pem(), &prepared.envelope().payload, &prepared.envelope().signature).unwrap();
+    verify_signature(
+        p.user.identity().cert_pem(),
+        &prepared.envelope().payload,
+        &prepared.envelope().signature,
+    )
+    .unwrap();
     let bytes = prepared.to_bytes();
     let restored = PreparedTransaction::from_bytes(&bytes).unwrap();
     assert_eq!(restored, prepared);
@@ -354,10 +464,16 @@ async fn full_flow_over_tls_with_server_name_override_and_resubmission() {
     let status = gw.commit_status(restored.tx_id()).await.unwrap();
     assert!(status.is_valid());
     let submitted = peer.script.lock().unwrap().submitted.clone();
-    assert_eq!(submitted.iter().filter(|t| *t == &proposal.tx_id).count(), 2);
+    assert_eq!(
+        submitted.iter().filter(|t| *t == &proposal.tx_id).count(),
+        2
+    );
 
     // Evaluate passes function name first, then arguments.
-    let out = gw.evaluate(&gw.proposal("gx", "GetWallet").with_args(["w1"])).await.unwrap();
+    let out = gw
+        .evaluate(&gw.proposal("gx", "GetWallet").with_args(["w1"]))
+        .await
+        .unwrap();
     assert_eq!(out, b"GetWallet,w1");
     peer.stop.cancel();
 }
@@ -368,9 +484,25 @@ async fn wrong_server_name_is_refused() {
     let peer = mock(Script::default());
     let addr = serve(peer.clone(), Tls::Server(&p)).await;
     let ep = PeerEndpoint::new(addr.to_string()).with_server_name("peer1.org2.example.com");
-    let gw = Gateway::new(connector(vec![ep], Some(tls_opts(&p, false))), p.user.clone(), "gxchannel");
-    let err = gw.evaluate(&gw.proposal("gx", "GetWallet")).await.unwrap_err();
-    assert!(matches!(err, GatewayError::Connect { stage: Stage::Evaluate, .. }), "{err}");
+    let gw = Gateway::new(
+        connector(vec![ep], Some(tls_opts(&p, false))),
+        p.user.clone(),
+        "gxchannel",
+    );
+    let err = gw
+        .evaluate(&gw.proposal("gx", "GetWallet"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GatewayError::Connect {
+                stage: Stage::Evaluate,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.class(), ErrorClass::Transient);
     peer.stop.cancel();
 }
@@ -380,13 +512,36 @@ async fn mutual_tls() {
     let p = pki();
     let peer = mock(Script::default());
     let addr = serve(peer.clone(), Tls::Mutual(&p)).await;
-    let with_cert = Gateway::new(connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, true))), p.user.clone(), "gxchannel");
-    assert_eq!(with_cert.evaluate(&with_cert.proposal("gx", "GetUser").with_args(["u"])).await.unwrap(), b"GetUser,u");
+    let with_cert = Gateway::new(
+        connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, true))),
+        p.user.clone(),
+        "gxchannel",
+    );
+    assert_eq!(
+        with_cert
+            .evaluate(&with_cert.proposal("gx", "GetUser").with_args(["u"]))
+            .await
+            .unwrap(),
+        b"GetUser,u"
+    );
     assert_eq!(with_cert.connector().tls_cert_hash().len(), 32);
-    let without = Gateway::new(connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, false))), p.user.clone(), "gxchannel");
-    let err = without.evaluate(&without.proposal("gx", "GetUser")).await.unwrap_err();
+    let without = Gateway::new(
+        connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, false))),
+        p.user.clone(),
+        "gxchannel",
+    );
+    let err = without
+        .evaluate(&without.proposal("gx", "GetUser"))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
-    assert!(matches!(err.grpc_code(), Some(tonic::Code::Unavailable) | Some(tonic::Code::Unknown)), "{err}");
+    assert!(
+        matches!(
+            err.grpc_code(),
+            Some(tonic::Code::Unavailable) | Some(tonic::Code::Unknown)
+        ),
+        "{err}"
+    );
     peer.stop.cancel();
 }
 
@@ -395,17 +550,37 @@ async fn fails_over_to_the_next_endpoint() {
     let p = pki();
     let peer = mock(Script::default());
     let addr = serve(peer.clone(), Tls::Off).await;
-    let c = connector(vec![PeerEndpoint::new(dead_addr().to_string()), PeerEndpoint::new(addr.to_string())], None);
+    let c = connector(
+        vec![
+            PeerEndpoint::new(dead_addr().to_string()),
+            PeerEndpoint::new(addr.to_string()),
+        ],
+        None,
+    );
     let gw = Gateway::new(c.clone(), p.user.clone(), "gxchannel");
-    assert_eq!(gw.evaluate(&gw.proposal("gx", "GetUser").with_args(["x"])).await.unwrap(), b"GetUser,x");
+    assert_eq!(
+        gw.evaluate(&gw.proposal("gx", "GetUser").with_args(["x"]))
+            .await
+            .unwrap(),
+        b"GetUser,x"
+    );
     let (idx, _) = c.channel().await.unwrap();
     assert_eq!(idx, 1);
 
     // Both down: a Connect error naming both.
     peer.stop.cancel();
-    let c2 = connector(vec![PeerEndpoint::new(dead_addr().to_string()), PeerEndpoint::new(dead_addr().to_string())], None);
+    let c2 = connector(
+        vec![
+            PeerEndpoint::new(dead_addr().to_string()),
+            PeerEndpoint::new(dead_addr().to_string()),
+        ],
+        None,
+    );
     let gw2 = Gateway::new(c2, p.user.clone(), "gxchannel");
-    let err = gw2.evaluate(&gw2.proposal("gx", "GetUser")).await.unwrap_err();
+    let err = gw2
+        .evaluate(&gw2.proposal("gx", "GetUser"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, GatewayError::Connect { .. }), "{err}");
 }
 
@@ -426,8 +601,14 @@ async fn endorsement_errors_keep_stage_tx_id_and_peer_details() {
         ..Script::default()
     });
     let addr = serve(peer.clone(), Tls::Off).await;
-    let gw = Gateway::new(connector(vec![PeerEndpoint::new(addr.to_string())], None), p.user.clone(), "gxchannel");
-    let proposal = gw.new_proposal(&gw.proposal("gx", "TransferTokens")).unwrap();
+    let gw = Gateway::new(
+        connector(vec![PeerEndpoint::new(addr.to_string())], None),
+        p.user.clone(),
+        "gxchannel",
+    );
+    let proposal = gw
+        .new_proposal(&gw.proposal("gx", "TransferTokens"))
+        .unwrap();
     let err = gw.endorse(&proposal).await.unwrap_err();
     assert_eq!(err.stage(), Stage::Endorse);
     assert_eq!(err.tx_id(), proposal.tx_id);
@@ -443,14 +624,31 @@ async fn endorsement_errors_keep_stage_tx_id_and_peer_details() {
 #[tokio::test]
 async fn deadlines_are_per_stage() {
     let p = pki();
-    let peer = mock(Script { endorse_delay: Duration::from_secs(30), ..Script::default() });
+    let peer = mock(Script {
+        endorse_delay: Duration::from_secs(30),
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Off).await;
-    let timeouts = Timeouts { endorse: Duration::from_millis(300), ..Timeouts::default() };
-    let gw = Gateway::new(connector(vec![PeerEndpoint::new(addr.to_string())], None), p.user.clone(), "gxchannel")
-        .with_timeouts(timeouts);
+    let timeouts = Timeouts {
+        endorse: Duration::from_millis(300),
+        ..Timeouts::default()
+    };
+    let gw = Gateway::new(
+        connector(vec![PeerEndpoint::new(addr.to_string())], None),
+        p.user.clone(),
+        "gxchannel",
+    )
+    .with_timeouts(timeouts);
     let proposal = gw.new_proposal(&gw.proposal("gx", "CreateUser")).unwrap();
-    let err = tokio::time::timeout(LIMIT, gw.endorse(&proposal)).await.unwrap().unwrap_err();
-    assert_eq!(err.grpc_code(), Some(tonic::Code::DeadlineExceeded), "{err}");
+    let err = tokio::time::timeout(LIMIT, gw.endorse(&proposal))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err.grpc_code(),
+        Some(tonic::Code::DeadlineExceeded),
+        "{err}"
+    );
     assert_eq!(err.class(), ErrorClass::Transient);
     // Evaluate keeps its own (default) deadline and is unaffected.
     assert!(gw.evaluate(&gw.proposal("gx", "GetUser")).await.is_ok());
@@ -460,14 +658,37 @@ async fn deadlines_are_per_stage() {
 #[tokio::test]
 async fn invalid_commit_codes_become_commit_errors() {
     let p = pki();
-    let peer = mock(Script { commit_code: protos::TxValidationCode::MvccReadConflict as i32, ..Script::default() });
+    let peer = mock(Script {
+        commit_code: protos::TxValidationCode::MvccReadConflict as i32,
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Off).await;
-    let gw = Gateway::new(connector(vec![PeerEndpoint::new(addr.to_string())], None), p.user.clone(), "gxchannel");
-    let err = gw.submit_transaction(&gw.proposal("gx", "TransferTokens")).await.unwrap_err();
-    assert!(matches!(err, GatewayError::Commit { code: 11, block_number: 5, .. }), "{err}");
+    let gw = Gateway::new(
+        connector(vec![PeerEndpoint::new(addr.to_string())], None),
+        p.user.clone(),
+        "gxchannel",
+    );
+    let err = gw
+        .submit_transaction(&gw.proposal("gx", "TransferTokens"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GatewayError::Commit {
+                code: 11,
+                block_number: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.class(), ErrorClass::Reendorse);
     peer.script.lock().unwrap().commit_code = protos::TxValidationCode::DuplicateTxid as i32;
-    let err = gw.submit_transaction(&gw.proposal("gx", "TransferTokens")).await.unwrap_err();
+    let err = gw
+        .submit_transaction(&gw.proposal("gx", "TransferTokens"))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::AlreadyCommitted);
     peer.stop.cancel();
 }
@@ -477,8 +698,13 @@ async fn a_signature_from_the_wrong_key_is_refused_by_the_peer() {
     let p = pki();
     let peer = mock(Script::default());
     let addr = serve(peer.clone(), Tls::Off).await;
-    let impostor = SigningIdentity::new(p.user.identity().clone(), Arc::new(P256Signer::generate()));
-    let gw = Gateway::new(connector(vec![PeerEndpoint::new(addr.to_string())], None), impostor, "gxchannel");
+    let impostor =
+        SigningIdentity::new(p.user.identity().clone(), Arc::new(P256Signer::generate()));
+    let gw = Gateway::new(
+        connector(vec![PeerEndpoint::new(addr.to_string())], None),
+        impostor,
+        "gxchannel",
+    );
     let proposal = gw.new_proposal(&gw.proposal("gx", "CreateUser")).unwrap();
     let err = gw.endorse(&proposal).await.unwrap_err();
     assert_eq!(err.grpc_code(), Some(tonic::Code::PermissionDenied));
@@ -502,31 +728,54 @@ fn chain(n: u64) -> Vec<common::Block> {
                     ..Default::default()
                 };
                 let payload = common::Payload {
-                    header: Some(common::Header { channel_header: ch.encode_to_vec(), signature_header: Vec::new() }),
+                    header: Some(common::Header {
+                        channel_header: ch.encode_to_vec(),
+                        signature_header: Vec::new(),
+                    }),
                     data: vec![],
                 };
-                common::Envelope { payload: payload.encode_to_vec(), signature: vec![] }.encode_to_vec()
+                common::Envelope {
+                    payload: payload.encode_to_vec(),
+                    signature: vec![],
+                }
+                .encode_to_vec()
             })
             .collect();
-        let header = common::BlockHeader { number, previous_hash: prev.clone(), data_hash: block_data_hash(&data).to_vec() };
+        let header = common::BlockHeader {
+            number,
+            previous_hash: prev.clone(),
+            data_hash: block_data_hash(&data).to_vec(),
+        };
         prev = block_header_hash(&header).to_vec();
         out.push(common::Block {
             header: Some(header),
             data: Some(common::BlockData { data }),
-            metadata: Some(common::BlockMetadata { metadata: vec![vec![], vec![], vec![0, 0], vec![], vec![]] }),
+            metadata: Some(common::BlockMetadata {
+                metadata: vec![vec![], vec![], vec![0, 0], vec![], vec![]],
+            }),
         });
     }
     out
 }
 
 fn fast_backoff() -> Backoff {
-    Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(100), max_attempts: Some(20), ..Backoff::default() }
+    Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+        max_attempts: Some(20),
+        ..Backoff::default()
+    }
 }
 
 #[tokio::test]
 async fn stream_reconnects_resumes_and_verifies() {
     let p = pki();
-    let peer = mock(Script { blocks: chain(8), drop_after: Some(3), drops_left: 2, ..Script::default() });
+    let peer = mock(Script {
+        blocks: chain(8),
+        drop_after: Some(3),
+        drops_left: 2,
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Server(&p)).await;
     let c = connector(vec![peer_endpoint(addr)], Some(tls_opts(&p, false)));
     let mut cfg = BlockStreamConfig::new("gxchannel", 0);
@@ -535,7 +784,11 @@ async fn stream_reconnects_resumes_and_verifies() {
     let mut stream = BlockStream::new(c, p.user.clone(), cfg, cancel.clone());
     let mut numbers = Vec::new();
     while numbers.len() < 8 {
-        let b = tokio::time::timeout(LIMIT, stream.next()).await.unwrap().unwrap().unwrap();
+        let b = tokio::time::timeout(LIMIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(b.transactions.len(), 2);
         assert_eq!(b.transactions[0].tx_id, format!("tx-{}-0", b.number));
         numbers.push(b.number);
@@ -551,7 +804,13 @@ async fn stream_reconnects_resumes_and_verifies() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         c2.cancel();
     });
-    assert!(tokio::time::timeout(LIMIT, stream.next()).await.unwrap().unwrap().is_none());
+    assert!(
+        tokio::time::timeout(LIMIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_none()
+    );
     peer.stop.cancel();
 }
 
@@ -560,7 +819,10 @@ async fn stream_starts_from_a_checkpoint_and_checks_its_hash() {
     let p = pki();
     let blocks = chain(5);
     let hash2 = block_header_hash(blocks[2].header.as_ref().unwrap()).to_vec();
-    let peer = mock(Script { blocks, ..Script::default() });
+    let peer = mock(Script {
+        blocks,
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Off).await;
     let c = connector(vec![PeerEndpoint::new(addr.to_string())], None);
 
@@ -574,8 +836,17 @@ async fn stream_starts_from_a_checkpoint_and_checks_its_hash() {
     cfg.previous_hash = Some(vec![0; 32]);
     let mut s = BlockStream::new(c, p.user.clone(), cfg, CancellationToken::new());
     let err = s.next().await.unwrap_err();
-    assert!(matches!(err, StreamError::Block(BlockError::ChainBroken { number: 3, .. })), "{err}");
-    assert!(matches!(s.next().await.unwrap_err(), StreamError::Terminated(_)));
+    assert!(
+        matches!(
+            err,
+            StreamError::Block(BlockError::ChainBroken { number: 3, .. })
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        s.next().await.unwrap_err(),
+        StreamError::Terminated(_)
+    ));
     peer.stop.cancel();
 }
 
@@ -584,41 +855,84 @@ async fn stream_detects_a_broken_chain_and_bad_data_hash() {
     let p = pki();
     let mut blocks = chain(4);
     blocks[2].header.as_mut().unwrap().previous_hash = vec![7; 32];
-    let peer = mock(Script { blocks, ..Script::default() });
+    let peer = mock(Script {
+        blocks,
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Off).await;
     let c = connector(vec![PeerEndpoint::new(addr.to_string())], None);
-    let mut s = BlockStream::new(c.clone(), p.user.clone(), BlockStreamConfig::new("gxchannel", 0), CancellationToken::new());
+    let mut s = BlockStream::new(
+        c.clone(),
+        p.user.clone(),
+        BlockStreamConfig::new("gxchannel", 0),
+        CancellationToken::new(),
+    );
     assert_eq!(s.next().await.unwrap().unwrap().number, 0);
     assert_eq!(s.next().await.unwrap().unwrap().number, 1);
     let err = s.next().await.unwrap_err();
-    assert!(matches!(err, StreamError::Block(BlockError::ChainBroken { number: 2, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            StreamError::Block(BlockError::ChainBroken { number: 2, .. })
+        ),
+        "{err}"
+    );
     peer.stop.cancel();
 
     let mut blocks = chain(2);
-    blocks[1].data.as_mut().unwrap().data.push(b"smuggled".to_vec());
+    blocks[1]
+        .data
+        .as_mut()
+        .unwrap()
+        .data
+        .push(b"smuggled".to_vec());
     blocks[1].metadata.as_mut().unwrap().metadata[2].push(0);
-    let peer = mock(Script { blocks, ..Script::default() });
+    let peer = mock(Script {
+        blocks,
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Off).await;
     let c = connector(vec![PeerEndpoint::new(addr.to_string())], None);
-    let mut s = BlockStream::new(c, p.user.clone(), BlockStreamConfig::new("gxchannel", 0), CancellationToken::new());
+    let mut s = BlockStream::new(
+        c,
+        p.user.clone(),
+        BlockStreamConfig::new("gxchannel", 0),
+        CancellationToken::new(),
+    );
     assert_eq!(s.next().await.unwrap().unwrap().number, 0);
     let err = s.next().await.unwrap_err();
-    assert!(matches!(err, StreamError::Block(BlockError::DataHashMismatch { number: 1, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            StreamError::Block(BlockError::DataHashMismatch { number: 1, .. })
+        ),
+        "{err}"
+    );
     peer.stop.cancel();
 }
 
 #[tokio::test]
 async fn stream_refusal_is_not_retried() {
     let p = pki();
-    let peer = mock(Script { blocks: chain(2), ..Script::default() });
+    let peer = mock(Script {
+        blocks: chain(2),
+        ..Script::default()
+    });
     let addr = serve(peer.clone(), Tls::Off).await;
     let c = connector(vec![PeerEndpoint::new(addr.to_string())], None);
-    let impostor = SigningIdentity::new(p.user.identity().clone(), Arc::new(P256Signer::generate()));
+    let impostor =
+        SigningIdentity::new(p.user.identity().clone(), Arc::new(P256Signer::generate()));
     let mut cfg = BlockStreamConfig::new("gxchannel", 0);
     cfg.backoff = fast_backoff();
     let mut s = BlockStream::new(c, impostor, cfg, CancellationToken::new());
-    let err = tokio::time::timeout(LIMIT, s.next()).await.unwrap().unwrap_err();
-    assert!(matches!(err, StreamError::Refused(ref m) if m.contains("FORBIDDEN")), "{err}");
+    let err = tokio::time::timeout(LIMIT, s.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, StreamError::Refused(ref m) if m.contains("FORBIDDEN")),
+        "{err}"
+    );
     assert_eq!(peer.script.lock().unwrap().seeks.len(), 0);
     peer.stop.cancel();
 }
@@ -628,8 +942,17 @@ async fn stream_gives_up_after_bounded_attempts_when_no_peer_answers() {
     let p = pki();
     let c = connector(vec![PeerEndpoint::new(dead_addr().to_string())], None);
     let mut cfg = BlockStreamConfig::new("gxchannel", 0);
-    cfg.backoff = Backoff { max_attempts: Some(3), ..fast_backoff() };
+    cfg.backoff = Backoff {
+        max_attempts: Some(3),
+        ..fast_backoff()
+    };
     let mut s = BlockStream::new(c, p.user.clone(), cfg, CancellationToken::new());
-    let err = tokio::time::timeout(LIMIT, s.next()).await.unwrap().unwrap_err();
-    assert!(matches!(err, StreamError::GaveUp { attempts: 3, .. }), "{err}");
+    let err = tokio::time::timeout(LIMIT, s.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, StreamError::GaveUp { attempts: 3, .. }),
+        "{err}"
+    );
 }

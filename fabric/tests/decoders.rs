@@ -119,27 +119,57 @@ proptest! {
 
 #[test]
 fn data_hash_and_filter_errors() {
+    let block = block_of(3, vec![], vec![b"a".to_vec()], vec![0, 0]);
+    assert!(matches!(
+        ParsedBlock::parse(block),
+        Err(gxd_fabric::block::BlockError::FilterLength { .. })
+    ));
     let block = block_of(3, vec![], vec![b"a".to_vec()], vec![]);
-    assert!(matches!(ParsedBlock::parse(block), Err(gxd_fabric::block::BlockError::FilterLength { .. })));
+    assert!(matches!(
+        ParsedBlock::parse(block),
+        Err(gxd_fabric::block::BlockError::MissingTransactionsFilter(3))
+    ));
     let mut block = block_of(3, vec![], vec![b"a".to_vec()], vec![0]);
     block.metadata = None;
-    assert!(matches!(ParsedBlock::parse(block), Err(gxd_fabric::block::BlockError::MissingTransactionsFilter(3))));
-    let mut block = block_of(3, vec![], vec![b"a".to_vec()], vec![protos::TxValidationCode::BadPayload as u8]);
+    assert!(matches!(
+        ParsedBlock::parse(block),
+        Err(gxd_fabric::block::BlockError::MissingTransactionsFilter(3))
+    ));
+    let mut block = block_of(
+        3,
+        vec![],
+        vec![b"a".to_vec()],
+        vec![protos::TxValidationCode::BadPayload as u8],
+    );
     block.header.as_mut().unwrap().data_hash = vec![0; 32];
     let parsed = ParsedBlock::parse(block).unwrap();
     assert!(parsed.transactions[0].decode_error.is_some());
-    assert!(matches!(parsed.verify_data_hash(), Err(gxd_fabric::block::BlockError::DataHashMismatch { .. })));
+    assert!(matches!(
+        parsed.verify_data_hash(),
+        Err(gxd_fabric::block::BlockError::DataHashMismatch { .. })
+    ));
     assert!(matches!(
         ParsedBlock::parse(common::Block::default()),
         Err(gxd_fabric::block::BlockError::MissingHeader)
     ));
 }
 
-fn block_of(number: u64, previous_hash: Vec<u8>, data: Vec<Vec<u8>>, filter: Vec<u8>) -> common::Block {
+fn block_of(
+    number: u64,
+    previous_hash: Vec<u8>,
+    data: Vec<Vec<u8>>,
+    filter: Vec<u8>,
+) -> common::Block {
     common::Block {
-        header: Some(common::BlockHeader { number, previous_hash, data_hash: block_data_hash(&data).to_vec() }),
+        header: Some(common::BlockHeader {
+            number,
+            previous_hash,
+            data_hash: block_data_hash(&data).to_vec(),
+        }),
         data: Some(common::BlockData { data }),
-        metadata: Some(common::BlockMetadata { metadata: vec![vec![], vec![], filter, vec![], vec![]] }),
+        metadata: Some(common::BlockMetadata {
+            metadata: vec![vec![], vec![], filter, vec![], vec![]],
+        }),
     }
 }
 
@@ -151,26 +181,46 @@ fn endorser_tx(
     args: &[Vec<u8>],
     event: Option<&(String, Vec<u8>)>,
 ) -> Vec<u8> {
-    let cc_id = protos::ChaincodeId { name: chaincode.into(), ..Default::default() };
-    let creator = msp::SerializedIdentity { mspid: "Org1MSP".into(), id_bytes: cert_pem().as_bytes().to_vec() }.encode_to_vec();
+    let cc_id = protos::ChaincodeId {
+        name: chaincode.into(),
+        ..Default::default()
+    };
+    let creator = msp::SerializedIdentity {
+        mspid: "Org1MSP".into(),
+        id_bytes: cert_pem().as_bytes().to_vec(),
+    }
+    .encode_to_vec();
     let ch = common::ChannelHeader {
         r#type: common::HeaderType::EndorserTransaction as i32,
         channel_id: channel.into(),
         tx_id: tx_id.into(),
-        extension: protos::ChaincodeHeaderExtension { chaincode_id: Some(cc_id.clone()) }.encode_to_vec(),
+        extension: protos::ChaincodeHeaderExtension {
+            chaincode_id: Some(cc_id.clone()),
+        }
+        .encode_to_vec(),
         ..Default::default()
     };
-    let sh = common::SignatureHeader { creator, nonce: vec![1; 24] }.encode_to_vec();
+    let sh = common::SignatureHeader {
+        creator,
+        nonce: vec![1; 24],
+    }
+    .encode_to_vec();
     let mut all_args = vec![function.as_bytes().to_vec()];
     all_args.extend(args.iter().cloned());
     let cis = protos::ChaincodeInvocationSpec {
         chaincode_spec: Some(protos::ChaincodeSpec {
             chaincode_id: Some(cc_id.clone()),
-            input: Some(protos::ChaincodeInput { args: all_args, ..Default::default() }),
+            input: Some(protos::ChaincodeInput {
+                args: all_args,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     };
-    let cpp = protos::ChaincodeProposalPayload { input: cis.encode_to_vec(), ..Default::default() };
+    let cpp = protos::ChaincodeProposalPayload {
+        input: cis.encode_to_vec(),
+        ..Default::default()
+    };
     let events = event
         .map(|(name, payload)| {
             protos::ChaincodeEvent {
@@ -185,23 +235,45 @@ fn endorser_tx(
     let cca = protos::ChaincodeAction {
         results: vec![],
         events,
-        response: Some(protos::Response { status: 200, message: String::new(), payload: b"{}".to_vec() }),
+        response: Some(protos::Response {
+            status: 200,
+            message: String::new(),
+            payload: b"{}".to_vec(),
+        }),
         chaincode_id: Some(cc_id),
     };
-    let prp = protos::ProposalResponsePayload { proposal_hash: vec![0; 32], extension: cca.encode_to_vec() };
+    let prp = protos::ProposalResponsePayload {
+        proposal_hash: vec![0; 32],
+        extension: cca.encode_to_vec(),
+    };
     let cap = protos::ChaincodeActionPayload {
         chaincode_proposal_payload: cpp.encode_to_vec(),
         action: Some(protos::ChaincodeEndorsedAction {
             proposal_response_payload: prp.encode_to_vec(),
-            endorsements: vec![protos::Endorsement { endorser: vec![1], signature: vec![2] }],
+            endorsements: vec![protos::Endorsement {
+                endorser: vec![1],
+                signature: vec![2],
+            }],
         }),
     };
-    let tx = protos::Transaction { actions: vec![protos::TransactionAction { header: sh.clone(), payload: cap.encode_to_vec() }] };
+    let tx = protos::Transaction {
+        actions: vec![protos::TransactionAction {
+            header: sh.clone(),
+            payload: cap.encode_to_vec(),
+        }],
+    };
     let payload = common::Payload {
-        header: Some(common::Header { channel_header: ch.encode_to_vec(), signature_header: sh }),
+        header: Some(common::Header {
+            channel_header: ch.encode_to_vec(),
+            signature_header: sh,
+        }),
         data: tx.encode_to_vec(),
     };
-    common::Envelope { payload: payload.encode_to_vec(), signature: vec![3] }.encode_to_vec()
+    common::Envelope {
+        payload: payload.encode_to_vec(),
+        signature: vec![3],
+    }
+    .encode_to_vec()
 }
 
 /// A real P-256 certificate (self-signed, generated once per run).
@@ -209,6 +281,10 @@ fn cert_pem() -> &'static str {
     static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PEM.get_or_init(|| {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        rcgen::CertificateParams::new(vec!["test".into()]).unwrap().self_signed(&key).unwrap().pem()
+        rcgen::CertificateParams::new(vec!["test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem()
     })
 }

@@ -24,13 +24,18 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 async fn start(dir: &Path, listen: SocketAddr) -> DevnetHandle {
     let config = DevnetConfig::default().with_batch(10, Duration::from_millis(50));
-    devnet::start_with(DevnetOptions::new(dir).with_listen(listen), config).await.unwrap()
+    devnet::start_with(DevnetOptions::new(dir).with_listen(listen), config)
+        .await
+        .unwrap()
 }
 
 fn connector(paths: &DevnetPaths, addr: SocketAddr) -> Arc<PeerConnector> {
     let ca_pem = std::fs::read(paths.tls_ca_cert(ORG1)).unwrap();
     let endpoint = PeerEndpoint::new(addr.to_string()).with_server_name(devnet::PEER_HOST);
-    let tls = TlsOptions { ca_pem, ..TlsOptions::default() };
+    let tls = TlsOptions {
+        ca_pem,
+        ..TlsOptions::default()
+    };
     Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap())
 }
 
@@ -43,7 +48,11 @@ fn json(bytes: &[u8]) -> Value {
 }
 
 async fn wallet_balance(gw: &Gateway, id: &str) -> String {
-    let w = json(&gw.evaluate(&gw.proposal("gx", "GetWallet").with_args([id])).await.unwrap());
+    let w = json(
+        &gw.evaluate(&gw.proposal("gx", "GetWallet").with_args([id]))
+            .await
+            .unwrap(),
+    );
     w["balance"].as_str().unwrap().to_owned()
 }
 
@@ -62,7 +71,13 @@ async fn net() -> Net {
     let c = connector(&paths, handle.local_addr());
     let admin = Gateway::new(c.clone(), user(&paths, "Admin"), devnet::DEFAULT_CHANNEL);
     let client = Gateway::new(c, user(&paths, "User1"), devnet::DEFAULT_CHANNEL);
-    Net { _dir: dir, paths, handle, admin, client }
+    Net {
+        _dir: dir,
+        paths,
+        handle,
+        admin,
+        client,
+    }
 }
 
 /// Reads blocks from `from` until `until` returns true for a block (bounded by LIMIT).
@@ -101,48 +116,99 @@ async fn every_gx_transaction_and_query() {
     let (admin, gw) = (&n.admin, &n.client);
 
     // Bootstrap needs an admin: refused for User1 at endorsement, accepted for Admin@org1.
-    let err = gw.submit_transaction(&gw.proposal("gx", "Bootstrap").with_args(["treasury", "1000000"])).await.unwrap_err();
+    let err = gw
+        .submit_transaction(
+            &gw.proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000000"]),
+        )
+        .await
+        .unwrap_err();
     assert!(err.is_chaincode_error(), "{err}");
-    let boot = admin.submit_transaction(&admin.proposal("gx", "Bootstrap").with_args(["treasury", "1000000"])).await.unwrap();
+    let boot = admin
+        .submit_transaction(
+            &admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000000"]),
+        )
+        .await
+        .unwrap();
     assert_eq!(json(&boot.result)["treasuryWalletId"], "treasury");
 
     for u in ["u1", "u2", "u3"] {
-        gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args([u, r#"{"country":"DE","commitment":"abc"}"#]))
-            .await
-            .unwrap();
+        gw.submit_transaction(
+            &gw.proposal("gx", "CreateUser")
+                .with_args([u, r#"{"country":"DE","commitment":"abc"}"#]),
+        )
+        .await
+        .unwrap();
     }
-    let user = json(&gw.evaluate(&gw.proposal("gx", "GetUser").with_args(["u1"])).await.unwrap());
+    let user = json(
+        &gw.evaluate(&gw.proposal("gx", "GetUser").with_args(["u1"]))
+            .await
+            .unwrap(),
+    );
     assert_eq!(user["userId"], "u1");
     assert_eq!(user["walletId"], "u1");
 
-    gw.submit_transaction(&gw.proposal("gx", "TransferTokens").with_args(["t1", "treasury", "u1", "100", "first"]))
-        .await
-        .unwrap();
+    gw.submit_transaction(
+        &gw.proposal("gx", "TransferTokens")
+            .with_args(["t1", "treasury", "u1", "100", "first"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(wallet_balance(gw, "u1").await, "100");
     assert_eq!(wallet_balance(gw, "treasury").await, "999900");
 
-    gw.submit_transaction(&gw.proposal("gx", "CreateMultisigWallet").with_args(["ms1", r#"["u1","u2","u3"]"#, "2"]))
+    gw.submit_transaction(&gw.proposal("gx", "CreateMultisigWallet").with_args([
+        "ms1",
+        r#"["u1","u2","u3"]"#,
+        "2",
+    ]))
+    .await
+    .unwrap();
+    gw.submit_transaction(
+        &gw.proposal("gx", "TransferTokens")
+            .with_args(["t2", "treasury", "ms1", "500", ""]),
+    )
+    .await
+    .unwrap();
+    gw.submit_transaction(
+        &gw.proposal("gx", "ProposeTransfer")
+            .with_args(["p1", "ms1", "u3", "200", "rent"]),
+    )
+    .await
+    .unwrap();
+    gw.submit_transaction(&gw.proposal("gx", "ApproveTransfer").with_args(["p1", "u1"]))
         .await
         .unwrap();
-    gw.submit_transaction(&gw.proposal("gx", "TransferTokens").with_args(["t2", "treasury", "ms1", "500", ""]))
+    gw.submit_transaction(&gw.proposal("gx", "RejectTransfer").with_args(["p1", "u2"]))
         .await
         .unwrap();
-    gw.submit_transaction(&gw.proposal("gx", "ProposeTransfer").with_args(["p1", "ms1", "u3", "200", "rent"]))
-        .await
-        .unwrap();
-    gw.submit_transaction(&gw.proposal("gx", "ApproveTransfer").with_args(["p1", "u1"])).await.unwrap();
-    gw.submit_transaction(&gw.proposal("gx", "RejectTransfer").with_args(["p1", "u2"])).await.unwrap();
-    let pending = json(&gw.evaluate(&gw.proposal("gx", "GetProposal").with_args(["p1"])).await.unwrap());
+    let pending = json(
+        &gw.evaluate(&gw.proposal("gx", "GetProposal").with_args(["p1"]))
+            .await
+            .unwrap(),
+    );
     assert_eq!(pending["status"], "PENDING");
-    let last = gw.submit_transaction(&gw.proposal("gx", "ApproveTransfer").with_args(["p1", "u3"])).await.unwrap();
+    let last = gw
+        .submit_transaction(&gw.proposal("gx", "ApproveTransfer").with_args(["p1", "u3"]))
+        .await
+        .unwrap();
     assert_eq!(json(&last.result)["executed"], true);
-    let done = json(&gw.evaluate(&gw.proposal("gx", "GetProposal").with_args(["p1"])).await.unwrap());
+    let done = json(
+        &gw.evaluate(&gw.proposal("gx", "GetProposal").with_args(["p1"]))
+            .await
+            .unwrap(),
+    );
     assert_eq!(done["status"], "EXECUTED");
     assert_eq!(wallet_balance(gw, "ms1").await, "300");
     assert_eq!(wallet_balance(gw, "u3").await, "200");
 
     // Query errors come back as chaincode errors at evaluation.
-    let err = gw.evaluate(&gw.proposal("gx", "GetWallet").with_args(["nobody"])).await.unwrap_err();
+    let err = gw
+        .evaluate(&gw.proposal("gx", "GetWallet").with_args(["nobody"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.stage(), Stage::Evaluate);
     assert!(err.is_chaincode_error(), "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent);
@@ -162,7 +228,8 @@ async fn every_gx_transaction_and_query() {
         "TransferApproved",
     ];
     let last_tx = last.tx_id.clone();
-    let blocks = read_blocks_until(gw, 0, |b| b.transactions.iter().any(|t| t.tx_id == last_tx)).await;
+    let blocks =
+        read_blocks_until(gw, 0, |b| b.transactions.iter().any(|t| t.tx_id == last_tx)).await;
     assert_eq!(blocks[0].number, 0);
     for w in blocks.windows(2) {
         assert_eq!(w[1].previous_hash, w[0].header_hash.to_vec());
@@ -175,7 +242,10 @@ async fn every_gx_transaction_and_query() {
             assert!(t.is_valid(), "tx {} code {}", t.tx_id, t.validation_code);
             assert_eq!(t.creator_msp_id.as_deref(), Some("Org1MSP"));
             assert!(t.timestamp.is_some());
-            let ev = t.event.as_ref().expect("every GX transaction emits one event");
+            let ev = t
+                .event
+                .as_ref()
+                .expect("every GX transaction emits one event");
             assert_eq!(ev.tx_id, t.tx_id);
             let _: Value = serde_json::from_slice(&ev.payload).unwrap();
             ev.event_name.clone()
@@ -188,20 +258,50 @@ async fn every_gx_transaction_and_query() {
 #[tokio::test]
 async fn chaincode_error_fails_at_endorsement_and_reaches_no_block() {
     let n = net().await;
-    n.admin.submit_transaction(&n.admin.proposal("gx", "Bootstrap").with_args(["treasury", "50"])).await.unwrap();
-    n.client.submit_transaction(&n.client.proposal("gx", "CreateUser").with_args(["u1", "{}"])).await.unwrap();
+    n.admin
+        .submit_transaction(
+            &n.admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "50"]),
+        )
+        .await
+        .unwrap();
+    n.client
+        .submit_transaction(
+            &n.client
+                .proposal("gx", "CreateUser")
+                .with_args(["u1", "{}"]),
+        )
+        .await
+        .unwrap();
     let height = n.handle.height();
     let gw = &n.client;
-    let proposal = gw.new_proposal(&gw.proposal("gx", "TransferTokens").with_args(["t1", "treasury", "u1", "51", ""])).unwrap();
+    let proposal = gw
+        .new_proposal(
+            &gw.proposal("gx", "TransferTokens")
+                .with_args(["t1", "treasury", "u1", "51", ""]),
+        )
+        .unwrap();
     let err = gw.endorse(&proposal).await.unwrap_err();
     assert_eq!(err.stage(), Stage::Endorse);
     assert_eq!(err.tx_id(), proposal.tx_id);
     assert!(err.is_chaincode_error(), "{err}");
-    assert!(err.chaincode_message().unwrap().contains("insufficient funds"), "{err}");
+    assert!(
+        err.chaincode_message()
+            .unwrap()
+            .contains("insufficient funds"),
+        "{err}"
+    );
     assert!(!err.details().is_empty());
     assert_eq!(err.class(), ErrorClass::Permanent);
     // Nothing was ordered: a later transaction lands in the very next block.
-    let ok = gw.submit_transaction(&gw.proposal("gx", "TransferTokens").with_args(["t2", "treasury", "u1", "50", ""])).await.unwrap();
+    let ok = gw
+        .submit_transaction(
+            &gw.proposal("gx", "TransferTokens")
+                .with_args(["t2", "treasury", "u1", "50", ""]),
+        )
+        .await
+        .unwrap();
     assert_eq!(ok.block_number, height);
     assert_eq!(wallet_balance(gw, "u1").await, "50");
     n.handle.shutdown().await.unwrap();
@@ -210,14 +310,34 @@ async fn chaincode_error_fails_at_endorsement_and_reaches_no_block() {
 #[tokio::test]
 async fn mvcc_conflict_at_commit() {
     let n = net().await;
-    n.admin.submit_transaction(&n.admin.proposal("gx", "Bootstrap").with_args(["treasury", "1000"])).await.unwrap();
+    n.admin
+        .submit_transaction(
+            &n.admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000"]),
+        )
+        .await
+        .unwrap();
     for u in ["u1", "u2"] {
-        n.client.submit_transaction(&n.client.proposal("gx", "CreateUser").with_args([u, "{}"])).await.unwrap();
+        n.client
+            .submit_transaction(&n.client.proposal("gx", "CreateUser").with_args([u, "{}"]))
+            .await
+            .unwrap();
     }
     let gw = &n.client;
     // Two endorsements against the same state (both read the treasury wallet) ...
-    let a = gw.new_proposal(&gw.proposal("gx", "TransferTokens").with_args(["ta", "treasury", "u1", "10", ""])).unwrap();
-    let b = gw.new_proposal(&gw.proposal("gx", "TransferTokens").with_args(["tb", "treasury", "u2", "20", ""])).unwrap();
+    let a = gw
+        .new_proposal(
+            &gw.proposal("gx", "TransferTokens")
+                .with_args(["ta", "treasury", "u1", "10", ""]),
+        )
+        .unwrap();
+    let b = gw
+        .new_proposal(
+            &gw.proposal("gx", "TransferTokens")
+                .with_args(["tb", "treasury", "u2", "20", ""]),
+        )
+        .unwrap();
     let pa = gw.endorse(&a).await.unwrap();
     let pb = gw.endorse(&b).await.unwrap();
     // ... both submitted: the first commits, the second is invalidated and changes nothing.
@@ -239,11 +359,21 @@ async fn mvcc_conflict_at_commit() {
     assert_eq!(wallet_balance(gw, "treasury").await, "990");
     // The block says the same.
     let tb = pb.tx_id().to_owned();
-    let blocks = read_blocks_until(gw, 0, |blk| blk.transactions.iter().any(|t| t.tx_id == tb)).await;
-    let t = blocks.iter().flat_map(|b| b.transactions.iter()).find(|t| t.tx_id == tb).unwrap();
+    let blocks =
+        read_blocks_until(gw, 0, |blk| blk.transactions.iter().any(|t| t.tx_id == tb)).await;
+    let t = blocks
+        .iter()
+        .flat_map(|b| b.transactions.iter())
+        .find(|t| t.tx_id == tb)
+        .unwrap();
     assert_eq!(t.validation(), Some(TxValidationCode::MvccReadConflict));
     // Re-endorsing gives a fresh transaction that commits.
-    gw.submit_transaction(&gw.proposal("gx", "TransferTokens").with_args(["tb", "treasury", "u2", "20", ""])).await.unwrap();
+    gw.submit_transaction(
+        &gw.proposal("gx", "TransferTokens")
+            .with_args(["tb", "treasury", "u2", "20", ""]),
+    )
+    .await
+    .unwrap();
     assert_eq!(wallet_balance(gw, "u2").await, "20");
     n.handle.shutdown().await.unwrap();
 }
@@ -251,10 +381,29 @@ async fn mvcc_conflict_at_commit() {
 #[tokio::test]
 async fn duplicate_transaction_id_is_recognised_as_done() {
     let n = net().await;
-    n.admin.submit_transaction(&n.admin.proposal("gx", "Bootstrap").with_args(["treasury", "1000"])).await.unwrap();
-    n.client.submit_transaction(&n.client.proposal("gx", "CreateUser").with_args(["u1", "{}"])).await.unwrap();
+    n.admin
+        .submit_transaction(
+            &n.admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000"]),
+        )
+        .await
+        .unwrap();
+    n.client
+        .submit_transaction(
+            &n.client
+                .proposal("gx", "CreateUser")
+                .with_args(["u1", "{}"]),
+        )
+        .await
+        .unwrap();
     let gw = &n.client;
-    let proposal = gw.new_proposal(&gw.proposal("gx", "TransferTokens").with_args(["t1", "treasury", "u1", "7", ""])).unwrap();
+    let proposal = gw
+        .new_proposal(
+            &gw.proposal("gx", "TransferTokens")
+                .with_args(["t1", "treasury", "u1", "7", ""]),
+        )
+        .unwrap();
     let prepared = gw.endorse(&proposal).await.unwrap();
     // Persist and restore, as the outbox does.
     let stored = prepared.to_bytes();
@@ -265,19 +414,34 @@ async fn duplicate_transaction_id_is_recognised_as_done() {
     assert_eq!(again.tx_id(), prepared.tx_id());
     gw.submit(&again).await.unwrap();
     // Push a later transaction through so the duplicate's block is certainly committed.
-    let marker = gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u2", "{}"])).await.unwrap();
+    let marker = gw
+        .submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u2", "{}"]))
+        .await
+        .unwrap();
     let status = gw.commit_status(prepared.tx_id()).await.unwrap();
-    assert!(status.is_valid(), "CommitStatus keeps reporting the original");
+    assert!(
+        status.is_valid(),
+        "CommitStatus keeps reporting the original"
+    );
     assert_eq!(status.block_number, first.block_number);
     assert_eq!(wallet_balance(gw, "u1").await, "7");
 
     let blocks = read_blocks_until(gw, 0, |b| b.number >= marker.block_number).await;
-    let copies: Vec<_> =
-        blocks.iter().flat_map(|b| b.transactions.iter()).filter(|t| t.tx_id == prepared.tx_id()).collect();
+    let copies: Vec<_> = blocks
+        .iter()
+        .flat_map(|b| b.transactions.iter())
+        .filter(|t| t.tx_id == prepared.tx_id())
+        .collect();
     assert_eq!(copies.len(), 2);
     assert_eq!(copies[0].validation(), Some(TxValidationCode::Valid));
-    assert_eq!(copies[1].validation(), Some(TxValidationCode::DuplicateTxid));
-    assert_eq!(gxd_fabric::client::classify_validation_code(copies[1].validation_code), ErrorClass::AlreadyCommitted);
+    assert_eq!(
+        copies[1].validation(),
+        Some(TxValidationCode::DuplicateTxid)
+    );
+    assert_eq!(
+        gxd_fabric::client::classify_validation_code(copies[1].validation_code),
+        ErrorClass::AlreadyCommitted
+    );
     n.handle.shutdown().await.unwrap();
 }
 
@@ -291,25 +455,43 @@ async fn wrong_key_and_unknown_ca_are_refused() {
     let real = user(&n.paths, "User1");
     let wrong_key = SigningIdentity::new(real.identity().clone(), Arc::new(P256Signer::generate()));
     let gw = Gateway::new(c.clone(), wrong_key, devnet::DEFAULT_CHANNEL);
-    let err = gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u9", "{}"])).await.unwrap_err();
+    let err = gw
+        .submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u9", "{}"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.stage(), Stage::Endorse, "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
-    let err = gw.evaluate(&gw.proposal("gx", "GetWallet").with_args(["treasury"])).await.unwrap_err();
+    let err = gw
+        .evaluate(&gw.proposal("gx", "GetWallet").with_args(["treasury"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
 
     // A certificate from a CA that is not a member of the channel, claiming Org1MSP.
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ca.org1.example.com");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ca.org1.example.com");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "User1@org1.example.com");
-    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "client");
-    let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key)).unwrap();
-    let stranger = SigningIdentity::from_pem("Org1MSP", cert.pem().as_bytes(), &key.serialize_pem()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "User1@org1.example.com");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "client");
+    let cert = params
+        .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let stranger =
+        SigningIdentity::from_pem("Org1MSP", cert.pem().as_bytes(), &key.serialize_pem()).unwrap();
     let gw = Gateway::new(c, stranger, devnet::DEFAULT_CHANNEL);
-    let err = gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u8", "{}"])).await.unwrap_err();
+    let err = gw
+        .submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u8", "{}"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.stage(), Stage::Endorse, "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
     let err = gw.commit_status("0000").await.unwrap_err();
@@ -330,31 +512,70 @@ async fn block_stream_resumes_across_a_devnet_restart() {
     let c = connector(&paths, addr);
     let admin = Gateway::new(c.clone(), user(&paths, "Admin"), devnet::DEFAULT_CHANNEL);
     let gw = Gateway::new(c.clone(), user(&paths, "User1"), devnet::DEFAULT_CHANNEL);
-    admin.submit_transaction(&admin.proposal("gx", "Bootstrap").with_args(["treasury", "1000"])).await.unwrap();
-    gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u1", "{}"])).await.unwrap();
+    admin
+        .submit_transaction(
+            &admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000"]),
+        )
+        .await
+        .unwrap();
+    gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u1", "{}"]))
+        .await
+        .unwrap();
 
     let cancel = CancellationToken::new();
     let mut cfg = BlockStreamConfig::new(devnet::DEFAULT_CHANNEL, 0);
-    cfg.backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(500), ..Backoff::default() };
+    cfg.backoff = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+        ..Backoff::default()
+    };
     let mut stream = BlockStream::new(c.clone(), gw.identity().clone(), cfg, cancel.clone());
     let height = first.height();
     let mut seen = Vec::new();
     while seen.len() < usize::try_from(height).unwrap() {
-        let b = tokio::time::timeout(LIMIT, stream.next()).await.unwrap().unwrap().unwrap();
+        let b = tokio::time::timeout(LIMIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         seen.push(b);
     }
 
     // Restart the devnet on the same directory and port while the stream is open.
     first.shutdown().await.unwrap();
     let second = start(dir.path(), addr).await;
-    assert_eq!(second.height(), height, "the ledger persists across restarts");
-    let committed = gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u2", "{}"])).await.unwrap();
+    assert_eq!(
+        second.height(),
+        height,
+        "the ledger persists across restarts"
+    );
+    let committed = gw
+        .submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u2", "{}"]))
+        .await
+        .unwrap();
     assert_eq!(committed.block_number, height);
 
-    let next = tokio::time::timeout(LIMIT, stream.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(next.number, height, "resumes right after the last block yielded");
-    assert_eq!(next.previous_hash, seen.last().unwrap().header_hash.to_vec(), "chain verified across the restart");
-    assert!(next.transactions.iter().any(|t| t.tx_id == committed.tx_id && t.is_valid()));
+    let next = tokio::time::timeout(LIMIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.number, height,
+        "resumes right after the last block yielded"
+    );
+    assert_eq!(
+        next.previous_hash,
+        seen.last().unwrap().header_hash.to_vec(),
+        "chain verified across the restart"
+    );
+    assert!(
+        next.transactions
+            .iter()
+            .any(|t| t.tx_id == committed.tx_id && t.is_valid())
+    );
     cancel.cancel();
     assert!(stream.next().await.unwrap().is_none());
     second.shutdown().await.unwrap();

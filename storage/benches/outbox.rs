@@ -270,9 +270,17 @@ async fn bench_postgres(
 
 /// The PostgreSQL to compare with: `GXD_BENCH_DATABASE_URL`, or a throwaway durable
 /// cluster started from the installed binaries.
-fn postgres() -> Result<(tokio_postgres::Config, Option<(LocalCluster, tempfile::TempDir)>), String> {
+fn postgres() -> Result<
+    (
+        tokio_postgres::Config,
+        Option<(LocalCluster, tempfile::TempDir)>,
+    ),
+    String,
+> {
     if let Ok(url) = std::env::var("GXD_BENCH_DATABASE_URL") {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("GXD_BENCH_DATABASE_URL: {e}"))?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("GXD_BENCH_DATABASE_URL: {e}"))?;
         return Ok((config, None));
     }
     let temp = tempfile::Builder::new()
@@ -280,8 +288,11 @@ fn postgres() -> Result<(tokio_postgres::Config, Option<(LocalCluster, tempfile:
         .tempdir()
         .map_err(|e| e.to_string())?;
     // The server may run as the `postgres` user: let it reach its data directory.
-    std::fs::set_permissions(temp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))
-        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .map_err(|e| e.to_string())?;
     let opts = ClusterOptions {
         durable: true,
         settings: vec![
@@ -291,7 +302,8 @@ fn postgres() -> Result<(tokio_postgres::Config, Option<(LocalCluster, tempfile:
         ],
         ..ClusterOptions::default()
     };
-    let cluster = LocalCluster::start_with(&temp.path().join("data"), opts).map_err(|e| e.to_string())?;
+    let cluster =
+        LocalCluster::start_with(&temp.path().join("data"), opts).map_err(|e| e.to_string())?;
     let config = cluster.pg_config("postgres");
     Ok((config, Some((cluster, temp))))
 }
@@ -369,7 +381,11 @@ fn main() {
         println!(
             "goal >= 50,000 durable enqueues/s at 256 producers: {:.0}/s {}",
             r.per_sec,
-            if r.per_sec >= 50_000.0 { "MET" } else { "NOT MET" }
+            if r.per_sec >= 50_000.0 {
+                "MET"
+            } else {
+                "NOT MET"
+            }
         );
         if let Some((pf, _)) = p {
             let ratio = r.per_sec / pf.per_sec.max(1e-9);

@@ -123,9 +123,8 @@ fn decode(channel: &str, key: &[u8], bytes: &[u8]) -> Result<Checkpoint> {
             format!("record says block {} but the key differs", pb.number),
         ));
     }
-    let applied_at = DateTime::from_timestamp_millis(pb.applied_at_ms).ok_or_else(|| {
-        StorageError::corrupt("checkpoints", key, "applied_at out of range")
-    })?;
+    let applied_at = DateTime::from_timestamp_millis(pb.applied_at_ms)
+        .ok_or_else(|| StorageError::corrupt("checkpoints", key, "applied_at out of range"))?;
     Ok(Checkpoint {
         channel: channel.to_owned(),
         number: pb.number,
@@ -195,7 +194,13 @@ impl CheckpointLog {
     }
 
     /// Blocks `from..=to` of a channel, at most `limit`, in order.
-    pub fn range(&self, channel: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Checkpoint>> {
+    pub fn range(
+        &self,
+        channel: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Checkpoint>> {
         let raw = self.db.raw();
         let mut out = Vec::new();
         if from > to || limit == 0 {

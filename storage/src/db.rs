@@ -29,7 +29,7 @@
 //! See [`Cf`]. The `meta` family holds the format version ([`FORMAT_VERSION`]) and the
 //! outbox counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -175,7 +175,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.inner.path).finish()
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -204,6 +206,7 @@ impl Db {
         let raw = RawDb::open_cf_descriptors(&db_opts, &path, cfs)
             .map_err(|e| classify_open_error(&path, e))?;
         check_format_version(&raw)?;
+        let partitions = load_partition_lengths(&raw)?;
         let raw = Arc::new(raw);
 
         let (sender, receiver) = mpsc::channel::<Op>(options.queue_capacity);
@@ -211,7 +214,7 @@ impl Db {
         let max_batch = options.max_batch;
         let writer = std::thread::Builder::new()
             .name("gxd-storage-writer".to_owned())
-            .spawn(move || writer_loop(&writer_db, receiver, max_batch))
+            .spawn(move || writer_loop(&writer_db, receiver, max_batch, partitions))
             .map_err(|e| StorageError::Unavailable {
                 message: format!("cannot start the storage writer thread: {e}"),
                 source: None,
@@ -305,7 +308,11 @@ fn check_format_version(raw: &RawDb) -> Result<()> {
             let found = <[u8; 4]>::try_from(&bytes[..])
                 .map(u32::from_be_bytes)
                 .map_err(|_| {
-                    StorageError::corrupt("meta", META_FORMAT_VERSION, "format version is not 4 bytes")
+                    StorageError::corrupt(
+                        "meta",
+                        META_FORMAT_VERSION,
+                        "format version is not 4 bytes",
+                    )
                 })?;
             if found > FORMAT_VERSION {
                 return Err(StorageError::UnsupportedFormat {
@@ -324,6 +331,24 @@ fn check_format_version(raw: &RawDb) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Counts the queued commands per partition (keys of `partition_queue` are a u16 length,
+/// the partition, then a sequence number; the prefix is everything but the sequence).
+fn load_partition_lengths(raw: &RawDb) -> Result<HashMap<Vec<u8>, u64>> {
+    let mut lengths: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut it = raw.raw_iterator_cf(cf_handle(raw, Cf::PartitionQueue)?);
+    it.seek_to_first();
+    while let Some(key) = it.key() {
+        if key.len() < 2 + 8 {
+            return Err(StorageError::corrupt("partition_queue", key, "key too short"));
+        }
+        let prefix = &key[..key.len() - 8];
+        *lengths.entry(prefix.to_vec()).or_insert(0) += 1;
+        it.next();
+    }
+    it.status()?;
+    Ok(lengths)
 }
 
 /// The column family handle (all are created at open, so a missing one is a bug or a
@@ -416,7 +441,12 @@ fn rocksdb_options(o: &DbOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
     (db, cfs)
 }
 
-fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) {
+fn writer_loop(
+    raw: &RawDb,
+    mut receiver: mpsc::Receiver<Op>,
+    max_batch: usize,
+    mut partitions: HashMap<Vec<u8>, u64>,
+) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch);
@@ -431,7 +461,7 @@ fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) 
         #[cfg(feature = "failpoints")]
         fail::fail_point!("storage::writer::round");
 
-        let mut round = Round::new(raw);
+        let mut round = Round::new(raw, &partitions);
         let mut completions: Vec<Completion> = Vec::with_capacity(ops.len());
         for op in ops.drain(..) {
             let savepoint = round.savepoint();
@@ -446,7 +476,16 @@ fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) 
                 }
             }
         }
-        let written = round.commit(&sync);
+        let (written, durable, deltas) = round.commit(&sync);
+        if durable {
+            for (prefix, delta) in deltas {
+                let n = partitions.entry(prefix.clone()).or_insert(0);
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    partitions.remove(&prefix);
+                }
+            }
+        }
         if let Err(e) = &written {
             tracing::error!(error = %e, changes = completions.len(), "storage write failed");
         }
@@ -457,9 +496,15 @@ fn writer_loop(raw: &RawDb, mut receiver: mpsc::Receiver<Op>, max_batch: usize) 
 }
 
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
-/// An undo entry: family, key, and what the overlay held for the key before (`None`:
-/// nothing, `Some(None)`: a pending delete, `Some(Some(v))`: a pending put).
-type Undo = (Cf, Vec<u8>, Option<Option<Vec<u8>>>);
+
+/// An undo entry of a round.
+enum Undo {
+    /// Family, key, and what the overlay held for the key before (`None`: nothing,
+    /// `Some(None)`: a pending delete, `Some(Some(v))`: a pending put).
+    Kv(Cf, Vec<u8>, Option<Option<Vec<u8>>>),
+    /// A partition-length change to take back.
+    Partition(Vec<u8>, i64),
+}
 
 /// One round of the writer: the pending writes of the round over the database.
 ///
@@ -471,17 +516,39 @@ pub(crate) struct Round<'a> {
     raw: &'a RawDb,
     /// Pending writes per column family (indexed by `Cf as usize`).
     overlay: [Overlay; Cf::ALL.len()],
-    /// (family, key, what the overlay held for it before) for rollback.
+    /// For rollback.
     undo: Vec<Undo>,
+    /// Queued commands per partition (key: the partition's queue-key prefix), as
+    /// committed: the writer's in-memory mirror of the `partition_queue` family, so that
+    /// an enqueue knows whether its partition is empty without a seek.
+    partitions: &'a HashMap<Vec<u8>, u64>,
+    /// This round's changes to `partitions`.
+    partition_deltas: HashMap<Vec<u8>, i64>,
 }
 
 impl<'a> Round<'a> {
-    fn new(raw: &'a RawDb) -> Self {
+    fn new(raw: &'a RawDb, partitions: &'a HashMap<Vec<u8>, u64>) -> Self {
         Round {
             raw,
             overlay: Default::default(),
             undo: Vec::new(),
+            partitions,
+            partition_deltas: HashMap::new(),
         }
+    }
+
+    /// Queued commands in a partition (by its queue-key prefix), this round included.
+    pub(crate) fn partition_len(&self, prefix: &[u8]) -> u64 {
+        let base = self.partitions.get(prefix).copied().unwrap_or(0);
+        let delta = self.partition_deltas.get(prefix).copied().unwrap_or(0);
+        base.saturating_add_signed(delta)
+    }
+
+    /// Records that a command entered (+1) or left (-1) a partition's queue. Callers
+    /// pair it with the matching put/delete in `partition_queue`.
+    pub(crate) fn adjust_partition(&mut self, prefix: Vec<u8>, delta: i64) {
+        *self.partition_deltas.entry(prefix.clone()).or_insert(0) += delta;
+        self.undo.push(Undo::Partition(prefix, delta));
     }
 
     fn savepoint(&self) -> usize {
@@ -490,8 +557,17 @@ impl<'a> Round<'a> {
 
     fn rollback(&mut self, savepoint: usize) {
         while self.undo.len() > savepoint {
-            let Some((cf, key, before)) = self.undo.pop() else {
+            let Some(undo) = self.undo.pop() else {
                 break;
+            };
+            let (cf, key, before) = match undo {
+                Undo::Kv(cf, key, before) => (cf, key, before),
+                Undo::Partition(prefix, delta) => {
+                    if let Some(d) = self.partition_deltas.get_mut(&prefix) {
+                        *d -= delta;
+                    }
+                    continue;
+                }
             };
             let map = &mut self.overlay[cf as usize];
             match before {
@@ -507,7 +583,7 @@ impl<'a> Round<'a> {
 
     fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
         let before = self.overlay[cf as usize].insert(key.clone(), value);
-        self.undo.push((cf, key, before));
+        self.undo.push(Undo::Kv(cf, key, before));
     }
 
     /// Buffers a put.
@@ -561,9 +637,7 @@ impl<'a> Round<'a> {
             return Ok(out);
         }
         let range = (Bound::Included(lower), Bound::Excluded(upper));
-        let mut pending = self.overlay[cf as usize]
-            .range::<[u8], _>(range)
-            .peekable();
+        let mut pending = self.overlay[cf as usize].range::<[u8], _>(range).peekable();
 
         let handle = cf_handle(self.raw, cf)?;
         let mut ro = ReadOptions::default();
@@ -649,8 +723,17 @@ impl<'a> Round<'a> {
         })
     }
 
-    /// Writes the round as one synced batch.
-    fn commit(self, sync: &WriteOptions) -> Result<()> {
+    /// Writes the round as one synced batch. Returns the result for the callers, whether
+    /// the batch is durable, and the round's partition-length changes (to apply if it is).
+    fn commit(self, sync: &WriteOptions) -> (Result<()>, bool, HashMap<Vec<u8>, i64>) {
+        let deltas = self.partition_deltas.clone();
+        match self.write_batch(sync) {
+            Ok(()) => (Ok(()), true, deltas),
+            Err((e, durable)) => (Err(e), durable, deltas),
+        }
+    }
+
+    fn write_batch(&self, sync: &WriteOptions) -> std::result::Result<(), (StorageError, bool)> {
         if self.overlay.iter().all(BTreeMap::is_empty) {
             return Ok(());
         }
@@ -660,7 +743,7 @@ impl<'a> Round<'a> {
             if map.is_empty() {
                 continue;
             }
-            let handle = cf_handle(self.raw, cf)?;
+            let handle = cf_handle(self.raw, cf).map_err(|e| (e, false))?;
             for (key, value) in map {
                 match value {
                     Some(v) => batch.put_cf(handle, key, v),
@@ -669,20 +752,24 @@ impl<'a> Round<'a> {
             }
         }
         #[cfg(feature = "failpoints")]
-        fail::fail_point!("storage::writer::before_write", |_| Err(
+        fail::fail_point!("storage::writer::before_write", |_| Err((
             StorageError::Unavailable {
                 message: "failpoint storage::writer::before_write".to_owned(),
                 source: None,
-            }
-        ));
-        self.raw.write_opt(batch, sync)?;
+            },
+            false
+        )));
+        self.raw
+            .write_opt(batch, sync)
+            .map_err(|e| (StorageError::from(e), false))?;
         #[cfg(feature = "failpoints")]
-        fail::fail_point!("storage::writer::after_write", |_| Err(
+        fail::fail_point!("storage::writer::after_write", |_| Err((
             StorageError::Unavailable {
                 message: "failpoint storage::writer::after_write".to_owned(),
                 source: None,
-            }
-        ));
+            },
+            true
+        )));
         Ok(())
     }
 }
@@ -730,7 +817,8 @@ mod tests {
         for k in [b"a1", b"a3", b"a5", b"b1"] {
             put_raw(&raw, Cf::Status, k, b"db");
         }
-        let mut round = Round::new(&raw);
+        let empty = HashMap::new();
+        let mut round = Round::new(&raw, &empty);
         round.put(Cf::Status, b"a2".to_vec(), b"new".to_vec());
         round.delete(Cf::Status, b"a3".to_vec());
         round.put(Cf::Status, b"a5".to_vec(), b"changed".to_vec());
@@ -749,23 +837,42 @@ mod tests {
                 (b"a5", b"changed")
             ]
         );
-        assert_eq!(round.scan_range(Cf::Status, b"a", b"b", 2).unwrap().len(), 2);
         assert_eq!(
-            round.first_in_range(Cf::Status, b"a2", b"b").unwrap().unwrap().0,
+            round.scan_range(Cf::Status, b"a", b"b", 2).unwrap().len(),
+            2
+        );
+        assert_eq!(
+            round
+                .first_in_range(Cf::Status, b"a2", b"b")
+                .unwrap()
+                .unwrap()
+                .0,
             b"a2"
         );
         assert_eq!(
-            round.last_in_range(Cf::Status, b"a", b"b").unwrap().unwrap(),
+            round
+                .last_in_range(Cf::Status, b"a", b"b")
+                .unwrap()
+                .unwrap(),
             (b"a5".to_vec(), b"changed".to_vec())
         );
         round.delete(Cf::Status, b"a5".to_vec());
         assert_eq!(
-            round.last_in_range(Cf::Status, b"a", b"b").unwrap().unwrap().0,
+            round
+                .last_in_range(Cf::Status, b"a", b"b")
+                .unwrap()
+                .unwrap()
+                .0,
             b"a2"
         );
         assert!(!round.contains(Cf::Status, b"a3").unwrap());
         assert_eq!(round.get(Cf::Status, b"a1").unwrap(), Some(b"db".to_vec()));
-        assert!(round.scan_range(Cf::Status, b"c", b"d", 10).unwrap().is_empty());
+        assert!(
+            round
+                .scan_range(Cf::Status, b"c", b"d", 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -773,7 +880,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = raw_db(dir.path());
         put_raw(&raw, Cf::Meta, b"k", b"db");
-        let mut round = Round::new(&raw);
+        let empty = HashMap::new();
+        let mut round = Round::new(&raw, &empty);
         round.put(Cf::Meta, b"k".to_vec(), b"first".to_vec());
         let sp = round.savepoint();
         round.put(Cf::Meta, b"k".to_vec(), b"second".to_vec());
@@ -784,7 +892,7 @@ mod tests {
         assert_eq!(round.get(Cf::Meta, b"x").unwrap(), None);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        round.commit(&sync).unwrap();
+        round.commit(&sync).0.unwrap();
         let meta = cf_handle(&raw, Cf::Meta).unwrap();
         assert_eq!(raw.get_cf(meta, b"k").unwrap(), Some(b"first".to_vec()));
         assert_eq!(raw.get_cf(meta, b"x").unwrap(), None);

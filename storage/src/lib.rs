@@ -2,10 +2,10 @@
 //! read-model access (connection pool, refinery migrations).
 
 pub mod checkpoint;
-pub mod outbox;
-pub mod pg;
 pub mod db;
 pub mod error;
+pub mod outbox;
+pub mod pg;
 
 pub use db::{Db, DbOptions};
 pub use error::{ErrorKind, StorageError};

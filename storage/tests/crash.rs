@@ -139,7 +139,9 @@ fn child(dir: &str) {
                         let id = c.id;
                         txn += 1;
                         step(&outbox, id, Status::Prepared, async {
-                            outbox.mark_prepared(id, format!("tx{round}-{txn}"), vec![7; 64]).await
+                            outbox
+                                .mark_prepared(id, format!("tx{round}-{txn}"), vec![7; 64])
+                                .await
                         })
                         .await;
                         match rng.below(10) {
@@ -295,7 +297,11 @@ fn parent() -> Result<(), String> {
                 // Another process holds the database: a clear error, no hang.
                 match Db::open(&dir, &DbOptions::default()) {
                     Err(StorageError::Locked { .. }) => {}
-                    other => return Err(format!("expected Locked while the child runs, got {other:?}")),
+                    other => {
+                        return Err(format!(
+                            "expected Locked while the child runs, got {other:?}"
+                        ));
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(1 + rng.below(80)));
@@ -304,7 +310,9 @@ fn parent() -> Result<(), String> {
         let status = child.wait().map_err(|e| format!("wait: {e}"))?;
         let lines = reader.join().map_err(|_| "reader panicked")?;
         if status.success() {
-            return Err(format!("round {round}: the child exited by itself: {status}"));
+            return Err(format!(
+                "round {round}: the child exited by itself: {status}"
+            ));
         }
 
         // What the child acknowledged.
@@ -338,7 +346,15 @@ fn parent() -> Result<(), String> {
             }
         }
 
-        rt.block_on(verify(&dir, round, &acked, &mut transitions, &mut rng, &mut f, round + 1 == rounds))?;
+        rt.block_on(verify(
+            &dir,
+            round,
+            &acked,
+            &mut transitions,
+            &mut rng,
+            &mut f,
+            round + 1 == rounds,
+        ))?;
         f.rounds += 1;
         if f.lost > 0 || f.duplicated > 0 {
             break;
@@ -378,7 +394,8 @@ async fn verify(
     f: &mut Figures,
     last_round: bool,
 ) -> Result<(), String> {
-    let db = Db::open(dir, &DbOptions::default()).map_err(|e| format!("round {round}: reopen: {e}"))?;
+    let db =
+        Db::open(dir, &DbOptions::default()).map_err(|e| format!("round {round}: reopen: {e}"))?;
     let outbox = Outbox::new(db, OutboxOptions::default()).map_err(|e| e.to_string())?;
 
     let report = outbox.verify_integrity().map_err(|e| e.to_string())?;
@@ -421,7 +438,10 @@ async fn verify(
             }
             Err(e) => {
                 f.lost += 1;
-                println!("round {round}: acknowledged command {} of {req} is gone: {e}", a.id);
+                println!(
+                    "round {round}: acknowledged command {} of {req} is gone: {e}",
+                    a.id
+                );
             }
         }
     }
@@ -484,7 +504,10 @@ async fn verify(
             let again = again.map_err(|e| format!("round {round}: re-enqueue {req}: {e}"))?;
             if again.created || again.command.id != expected {
                 f.duplicated += 1;
-                println!("round {round}: re-enqueue of {req} created {}", again.command.id);
+                println!(
+                    "round {round}: re-enqueue of {req} created {}",
+                    again.command.id
+                );
             }
             f.idempotent_retries += 1;
         }

@@ -13,6 +13,17 @@ use gxd_storage::{Db, DbOptions, ErrorKind, StorageError};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Runs a test body alone (failpoints are global) on a two-worker runtime.
+fn serial(body: impl std::future::Future<Output = ()>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
 fn open(dir: &std::path::Path) -> (Db, Outbox) {
     let db = Db::open(Db::path_in(dir), &DbOptions::default()).unwrap();
     let outbox = Outbox::new(db.clone(), OutboxOptions::default()).unwrap();
@@ -45,9 +56,12 @@ fn assert_integrity(outbox: &Outbox) {
 /// A write that fails before it reaches the WAL leaves nothing; one that fails after it
 /// is durable and an idempotent retry finds it. Under random failures of both kinds, every
 /// acknowledged enqueue is present and every enqueue refused before the write is absent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_means_durable_under_random_write_failures() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+#[test]
+fn acknowledged_means_durable_under_random_write_failures() {
+    serial(acknowledged_means_durable_under_random_write_failures_body());
+}
+
+async fn acknowledged_means_durable_under_random_write_failures_body() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (_db, outbox) = open(dir.path());
@@ -97,7 +111,10 @@ async fn acknowledged_means_durable_under_random_write_failures() {
             assert_integrity(&outbox);
         }
         // Both outcomes were exercised.
-        assert!(total_ok > 0 && total_failed > 0, "{point}: ok {total_ok}, failed {total_failed}");
+        assert!(
+            total_ok > 0 && total_failed > 0,
+            "{point}: ok {total_ok}, failed {total_failed}"
+        );
     }
     // After the failures, idempotent retries of the ambiguous ones return the original.
     let retry = outbox
@@ -110,9 +127,12 @@ async fn acknowledged_means_durable_under_random_write_failures() {
 
 /// A failure between the steps of a transition rolls that transition back entirely, and
 /// does not disturb the other changes of the same write round.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+#[test]
+fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done() {
+    serial(a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done_body());
+}
+
+async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done_body() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (_db, outbox) = open(dir.path());
@@ -134,22 +154,64 @@ async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done() 
     let a = outbox.enqueue(cmd("a", "A")).await.unwrap().command.id;
     let b = outbox.enqueue(cmd("b", "A")).await.unwrap().command.id;
     // Every transition, with a failure at each of its steps, then without.
-    type Step = fn(
-        &Outbox,
-        gxd_storage::outbox::CommandId,
-    ) -> futures_like::BoxFuture<'_, Result<gxd_storage::outbox::Command, StorageError>>;
+    type Step =
+        fn(
+            &Outbox,
+            gxd_storage::outbox::CommandId,
+        )
+            -> futures_like::BoxFuture<'_, Result<gxd_storage::outbox::Command, StorageError>>;
     const INDEX: &str = "storage::outbox::transition::after_index";
     const RECORD: &str = "storage::outbox::transition::after_record";
     const STAGED: &str = "storage::outbox::transition::staged";
     let steps: Vec<(&str, Step, &[&str], Status)> = vec![
-        ("prepare", |o, id| Box::pin(o.mark_prepared(id, "tx".into(), vec![1])), &[INDEX, STAGED], Status::Prepared),
-        ("submit", |o, id| Box::pin(o.mark_submitted(id)), &[RECORD, STAGED], Status::Submitted),
-        ("retry", |o, id| Box::pin(o.schedule_retry(id, error(), Utc::now())), &[INDEX, STAGED], Status::Pending),
-        ("prepare again", |o, id| Box::pin(o.mark_prepared(id, "tx2".into(), vec![2])), &[INDEX, STAGED], Status::Prepared),
-        ("fail", |o, id| Box::pin(o.mark_failed(id, error())), &[INDEX, STAGED], Status::Failed),
-        ("requeue", |o, id| Box::pin(o.requeue(id)), &[INDEX, STAGED], Status::Pending),
-        ("prepare third", |o, id| Box::pin(o.mark_prepared(id, "tx3".into(), vec![3])), &[INDEX, STAGED], Status::Prepared),
-        ("commit", |o, id| Box::pin(o.mark_committed(id, 5)), &[INDEX, STAGED], Status::Committed),
+        (
+            "prepare",
+            |o, id| Box::pin(o.mark_prepared(id, "tx".into(), vec![1])),
+            &[INDEX, STAGED],
+            Status::Prepared,
+        ),
+        (
+            "submit",
+            |o, id| Box::pin(o.mark_submitted(id)),
+            &[RECORD, STAGED],
+            Status::Submitted,
+        ),
+        (
+            "retry",
+            |o, id| Box::pin(o.schedule_retry(id, error(), Utc::now())),
+            &[INDEX, STAGED],
+            Status::Pending,
+        ),
+        (
+            "prepare again",
+            |o, id| Box::pin(o.mark_prepared(id, "tx2".into(), vec![2])),
+            &[INDEX, STAGED],
+            Status::Prepared,
+        ),
+        (
+            "fail",
+            |o, id| Box::pin(o.mark_failed(id, error())),
+            &[INDEX, STAGED],
+            Status::Failed,
+        ),
+        (
+            "requeue",
+            |o, id| Box::pin(o.requeue(id)),
+            &[INDEX, STAGED],
+            Status::Pending,
+        ),
+        (
+            "prepare third",
+            |o, id| Box::pin(o.mark_prepared(id, "tx3".into(), vec![3])),
+            &[INDEX, STAGED],
+            Status::Prepared,
+        ),
+        (
+            "commit",
+            |o, id| Box::pin(o.mark_committed(id, 5)),
+            &[INDEX, STAGED],
+            Status::Committed,
+        ),
     ];
     for (name, step, points, to) in steps {
         // After the requeue, `a` is behind `b` in partition A: move `b` out of the way.
@@ -197,9 +259,12 @@ async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done() 
 
 /// A panic in the writer loop: callers get "unavailable", nobody hangs, and the database
 /// reopens with everything acknowledged before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_writer_fails_fast_and_the_database_reopens() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+#[test]
+fn a_dead_writer_fails_fast_and_the_database_reopens() {
+    serial(a_dead_writer_fails_fast_and_the_database_reopens_body());
+}
+
+async fn a_dead_writer_fails_fast_and_the_database_reopens_body() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let acked;
@@ -227,9 +292,12 @@ async fn a_dead_writer_fails_fast_and_the_database_reopens() {
     scenario.teardown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_checkpoint_append_leaves_the_log_unchanged() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+#[test]
+fn a_failed_checkpoint_append_leaves_the_log_unchanged() {
+    serial(a_failed_checkpoint_append_leaves_the_log_unchanged_body());
+}
+
+async fn a_failed_checkpoint_append_leaves_the_log_unchanged_body() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (db, _outbox) = open(dir.path());

@@ -67,7 +67,10 @@ async fn enqueue_is_idempotent_and_conflicts_on_a_different_payload() {
     assert!(!again.created);
     assert_eq!(again.command.id, first.command.id);
 
-    let conflict = outbox.enqueue(cmd("r1", "w1", "{\"a\":2}")).await.unwrap_err();
+    let conflict = outbox
+        .enqueue(cmd("r1", "w1", "{\"a\":2}"))
+        .await
+        .unwrap_err();
     match &conflict {
         StorageError::Conflict { existing, .. } => assert_eq!(*existing, first.command.id),
         other => panic!("expected a conflict, got {other:?}"),
@@ -220,10 +223,30 @@ async fn full_lifecycle_and_illegal_transitions() {
 async fn partition_order_one_in_flight_and_retry_blocks_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, outbox) = open(dir.path());
-    let a1 = outbox.enqueue(cmd("a1", "A", "1")).await.unwrap().command.id;
-    let a2 = outbox.enqueue(cmd("a2", "A", "2")).await.unwrap().command.id;
-    let b1 = outbox.enqueue(cmd("b1", "B", "1")).await.unwrap().command.id;
-    let a3 = outbox.enqueue(cmd("a3", "A", "3")).await.unwrap().command.id;
+    let a1 = outbox
+        .enqueue(cmd("a1", "A", "1"))
+        .await
+        .unwrap()
+        .command
+        .id;
+    let a2 = outbox
+        .enqueue(cmd("a2", "A", "2"))
+        .await
+        .unwrap()
+        .command
+        .id;
+    let b1 = outbox
+        .enqueue(cmd("b1", "B", "1"))
+        .await
+        .unwrap()
+        .command
+        .id;
+    let a3 = outbox
+        .enqueue(cmd("a3", "A", "3"))
+        .await
+        .unwrap()
+        .command
+        .id;
 
     assert_eq!(due_ids(&outbox), vec![a1, b1]);
     // Not the head: refused.
@@ -340,12 +363,25 @@ async fn purge_removes_old_committed_commands_and_expired_keys() {
             .unwrap()
             .command
             .id;
-        outbox.mark_prepared(id, format!("t{i}"), vec![]).await.unwrap();
+        outbox
+            .mark_prepared(id, format!("t{i}"), vec![])
+            .await
+            .unwrap();
         outbox.mark_committed(id, i).await.unwrap();
         committed.push(id);
     }
-    let live = outbox.enqueue(cmd("live", "wl", "p")).await.unwrap().command.id;
-    let dead = outbox.enqueue(cmd("dead", "wd", "p")).await.unwrap().command.id;
+    let live = outbox
+        .enqueue(cmd("live", "wl", "p"))
+        .await
+        .unwrap()
+        .command
+        .id;
+    let dead = outbox
+        .enqueue(cmd("dead", "wd", "p"))
+        .await
+        .unwrap()
+        .command
+        .id;
     outbox.mark_failed(dead, err("endorse")).await.unwrap();
 
     // Nothing is old enough yet.
@@ -360,7 +396,10 @@ async fn purge_removes_old_committed_commands_and_expired_keys() {
     assert_eq!(expired, 5);
     assert!(outbox.find_by_request_id("org1", "c0").unwrap().is_none());
     assert_eq!(
-        outbox.find_by_request_id("org1", "live").unwrap().map(|c| c.id),
+        outbox
+            .find_by_request_id("org1", "live")
+            .unwrap()
+            .map(|c| c.id),
         Some(live)
     );
     assert_integrity(&outbox);
@@ -397,7 +436,10 @@ async fn purge_in_chunks() {
             .unwrap()
             .command
             .id;
-        outbox.mark_prepared(id, format!("t{i}"), vec![]).await.unwrap();
+        outbox
+            .mark_prepared(id, format!("t{i}"), vec![])
+            .await
+            .unwrap();
         outbox.mark_committed(id, i).await.unwrap();
     }
     let report = outbox
@@ -428,7 +470,10 @@ async fn state_survives_reopen_and_a_second_open_is_locked() {
     {
         let (db, outbox) = open(dir.path());
         id = outbox.enqueue(cmd("r", "w", "p")).await.unwrap().command.id;
-        outbox.mark_prepared(id, "tx".into(), vec![9]).await.unwrap();
+        outbox
+            .mark_prepared(id, "tx".into(), vec![9])
+            .await
+            .unwrap();
         // The same directory cannot be opened twice.
         let second = Db::open(db.path(), &DbOptions::default()).unwrap_err();
         assert!(
@@ -468,7 +513,11 @@ async fn checkpoint_log_enforces_continuity() {
     // An empty log starts at block 0.
     match log.append(ch, block(1, b"h0", b"h1")).await {
         Err(StorageError::CheckpointRefused {
-            reason: CheckpointRefusal::Gap { expected: 0, got: 1 },
+            reason:
+                CheckpointRefusal::Gap {
+                    expected: 0,
+                    got: 1,
+                },
             ..
         }) => {}
         other => panic!("expected a gap, got {other:?}"),
@@ -483,7 +532,11 @@ async fn checkpoint_log_enforces_continuity() {
     // Gap.
     match log.append(ch, block(4, b"h3", b"h4")).await {
         Err(StorageError::CheckpointRefused {
-            reason: CheckpointRefusal::Gap { expected: 3, got: 4 },
+            reason:
+                CheckpointRefusal::Gap {
+                    expected: 3,
+                    got: 4,
+                },
             ..
         }) => {}
         other => panic!("expected a gap, got {other:?}"),
@@ -491,7 +544,12 @@ async fn checkpoint_log_enforces_continuity() {
     // Previous hash mismatch.
     match log.append(ch, block(3, b"hX", b"h3")).await {
         Err(StorageError::CheckpointRefused {
-            reason: CheckpointRefusal::PreviousHashMismatch { number: 3, expected, got },
+            reason:
+                CheckpointRefusal::PreviousHashMismatch {
+                    number: 3,
+                    expected,
+                    got,
+                },
             ..
         }) => {
             assert_eq!(expected, hex::encode(b"h2"));

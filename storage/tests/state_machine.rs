@@ -249,11 +249,10 @@ async fn run(ops: Vec<Op>) {
         );
         due_ids.sort();
         assert_eq!(due_ids, m.heads_pending());
-        let in_flight_per_partition = m.queues.values().map(|q| {
-            q.iter()
-                .filter(|id| m.status[*id].is_in_flight())
-                .count()
-        });
+        let in_flight_per_partition = m
+            .queues
+            .values()
+            .map(|q| q.iter().filter(|id| m.status[*id].is_in_flight()).count());
         assert!(in_flight_per_partition.into_iter().all(|n| n <= 1));
     }
     let report = outbox.verify_integrity().unwrap();

@@ -8,11 +8,12 @@
 //! | any | cannot connect to any endpoint | `Transient` | retry later |
 //! | any | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `CANCELLED`, `INTERNAL` | `Transient` | retry the same request; for Submit, re-submit the *same signed envelope* (same tx id: a second copy can only be DUPLICATE_TXID) |
 //! | Evaluate, Endorse | `ABORTED` / `UNKNOWN` whose message or a peer detail says `chaincode response …` (the chaincode refused: insufficient funds, bad payload, …) | `Permanent` | dead-letter now |
-//! | Evaluate, Endorse | `ABORTED` / `UNKNOWN` where every peer detail reports an unreachable peer or a terminated chaincode stream | `Transient` | retry |
-//! | Evaluate, Endorse | other `ABORTED` / `UNKNOWN` (signature, ACL, endorsement mismatch) | `Permanent` | dead-letter |
+//! | any | other `UNKNOWN` (tonic's client-side "transport error", e.g. a TLS handshake the peer aborted) | `Transient` | retry |
+//! | Evaluate, Endorse | `ABORTED` where every peer detail reports an unreachable peer or a terminated chaincode stream | `Transient` | retry |
+//! | Evaluate, Endorse | other `ABORTED` (signature, ACL, endorsement mismatch) | `Permanent` | dead-letter |
 //! | Submit | `ABORTED` from an orderer answering `SERVICE_UNAVAILABLE` | `Transient` | re-submit same envelope |
 //! | Submit | other `ABORTED` (e.g. `BAD_REQUEST`) | `Permanent` | dead-letter |
-//! | CommitStatus | `ABORTED`, `UNKNOWN` (ledger lookup failed on the peer) | `Transient` | ask again |
+//! | CommitStatus | `ABORTED` (ledger lookup failed on the peer) | `Transient` | ask again |
 //! | any | `INVALID_ARGUMENT`, `PERMISSION_DENIED`, `FAILED_PRECONDITION`, `UNAUTHENTICATED`, `NOT_FOUND`, `UNIMPLEMENTED`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `DATA_LOSS` | `Permanent` | dead-letter |
 //! | Commit | `MVCC_READ_CONFLICT`, `PHANTOM_READ_CONFLICT` | `Reendorse` | build a fresh proposal (new tx id), endorse and submit again |
 //! | Commit | `DUPLICATE_TXID` | `AlreadyCommitted` | the tx id is already on the ledger: done; CommitStatus reports the original's code |
@@ -58,7 +59,11 @@ pub struct ErrorDetail {
 
 impl From<crate::proto::gateway::ErrorDetail> for ErrorDetail {
     fn from(d: crate::proto::gateway::ErrorDetail) -> Self {
-        Self { address: d.address, msp_id: d.msp_id, message: d.message }
+        Self {
+            address: d.address,
+            msp_id: d.msp_id,
+            message: d.message,
+        }
     }
 }
 
@@ -87,14 +92,19 @@ fn fmt_details(details: &[ErrorDetail]) -> String {
 }
 
 fn code_name(code: i32) -> &'static str {
-    TxValidationCode::try_from(code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN_CODE")
+    TxValidationCode::try_from(code)
+        .map(|c| c.as_str_name())
+        .unwrap_or("UNKNOWN_CODE")
 }
 
 /// Errors from the Gateway client.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The Gateway (or the connection) answered with a gRPC error.
-    #[error("{stage} failed for transaction {tx_id}: {code:?}: {message}{}", fmt_details(details))]
+    #[error(
+        "{stage} failed for transaction {tx_id}: {code:?}: {message}{}",
+        fmt_details(details)
+    )]
     Rpc {
         stage: Stage,
         tx_id: String,
@@ -106,7 +116,11 @@ pub enum GatewayError {
     },
     /// The transaction was committed to a block but marked invalid.
     #[error("transaction {tx_id} was committed invalid: {} ({code}) in block {block_number}", code_name(*code))]
-    Commit { tx_id: String, code: i32, block_number: u64 },
+    Commit {
+        tx_id: String,
+        code: i32,
+        block_number: u64,
+    },
     /// No endpoint could be reached.
     #[error("{stage} failed for transaction {tx_id}: {source}")]
     Connect {
@@ -125,7 +139,11 @@ pub enum GatewayError {
     },
     /// A request could not be built or a response was malformed.
     #[error("{stage} failed for transaction {tx_id}: {message}")]
-    Protocol { stage: Stage, tx_id: String, message: String },
+    Protocol {
+        stage: Stage,
+        tx_id: String,
+        message: String,
+    },
 }
 
 impl GatewayError {
@@ -178,10 +196,18 @@ impl GatewayError {
     /// chaincode at evaluation or endorsement).
     pub fn is_chaincode_error(&self) -> bool {
         match self {
-            GatewayError::Rpc { stage: Stage::Endorse | Stage::Evaluate, code, message, details, .. } => {
+            GatewayError::Rpc {
+                stage: Stage::Endorse | Stage::Evaluate,
+                code,
+                message,
+                details,
+                ..
+            } => {
                 matches!(code, tonic::Code::Aborted | tonic::Code::Unknown)
                     && (message.contains("chaincode response")
-                        || details.iter().any(|d| d.message.contains("chaincode response")))
+                        || details
+                            .iter()
+                            .any(|d| d.message.contains("chaincode response")))
             }
             _ => false,
         }
@@ -192,7 +218,12 @@ impl GatewayError {
         if !self.is_chaincode_error() {
             return None;
         }
-        let GatewayError::Rpc { message, details, .. } = self else { return None };
+        let GatewayError::Rpc {
+            message, details, ..
+        } = self
+        else {
+            return None;
+        };
         details
             .iter()
             .map(|d| d.message.as_str())
@@ -210,27 +241,43 @@ impl GatewayError {
             GatewayError::Connect { .. } => ErrorClass::Transient,
             GatewayError::Sign { .. } | GatewayError::Protocol { .. } => ErrorClass::Permanent,
             GatewayError::Commit { code, .. } => classify_validation_code(*code),
-            GatewayError::Rpc { stage, code, message, details, .. } => match code {
+            GatewayError::Rpc {
+                stage,
+                code,
+                message,
+                details,
+                ..
+            } => match code {
                 Code::Unavailable
                 | Code::DeadlineExceeded
                 | Code::ResourceExhausted
                 | Code::Cancelled
                 | Code::Internal => ErrorClass::Transient,
-                Code::Aborted | Code::Unknown => match stage {
+                // Gateways send UNKNOWN for chaincode errors at evaluation; tonic also reports
+                // client-side transport failures (e.g. a TLS handshake the peer aborted) as
+                // UNKNOWN "transport error".
+                Code::Unknown if self.is_chaincode_error() => ErrorClass::Permanent,
+                Code::Unknown => ErrorClass::Transient,
+                Code::Aborted => match stage {
                     Stage::Evaluate | Stage::Endorse => {
                         if self.is_chaincode_error() {
                             ErrorClass::Permanent
-                        } else if !details.is_empty() && details.iter().all(|d| peer_unreachable(&d.message)) {
-                            ErrorClass::Transient
-                        } else if details.is_empty() && peer_unreachable(message) {
+                        } else if (!details.is_empty()
+                            && details.iter().all(|d| peer_unreachable(&d.message)))
+                            || (details.is_empty() && peer_unreachable(message))
+                        {
                             ErrorClass::Transient
                         } else {
                             ErrorClass::Permanent
                         }
                     }
                     Stage::Submit => {
-                        let unavailable = |m: &str| m.contains("SERVICE_UNAVAILABLE") || peer_unreachable(m);
-                        if unavailable(message) || (!details.is_empty() && details.iter().all(|d| unavailable(&d.message))) {
+                        let unavailable =
+                            |m: &str| m.contains("SERVICE_UNAVAILABLE") || peer_unreachable(m);
+                        if unavailable(message)
+                            || (!details.is_empty()
+                                && details.iter().all(|d| unavailable(&d.message)))
+                        {
                             ErrorClass::Transient
                         } else {
                             ErrorClass::Permanent
@@ -257,7 +304,9 @@ fn peer_unreachable(message: &str) -> bool {
 /// Classification of a commit validation code (`protos.TxValidationCode`).
 pub fn classify_validation_code(code: i32) -> ErrorClass {
     match TxValidationCode::try_from(code) {
-        Ok(TxValidationCode::MvccReadConflict | TxValidationCode::PhantomReadConflict) => ErrorClass::Reendorse,
+        Ok(TxValidationCode::MvccReadConflict | TxValidationCode::PhantomReadConflict) => {
+            ErrorClass::Reendorse
+        }
         Ok(TxValidationCode::DuplicateTxid) => ErrorClass::AlreadyCommitted,
         _ => ErrorClass::Permanent,
     }
@@ -275,7 +324,11 @@ mod tests {
             message: message.into(),
             details: details
                 .iter()
-                .map(|m| ErrorDetail { address: "p:7051".into(), msp_id: "Org1MSP".into(), message: (*m).into() })
+                .map(|m| ErrorDetail {
+                    address: "p:7051".into(),
+                    msp_id: "Org1MSP".into(),
+                    message: (*m).into(),
+                })
                 .collect(),
             endpoint: None,
         }
@@ -284,9 +337,26 @@ mod tests {
     #[test]
     fn classification_table() {
         use tonic::Code;
-        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::ResourceExhausted] {
-            for stage in [Stage::Evaluate, Stage::Endorse, Stage::Submit, Stage::CommitStatus] {
-                assert_eq!(rpc(stage, code, "x", &[]).class(), ErrorClass::Transient, "{stage} {code:?}");
+        assert_eq!(
+            rpc(Stage::Endorse, Code::Unknown, "transport error", &[]).class(),
+            ErrorClass::Transient
+        );
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+        ] {
+            for stage in [
+                Stage::Evaluate,
+                Stage::Endorse,
+                Stage::Submit,
+                Stage::CommitStatus,
+            ] {
+                assert_eq!(
+                    rpc(stage, code, "x", &[]).class(),
+                    ErrorClass::Transient,
+                    "{stage} {code:?}"
+                );
             }
         }
         let cc = rpc(
@@ -297,7 +367,10 @@ mod tests {
         );
         assert_eq!(cc.class(), ErrorClass::Permanent);
         assert!(cc.is_chaincode_error());
-        assert_eq!(cc.chaincode_message(), Some("insufficient funds in wallet w1"));
+        assert_eq!(
+            cc.chaincode_message(),
+            Some("insufficient funds in wallet w1")
+        );
         let ev = rpc(
             Stage::Evaluate,
             Code::Unknown,
@@ -314,10 +387,23 @@ mod tests {
         );
         assert_eq!(down.class(), ErrorClass::Transient);
         assert!(!down.is_chaincode_error());
-        let acl = rpc(Stage::Endorse, Code::Aborted, "failed", &["access denied: creator certificate is not valid"]);
+        let acl = rpc(
+            Stage::Endorse,
+            Code::Aborted,
+            "failed",
+            &["access denied: creator certificate is not valid"],
+        );
         assert_eq!(acl.class(), ErrorClass::Permanent);
-        for code in [Code::InvalidArgument, Code::PermissionDenied, Code::FailedPrecondition, Code::NotFound] {
-            assert_eq!(rpc(Stage::Submit, code, "x", &[]).class(), ErrorClass::Permanent);
+        for code in [
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::NotFound,
+        ] {
+            assert_eq!(
+                rpc(Stage::Submit, code, "x", &[]).class(),
+                ErrorClass::Permanent
+            );
         }
         let orderer_busy = rpc(
             Stage::Submit,
@@ -326,24 +412,62 @@ mod tests {
             &[],
         );
         assert_eq!(orderer_busy.class(), ErrorClass::Transient);
-        let bad = rpc(Stage::Submit, Code::Aborted, "received unsuccessful response from orderer: BAD_REQUEST", &[]);
+        let bad = rpc(
+            Stage::Submit,
+            Code::Aborted,
+            "received unsuccessful response from orderer: BAD_REQUEST",
+            &[],
+        );
         assert_eq!(bad.class(), ErrorClass::Permanent);
-        assert_eq!(rpc(Stage::CommitStatus, Code::Aborted, "ledger", &[]).class(), ErrorClass::Transient);
+        assert_eq!(
+            rpc(Stage::CommitStatus, Code::Aborted, "ledger", &[]).class(),
+            ErrorClass::Transient
+        );
 
-        let commit = |code: TxValidationCode| GatewayError::Commit { tx_id: "t".into(), code: code as i32, block_number: 3 };
-        assert_eq!(commit(TxValidationCode::MvccReadConflict).class(), ErrorClass::Reendorse);
-        assert_eq!(commit(TxValidationCode::PhantomReadConflict).class(), ErrorClass::Reendorse);
-        assert_eq!(commit(TxValidationCode::DuplicateTxid).class(), ErrorClass::AlreadyCommitted);
-        assert_eq!(commit(TxValidationCode::EndorsementPolicyFailure).class(), ErrorClass::Permanent);
+        let commit = |code: TxValidationCode| GatewayError::Commit {
+            tx_id: "t".into(),
+            code: code as i32,
+            block_number: 3,
+        };
+        assert_eq!(
+            commit(TxValidationCode::MvccReadConflict).class(),
+            ErrorClass::Reendorse
+        );
+        assert_eq!(
+            commit(TxValidationCode::PhantomReadConflict).class(),
+            ErrorClass::Reendorse
+        );
+        assert_eq!(
+            commit(TxValidationCode::DuplicateTxid).class(),
+            ErrorClass::AlreadyCommitted
+        );
+        assert_eq!(
+            commit(TxValidationCode::EndorsementPolicyFailure).class(),
+            ErrorClass::Permanent
+        );
         assert_eq!(classify_validation_code(9999), ErrorClass::Permanent);
         let msg = commit(TxValidationCode::MvccReadConflict).to_string();
-        assert!(msg.contains("MVCC_READ_CONFLICT") && msg.contains("block 3"), "{msg}");
+        assert!(
+            msg.contains("MVCC_READ_CONFLICT") && msg.contains("block 3"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn display_keeps_stage_txid_and_details() {
-        let e = rpc(Stage::Endorse, tonic::Code::Aborted, "failed", &["chaincode response 500, boom"]);
+        let e = rpc(
+            Stage::Endorse,
+            tonic::Code::Aborted,
+            "failed",
+            &["chaincode response 500, boom"],
+        );
         let s = e.to_string();
-        assert!(s.contains("endorse") && s.contains("transaction t") && s.contains("Org1MSP") && s.contains("boom"), "{s}");
+        assert!(
+            s.contains("endorse")
+                && s.contains("transaction t")
+                && s.contains("Org1MSP")
+                && s.contains("boom"),
+            "{s}"
+        );
     }
 }

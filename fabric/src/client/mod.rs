@@ -61,7 +61,10 @@ impl PreparedTransaction {
     pub fn from_envelope(envelope: common::Envelope) -> Result<Self, tx::TxError> {
         let parts = tx::signed_envelope_payload(&envelope)?;
         if parts.channel_header.r#type != common::HeaderType::EndorserTransaction as i32 {
-            return Err(tx::malformed("prepared transaction", "not an ENDORSER_TRANSACTION envelope"));
+            return Err(tx::malformed(
+                "prepared transaction",
+                "not an ENDORSER_TRANSACTION envelope",
+            ));
         }
         if parts.channel_header.tx_id.is_empty() {
             return Err(tx::TxError::Missing("transaction id"));
@@ -78,17 +81,24 @@ impl PreparedTransaction {
     /// Serialized form (`gateway.PreparedTransaction{transaction_id, envelope}`, as the official
     /// SDKs serialize a transaction for offline signing / later submission).
     pub fn to_bytes(&self) -> Vec<u8> {
-        gateway::PreparedTransaction { transaction_id: self.tx_id.clone(), envelope: Some(self.envelope.clone()) }
-            .encode_to_vec()
+        gateway::PreparedTransaction {
+            transaction_id: self.tx_id.clone(),
+            envelope: Some(self.envelope.clone()),
+        }
+        .encode_to_vec()
     }
 
     /// Restores a transaction serialized with [`to_bytes`](Self::to_bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, tx::TxError> {
-        let p = gateway::PreparedTransaction::decode(bytes).map_err(|e| tx::malformed("prepared transaction", e))?;
+        let p = gateway::PreparedTransaction::decode(bytes)
+            .map_err(|e| tx::malformed("prepared transaction", e))?;
         let envelope = p.envelope.ok_or(tx::TxError::Missing("envelope"))?;
         let me = Self::from_envelope(envelope)?;
         if !p.transaction_id.is_empty() && p.transaction_id != me.tx_id {
-            return Err(tx::malformed("prepared transaction", "transaction id does not match the envelope"));
+            return Err(tx::malformed(
+                "prepared transaction",
+                "transaction id does not match the envelope",
+            ));
         }
         Ok(me)
     }
@@ -119,13 +129,18 @@ impl PreparedTransaction {
 /// Reads the chaincode response payload out of a transaction's `Payload.data`.
 fn transaction_result(data: &[u8]) -> Result<Vec<u8>, tx::TxError> {
     let t = protos::Transaction::decode(data).map_err(|e| tx::malformed("transaction", e))?;
-    let action = t.actions.first().ok_or(tx::TxError::Missing("transaction action"))?;
+    let action = t
+        .actions
+        .first()
+        .ok_or(tx::TxError::Missing("transaction action"))?;
     let cap = protos::ChaincodeActionPayload::decode(action.payload.as_slice())
         .map_err(|e| tx::malformed("chaincode action payload", e))?;
     let endorsed = cap.action.ok_or(tx::TxError::Missing("endorsed action"))?;
-    let prp = protos::ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
-        .map_err(|e| tx::malformed("proposal response payload", e))?;
-    let cca = protos::ChaincodeAction::decode(prp.extension.as_slice()).map_err(|e| tx::malformed("chaincode action", e))?;
+    let prp =
+        protos::ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
+            .map_err(|e| tx::malformed("proposal response payload", e))?;
+    let cca = protos::ChaincodeAction::decode(prp.extension.as_slice())
+        .map_err(|e| tx::malformed("chaincode action", e))?;
     Ok(cca.response.map(|r| r.payload).unwrap_or_default())
 }
 
@@ -177,7 +192,11 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(connector: Arc<PeerConnector>, signer: SigningIdentity, channel: impl Into<String>) -> Self {
+    pub fn new(
+        connector: Arc<PeerConnector>,
+        signer: SigningIdentity,
+        channel: impl Into<String>,
+    ) -> Self {
         Self {
             connector,
             signer,
@@ -215,27 +234,44 @@ impl Gateway {
     }
 
     /// A [`ProposalSpec`] on this gateway's channel.
-    pub fn proposal(&self, chaincode: impl Into<String>, function: impl Into<String>) -> ProposalSpec {
+    pub fn proposal(
+        &self,
+        chaincode: impl Into<String>,
+        function: impl Into<String>,
+    ) -> ProposalSpec {
         ProposalSpec::new(self.channel.clone(), chaincode, function)
     }
 
     /// Builds and signs a proposal (fresh nonce and tx id).
     pub fn new_proposal(&self, spec: &ProposalSpec) -> Result<SignedProposalBundle, GatewayError> {
         tx::build_proposal(spec, &self.signer).map_err(|e| match e {
-            tx::TxError::Sign(source) => GatewayError::Sign { stage: Stage::Endorse, tx_id: String::new(), source },
-            other => GatewayError::Protocol { stage: Stage::Endorse, tx_id: String::new(), message: other.to_string() },
+            tx::TxError::Sign(source) => GatewayError::Sign {
+                stage: Stage::Endorse,
+                tx_id: String::new(),
+                source,
+            },
+            other => GatewayError::Protocol {
+                stage: Stage::Endorse,
+                tx_id: String::new(),
+                message: other.to_string(),
+            },
         })
     }
 
     /// Evaluates (queries) a transaction function; returns the chaincode's response payload.
     pub async fn evaluate(&self, spec: &ProposalSpec) -> Result<Vec<u8>, GatewayError> {
-        let proposal = self.new_proposal(spec).map_err(|e| with_stage(e, Stage::Evaluate))?;
+        let proposal = self
+            .new_proposal(spec)
+            .map_err(|e| with_stage(e, Stage::Evaluate))?;
         let response = self.evaluate_proposal(&proposal).await?;
         Ok(response.payload)
     }
 
     /// Evaluates an already-signed proposal; returns the chaincode response.
-    pub async fn evaluate_proposal(&self, proposal: &SignedProposalBundle) -> Result<protos::Response, GatewayError> {
+    pub async fn evaluate_proposal(
+        &self,
+        proposal: &SignedProposalBundle,
+    ) -> Result<protos::Response, GatewayError> {
         let stage = Stage::Evaluate;
         let request = gateway::EvaluateRequest {
             transaction_id: proposal.tx_id.clone(),
@@ -249,7 +285,10 @@ impl Gateway {
                 let request = request.clone();
                 async move {
                     let mut client = gateway_client(ch);
-                    client.evaluate(grpc_request(request, deadline)).await.map(|r| r.into_inner())
+                    client
+                        .evaluate(grpc_request(request, deadline))
+                        .await
+                        .map(|r| r.into_inner())
                 }
             })
             .await?;
@@ -261,7 +300,10 @@ impl Gateway {
     }
 
     /// Endorses a signed proposal and signs the transaction the Gateway assembled.
-    pub async fn endorse(&self, proposal: &SignedProposalBundle) -> Result<PreparedTransaction, GatewayError> {
+    pub async fn endorse(
+        &self,
+        proposal: &SignedProposalBundle,
+    ) -> Result<PreparedTransaction, GatewayError> {
         let stage = Stage::Endorse;
         let tx_id = proposal.tx_id.clone();
         let request = gateway::EndorseRequest {
@@ -276,21 +318,38 @@ impl Gateway {
                 let request = request.clone();
                 async move {
                     let mut client = gateway_client(ch);
-                    client.endorse(grpc_request(request, deadline)).await.map(|r| r.into_inner())
+                    client
+                        .endorse(grpc_request(request, deadline))
+                        .await
+                        .map(|r| r.into_inner())
                 }
             })
             .await?;
-        let protocol = |message: String| GatewayError::Protocol { stage, tx_id: tx_id.clone(), message };
+        let protocol = |message: String| GatewayError::Protocol {
+            stage,
+            tx_id: tx_id.clone(),
+            message,
+        };
         let mut envelope = resp
             .prepared_transaction
             .ok_or_else(|| protocol("endorse response carries no prepared transaction".into()))?;
         // The Gateway must have assembled *our* transaction.
         let parts = tx::signed_envelope_payload(&envelope).map_err(|e| protocol(e.to_string()))?;
-        if parts.channel_header.tx_id != tx_id || parts.signature_header.creator != self.signer.creator() {
-            return Err(protocol("prepared transaction does not match the proposal".into()));
+        if parts.channel_header.tx_id != tx_id
+            || parts.signature_header.creator != self.signer.creator()
+        {
+            return Err(protocol(
+                "prepared transaction does not match the proposal".into(),
+            ));
         }
         envelope.signature =
-            self.signer.sign(&envelope.payload).map_err(|source| GatewayError::Sign { stage, tx_id: tx_id.clone(), source })?;
+            self.signer
+                .sign(&envelope.payload)
+                .map_err(|source| GatewayError::Sign {
+                    stage,
+                    tx_id: tx_id.clone(),
+                    source,
+                })?;
         PreparedTransaction::from_envelope(envelope).map_err(|e| protocol(e.to_string()))
     }
 
@@ -299,7 +358,11 @@ impl Gateway {
     pub async fn submit(&self, tx: &PreparedTransaction) -> Result<(), GatewayError> {
         let stage = Stage::Submit;
         if !tx.is_signed() {
-            return Err(GatewayError::Protocol { stage, tx_id: tx.tx_id.clone(), message: "transaction is not signed".into() });
+            return Err(GatewayError::Protocol {
+                stage,
+                tx_id: tx.tx_id.clone(),
+                message: "transaction is not signed".into(),
+            });
         }
         let request = gateway::SubmitRequest {
             transaction_id: tx.tx_id.clone(),
@@ -311,7 +374,10 @@ impl Gateway {
             let request = request.clone();
             async move {
                 let mut client = gateway_client(ch);
-                client.submit(grpc_request(request, deadline)).await.map(|_| ())
+                client
+                    .submit(grpc_request(request, deadline))
+                    .await
+                    .map(|_| ())
             }
         })
         .await
@@ -330,7 +396,11 @@ impl Gateway {
         let signature = self
             .signer
             .sign(&request)
-            .map_err(|source| GatewayError::Sign { stage, tx_id: tx_id.to_owned(), source })?;
+            .map_err(|source| GatewayError::Sign {
+                stage,
+                tx_id: tx_id.to_owned(),
+                source,
+            })?;
         let signed = gateway::SignedCommitStatusRequest { request, signature };
         let deadline = self.timeouts.commit_status;
         let resp = self
@@ -338,11 +408,17 @@ impl Gateway {
                 let signed = signed.clone();
                 async move {
                     let mut client = gateway_client(ch);
-                    client.commit_status(grpc_request(signed, deadline)).await.map(|r| r.into_inner())
+                    client
+                        .commit_status(grpc_request(signed, deadline))
+                        .await
+                        .map(|r| r.into_inner())
                 }
             })
             .await?;
-        Ok(CommitStatus { code: resp.result, block_number: resp.block_number })
+        Ok(CommitStatus {
+            code: resp.result,
+            block_number: resp.block_number,
+        })
     }
 
     /// [`commit_status`](Self::commit_status), with an invalid validation code turned into
@@ -350,7 +426,11 @@ impl Gateway {
     pub async fn wait_for_commit(&self, tx_id: &str) -> Result<CommitStatus, GatewayError> {
         let status = self.commit_status(tx_id).await?;
         if !status.is_valid() {
-            return Err(GatewayError::Commit { tx_id: tx_id.to_owned(), code: status.code, block_number: status.block_number });
+            return Err(GatewayError::Commit {
+                tx_id: tx_id.to_owned(),
+                code: status.code,
+                block_number: status.block_number,
+            });
         }
         Ok(status)
     }
@@ -361,24 +441,48 @@ impl Gateway {
         let prepared = self.endorse(&proposal).await?;
         self.submit(&prepared).await?;
         let status = self.wait_for_commit(prepared.tx_id()).await?;
-        Ok(Committed { tx_id: prepared.tx_id, block_number: status.block_number, result: prepared.result })
+        Ok(Committed {
+            tx_id: prepared.tx_id,
+            block_number: status.block_number,
+            result: prepared.result,
+        })
     }
 
     /// Runs one RPC with failover and the stage's deadline.
-    async fn rpc<T, F, Fut>(&self, stage: Stage, tx_id: &str, deadline: Duration, f: F) -> Result<T, GatewayError>
+    async fn rpc<T, F, Fut>(
+        &self,
+        stage: Stage,
+        tx_id: &str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T, GatewayError>
     where
         F: FnMut(tonic::transport::Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        let started = std::time::Instant::now();
         match tokio::time::timeout(deadline, self.connector.call(f)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(CallError::Connect(source))) => Err(GatewayError::Connect { stage, tx_id: tx_id.to_owned(), source }),
+            Ok(Err(CallError::Connect(source))) => Err(GatewayError::Connect {
+                stage,
+                tx_id: tx_id.to_owned(),
+                source,
+            }),
             Ok(Err(CallError::Status { status, endpoint })) => Err(GatewayError::Rpc {
                 stage,
                 tx_id: tx_id.to_owned(),
-                code: status.code(),
+                // The grpc-timeout we send makes some servers (tonic) answer CANCELLED
+                // "Timeout expired" where Go servers answer DEADLINE_EXCEEDED: same thing.
+                code: if status.code() == tonic::Code::Cancelled && started.elapsed() >= deadline {
+                    tonic::Code::DeadlineExceeded
+                } else {
+                    status.code()
+                },
                 message: status.message().to_owned(),
-                details: proto::error_details(&status).into_iter().map(ErrorDetail::from).collect(),
+                details: proto::error_details(&status)
+                    .into_iter()
+                    .map(ErrorDetail::from)
+                    .collect(),
                 endpoint: Some(endpoint),
             }),
             Err(_) => Err(GatewayError::Rpc {
@@ -396,8 +500,11 @@ impl Gateway {
 /// Largest Gateway response accepted.
 const MAX_GATEWAY_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
 
-fn gateway_client(ch: tonic::transport::Channel) -> gateway::gateway_client::GatewayClient<tonic::transport::Channel> {
-    gateway::gateway_client::GatewayClient::new(ch).max_decoding_message_size(MAX_GATEWAY_MESSAGE_BYTES)
+fn gateway_client(
+    ch: tonic::transport::Channel,
+) -> gateway::gateway_client::GatewayClient<tonic::transport::Channel> {
+    gateway::gateway_client::GatewayClient::new(ch)
+        .max_decoding_message_size(MAX_GATEWAY_MESSAGE_BYTES)
 }
 
 fn grpc_request<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
@@ -408,8 +515,16 @@ fn grpc_request<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
 
 fn with_stage(e: GatewayError, stage: Stage) -> GatewayError {
     match e {
-        GatewayError::Sign { tx_id, source, .. } => GatewayError::Sign { stage, tx_id, source },
-        GatewayError::Protocol { tx_id, message, .. } => GatewayError::Protocol { stage, tx_id, message },
+        GatewayError::Sign { tx_id, source, .. } => GatewayError::Sign {
+            stage,
+            tx_id,
+            source,
+        },
+        GatewayError::Protocol { tx_id, message, .. } => GatewayError::Protocol {
+            stage,
+            tx_id,
+            message,
+        },
         other => other,
     }
 }

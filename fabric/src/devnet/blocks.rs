@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::crypto::LocalSigner;
 use crate::proto::common::{
-    self, Block, BlockData, BlockHeader, BlockMetadata, ChannelHeader, Envelope, Header, HeaderType,
-    LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata, Payload, SignatureHeader,
+    self, Block, BlockData, BlockHeader, BlockMetadata, ChannelHeader, Envelope, Header,
+    HeaderType, LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata, Payload,
+    SignatureHeader,
 };
 use crate::proto::google_protobuf::Timestamp;
 use crate::proto::protos::{
@@ -153,10 +154,13 @@ pub fn chaincode_event(payload_data: &[u8]) -> Option<ChaincodeEvent> {
     let tx = Transaction::decode(payload_data).ok()?;
     let action = tx.actions.first()?;
     let cap = ChaincodeActionPayload::decode(action.payload.as_slice()).ok()?;
-    let prp = ProposalResponsePayload::decode(cap.action.as_ref()?.proposal_response_payload.as_slice()).ok()?;
+    let prp =
+        ProposalResponsePayload::decode(cap.action.as_ref()?.proposal_response_payload.as_slice())
+            .ok()?;
     let cca = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
     let event = ChaincodeEvent::decode(cca.events.as_slice()).ok()?;
-    let valid = !event.chaincode_id.is_empty() && !event.event_name.is_empty() && !event.tx_id.is_empty();
+    let valid =
+        !event.chaincode_id.is_empty() && !event.event_name.is_empty() && !event.tx_id.is_empty();
     valid.then_some(event)
 }
 
@@ -165,10 +169,17 @@ pub fn summarize(block: &Block) -> Vec<TxSummary> {
     let filter = block
         .metadata
         .as_ref()
-        .and_then(|m| m.metadata.get(common::BlockMetadataIndex::TransactionsFilter as usize))
+        .and_then(|m| {
+            m.metadata
+                .get(common::BlockMetadataIndex::TransactionsFilter as usize)
+        })
         .cloned()
         .unwrap_or_default();
-    let data = block.data.as_ref().map(|d| d.data.as_slice()).unwrap_or(&[]);
+    let data = block
+        .data
+        .as_ref()
+        .map(|d| d.data.as_slice())
+        .unwrap_or(&[]);
     data.iter()
         .enumerate()
         .map(|(i, env)| {

@@ -152,7 +152,9 @@ impl DevnetPaths {
 
     /// The folder of a user, e.g. `users/User1@org1.example.com`.
     pub fn user(&self, domain: &str, user: &str) -> PathBuf {
-        self.org(domain).join("users").join(format!("{user}@{domain}"))
+        self.org(domain)
+            .join("users")
+            .join(format!("{user}@{domain}"))
     }
 
     /// A user's MSP folder.
@@ -174,7 +176,9 @@ impl DevnetPaths {
 
     /// A peer's folder, e.g. `peers/peer0.org1.example.com`.
     pub fn peer(&self, domain: &str) -> PathBuf {
-        self.org(domain).join("peers").join(format!("peer0.{domain}"))
+        self.org(domain)
+            .join("peers")
+            .join(format!("peer0.{domain}"))
     }
 
     /// The TLS CA certificate a client trusts to reach `peer0.<domain>` (`tls/ca.crt`).
@@ -323,7 +327,10 @@ fn dn(domain: &str, common_name: &str, ou: Option<&str>, with_org: bool) -> Dist
     dn
 }
 
-fn base_params(subject: DistinguishedName, sans: Vec<String>) -> Result<CertificateParams, CryptoError> {
+fn base_params(
+    subject: DistinguishedName,
+    sans: Vec<String>,
+) -> Result<CertificateParams, CryptoError> {
     let mut params = CertificateParams::new(sans)?;
     let year = current_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
@@ -408,7 +415,9 @@ fn write_local_msp(
     key: &str,
 ) -> Result<(), CryptoError> {
     write_file(
-        &msp_dir.join("cacerts").join(format!("ca.{domain}-cert.pem")),
+        &msp_dir
+            .join("cacerts")
+            .join(format!("ca.{domain}-cert.pem")),
         ca.cert_pem.as_bytes(),
         false,
     )?;
@@ -424,7 +433,11 @@ fn write_local_msp(
         signcert.as_bytes(),
         false,
     )?;
-    write_file(&msp_dir.join("keystore").join("priv_sk"), key.as_bytes(), true)?;
+    write_file(
+        &msp_dir.join("keystore").join("priv_sk"),
+        key.as_bytes(),
+        true,
+    )?;
     write_file(
         &msp_dir.join("config.yaml"),
         node_ous_yaml(domain).as_bytes(),
@@ -478,8 +491,20 @@ fn generate_org(paths: &DevnetPaths, org: &OrgSpec) -> Result<(), CryptoError> {
         let name = format!("orderer.{domain}");
         (name.clone(), root.join("orderers").join(&name), "orderer")
     };
-    let (cert, key) = ca.issue(dn(domain, &node_name, Some(node_ou), false), Vec::new(), false)?;
-    write_local_msp(&node_dir.join("msp"), domain, &ca, &tlsca, &node_name, &cert, &key)?;
+    let (cert, key) = ca.issue(
+        dn(domain, &node_name, Some(node_ou), false),
+        Vec::new(),
+        false,
+    )?;
+    write_local_msp(
+        &node_dir.join("msp"),
+        domain,
+        &ca,
+        &tlsca,
+        &node_name,
+        &cert,
+        &key,
+    )?;
     let short = node_name.split('.').next().unwrap_or("peer0").to_owned();
     let (tls_cert, tls_key) = tlsca.issue(
         dn(domain, &node_name, None, false),

@@ -52,7 +52,9 @@ impl DeliverService {
     ) -> Result<Response<DeliverStream>, Status> {
         match faults::before(&self.node.faults, Rpc::Deliver).await {
             Disposition::Unavailable | Disposition::ProcessThenUnavailable => {
-                return Err(Status::unavailable("devnet fault injection: peer unavailable"));
+                return Err(Status::unavailable(
+                    "devnet fault injection: peer unavailable",
+                ));
             }
             Disposition::Drop | Disposition::ProcessThenDrop => {
                 self.node.shutdown.cancelled().await;
@@ -75,7 +77,10 @@ impl Deliver for DeliverService {
     type DeliverFilteredStream = DeliverStream;
     type DeliverWithPrivateDataStream = DeliverStream;
 
-    async fn deliver(&self, request: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
+    async fn deliver(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<DeliverStream>, Status> {
         self.open(request, Kind::Full).await
     }
 
@@ -130,7 +135,12 @@ async fn serve_stream(node: Arc<Node>, mut inbound: Streaming<Envelope>, kind: K
 
 /// Serves one seek request. `Ok(status)` is the status to send after the blocks;
 /// `Err(())` means the client went away.
-async fn serve_request(node: &Arc<Node>, envelope: &Envelope, kind: Kind, tx: &Tx) -> Result<common::Status, ()> {
+async fn serve_request(
+    node: &Arc<Node>,
+    envelope: &Envelope,
+    kind: Kind,
+    tx: &Tx,
+) -> Result<common::Status, ()> {
     let checked = {
         let node = Arc::clone(node);
         let env = envelope.clone();
@@ -140,11 +150,13 @@ async fn serve_request(node: &Arc<Node>, envelope: &Envelope, kind: Kind, tx: &T
         Ok(Ok(v)) => v,
         Ok(Err((code, info))) => {
             tracing::warn!(%info, "deliver request refused");
-            return Ok(if code == crate::proto::protos::TxValidationCode::BadCreatorSignature {
-                common::Status::Forbidden
-            } else {
-                common::Status::BadRequest
-            });
+            return Ok(
+                if code == crate::proto::protos::TxValidationCode::BadCreatorSignature {
+                    common::Status::Forbidden
+                } else {
+                    common::Status::BadRequest
+                },
+            );
         }
         Err(_) => return Ok(common::Status::InternalServerError),
     };
@@ -201,14 +213,21 @@ async fn serve_request(node: &Arc<Node>, envelope: &Envelope, kind: Kind, tx: &T
         };
         let reply = match kind {
             Kind::Full => deliver_response::Type::Block(block),
-            Kind::Filtered => deliver_response::Type::FilteredBlock(filtered_block(&node.channel.channel_id, &block)),
-            Kind::WithPrivateData => deliver_response::Type::BlockAndPrivateData(BlockAndPrivateData {
-                block: Some(block),
-                private_data_map: Default::default(),
-            }),
+            Kind::Filtered => deliver_response::Type::FilteredBlock(filtered_block(
+                &node.channel.channel_id,
+                &block,
+            )),
+            Kind::WithPrivateData => {
+                deliver_response::Type::BlockAndPrivateData(BlockAndPrivateData {
+                    block: Some(block),
+                    private_data_map: Default::default(),
+                })
+            }
         };
         if tx
-            .send(Ok(DeliverResponse { r#type: Some(reply) }))
+            .send(Ok(DeliverResponse {
+                r#type: Some(reply),
+            }))
             .await
             .is_err()
         {

@@ -186,7 +186,9 @@ pub async fn watch_file(path: PathBuf, faults: Faults, shutdown: CancellationTok
                     tracing::info!(rules = ?file.rules, "fault rules loaded from file");
                     faults.set(file.rules);
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring malformed fault file"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring malformed fault file")
+                }
             },
         }
         last = content;
@@ -235,7 +237,11 @@ mod tests {
         let faults = Faults::default();
         let token = CancellationToken::new();
         let task = tokio::spawn(watch_file(path.clone(), faults.clone(), token.clone()));
-        std::fs::write(&path, br#"{"rules":[{"rpc":"endorse","fault":"unavailable"}]}"#).unwrap();
+        std::fs::write(
+            &path,
+            br#"{"rules":[{"rpc":"endorse","fault":"unavailable"}]}"#,
+        )
+        .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while faults.rules().is_empty() {
             assert!(tokio::time::Instant::now() < deadline, "rules not loaded");

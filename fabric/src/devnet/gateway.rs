@@ -89,7 +89,9 @@ impl GatewayService {
                     Status::invalid_argument(m)
                 }
             }
-            ProposalError::ChannelNotFound(ch) => Status::not_found(format!("channel '{ch}' not found")),
+            ProposalError::ChannelNotFound(ch) => {
+                Status::not_found(format!("channel '{ch}' not found"))
+            }
             ProposalError::ChaincodeNotFound(cc) => Status::failed_precondition(format!(
                 "no peers available to {} chaincode {cc} in channel {}",
                 if evaluate { "evaluate" } else { "endorse" },
@@ -146,7 +148,12 @@ impl GatewayService {
     }
 
     /// Decodes and authenticates a signed request whose `identity` must be a channel member.
-    fn authenticate(&self, request: &[u8], identity: &[u8], signature: &[u8]) -> Result<(), Status> {
+    fn authenticate(
+        &self,
+        request: &[u8],
+        identity: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Status> {
         let id = self
             .node
             .msp
@@ -160,7 +167,9 @@ impl GatewayService {
         if channel_id == self.node.channel.channel_id {
             Ok(())
         } else {
-            Err(Status::not_found(format!("channel '{channel_id}' not found")))
+            Err(Status::not_found(format!(
+                "channel '{channel_id}' not found"
+            )))
         }
     }
 
@@ -184,7 +193,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<ChaincodeEventsResponse, Sta
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    async fn endorse(&self, request: Request<EndorseRequest>) -> Result<Response<EndorseResponse>, Status> {
+    async fn endorse(
+        &self,
+        request: Request<EndorseRequest>,
+    ) -> Result<Response<EndorseResponse>, Status> {
         let disposition = faults::before(&self.node.faults, Rpc::Endorse).await;
         match disposition {
             Disposition::Unavailable => return Err(unavailable()),
@@ -214,7 +226,10 @@ impl Gateway for GatewayService {
         }
     }
 
-    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
         let disposition = faults::before(&self.node.faults, Rpc::Submit).await;
         match disposition {
             Disposition::Unavailable => return Err(unavailable()),
@@ -223,17 +238,25 @@ impl Gateway for GatewayService {
         }
         let req = request.into_inner();
         let Some(envelope) = req.prepared_transaction else {
-            return Err(Status::invalid_argument("a prepared transaction is required"));
+            return Err(Status::invalid_argument(
+                "a prepared transaction is required",
+            ));
         };
         if envelope.signature.is_empty() {
-            return Err(Status::invalid_argument("prepared transaction must be signed"));
+            return Err(Status::invalid_argument(
+                "prepared transaction must be signed",
+            ));
         }
         self.check_channel(&req.channel_id)?;
         let bytes = envelope.encode_to_vec();
         if bytes.len() > self.node.batch.absolute_max_bytes {
             return Err(orderer_refusal(
                 "REQUEST_ENTITY_TOO_LARGE",
-                &format!("message payload is {} bytes and exceeds maximum allowed {} bytes", bytes.len(), self.node.batch.absolute_max_bytes),
+                &format!(
+                    "message payload is {} bytes and exceeds maximum allowed {} bytes",
+                    bytes.len(),
+                    self.node.batch.absolute_max_bytes
+                ),
             ));
         }
         let node = Arc::clone(&self.node);
@@ -261,10 +284,9 @@ impl Gateway for GatewayService {
                 &format!("unsupported header type {}", chdr.r#type),
             ));
         }
-        self.node
-            .order(bytes)
-            .await
-            .map_err(|()| Status::unavailable("no orderers could successfully process transaction"))?;
+        self.node.order(bytes).await.map_err(|()| {
+            Status::unavailable("no orderers could successfully process transaction")
+        })?;
         tracing::debug!(tx_id = %chdr.tx_id, "transaction ordered");
         match disposition {
             Disposition::ProcessThenUnavailable => Err(unavailable()),
@@ -285,7 +307,9 @@ impl Gateway for GatewayService {
         }
         let signed = request.into_inner();
         if signed.request.is_empty() {
-            return Err(Status::invalid_argument("a commit status request is required"));
+            return Err(Status::invalid_argument(
+                "a commit status request is required",
+            ));
         }
         let req = CommitStatusRequest::decode(signed.request.as_slice())
             .map_err(|e| Status::invalid_argument(format!("invalid status request: {e}")))?;
@@ -319,7 +343,10 @@ impl Gateway for GatewayService {
         }
     }
 
-    async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
         let disposition = faults::before(&self.node.faults, Rpc::Evaluate).await;
         match disposition {
             Disposition::Unavailable => return Err(unavailable()),
@@ -356,10 +383,13 @@ impl Gateway for GatewayService {
         }
         let signed = request.into_inner();
         if signed.request.is_empty() {
-            return Err(Status::invalid_argument("a chaincode events request is required"));
+            return Err(Status::invalid_argument(
+                "a chaincode events request is required",
+            ));
         }
-        let req = ChaincodeEventsRequest::decode(signed.request.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("invalid chaincode events request: {e}")))?;
+        let req = ChaincodeEventsRequest::decode(signed.request.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("invalid chaincode events request: {e}"))
+        })?;
         self.authenticate(&signed.request, &req.identity, &signed.signature)?;
         self.check_channel(&req.channel_id)?;
         let start = self.events_start_block(&req)?;
@@ -372,10 +402,10 @@ impl Gateway for GatewayService {
 
 impl GatewayService {
     fn events_start_block(&self, req: &ChaincodeEventsRequest) -> Result<u64, Status> {
-        if !req.after_transaction_id.is_empty() {
-            if let Ok(Some(rec)) = self.node.ledger.tx(&req.after_transaction_id) {
-                return Ok(rec.block);
-            }
+        if !req.after_transaction_id.is_empty()
+            && let Ok(Some(rec)) = self.node.ledger.tx(&req.after_transaction_id)
+        {
+            return Ok(rec.block);
         }
         match req.start_position.as_ref().and_then(|p| p.r#type.as_ref()) {
             None | Some(seek_position::Type::NextCommit(_)) => Ok(self.node.height()),
@@ -411,7 +441,9 @@ async fn stream_chaincode_events(
         let block = match node.read_block(number) {
             Ok(Some(b)) => b,
             Ok(None) => {
-                let _ = tx.send(Err(Status::aborted(format!("block {number} not found")))).await;
+                let _ = tx
+                    .send(Err(Status::aborted(format!("block {number} not found"))))
+                    .await;
                 return;
             }
             Err(e) => {
@@ -421,7 +453,9 @@ async fn stream_chaincode_events(
         };
         let mut events = Vec::new();
         for t in summarize(&block) {
-            if t.header_type != HeaderType::EndorserTransaction as i32 || t.code != TxValidationCode::Valid as i32 {
+            if t.header_type != HeaderType::EndorserTransaction as i32
+                || t.code != TxValidationCode::Valid as i32
+            {
                 continue;
             }
             let Some(event) = t.event else { continue };

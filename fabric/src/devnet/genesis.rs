@@ -16,7 +16,9 @@ use crate::proto::common::{
     Payload, Policy, SignatureHeader, SignaturePolicy, SignaturePolicyEnvelope,
     implicit_meta_policy, msp_principal, msp_role, policy, signature_policy,
 };
-use crate::proto::msp::{FabricCryptoConfig, FabricMspConfig, FabricNodeOUs, FabricOuIdentifier, MspConfig};
+use crate::proto::msp::{
+    FabricCryptoConfig, FabricMspConfig, FabricNodeOUs, FabricOuIdentifier, MspConfig,
+};
 use crate::proto::orderer::{BatchSize, BatchTimeout, ChannelRestrictions, ConsensusType};
 use crate::proto::protos::{AnchorPeer, AnchorPeers};
 
@@ -89,7 +91,9 @@ fn signed_by_any(msp_id: &str, roles: &[msp_role::MspRoleType]) -> ConfigPolicy 
         .collect();
     let rules = (0..identities.len())
         .map(|i| SignaturePolicy {
-            r#type: Some(signature_policy::Type::SignedBy(i32::try_from(i).unwrap_or(0))),
+            r#type: Some(signature_policy::Type::SignedBy(
+                i32::try_from(i).unwrap_or(0),
+            )),
         })
         .collect();
     ConfigPolicy {
@@ -167,7 +171,10 @@ fn org_group(org: &ConfigOrg, orderer: bool) -> ConfigGroup {
             "Readers".to_owned(),
             signed_by_any(id, &[R::Admin, R::Peer, R::Client]),
         );
-        policies.insert("Writers".to_owned(), signed_by_any(id, &[R::Admin, R::Client]));
+        policies.insert(
+            "Writers".to_owned(),
+            signed_by_any(id, &[R::Admin, R::Client]),
+        );
         policies.insert("Endorsement".to_owned(), signed_by_any(id, &[R::Peer]));
     }
     policies.insert("Admins".to_owned(), signed_by_any(id, &[R::Admin]));
@@ -198,7 +205,10 @@ pub fn channel_config(cfg: &ChannelConfig) -> Config {
         app_groups.insert(org.msp_id.clone(), org_group(org, false));
     }
     let mut app_policies = standard_policies();
-    app_policies.insert("Endorsement".to_owned(), implicit(Rule::Majority, "Endorsement"));
+    app_policies.insert(
+        "Endorsement".to_owned(),
+        implicit(Rule::Majority, "Endorsement"),
+    );
     app_policies.insert(
         "LifecycleEndorsement".to_owned(),
         implicit(Rule::Majority, "Endorsement"),
@@ -214,7 +224,10 @@ pub fn channel_config(cfg: &ChannelConfig) -> Config {
     };
 
     let mut ord_groups = BTreeMap::new();
-    ord_groups.insert(cfg.orderer_org.msp_id.clone(), org_group(&cfg.orderer_org, true));
+    ord_groups.insert(
+        cfg.orderer_org.msp_id.clone(),
+        org_group(&cfg.orderer_org, true),
+    );
     let mut ord_policies = standard_policies();
     ord_policies.insert("BlockValidation".to_owned(), implicit(Rule::Any, "Writers"));
     let mut ord_values = BTreeMap::new();

@@ -217,7 +217,10 @@ pub async fn start(opts: DevnetOptions) -> Result<DevnetHandle, DevnetError> {
 }
 
 /// [`start`] with explicit settings.
-pub async fn start_with(opts: DevnetOptions, config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
+pub async fn start_with(
+    opts: DevnetOptions,
+    config: DevnetConfig,
+) -> Result<DevnetHandle, DevnetError> {
     start_with_shutdown(opts, config, CancellationToken::new()).await
 }
 
@@ -252,11 +255,13 @@ async fn start_with_shutdown(
         channel_id: config.channel.clone(),
         chaincode: config.chaincode.clone(),
     };
-    let config_org = |(id, ca, tls): &(String, Vec<u8>, Vec<u8>), anchor: Option<(String, i32)>| genesis::ConfigOrg {
-        msp_id: id.clone(),
-        ca_pem: ca.clone(),
-        tls_ca_pem: tls.clone(),
-        anchor_peer: anchor,
+    let config_org = |(id, ca, tls): &(String, Vec<u8>, Vec<u8>), anchor: Option<(String, i32)>| {
+        genesis::ConfigOrg {
+            msp_id: id.clone(),
+            ca_pem: ca.clone(),
+            tls_ca_pem: tls.clone(),
+            anchor_peer: anchor,
+        }
     };
     let n_peer_orgs = crypto::PEER_ORGS.len();
     let genesis_cfg = genesis::ChannelConfig {
@@ -299,7 +304,8 @@ async fn start_with_shutdown(
 
     let mut builder = tonic::transport::Server::builder();
     if config.tls {
-        let identity = tonic::transport::Identity::from_pem(&material.tls_cert_pem, &material.tls_key_pem);
+        let identity =
+            tonic::transport::Identity::from_pem(&material.tls_cert_pem, &material.tls_key_pem);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| DevnetError::Tls(e.to_string()))?;
@@ -319,7 +325,11 @@ async fn start_with_shutdown(
     tracing::info!(%addr, tls = config.tls, dir = %dir.display(), height = node.height(), "devnet peer listening");
 
     let orderer = tokio::spawn(node::run_orderer(Arc::clone(&node), orderer_parts));
-    let fault_file = tokio::spawn(faults::watch_file(paths.faults_file(), faults, shutdown.clone()));
+    let fault_file = tokio::spawn(faults::watch_file(
+        paths.faults_file(),
+        faults,
+        shutdown.clone(),
+    ));
     let server_token = shutdown.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(async move {
@@ -353,7 +363,10 @@ async fn start_with_shutdown(
         }
         if !server.is_finished() {
             // Long-lived streams end on the token; bound the graceful drain anyway.
-            if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut server)
+                .await
+                .is_err()
+            {
                 server.abort();
             }
         }

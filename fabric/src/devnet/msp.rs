@@ -84,7 +84,8 @@ fn verify_with(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> Result<(
     if sig.normalize_s().is_some() {
         return Err(MspError::HighS);
     }
-    key.verify(message, &sig).map_err(|_| MspError::BadSignature)
+    key.verify(message, &sig)
+        .map_err(|_| MspError::BadSignature)
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +170,8 @@ impl MspManager {
 
     /// Deserializes and validates a `msp.SerializedIdentity`.
     pub fn deserialize(&self, serialized: &[u8]) -> Result<Identity, MspError> {
-        let sid = SerializedIdentity::decode(serialized).map_err(|_| MspError::MalformedIdentity)?;
+        let sid =
+            SerializedIdentity::decode(serialized).map_err(|_| MspError::MalformedIdentity)?;
         let org = self
             .orgs
             .iter()

@@ -217,7 +217,11 @@ impl Node {
         };
         let mut state = BlockState::default();
         let mut filter = Vec::new();
-        let data = block.data.as_ref().map(|d| d.data.clone()).unwrap_or_default();
+        let data = block
+            .data
+            .as_ref()
+            .map(|d| d.data.clone())
+            .unwrap_or_default();
         for (i, env) in data.iter().enumerate() {
             let code = validator.validate(number, i as u64, env, &mut state)?;
             filter.push(u8::try_from(code as i32).unwrap_or(u8::MAX));
@@ -291,9 +295,7 @@ async fn commit(node: &Arc<Node>, tip: Tip, envelopes: Vec<Vec<u8>>) -> Result<T
     .await;
     match joined {
         Ok(result) => result,
-        Err(e) => {
-            Err(NodeError::Committer(e.to_string()))
-        }
+        Err(e) => Err(NodeError::Committer(e.to_string())),
     }
 }
 

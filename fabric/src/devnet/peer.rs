@@ -299,10 +299,12 @@ impl Endorser<'_> {
         let creator = self.msp.deserialize(&shdr.creator).map_err(|e| {
             tracing::warn!(error = %e, "access denied: creator identity is not valid");
             match e {
-                super::msp::MspError::MalformedIdentity | super::msp::MspError::UnknownMsp(_) => refuse(format!(
-                    "access denied: channel [{}] creator org unknown, creator is malformed",
-                    ch.channel_id
-                )),
+                super::msp::MspError::MalformedIdentity | super::msp::MspError::UnknownMsp(_) => {
+                    refuse(format!(
+                        "access denied: channel [{}] creator org unknown, creator is malformed",
+                        ch.channel_id
+                    ))
+                }
                 _ => refuse(format!(
                     "access denied: channel [{}] creator org [{}]",
                     ch.channel_id,
@@ -340,10 +342,16 @@ impl Endorser<'_> {
     }
 
     /// Processes a signed proposal: validate, simulate, endorse.
-    pub fn process(&self, signed: &SignedProposal, reader: &dyn StateReader) -> Result<Endorsed, ProposalError> {
+    pub fn process(
+        &self,
+        signed: &SignedProposal,
+        reader: &dyn StateReader,
+    ) -> Result<Endorsed, ProposalError> {
         let up = unpack(signed).map_err(ProposalError::Malformed)?;
         if up.channel_header.channel_id != self.channel.channel_id {
-            return Err(ProposalError::ChannelNotFound(up.channel_header.channel_id.clone()));
+            return Err(ProposalError::ChannelNotFound(
+                up.channel_header.channel_id.clone(),
+            ));
         }
         if up.chaincode_name != self.channel.chaincode {
             return Err(ProposalError::ChaincodeNotFound(up.chaincode_name.clone()));
@@ -458,20 +466,34 @@ pub fn check_envelope(
 ) -> Result<(ChannelHeader, SignatureHeader, Payload), (TxValidationCode, String)> {
     let payload = Payload::decode(env.payload.as_slice())
         .map_err(|e| (TxValidationCode::BadPayload, format!("bad payload: {e}")))?;
-    let header = payload
-        .header
-        .as_ref()
-        .ok_or((TxValidationCode::BadCommonHeader, "missing header".to_owned()))?;
-    let chdr = ChannelHeader::decode(header.channel_header.as_slice())
-        .map_err(|e| (TxValidationCode::BadChannelHeader, format!("bad channel header: {e}")))?;
-    let shdr = SignatureHeader::decode(header.signature_header.as_slice())
-        .map_err(|e| (TxValidationCode::BadCommonHeader, format!("bad signature header: {e}")))?;
-    let creator = msp
-        .deserialize(&shdr.creator)
-        .map_err(|e| (TxValidationCode::BadCreatorSignature, format!("creator is not valid: {e}")))?;
-    creator
-        .verify(&env.payload, &env.signature)
-        .map_err(|e| (TxValidationCode::BadCreatorSignature, format!("signature is not valid: {e}")))?;
+    let header = payload.header.as_ref().ok_or((
+        TxValidationCode::BadCommonHeader,
+        "missing header".to_owned(),
+    ))?;
+    let chdr = ChannelHeader::decode(header.channel_header.as_slice()).map_err(|e| {
+        (
+            TxValidationCode::BadChannelHeader,
+            format!("bad channel header: {e}"),
+        )
+    })?;
+    let shdr = SignatureHeader::decode(header.signature_header.as_slice()).map_err(|e| {
+        (
+            TxValidationCode::BadCommonHeader,
+            format!("bad signature header: {e}"),
+        )
+    })?;
+    let creator = msp.deserialize(&shdr.creator).map_err(|e| {
+        (
+            TxValidationCode::BadCreatorSignature,
+            format!("creator is not valid: {e}"),
+        )
+    })?;
+    creator.verify(&env.payload, &env.signature).map_err(|e| {
+        (
+            TxValidationCode::BadCreatorSignature,
+            format!("signature is not valid: {e}"),
+        )
+    })?;
     Ok((chdr, shdr, payload))
 }
 
@@ -503,18 +525,19 @@ impl Validator<'_> {
         state: &mut BlockState,
     ) -> Result<TxValidationCode, LedgerError> {
         let (code, tx_id, writes) = self.check(envelope_bytes, state)?;
-        if let Some(tx_id) = &tx_id {
-            if code != TxValidationCode::DuplicateTxid && !tx_id.is_empty() {
-                state.seen_tx_ids.insert(tx_id.clone());
-                state.index.push((
-                    tx_id.clone(),
-                    TxRecord {
-                        block: block_num,
-                        index: u32::try_from(tx_num).unwrap_or(u32::MAX),
-                        code: code as i32,
-                    },
-                ));
-            }
+        if let Some(tx_id) = &tx_id
+            && code != TxValidationCode::DuplicateTxid
+            && !tx_id.is_empty()
+        {
+            state.seen_tx_ids.insert(tx_id.clone());
+            state.index.push((
+                tx_id.clone(),
+                TxRecord {
+                    block: block_num,
+                    index: u32::try_from(tx_num).unwrap_or(u32::MAX),
+                    code: code as i32,
+                },
+            ));
         }
         if code == TxValidationCode::Valid {
             let version = Height {
@@ -531,7 +554,12 @@ impl Validator<'_> {
                 });
             }
         } else {
-            tracing::info!(tx_id = tx_id.as_deref().unwrap_or(""), code = code.as_str_name(), block = block_num, "transaction invalidated");
+            tracing::info!(
+                tx_id = tx_id.as_deref().unwrap_or(""),
+                code = code.as_str_name(),
+                block = block_num,
+                "transaction invalidated"
+            );
         }
         Ok(code)
     }
@@ -541,7 +569,14 @@ impl Validator<'_> {
         &self,
         envelope_bytes: &[u8],
         state: &BlockState,
-    ) -> Result<(TxValidationCode, Option<String>, Vec<(String, String, Vec<u8>)>), LedgerError> {
+    ) -> Result<
+        (
+            TxValidationCode,
+            Option<String>,
+            Vec<(String, String, Vec<u8>)>,
+        ),
+        LedgerError,
+    > {
         use TxValidationCode as C;
         let none = |c: C| Ok((c, None, Vec::new()));
         if envelope_bytes.is_empty() {
@@ -554,7 +589,8 @@ impl Validator<'_> {
             Ok(v) => v,
             Err((code, _)) => {
                 // A bad signature still names a transaction id when the header decodes.
-                let tx_id = super::blocks::envelope_channel_header(envelope_bytes).map(|(_, c)| c.tx_id);
+                let tx_id =
+                    super::blocks::envelope_channel_header(envelope_bytes).map(|(_, c)| c.tx_id);
                 return Ok((code, tx_id, Vec::new()));
             }
         };
@@ -592,7 +628,9 @@ impl Validator<'_> {
         if cc_name != self.channel.chaincode {
             return with_id(C::InvalidChaincode);
         }
-        let Ok(prp) = ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice()) else {
+        let Ok(prp) =
+            ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
+        else {
             return with_id(C::BadResponsePayload);
         };
         let Some(header) = payload.header.as_ref() else {
@@ -655,7 +693,10 @@ impl Validator<'_> {
                 {
                     return with_id(C::MvccReadConflict);
                 }
-                let committed = self.ledger.state(&ns.namespace, &read.key)?.map(|v| v.version);
+                let committed = self
+                    .ledger
+                    .state(&ns.namespace, &read.key)?
+                    .map(|v| v.version);
                 if committed != read_version {
                     return with_id(C::MvccReadConflict);
                 }

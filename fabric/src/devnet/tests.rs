@@ -30,8 +30,17 @@ use crate::proto::{deliver_response, error_details};
 const ORG1: &str = "org1.example.com";
 
 fn signer(paths: &DevnetPaths, domain: &str, user: &str) -> LocalSigner {
-    let msp = PEER_ORGS.iter().find(|o| o.domain == domain).unwrap().msp_id;
-    LocalSigner::load(msp, &paths.user_cert(domain, user), &paths.user_key(domain, user)).unwrap()
+    let msp = PEER_ORGS
+        .iter()
+        .find(|o| o.domain == domain)
+        .unwrap()
+        .msp_id;
+    LocalSigner::load(
+        msp,
+        &paths.user_cert(domain, user),
+        &paths.user_key(domain, user),
+    )
+    .unwrap()
 }
 
 /// A signer with `cert_of`'s certificate but `key_of`'s key (a wrong-key signature).
@@ -60,7 +69,10 @@ async fn connect(handle: &DevnetHandle) -> (GatewayClient<Channel>, DeliverClien
         .connect()
         .await
         .unwrap();
-    (GatewayClient::new(channel.clone()), DeliverClient::new(channel))
+    (
+        GatewayClient::new(channel.clone()),
+        DeliverClient::new(channel),
+    )
 }
 
 async fn start_net(dir: &std::path::Path, config: DevnetConfig) -> Net {
@@ -79,7 +91,12 @@ fn fast() -> DevnetConfig {
     DevnetConfig::default().with_batch(100, Duration::from_millis(20))
 }
 
-fn signed_proposal(s: &LocalSigner, channel: &str, cc: &str, args: &[&str]) -> (SignedProposal, String) {
+fn signed_proposal(
+    s: &LocalSigner,
+    channel: &str,
+    cc: &str,
+    args: &[&str],
+) -> (SignedProposal, String) {
     let nonce = nonce();
     let tx_id = compute_tx_id(&nonce, s.serialized());
     let chdr = ChannelHeader {
@@ -140,7 +157,11 @@ fn signed_proposal(s: &LocalSigner, channel: &str, cc: &str, args: &[&str]) -> (
 }
 
 impl Net {
-    async fn endorse(&mut self, s: &LocalSigner, args: &[&str]) -> Result<(Envelope, String), tonic::Status> {
+    async fn endorse(
+        &mut self,
+        s: &LocalSigner,
+        args: &[&str],
+    ) -> Result<(Envelope, String), tonic::Status> {
         let (sp, tx_id) = signed_proposal(s, DEFAULT_CHANNEL, "gx", args);
         let resp = self
             .gw
@@ -191,7 +212,11 @@ impl Net {
         (tx_id, code, block)
     }
 
-    async fn evaluate(&mut self, s: &LocalSigner, args: &[&str]) -> Result<serde_json::Value, tonic::Status> {
+    async fn evaluate(
+        &mut self,
+        s: &LocalSigner,
+        args: &[&str],
+    ) -> Result<serde_json::Value, tonic::Status> {
         let (sp, tx_id) = signed_proposal(s, DEFAULT_CHANNEL, "gx", args);
         let r = self
             .gw
@@ -239,7 +264,12 @@ impl Net {
     }
 }
 
-fn seek_envelope(s: &LocalSigner, from: u64, to: u64, behavior: seek_info::SeekBehavior) -> Envelope {
+fn seek_envelope(
+    s: &LocalSigner,
+    from: u64,
+    to: u64,
+    behavior: seek_info::SeekBehavior,
+) -> Envelope {
     let nonce = nonce();
     let chdr = ChannelHeader {
         r#type: HeaderType::DeliverSeekInfo as i32,
@@ -276,13 +306,17 @@ fn seek_envelope(s: &LocalSigner, from: u64, to: u64, behavior: seek_info::SeekB
 }
 
 fn filter_of(block: &Block) -> Vec<u8> {
-    block.metadata.as_ref().unwrap().metadata[common::BlockMetadataIndex::TransactionsFilter as usize].clone()
+    block.metadata.as_ref().unwrap().metadata
+        [common::BlockMetadataIndex::TransactionsFilter as usize]
+        .clone()
 }
 
 async fn bootstrap(net: &mut Net) -> (LocalSigner, LocalSigner) {
     let admin = signer(&net.paths, ORG1, "Admin");
     let user = signer(&net.paths, ORG1, "User1");
-    let (_, code, _) = net.submit_and_wait(&admin, &["Bootstrap", "treasury", "1000"]).await;
+    let (_, code, _) = net
+        .submit_and_wait(&admin, &["Bootstrap", "treasury", "1000"])
+        .await;
     assert_eq!(code, TxValidationCode::Valid as i32);
     for u in ["alice", "bob"] {
         let (_, code, _) = net.submit_and_wait(&user, &["CreateUser", u, "{}"]).await;
@@ -298,7 +332,10 @@ async fn gx_flow_commits_and_blocks_chain() {
     assert_eq!(net.handle.height(), 1, "genesis block only");
     let (_, user) = bootstrap(&mut net).await;
     let (tx_id, code, block) = net
-        .submit_and_wait(&user, &["TransferTokens", "t1", "treasury", "alice", "300", "hi"])
+        .submit_and_wait(
+            &user,
+            &["TransferTokens", "t1", "treasury", "alice", "300", "hi"],
+        )
         .await;
     assert_eq!(code, TxValidationCode::Valid as i32);
     assert_eq!(net.balance(&user, "alice").await, "300");
@@ -314,7 +351,8 @@ async fn gx_flow_commits_and_blocks_chain() {
         .collect();
     assert!(super::node::is_config_block(&blocks[0]));
     for w in parsed.windows(2) {
-        let prev = crate::block::block_header_hash(blocks[w[0].number as usize].header.as_ref().unwrap());
+        let prev =
+            crate::block::block_header_hash(blocks[w[0].number as usize].header.as_ref().unwrap());
         w[1].verify_follows(&prev).unwrap();
         w[1].verify_data_hash().unwrap();
     }
@@ -349,27 +387,54 @@ async fn errors_match_fabric_gateway() {
     assert_eq!(err.code(), tonic::Code::Aborted);
     let details = error_details(&err);
     assert_eq!(details.len(), 1);
-    assert!(details[0].message.starts_with("chaincode response 500, insufficient funds"), "{details:?}");
+    assert!(
+        details[0]
+            .message
+            .starts_with("chaincode response 500, insufficient funds"),
+        "{details:?}"
+    );
     assert_eq!(details[0].msp_id, "Org1MSP");
-    let err = net.evaluate(&user, &["GetWallet", "nobody"]).await.unwrap_err();
+    let err = net
+        .evaluate(&user, &["GetWallet", "nobody"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unknown);
-    assert!(err.message().contains("chaincode response 500, wallet nobody does not exist"));
+    assert!(
+        err.message()
+            .contains("chaincode response 500, wallet nobody does not exist")
+    );
 
     // Signature from the wrong key.
     let forged = mismatched(&net.paths, "User1", "Admin");
-    let err = net.endorse(&forged, &["GetWallet", "alice"]).await.unwrap_err();
+    let err = net
+        .endorse(&forged, &["GetWallet", "alice"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted);
-    assert!(error_details(&err)[0].message.contains("access denied"), "{err:?}");
-    let err = net.evaluate(&forged, &["GetWallet", "alice"]).await.unwrap_err();
+    assert!(
+        error_details(&err)[0].message.contains("access denied"),
+        "{err:?}"
+    );
+    let err = net
+        .evaluate(&forged, &["GetWallet", "alice"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
     // A certificate from an unknown CA (another devnet's User1, claiming Org1MSP).
     let other = tempfile::tempdir().unwrap();
     crypto::ensure_material(other.path()).unwrap();
     let stranger = signer(&DevnetPaths::new(other.path()), ORG1, "User1");
-    let err = net.endorse(&stranger, &["GetWallet", "alice"]).await.unwrap_err();
+    let err = net
+        .endorse(&stranger, &["GetWallet", "alice"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted);
-    assert!(error_details(&err)[0].message.contains("access denied: channel [gxchannel] creator org [Org1MSP]"));
+    assert!(
+        error_details(&err)[0]
+            .message
+            .contains("access denied: channel [gxchannel] creator org [Org1MSP]")
+    );
 
     // Wrong channel, unknown chaincode, malformed proposal.
     let (sp, tx_id) = signed_proposal(&user, "otherchannel", "gx", &["GetWallet", "alice"]);
@@ -410,9 +475,15 @@ async fn errors_match_fabric_gateway() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     // Submit: unsigned envelope, and one signed by the wrong key.
-    let (mut env, tx_id) = net.endorse(&user, &["CreateUser", "carol", "{}"]).await.unwrap();
+    let (mut env, tx_id) = net
+        .endorse(&user, &["CreateUser", "carol", "{}"])
+        .await
+        .unwrap();
     let signature = std::mem::take(&mut env.signature);
-    assert_eq!(net.submit(&env, &tx_id).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        net.submit(&env, &tx_id).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
     env.signature = forged.sign(&env.payload);
     let err = net.submit(&env, &tx_id).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted);
@@ -438,7 +509,10 @@ async fn errors_match_fabric_gateway() {
     // The properly signed envelope still goes through.
     env.signature = signature;
     net.submit(&env, &tx_id).await.unwrap();
-    assert_eq!(net.status(&user, &tx_id).await.0, TxValidationCode::Valid as i32);
+    assert_eq!(
+        net.status(&user, &tx_id).await.0,
+        TxValidationCode::Valid as i32
+    );
     net.handle.shutdown().await.unwrap();
 }
 
@@ -450,21 +524,34 @@ async fn mvcc_conflict_and_duplicate_txid() {
 
     // Two transfers endorsed against the same treasury state: the second to commit conflicts.
     let (a, a_id) = net
-        .endorse(&user, &["TransferTokens", "ta", "treasury", "alice", "100", ""])
+        .endorse(
+            &user,
+            &["TransferTokens", "ta", "treasury", "alice", "100", ""],
+        )
         .await
         .unwrap();
     let (b, b_id) = net
-        .endorse(&user, &["TransferTokens", "tb", "treasury", "bob", "100", ""])
+        .endorse(
+            &user,
+            &["TransferTokens", "tb", "treasury", "bob", "100", ""],
+        )
         .await
         .unwrap();
     net.submit(&a, &a_id).await.unwrap();
     net.submit(&b, &b_id).await.unwrap();
-    assert_eq!(net.status(&user, &a_id).await.0, TxValidationCode::Valid as i32);
+    assert_eq!(
+        net.status(&user, &a_id).await.0,
+        TxValidationCode::Valid as i32
+    );
     assert_eq!(
         net.status(&user, &b_id).await.0,
         TxValidationCode::MvccReadConflict as i32
     );
-    assert_eq!(net.balance(&user, "bob").await, "0", "an invalid transaction changes nothing");
+    assert_eq!(
+        net.balance(&user, "bob").await,
+        "0",
+        "an invalid transaction changes nothing"
+    );
     assert_eq!(net.balance(&user, "treasury").await, "900");
 
     // The same signed envelope again: DUPLICATE_TXID in a later block, state unchanged,
@@ -472,13 +559,20 @@ async fn mvcc_conflict_and_duplicate_txid() {
     let (original_code, original_block) = net.status(&user, &a_id).await;
     let height = net.handle.height();
     net.submit(&a, &a_id).await.unwrap();
-    assert!(net.handle.wait_for_height(height + 1, Duration::from_secs(30)).await);
+    assert!(
+        net.handle
+            .wait_for_height(height + 1, Duration::from_secs(30))
+            .await
+    );
     let blocks = net.blocks(&user, height, height).await;
     let summary = super::blocks::summarize(&blocks[0]);
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0].tx_id, a_id);
     assert_eq!(summary[0].code, TxValidationCode::DuplicateTxid as i32);
-    assert_eq!(net.status(&user, &a_id).await, (original_code, original_block));
+    assert_eq!(
+        net.status(&user, &a_id).await,
+        (original_code, original_block)
+    );
     assert_eq!(net.balance(&user, "alice").await, "100");
     net.handle.shutdown().await.unwrap();
 }
@@ -487,10 +581,17 @@ async fn mvcc_conflict_and_duplicate_txid() {
 async fn blocks_are_cut_by_count_and_by_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // A long timeout: only the count can cut the 3-transaction block.
-    let mut net = start_net(dir.path(), DevnetConfig::default().with_batch(3, Duration::from_secs(3600))).await;
+    let mut net = start_net(
+        dir.path(),
+        DevnetConfig::default().with_batch(3, Duration::from_secs(3600)),
+    )
+    .await;
     let admin = signer(&net.paths, ORG1, "Admin");
     let user = signer(&net.paths, ORG1, "User1");
-    let (env, id) = net.endorse(&admin, &["Bootstrap", "treasury", "1000"]).await.unwrap();
+    let (env, id) = net
+        .endorse(&admin, &["Bootstrap", "treasury", "1000"])
+        .await
+        .unwrap();
     net.submit(&env, &id).await.unwrap();
     let mut ids = vec![id];
     for u in ["u1", "u2"] {
@@ -500,14 +601,30 @@ async fn blocks_are_cut_by_count_and_by_timeout() {
     }
     assert!(net.handle.wait_for_height(2, Duration::from_secs(30)).await);
     let blocks = net.blocks(&user, 1, 1).await;
-    let got: Vec<_> = super::blocks::summarize(&blocks[0]).into_iter().map(|t| t.tx_id).collect();
-    assert_eq!(got, ids, "one block of exactly max_message_count transactions");
+    let got: Vec<_> = super::blocks::summarize(&blocks[0])
+        .into_iter()
+        .map(|t| t.tx_id)
+        .collect();
+    assert_eq!(
+        got, ids,
+        "one block of exactly max_message_count transactions"
+    );
     net.handle.shutdown().await.unwrap();
 
     // A short timeout: a lone transaction is cut into its own block.
-    let mut net = start_net(dir.path(), DevnetConfig::default().with_batch(100, Duration::from_millis(10))).await;
-    assert_eq!(net.handle.height(), 2, "ledger height persists across restarts");
-    let (_, code, block) = net.submit_and_wait(&user, &["CreateUser", "u3", "{}"]).await;
+    let mut net = start_net(
+        dir.path(),
+        DevnetConfig::default().with_batch(100, Duration::from_millis(10)),
+    )
+    .await;
+    assert_eq!(
+        net.handle.height(),
+        2,
+        "ledger height persists across restarts"
+    );
+    let (_, code, block) = net
+        .submit_and_wait(&user, &["CreateUser", "u3", "{}"])
+        .await;
     assert_eq!((code, block), (TxValidationCode::Valid as i32, 2));
     net.handle.shutdown().await.unwrap();
 }
@@ -517,8 +634,11 @@ async fn state_and_chain_persist_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut net = start_net(dir.path(), fast()).await;
     let (_, user) = bootstrap(&mut net).await;
-    net.submit_and_wait(&user, &["TransferTokens", "t1", "treasury", "alice", "42", ""])
-        .await;
+    net.submit_and_wait(
+        &user,
+        &["TransferTokens", "t1", "treasury", "alice", "42", ""],
+    )
+    .await;
     let height = net.handle.height();
     net.handle.shutdown().await.unwrap();
 
@@ -526,7 +646,10 @@ async fn state_and_chain_persist_across_restart() {
     assert_eq!(net.handle.height(), height);
     assert_eq!(net.balance(&user, "alice").await, "42");
     let (_, code, block) = net
-        .submit_and_wait(&user, &["TransferTokens", "t2", "treasury", "alice", "8", ""])
+        .submit_and_wait(
+            &user,
+            &["TransferTokens", "t2", "treasury", "alice", "8", ""],
+        )
         .await;
     assert_eq!(code, TxValidationCode::Valid as i32);
     assert_eq!(block, height);
@@ -588,7 +711,12 @@ async fn events_and_filtered_blocks() {
     assert_eq!(fb.number, 1);
     assert_eq!(fb.filtered_transactions[0].tx_validation_code, 0);
     let done = stream.message().await.unwrap().unwrap();
-    assert_eq!(done.r#type, Some(deliver_response::Type::Status(common::Status::Success as i32)));
+    assert_eq!(
+        done.r#type,
+        Some(deliver_response::Type::Status(
+            common::Status::Success as i32
+        ))
+    );
 
     // A seek beyond the height with FAIL_IF_NOT_READY answers NOT_FOUND.
     let env = seek_envelope(&admin, 1000, 1000, seek_info::SeekBehavior::FailIfNotReady);
@@ -599,7 +727,12 @@ async fn events_and_filtered_blocks() {
         .unwrap()
         .into_inner();
     let msg = stream.message().await.unwrap().unwrap();
-    assert_eq!(msg.r#type, Some(deliver_response::Type::Status(common::Status::NotFound as i32)));
+    assert_eq!(
+        msg.r#type,
+        Some(deliver_response::Type::Status(
+            common::Status::NotFound as i32
+        ))
+    );
     net.handle.shutdown().await.unwrap();
 }
 
@@ -609,24 +742,48 @@ async fn faults_lose_replies_but_commit() {
     let mut net = start_net(dir.path(), fast()).await;
     let (_, user) = bootstrap(&mut net).await;
 
-    net.handle.faults().times(Rpc::Evaluate, Fault::Unavailable, 1);
-    let err = net.evaluate(&user, &["GetWallet", "alice"]).await.unwrap_err();
+    net.handle
+        .faults()
+        .times(Rpc::Evaluate, Fault::Unavailable, 1);
+    let err = net
+        .evaluate(&user, &["GetWallet", "alice"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
-    assert!(net.evaluate(&user, &["GetWallet", "alice"]).await.is_ok(), "counted rule expired");
+    assert!(
+        net.evaluate(&user, &["GetWallet", "alice"]).await.is_ok(),
+        "counted rule expired"
+    );
 
     // The reply to Submit is lost, but the transaction was ordered and commits.
-    net.handle.faults().times(Rpc::Submit, Fault::ProcessThenUnavailable, 1);
+    net.handle
+        .faults()
+        .times(Rpc::Submit, Fault::ProcessThenUnavailable, 1);
     let (env, id) = net
-        .endorse(&user, &["TransferTokens", "t1", "treasury", "alice", "5", ""])
+        .endorse(
+            &user,
+            &["TransferTokens", "t1", "treasury", "alice", "5", ""],
+        )
         .await
         .unwrap();
-    assert_eq!(net.submit(&env, &id).await.unwrap_err().code(), tonic::Code::Unavailable);
-    assert_eq!(net.status(&user, &id).await.0, TxValidationCode::Valid as i32);
+    assert_eq!(
+        net.submit(&env, &id).await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    assert_eq!(
+        net.status(&user, &id).await.0,
+        TxValidationCode::Valid as i32
+    );
 
     // Dropped reply: the client's deadline expires, the transaction still commits.
-    net.handle.faults().times(Rpc::Submit, Fault::ProcessThenDrop, 1);
+    net.handle
+        .faults()
+        .times(Rpc::Submit, Fault::ProcessThenDrop, 1);
     let (env, id) = net
-        .endorse(&user, &["TransferTokens", "t2", "treasury", "alice", "5", ""])
+        .endorse(
+            &user,
+            &["TransferTokens", "t2", "treasury", "alice", "5", ""],
+        )
         .await
         .unwrap();
     let mut req = tonic::Request::new(SubmitRequest {
@@ -636,8 +793,17 @@ async fn faults_lose_replies_but_commit() {
     });
     req.set_timeout(Duration::from_millis(300));
     let err = net.gw.submit(req).await.unwrap_err();
-    assert!(matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{err:?}");
-    assert_eq!(net.status(&user, &id).await.0, TxValidationCode::Valid as i32);
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        net.status(&user, &id).await.0,
+        TxValidationCode::Valid as i32
+    );
     assert_eq!(net.balance(&user, "alice").await, "10");
 
     // Rules from DIR/faults.json.
@@ -652,7 +818,10 @@ async fn faults_lose_replies_but_commit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        net.evaluate(&user, &["GetWallet", "alice"]).await.unwrap_err().code(),
+        net.evaluate(&user, &["GetWallet", "alice"])
+            .await
+            .unwrap_err()
+            .code(),
         tonic::Code::Unavailable
     );
     net.handle.shutdown().await.unwrap();
@@ -671,11 +840,15 @@ fn crypto_layout_roles_and_chains() {
             paths.tls_ca_cert(d),
             paths.org(d).join("msp/config.yaml"),
             paths.org(d).join(format!("msp/cacerts/ca.{d}-cert.pem")),
-            paths.org(d).join(format!("msp/tlscacerts/tlsca.{d}-cert.pem")),
+            paths
+                .org(d)
+                .join(format!("msp/tlscacerts/tlsca.{d}-cert.pem")),
             paths.peer(d).join("tls/server.crt"),
             paths.peer(d).join("tls/server.key"),
             paths.peer_tls_ca(d),
-            paths.peer(d).join(format!("msp/signcerts/peer0.{d}-cert.pem")),
+            paths
+                .peer(d)
+                .join(format!("msp/signcerts/peer0.{d}-cert.pem")),
             paths.user_cert(d, "Admin"),
             paths.user_key(d, "User1"),
             paths.user(d, "User1").join("tls/client.crt"),
@@ -683,7 +856,10 @@ fn crypto_layout_roles_and_chains() {
             assert!(f.is_file(), "missing {}", f.display());
         }
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(paths.user_key(d, "User1")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(paths.user_key(d, "User1"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let key = std::fs::read_to_string(paths.user_key(d, "User1")).unwrap();
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 PEM");
@@ -692,39 +868,81 @@ fn crypto_layout_roles_and_chains() {
     assert!(yaml.contains("OrganizationalUnitIdentifier: admin"));
 
     let material = crypto::load_material(dir.path()).unwrap();
-    let mgr = msp::MspManager::new(material.orgs.iter().map(|(id, ca, _)| (id.as_str(), ca.as_slice()))).unwrap();
+    let mgr = msp::MspManager::new(
+        material
+            .orgs
+            .iter()
+            .map(|(id, ca, _)| (id.as_str(), ca.as_slice())),
+    )
+    .unwrap();
     let admin = signer(&paths, ORG1, "Admin");
     let user = signer(&paths, ORG1, "User1");
     let org2_user = signer(&paths, "org2.example.com", "User1");
-    assert_eq!(mgr.deserialize(admin.serialized()).unwrap().role, msp::Role::Admin);
+    assert_eq!(
+        mgr.deserialize(admin.serialized()).unwrap().role,
+        msp::Role::Admin
+    );
     let id = mgr.deserialize(user.serialized()).unwrap();
     assert_eq!(id.role, msp::Role::Client);
     assert_eq!(id.common_name, "User1@org1.example.com");
-    assert_eq!(mgr.deserialize(material.peer_signers[1].serialized()).unwrap().msp_id, "Org2MSP");
-    assert_eq!(mgr.deserialize(material.peer_signers[0].serialized()).unwrap().role, msp::Role::Peer);
-    assert_eq!(mgr.deserialize(material.orderer_signer.serialized()).unwrap().role, msp::Role::Orderer);
+    assert_eq!(
+        mgr.deserialize(material.peer_signers[1].serialized())
+            .unwrap()
+            .msp_id,
+        "Org2MSP"
+    );
+    assert_eq!(
+        mgr.deserialize(material.peer_signers[0].serialized())
+            .unwrap()
+            .role,
+        msp::Role::Peer
+    );
+    assert_eq!(
+        mgr.deserialize(material.orderer_signer.serialized())
+            .unwrap()
+            .role,
+        msp::Role::Orderer
+    );
     // Org2's certificate presented as Org1MSP does not chain to Org1's CA.
     let claim = crate::proto::msp::SerializedIdentity {
         mspid: "Org1MSP".into(),
         id_bytes: org2_user.cert_pem().to_vec(),
     }
     .encode_to_vec();
-    assert!(matches!(mgr.deserialize(&claim), Err(msp::MspError::UntrustedCertificate(_))));
-    assert!(matches!(mgr.deserialize(b"\x0a\x03Xyz"), Err(msp::MspError::UnknownMsp(_))));
+    assert!(matches!(
+        mgr.deserialize(&claim),
+        Err(msp::MspError::UntrustedCertificate(_))
+    ));
+    assert!(matches!(
+        mgr.deserialize(b"\x0a\x03Xyz"),
+        Err(msp::MspError::UnknownMsp(_))
+    ));
     assert!(mgr.deserialize(&[0xff, 0xff]).is_err());
     // Signatures: valid, tampered, wrong key, high-S.
     let sig = user.sign(b"hello");
     id.verify(b"hello", &sig).unwrap();
     assert_eq!(id.verify(b"hellO", &sig), Err(msp::MspError::BadSignature));
-    assert_eq!(id.verify(b"hello", &admin.sign(b"hello")), Err(msp::MspError::BadSignature));
-    assert_eq!(id.verify(b"hello", b"junk"), Err(msp::MspError::MalformedSignature));
+    assert_eq!(
+        id.verify(b"hello", &admin.sign(b"hello")),
+        Err(msp::MspError::BadSignature)
+    );
+    assert_eq!(
+        id.verify(b"hello", b"junk"),
+        Err(msp::MspError::MalformedSignature)
+    );
     let parsed = p256::ecdsa::Signature::from_der(&sig).unwrap();
     let (r, s) = parsed.split_scalars();
     let high = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
-    assert_eq!(id.verify(b"hello", high.to_der().as_bytes()), Err(msp::MspError::HighS));
+    assert_eq!(
+        id.verify(b"hello", high.to_der().as_bytes()),
+        Err(msp::MspError::HighS)
+    );
     // Initialization is idempotent: a second call keeps the material.
     crypto::ensure_material(dir.path()).unwrap();
-    assert_eq!(std::fs::read(paths.user_cert(ORG1, "User1")).unwrap(), user.cert_pem());
+    assert_eq!(
+        std::fs::read(paths.user_cert(ORG1, "User1")).unwrap(),
+        user.cert_pem()
+    );
 }
 
 mod decoding {

@@ -74,21 +74,23 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     // Records.
     let mut commands: HashMap<CommandId, Summary> = HashMap::new();
     let mut decode_problems = Vec::new();
-    scan(raw, &snapshot, Cf::Commands, |k, v| match decode_command(k, v) {
-        Ok(c) => {
-            commands.insert(
-                c.id,
-                Summary {
-                    status: c.status,
-                    partition: c.partition_key.clone(),
-                    seq: c.queue_seq,
-                    idem_key: keys::idempotency(&c.tenant, &c.request_id),
-                    digest: c.payload_digest,
-                    due_ms: due_ms(c.next_attempt_at),
-                },
-            );
+    scan(raw, &snapshot, Cf::Commands, |k, v| {
+        match decode_command(k, v) {
+            Ok(c) => {
+                commands.insert(
+                    c.id,
+                    Summary {
+                        status: c.status,
+                        partition: c.partition_key.clone(),
+                        seq: c.queue_seq,
+                        idem_key: keys::idempotency(&c.tenant, &c.request_id),
+                        digest: c.payload_digest,
+                        due_ms: due_ms(c.next_attempt_at),
+                    },
+                );
+            }
+            Err(e) => decode_problems.push(e.to_string()),
         }
-        Err(e) => decode_problems.push(e.to_string()),
     })?;
     for p in decode_problems {
         r.problem(p);
@@ -129,10 +131,9 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
             Some((s, id)) => {
                 match commands.get(&id) {
                     None => problems.push(format!("status index {s}/{id}: no such command")),
-                    Some(c) if c.status != s => problems.push(format!(
-                        "status index {s}/{id}: command is {}",
-                        c.status
-                    )),
+                    Some(c) if c.status != s => {
+                        problems.push(format!("status index {s}/{id}: command is {}", c.status))
+                    }
                     Some(_) => {}
                 }
                 status_entries.insert((s, id));
@@ -142,7 +143,10 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     })?;
     for (id, c) in &commands {
         if !status_entries.contains(&(c.status, *id)) {
-            problems.push(format!("command {id} ({}) missing from the status index", c.status));
+            problems.push(format!(
+                "command {id} ({}) missing from the status index",
+                c.status
+            ));
         }
     }
 
@@ -158,10 +162,15 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
             return;
         };
         match commands.get(&id) {
-            None => problems.push(format!("partition queue {partition:?}/{seq}: no command {id}")),
+            None => problems.push(format!(
+                "partition queue {partition:?}/{seq}: no command {id}"
+            )),
             Some(c) => {
                 if !c.status.is_queued() {
-                    problems.push(format!("partition queue {partition:?}/{seq}: {id} is {}", c.status));
+                    problems.push(format!(
+                        "partition queue {partition:?}/{seq}: {id} is {}",
+                        c.status
+                    ));
                 }
                 if c.partition != partition || c.seq != seq {
                     problems.push(format!(
@@ -172,14 +181,19 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
             }
         }
         if seq >= next_seq {
-            problems.push(format!("partition queue {partition:?}/{seq}: not below next_seq {next_seq}"));
+            problems.push(format!(
+                "partition queue {partition:?}/{seq}: not below next_seq {next_seq}"
+            ));
         }
         queues.entry(partition).or_default().push((seq, id));
     })?;
     let queued: HashSet<CommandId> = queues.values().flatten().map(|(_, id)| *id).collect();
     for (id, c) in &commands {
         if c.status.is_queued() && !queued.contains(id) {
-            problems.push(format!("queued command {id} ({}) missing from its partition queue", c.status));
+            problems.push(format!(
+                "queued command {id} ({}) missing from its partition queue",
+                c.status
+            ));
         }
     }
     r.partitions = queues.len() as u64;
@@ -205,7 +219,10 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     scan(raw, &snapshot, Cf::Due, |k, _| match keys::split_due(k) {
         Ok(entry) => {
             if !expected_due.contains(&entry) {
-                problems.push(format!("due index {}/{}: not a PENDING partition head", entry.0, entry.1));
+                problems.push(format!(
+                    "due index {}/{}: not a PENDING partition head",
+                    entry.0, entry.1
+                ));
             }
             due_entries.insert(entry);
         }
@@ -213,42 +230,49 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     })?;
     for (ms, id) in &expected_due {
         if !due_entries.contains(&(*ms, *id)) {
-            problems.push(format!("PENDING head {id} (due {ms}) missing from the due index"));
+            problems.push(format!(
+                "PENDING head {id} (due {ms}) missing from the due index"
+            ));
         }
     }
     r.due = due_entries.len() as u64;
 
     // Idempotency.
     let mut idem: HashMap<Vec<u8>, (CommandId, i64)> = HashMap::new();
-    scan(raw, &snapshot, Cf::Idempotency, |k, v| match decode_idempotency(k, v) {
-        Ok(e) => {
-            match commands.get(&e.command_id) {
-                None => problems.push(format!(
-                    "idempotency key {}: no command {}",
-                    hex::encode(k),
-                    e.command_id
-                )),
-                Some(c) => {
-                    if c.idem_key != k {
-                        problems.push(format!(
-                            "idempotency key {}: command {} has another request id",
-                            hex::encode(k),
-                            e.command_id
-                        ));
-                    }
-                    if c.digest != e.payload_digest {
-                        problems.push(format!(
-                            "idempotency key {}: digest differs from command {}",
-                            hex::encode(k),
-                            e.command_id
-                        ));
+    scan(
+        raw,
+        &snapshot,
+        Cf::Idempotency,
+        |k, v| match decode_idempotency(k, v) {
+            Ok(e) => {
+                match commands.get(&e.command_id) {
+                    None => problems.push(format!(
+                        "idempotency key {}: no command {}",
+                        hex::encode(k),
+                        e.command_id
+                    )),
+                    Some(c) => {
+                        if c.idem_key != k {
+                            problems.push(format!(
+                                "idempotency key {}: command {} has another request id",
+                                hex::encode(k),
+                                e.command_id
+                            ));
+                        }
+                        if c.digest != e.payload_digest {
+                            problems.push(format!(
+                                "idempotency key {}: digest differs from command {}",
+                                hex::encode(k),
+                                e.command_id
+                            ));
+                        }
                     }
                 }
+                idem.insert(k.to_vec(), (e.command_id, e.created_at_ms));
             }
-            idem.insert(k.to_vec(), (e.command_id, e.created_at_ms));
-        }
-        Err(e) => problems.push(e.to_string()),
-    })?;
+            Err(e) => problems.push(e.to_string()),
+        },
+    )?;
     for (id, c) in &commands {
         let pointed = idem.get(&c.idem_key).map(|(cid, _)| *cid);
         if pointed != Some(*id) && c.status != Status::Committed {
@@ -259,16 +283,24 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
         }
     }
     let mut expiry_seen = 0u64;
-    scan(raw, &snapshot, Cf::IdemExpiry, |k, _| match keys::split_idem_expiry(k) {
-        Ok((created, ikey)) => {
-            expiry_seen += 1;
-            match idem.get(ikey) {
-                Some((_, c)) if u64::try_from(*c).unwrap_or(0) == created => {}
-                _ => problems.push(format!("idempotency expiry {}: no matching key", hex::encode(k))),
+    scan(
+        raw,
+        &snapshot,
+        Cf::IdemExpiry,
+        |k, _| match keys::split_idem_expiry(k) {
+            Ok((created, ikey)) => {
+                expiry_seen += 1;
+                match idem.get(ikey) {
+                    Some((_, c)) if u64::try_from(*c).unwrap_or(0) == created => {}
+                    _ => problems.push(format!(
+                        "idempotency expiry {}: no matching key",
+                        hex::encode(k)
+                    )),
+                }
             }
-        }
-        Err(e) => problems.push(e.to_string()),
-    })?;
+            Err(e) => problems.push(e.to_string()),
+        },
+    )?;
     if expiry_seen != idem.len() as u64 {
         problems.push(format!(
             "{} idempotency keys but {expiry_seen} expiry entries",

@@ -46,7 +46,11 @@ pub(crate) fn idem_expiry(created_ms: u64, idem_key: &[u8]) -> Vec<u8> {
 /// Splits an `idempotency_expiry` key.
 pub(crate) fn split_idem_expiry(key: &[u8]) -> Result<(u64, &[u8])> {
     if key.len() < 8 {
-        return Err(StorageError::corrupt("idempotency_expiry", key, "key too short"));
+        return Err(StorageError::corrupt(
+            "idempotency_expiry",
+            key,
+            "key too short",
+        ));
     }
     let (ms, rest) = key.split_at(8);
     let ms = <[u8; 8]>::try_from(ms)
@@ -71,7 +75,11 @@ pub(crate) fn status_range(status: Status) -> ([u8; 1], [u8; 1]) {
 /// The command id of a `status_index` key.
 pub(crate) fn status_id(key: &[u8]) -> Result<CommandId> {
     if key.len() != 17 {
-        return Err(StorageError::corrupt("status_index", key, "key is not 17 bytes"));
+        return Err(StorageError::corrupt(
+            "status_index",
+            key,
+            "key is not 17 bytes",
+        ));
     }
     CommandId::from_slice(&key[1..])
         .ok_or_else(|| StorageError::corrupt("status_index", key, "bad command id"))

@@ -564,9 +564,7 @@ impl Outbox {
     ) -> Result<Command> {
         let max_history = self.opts.max_history;
         self.db
-            .write(move |round| {
-                stage_retry(round, id, clip(error), next_attempt_at, max_history)
-            })
+            .write(move |round| stage_retry(round, id, clip(error), next_attempt_at, max_history))
             .await
     }
 
@@ -813,7 +811,12 @@ fn validate_new(new: &NewCommand, max_payload: usize) -> Result<()> {
     check("tenant", &new.tenant, MAX_ID_BYTES, false)?;
     check("request id", &new.request_id, MAX_ID_BYTES, false)?;
     check("command type", &new.command_type, MAX_TYPE_BYTES, false)?;
-    check("partition key", &new.partition_key, MAX_PARTITION_BYTES, true)?;
+    check(
+        "partition key",
+        &new.partition_key,
+        MAX_PARTITION_BYTES,
+        true,
+    )?;
     if new.payload.len() > max_payload {
         return Err(StorageError::InvalidInput(format!(
             "payload is larger than {max_payload} bytes"
@@ -881,7 +884,11 @@ fn load(round: &Round<'_>, id: CommandId) -> Result<Command> {
 }
 
 fn store(round: &mut Round<'_>, c: &Command) {
-    round.put(Cf::Commands, keys::command(c.id).to_vec(), encode_command(c));
+    round.put(
+        Cf::Commands,
+        keys::command(c.id).to_vec(),
+        encode_command(c),
+    );
 }
 
 fn add_count(round: &mut Round<'_>, status: Status, delta: i64) -> Result<()> {
@@ -961,22 +968,24 @@ fn promote_head(round: &mut Round<'_>, partition: &str) -> Result<()> {
 /// head, the next one becomes due.
 fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
     let my_key = keys::partition_queue(&c.partition_key, c.queue_seq);
-    let head = partition_head(round, &c.partition_key)?;
-    let is_head = matches!(&head, Some((k, _)) if *k == my_key);
+    // In flight means head; a PENDING command is the head iff it is in the due index.
+    let due_key = keys::due(due_ms(c.next_attempt_at), c.id);
+    let is_head = c.status.is_in_flight() || round.contains(Cf::Due, &due_key)?;
     if !round.contains(Cf::PartitionQueue, &my_key)? {
         return Err(StorageError::corrupt(
             "partition_queue",
             &my_key,
-            format!("queued command {} is missing from its partition queue", c.id),
+            format!(
+                "queued command {} is missing from its partition queue",
+                c.id
+            ),
         ));
     }
     round.delete(Cf::PartitionQueue, my_key);
+    round.adjust_partition(keys::partition_prefix(&c.partition_key), -1);
     if is_head {
         if c.status == Status::Pending {
-            round.delete(
-                Cf::Due,
-                keys::due(due_ms(c.next_attempt_at), c.id).to_vec(),
-            );
+            round.delete(Cf::Due, due_key.to_vec());
         }
         promote_head(round, &c.partition_key)?;
     }
@@ -1026,7 +1035,8 @@ fn stage_enqueue(
     let now_ms = due_ms(now);
     let id = CommandId::new_v7();
     let seq = next_seq(round)?;
-    let partition_empty = partition_head(round, &new.partition_key)?.is_none();
+    let partition = keys::partition_prefix(&new.partition_key);
+    let partition_empty = round.partition_len(&partition) == 0;
     let command = Command {
         id,
         tenant: new.tenant,
@@ -1075,6 +1085,7 @@ fn stage_enqueue(
         keys::partition_queue(&command.partition_key, seq),
         id.to_bytes().to_vec(),
     );
+    round.adjust_partition(partition, 1);
     if partition_empty {
         round.put(Cf::Due, keys::due(now_ms, id).to_vec(), Vec::new());
     }
@@ -1260,12 +1271,14 @@ fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Re
     }
     let now = now();
     let seq = next_seq(round)?;
-    let partition_empty = partition_head(round, &c.partition_key)?.is_none();
+    let partition = keys::partition_prefix(&c.partition_key);
+    let partition_empty = round.partition_len(&partition) == 0;
     round.put(
         Cf::PartitionQueue,
         keys::partition_queue(&c.partition_key, seq),
         id.to_bytes().to_vec(),
     );
+    round.adjust_partition(partition, 1);
     if partition_empty {
         round.put(Cf::Due, keys::due(due_ms(now), id).to_vec(), Vec::new());
     }

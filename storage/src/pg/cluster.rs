@@ -592,11 +592,9 @@ fn check_ancestors_accessible(dir: &Path, user: &User) -> Result<(), ClusterErro
 
 fn chown_to(path: &Path, user: Option<&User>) -> Result<(), ClusterError> {
     if let Some(user) = user {
-        chown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
-            ClusterError::Sys {
-                context: format!("chown {} to postgres", path.display()),
-                source,
-            }
+        chown(path, Some(user.uid), Some(user.gid)).map_err(|source| ClusterError::Sys {
+            context: format!("chown {} to postgres", path.display()),
+            source,
         })?;
     }
     Ok(())

@@ -194,7 +194,10 @@ fn emit(stub: &mut dyn Stub, name: &str, payload: serde_json::Value) -> Result<V
     Ok(bytes)
 }
 
-fn expect_args<'a, const N: usize>(function: &str, args: &'a [String]) -> Result<[&'a str; N], String> {
+fn expect_args<'a, const N: usize>(
+    function: &str,
+    args: &'a [String],
+) -> Result<[&'a str; N], String> {
     if args.len() != N {
         return Err(format!(
             "{function} expects {N} argument{}, got {}",
@@ -301,7 +304,9 @@ fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> 
     let [user_id, profile_json] = expect_args::<2>("CreateUser", args)?;
     validate_id("userId", user_id)?;
     if profile_json.len() > MAX_PROFILE_LEN {
-        return Err(format!("profileJson must be at most {MAX_PROFILE_LEN} bytes"));
+        return Err(format!(
+            "profileJson must be at most {MAX_PROFILE_LEN} bytes"
+        ));
     }
     let profile: serde_json::Value = serde_json::from_str(profile_json)
         .map_err(|e| format!("profileJson is not valid JSON: {e}"))?;
@@ -437,7 +442,8 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
             owners.len()
         ));
     }
-    let threshold_value = u32::try_from(threshold_value).map_err(|_| "threshold is too large".to_owned())?;
+    let threshold_value =
+        u32::try_from(threshold_value).map_err(|_| "threshold is too large".to_owned())?;
     if stub.get_state(&wallet_key(wallet_id))?.is_some() {
         return Err(format!("wallet {wallet_id} already exists"));
     }
@@ -685,9 +691,13 @@ mod tests {
         let mut w = World::new();
         w.run_as(Role::Admin, "Bootstrap", &["treasury", "1000000"])
             .unwrap();
-        w.run("CreateUser", &["alice", r#"{"country":"FR","commitment":"ab"}"#])
+        w.run(
+            "CreateUser",
+            &["alice", r#"{"country":"FR","commitment":"ab"}"#],
+        )
+        .unwrap();
+        w.run("CreateUser", &["bob", r#"{"country":"DE"}"#])
             .unwrap();
-        w.run("CreateUser", &["bob", r#"{"country":"DE"}"#]).unwrap();
         w
     }
 
@@ -700,10 +710,22 @@ mod tests {
             Ok(u128::MAX)
         );
         for bad in [
-            "", "-1", "+1", "1.5", "1e3", "007", " 1", "abc", "0x10",
-            "340282366920938463463374607431768211456", "1234567890123456789012345678901234567890",
+            "",
+            "-1",
+            "+1",
+            "1.5",
+            "1e3",
+            "007",
+            " 1",
+            "abc",
+            "0x10",
+            "340282366920938463463374607431768211456",
+            "1234567890123456789012345678901234567890",
         ] {
-            assert!(parse_amount("amount", bad).is_err(), "{bad:?} must be refused");
+            assert!(
+                parse_amount("amount", bad).is_err(),
+                "{bad:?} must be refused"
+            );
         }
     }
 
@@ -731,7 +753,10 @@ mod tests {
     fn transfers_move_funds_and_refuse_overdrafts() {
         let mut w = bootstrapped();
         let (name, ev) = w
-            .run("TransferTokens", &["t1", "treasury", "alice", "250", "hello"])
+            .run(
+                "TransferTokens",
+                &["t1", "treasury", "alice", "250", "hello"],
+            )
             .unwrap();
         assert_eq!(name, "TokensTransferred");
         assert_eq!(ev["fromBalance"], "999750");
@@ -763,16 +788,40 @@ mod tests {
     #[test]
     fn users_are_unique_and_profiles_are_objects() {
         let mut w = bootstrapped();
-        assert!(w.run("CreateUser", &["alice", "{}"]).unwrap_err().contains("already exists"));
-        assert!(w.run("CreateUser", &["carol", "[1]"]).unwrap_err().contains("JSON object"));
-        assert!(w.run("CreateUser", &["carol", "{"]).unwrap_err().contains("not valid JSON"));
-        assert!(w.run("CreateUser", &["treasury", "{}"]).unwrap_err().contains("wallet treasury already exists"));
+        assert!(
+            w.run("CreateUser", &["alice", "{}"])
+                .unwrap_err()
+                .contains("already exists")
+        );
+        assert!(
+            w.run("CreateUser", &["carol", "[1]"])
+                .unwrap_err()
+                .contains("JSON object")
+        );
+        assert!(
+            w.run("CreateUser", &["carol", "{"])
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            w.run("CreateUser", &["treasury", "{}"])
+                .unwrap_err()
+                .contains("wallet treasury already exists")
+        );
         let (_, user) = w.run("GetUser", &["alice"]).unwrap();
         assert_eq!(user["walletId"], "alice");
         assert_eq!(user["profile"]["country"], "FR");
-        assert!(w.run("GetUser", &["zed"]).unwrap_err().contains("does not exist"));
+        assert!(
+            w.run("GetUser", &["zed"])
+                .unwrap_err()
+                .contains("does not exist")
+        );
         assert!(w.run("Nope", &[]).unwrap_err().contains("not found"));
-        assert!(w.run("GetUser", &[]).unwrap_err().contains("expects 1 argument"));
+        assert!(
+            w.run("GetUser", &[])
+                .unwrap_err()
+                .contains("expects 1 argument")
+        );
     }
 
     #[test]
@@ -780,7 +829,10 @@ mod tests {
         let mut w = bootstrapped();
         w.run("CreateUser", &["carol", "{}"]).unwrap();
         let (name, ev) = w
-            .run("CreateMultisigWallet", &["vault", r#"["alice","bob","carol"]"#, "2"])
+            .run(
+                "CreateMultisigWallet",
+                &["vault", r#"["alice","bob","carol"]"#, "2"],
+            )
             .unwrap();
         assert_eq!(name, "MultisigWalletCreated");
         assert_eq!(ev["threshold"], 2);
@@ -790,10 +842,11 @@ mod tests {
             .run("TransferTokens", &["out", "vault", "bob", "1", ""])
             .unwrap_err();
         assert!(err.contains("use ProposeTransfer"), "{err}");
-        assert!(w
-            .run("ProposeTransfer", &["p1", "vault", "bob", "501", ""])
-            .unwrap_err()
-            .contains("insufficient"));
+        assert!(
+            w.run("ProposeTransfer", &["p1", "vault", "bob", "501", ""])
+                .unwrap_err()
+                .contains("insufficient")
+        );
         let (name, _) = w
             .run("ProposeTransfer", &["p1", "vault", "bob", "200", "rent"])
             .unwrap();
@@ -802,24 +855,27 @@ mod tests {
         assert_eq!(name, "TransferApproved");
         assert_eq!(ev["executed"], false);
         assert_eq!(ev["status"], "PENDING");
-        assert!(w
-            .run("ApproveTransfer", &["p1", "alice"])
-            .unwrap_err()
-            .contains("already decided"));
-        assert!(w
-            .run("ApproveTransfer", &["p1", "mallory"])
-            .unwrap_err()
-            .contains("not an owner"));
+        assert!(
+            w.run("ApproveTransfer", &["p1", "alice"])
+                .unwrap_err()
+                .contains("already decided")
+        );
+        assert!(
+            w.run("ApproveTransfer", &["p1", "mallory"])
+                .unwrap_err()
+                .contains("not an owner")
+        );
         let (_, ev) = w.run("ApproveTransfer", &["p1", "carol"]).unwrap();
         assert_eq!(ev["executed"], true);
         assert_eq!(ev["status"], "EXECUTED");
         assert_eq!(ev["fromBalance"], "300");
         assert_eq!(w.balance("vault"), "300");
         assert_eq!(w.balance("bob"), "200");
-        assert!(w
-            .run("ApproveTransfer", &["p1", "bob"])
-            .unwrap_err()
-            .contains("no longer pending"));
+        assert!(
+            w.run("ApproveTransfer", &["p1", "bob"])
+                .unwrap_err()
+                .contains("no longer pending")
+        );
         let (_, p) = w.run("GetProposal", &["p1"]).unwrap();
         assert_eq!(p["approvals"], serde_json::json!(["alice", "carol"]));
     }
@@ -827,8 +883,11 @@ mod tests {
     #[test]
     fn rejections_that_make_the_threshold_unreachable_reject() {
         let mut w = bootstrapped();
-        w.run("CreateMultisigWallet", &["vault", r#"["alice","bob"]"#, "2"])
-            .unwrap();
+        w.run(
+            "CreateMultisigWallet",
+            &["vault", r#"["alice","bob"]"#, "2"],
+        )
+        .unwrap();
         w.run("TransferTokens", &["fund", "treasury", "vault", "10", ""])
             .unwrap();
         w.run("ProposeTransfer", &["p1", "vault", "alice", "5", ""])
