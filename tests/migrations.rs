@@ -285,4 +285,13 @@ async fn a_password_full_of_special_characters_connects() {
             "the password must not be echoed"
         );
     }
+
+    // Roles are server-wide: remove it (matters on a shared GXD_TEST_DATABASE_URL).
+    admin
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY \"{role}\" TO CURRENT_USER; DROP OWNED BY \"{role}\"; \
+             DROP ROLE \"{role}\""
+        ))
+        .await
+        .unwrap();
 }

@@ -50,6 +50,8 @@ struct Subsystem {
     token: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
     stop_timeout: Duration,
+    /// The task has ended and its `JoinHandle` has been consumed by supervision.
+    ended: bool,
 }
 
 /// A started daemon: listening, ready, not yet supervising.
@@ -111,6 +113,7 @@ impl Daemon {
             token: http_token,
             handle: http,
             stop_timeout: config.shutdown.http_drain,
+            ended: false,
         }];
         Ok(Daemon {
             config,
@@ -142,23 +145,7 @@ impl Daemon {
         sdnotify::notify_logged("READY=1");
         tracing::info!(api = %self.api_addr, "gxd ready");
 
-        let failure = if self.subsystems.is_empty() {
-            shutdown.await;
-            None
-        } else {
-            let watched = futures::future::select_all(
-                self.subsystems
-                    .iter_mut()
-                    .map(|s| Box::pin(watch(s.name, &mut s.handle))),
-            );
-            tokio::select! {
-                () = shutdown => {
-                    tracing::info!("shutdown requested");
-                    None
-                }
-                (err, _, _) = watched => Some(err),
-            }
-        };
+        let failure = supervise(&mut self.subsystems, shutdown).await;
         if failure.is_some() {
             // The error itself is reported once, when the daemon exits with it.
             tracing::warn!("a subsystem stopped unexpectedly; shutting down");
@@ -181,13 +168,7 @@ impl Daemon {
     async fn shutdown(self) -> Vec<&'static str> {
         sdnotify::notify_logged("STOPPING=1");
         self.api_state.set_draining();
-        let mut overran = Vec::new();
-        for sub in self.subsystems {
-            sub.token.cancel();
-            if !stop(sub.name, sub.handle, sub.stop_timeout).await {
-                overran.push(sub.name);
-            }
-        }
+        let mut overran = stop_in_order(self.subsystems).await;
         self.root.cancel();
 
         let pool = self.pool;
@@ -208,6 +189,53 @@ impl Daemon {
     }
 }
 
+/// Waits for `shutdown`, or for any subsystem to end (which is a failure: they
+/// run until cancelled). Returns that failure, if any.
+async fn supervise(
+    subsystems: &mut [Subsystem],
+    shutdown: impl Future<Output = ()> + Send,
+) -> Option<anyhow::Error> {
+    if subsystems.is_empty() {
+        shutdown.await;
+        return None;
+    }
+    let ended = {
+        let watched = futures::future::select_all(
+            subsystems
+                .iter_mut()
+                .map(|s| Box::pin(watch(s.name, &mut s.handle))),
+        );
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutdown requested");
+                None
+            }
+            (err, index, _) = watched => Some((err, index)),
+        }
+    };
+    let (err, index) = ended?;
+    if let Some(sub) = subsystems.get_mut(index) {
+        sub.ended = true;
+    }
+    Some(err)
+}
+
+/// Cancels and awaits each subsystem in turn, each bounded by its stop timeout;
+/// returns the names of those that overran (and were aborted).
+async fn stop_in_order(subsystems: Vec<Subsystem>) -> Vec<&'static str> {
+    let mut overran = Vec::new();
+    for sub in subsystems {
+        sub.token.cancel();
+        if sub.ended {
+            continue;
+        }
+        if !stop(sub.name, sub.handle, sub.stop_timeout).await {
+            overran.push(sub.name);
+        }
+    }
+    overran
+}
+
 /// Resolves when a subsystem's task ends, with the reason as an error (a task
 /// must run until cancelled, so any end counts as a failure here).
 async fn watch(name: &'static str, handle: &mut JoinHandle<anyhow::Result<()>>) -> anyhow::Error {
@@ -226,11 +254,6 @@ async fn stop(
     mut handle: JoinHandle<anyhow::Result<()>>,
     timeout: Duration,
 ) -> bool {
-    if handle.is_finished() {
-        // Already ended (and reported by the supervisor); reap it.
-        let _ = handle.await;
-        return true;
-    }
     match tokio::time::timeout(timeout, &mut handle).await {
         Ok(Ok(Ok(()))) => {
             tracing::info!(subsystem = name, "stopped");
@@ -359,5 +382,98 @@ impl ReadinessCheck for MigrationsCurrent {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn subsystem(
+        name: &'static str,
+        stop_timeout: Duration,
+        body: impl FnOnce(CancellationToken) -> JoinHandle<anyhow::Result<()>>,
+    ) -> Subsystem {
+        let token = CancellationToken::new();
+        Subsystem {
+            name,
+            handle: body(token.clone()),
+            token,
+            stop_timeout,
+            ended: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_subsystem_is_a_failure_not_a_half_alive_process() {
+        let mut subs = vec![
+            subsystem("steady", Duration::from_secs(1), |t| {
+                tokio::spawn(async move {
+                    t.cancelled().await;
+                    Ok(())
+                })
+            }),
+            subsystem("boom", Duration::from_secs(1), |_| {
+                tokio::spawn(async {
+                    tokio::task::yield_now().await;
+                    panic!("boom");
+                })
+            }),
+        ];
+        let failure = supervise(&mut subs, std::future::pending()).await;
+        let text = failure.expect("the panic ends supervision").to_string();
+        assert!(text.contains("boom") && text.contains("panicked"), "{text}");
+        // The others are still stopped in order.
+        assert!(stop_in_order(subs).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_erroring_subsystem_is_reported_with_its_cause() {
+        let mut subs = vec![subsystem("db", Duration::from_secs(1), |_| {
+            tokio::spawn(async { Err(anyhow!("connection lost")) })
+        })];
+        let failure = supervise(&mut subs, std::future::pending()).await.unwrap();
+        assert_eq!(
+            crate::exit::one_line(&failure),
+            "subsystem db failed: connection lost"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subsystems_stop_in_order_and_an_overrun_is_aborted() {
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let cooperative = |name: &'static str| {
+            let order = order.clone();
+            subsystem(name, Duration::from_secs(5), move |t| {
+                tokio::spawn(async move {
+                    t.cancelled().await;
+                    order.lock().unwrap().push(name);
+                    Ok(())
+                })
+            })
+        };
+        let mut subs = vec![cooperative("http"), cooperative("submitter")];
+        subs.push(subsystem("stuck", Duration::from_secs(2), |_| {
+            tokio::spawn(async {
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+        }));
+        subs.push(cooperative("projector"));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tx.send(()).unwrap();
+        let failure = supervise(&mut subs, async {
+            let _ = rx.await;
+        })
+        .await;
+        assert!(failure.is_none());
+        let start = tokio::time::Instant::now();
+        let overran = stop_in_order(subs).await;
+        assert_eq!(overran, ["stuck"]);
+        assert_eq!(*order.lock().unwrap(), ["http", "submitter", "projector"]);
+        // Bounded by the stuck phase's timeout (virtual time).
+        assert_eq!(start.elapsed().as_secs(), 2);
     }
 }

@@ -34,6 +34,7 @@ use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use rocksdb::{
@@ -148,6 +149,8 @@ type Op = Box<dyn FnOnce(&mut Round<'_>) -> Option<Completion> + Send>;
 struct DbInner {
     raw: Arc<RawDb>,
     path: PathBuf,
+    /// False after a failed write, true again after a successful one.
+    last_write_ok: Arc<AtomicBool>,
     sender: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -211,10 +214,14 @@ impl Db {
 
         let (sender, receiver) = mpsc::channel::<Op>(options.queue_capacity);
         let writer_db = Arc::clone(&raw);
+        let last_write_ok = Arc::new(AtomicBool::new(true));
+        let writer_status = Arc::clone(&last_write_ok);
         let max_batch = options.max_batch;
         let writer = std::thread::Builder::new()
             .name("gxd-storage-writer".to_owned())
-            .spawn(move || writer_loop(&writer_db, receiver, max_batch, partitions))
+            .spawn(move || {
+                writer_loop(&writer_db, receiver, max_batch, partitions, &writer_status);
+            })
             .map_err(|e| StorageError::Unavailable {
                 message: format!("cannot start the storage writer thread: {e}"),
                 source: None,
@@ -224,6 +231,7 @@ impl Db {
             inner: Arc::new(DbInner {
                 raw,
                 path,
+                last_write_ok,
                 sender: Some(sender),
                 writer: Some(writer),
             }),
@@ -235,9 +243,16 @@ impl Db {
         &self.inner.path
     }
 
-    /// Whether the writer is running (false after it stopped on a panic): for readiness.
+    /// Whether writes can succeed, for readiness: the writer is running (it is not after a
+    /// panic) and the last write did not fail.
+    ///
+    /// RocksDB keeps a failed WAL write (disk full, I/O error) as a sticky background error:
+    /// every later write fails with [`StorageError::Unavailable`] until the database is
+    /// reopened. Nothing acknowledged is lost and nothing is half-written; once space is
+    /// back, restarting gxd (or dropping and reopening the `Db`) resumes writing.
     pub fn is_writable(&self) -> bool {
         self.inner.sender.as_ref().is_some_and(|s| !s.is_closed())
+            && self.inner.last_write_ok.load(Ordering::Relaxed)
     }
 
     pub(crate) fn raw(&self) -> &RawDb {
@@ -341,7 +356,11 @@ fn load_partition_lengths(raw: &RawDb) -> Result<HashMap<Vec<u8>, u64>> {
     it.seek_to_first();
     while let Some(key) = it.key() {
         if key.len() < 2 + 8 {
-            return Err(StorageError::corrupt("partition_queue", key, "key too short"));
+            return Err(StorageError::corrupt(
+                "partition_queue",
+                key,
+                "key too short",
+            ));
         }
         let prefix = &key[..key.len() - 8];
         *lengths.entry(prefix.to_vec()).or_insert(0) += 1;
@@ -446,6 +465,7 @@ fn writer_loop(
     mut receiver: mpsc::Receiver<Op>,
     max_batch: usize,
     mut partitions: HashMap<Vec<u8>, u64>,
+    last_write_ok: &AtomicBool,
 ) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
@@ -476,6 +496,7 @@ fn writer_loop(
                 }
             }
         }
+        let wrote = !round.is_empty();
         let (written, durable, deltas) = round.commit(&sync);
         if durable {
             for (prefix, delta) in deltas {
@@ -485,6 +506,9 @@ fn writer_loop(
                     partitions.remove(&prefix);
                 }
             }
+        }
+        if wrote {
+            last_write_ok.store(durable, Ordering::Relaxed);
         }
         if let Err(e) = &written {
             tracing::error!(error = %e, changes = completions.len(), "storage write failed");
@@ -535,6 +559,11 @@ impl<'a> Round<'a> {
             partitions,
             partition_deltas: HashMap::new(),
         }
+    }
+
+    /// Whether the round has nothing to write.
+    fn is_empty(&self) -> bool {
+        self.overlay.iter().all(BTreeMap::is_empty)
     }
 
     /// Queued commands in a partition (by its queue-key prefix), this round included.

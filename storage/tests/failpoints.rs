@@ -301,7 +301,7 @@ async fn a_failed_checkpoint_append_leaves_the_log_unchanged_body() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (db, _outbox) = open(dir.path());
-    let log = CheckpointLog::new(db);
+    let log = CheckpointLog::new(db.clone());
     let b = |n: u64| NewCheckpoint {
         number: n,
         header_hash: vec![n as u8 + 1],
@@ -318,8 +318,13 @@ async fn a_failed_checkpoint_append_leaves_the_log_unchanged_body() {
         fail::remove(point);
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert_eq!(log.last("c").unwrap().unwrap().number, 0);
+        if point == "storage::writer::before_write" {
+            // A failed write shows in readiness until a write succeeds again.
+            assert!(!db.is_writable());
+        }
     }
     log.append("c", b(1)).await.unwrap();
+    assert!(db.is_writable());
     assert_eq!(log.last("c").unwrap().unwrap().number, 1);
     scenario.teardown();
 }

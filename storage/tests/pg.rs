@@ -244,4 +244,14 @@ async fn pg_pool_connects_with_a_special_character_password() {
             "the password is checked"
         );
     }
+
+    // Roles are server-wide: remove it (matters on a shared GXD_TEST_DATABASE_URL).
+    drop(client);
+    pool.close();
+    db.connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP ROLE \"{}\"", s.user))
+        .await
+        .unwrap();
 }

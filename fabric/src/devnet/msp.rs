@@ -3,6 +3,8 @@
 //! within its validity period, reads its NodeOU role, and verifies signatures (ECDSA P-256,
 //! SHA-256, DER, low-S only — as Fabric's BCCSP).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use der::asn1::{ObjectIdentifier, PrintableStringRef, Utf8StringRef};
@@ -70,6 +72,8 @@ pub struct Identity {
     /// Subject common name of the certificate.
     pub common_name: String,
     key: VerifyingKey,
+    not_before: u64,
+    not_after: u64,
 }
 
 impl Identity {
@@ -100,10 +104,22 @@ struct OrgMsp {
     cas: Vec<TrustedCa>,
 }
 
+/// Validated identities are cached by their serialized bytes (as Fabric's MSP cache does),
+/// so the certificate chain is verified once per identity, not once per message.
+const CACHE_CAPACITY: usize = 4096;
+
 /// The MSPs of the channel.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MspManager {
     orgs: Vec<OrgMsp>,
+    cache: Mutex<HashMap<Vec<u8>, Identity>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn public_key(cert: &Certificate) -> Result<VerifyingKey, MspError> {
@@ -160,7 +176,10 @@ impl MspManager {
                 }),
             }
         }
-        Ok(Self { orgs: out })
+        Ok(Self {
+            orgs: out,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The MSP ids known to the channel.
@@ -170,6 +189,29 @@ impl MspManager {
 
     /// Deserializes and validates a `msp.SerializedIdentity`.
     pub fn deserialize(&self, serialized: &[u8]) -> Result<Identity, MspError> {
+        let now = unix_now();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(serialized)
+            .cloned();
+        if let Some(id) = cached {
+            if now < id.not_before || now > id.not_after {
+                return Err(MspError::Expired);
+            }
+            return Ok(id);
+        }
+        let id = self.deserialize_uncached(serialized)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(serialized.to_vec(), id.clone());
+        Ok(id)
+    }
+
+    fn deserialize_uncached(&self, serialized: &[u8]) -> Result<Identity, MspError> {
         let sid =
             SerializedIdentity::decode(serialized).map_err(|_| MspError::MalformedIdentity)?;
         let org = self
@@ -195,20 +237,20 @@ impl MspManager {
             .into_iter()
             .next()
             .unwrap_or_default();
+        let validity = &cert.tbs_certificate.validity;
         Ok(Identity {
             msp_id: sid.mspid,
             role,
             common_name,
             key: public_key(&cert)?,
+            not_before: validity.not_before.to_unix_duration().as_secs(),
+            not_after: validity.not_after.to_unix_duration().as_secs(),
         })
     }
 
     fn validate_cert(&self, org: &OrgMsp, cert: &Certificate) -> Result<(), MspError> {
         let tbs = &cert.tbs_certificate;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         let not_before = tbs.validity.not_before.to_unix_duration().as_secs();
         let not_after = tbs.validity.not_after.to_unix_duration().as_secs();
         if now < not_before || now > not_after {
