@@ -21,6 +21,15 @@
 //! If the write fails (I/O error, disk full), every caller of the round gets
 //! [`StorageError::Unavailable`] and nothing of the round is on disk.
 //!
+//! The fsync is done by a second thread: while round *k* is being synced, the writer
+//! already runs the changes of round *k+1*, reading through round *k*'s pending writes
+//! (CPU and disk overlap). Round *k+1* is handed to RocksDB only once round *k* is durable,
+//! and if round *k* fails, round *k+1* fails with it (it was computed on top of it).
+//!
+//! The writer also mirrors the number of queued commands per partition in memory (loaded
+//! at open from the `partition_queue` family, changed only when a batch is durable), so an
+//! enqueue learns whether its partition is empty without an iterator seek.
+//!
 //! # Reads
 //! Readers use the RocksDB handle directly (from any thread), usually under a snapshot so
 //! that an index and the records it points to are read at one point in time.
@@ -142,8 +151,8 @@ impl Default for DbOptions {
 
 /// What the writer calls back once the round's batch is written (or failed).
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-/// A change to run on the writer thread. `None`: the change failed, its caller has been
-/// answered and its effects rolled back.
+/// A change to run on the writer thread; returns how to answer its caller once the round
+/// is written (`None` only when the change panicked and was rolled back).
 type Op = Box<dyn FnOnce(&mut Round<'_>) -> Option<Completion> + Send>;
 
 struct DbInner {
@@ -220,7 +229,7 @@ impl Db {
         let writer = std::thread::Builder::new()
             .name("gxd-storage-writer".to_owned())
             .spawn(move || {
-                writer_loop(&writer_db, receiver, max_batch, partitions, &writer_status);
+                writer_loop(writer_db, receiver, max_batch, partitions, &writer_status);
             })
             .map_err(|e| StorageError::Unavailable {
                 message: format!("cannot start the storage writer thread: {e}"),
@@ -276,10 +285,13 @@ impl Db {
                 Ok(value) => Some(Box::new(move |written: Result<()>| {
                     let _ = reply.send(written.map(|()| value));
                 }) as Completion),
+                // A refusal is answered with the round too: it may rest on writes of the
+                // round in flight, and if those fail, the answer is "unavailable" instead.
                 Err(e) => {
                     round.rollback(savepoint);
-                    let _ = reply.send(Err(e));
-                    None
+                    Some(Box::new(move |written: Result<()>| {
+                        let _ = reply.send(written.and(Err(e)));
+                    }) as Completion)
                 }
             }
         });
@@ -460,18 +472,185 @@ fn rocksdb_options(o: &DbOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
     (db, cfs)
 }
 
+/// Outcome of writing one batch: the result for the callers, and whether the batch is on
+/// disk (an error reported after the write leaves it durable).
+type WriteOutcome = (Result<()>, bool);
+
+/// A round whose batch is being written and synced by the sync thread.
+struct InFlight {
+    tag: u64,
+    completions: Vec<Completion>,
+    result: std::sync::mpsc::Receiver<WriteOutcome>,
+}
+
+type TaggedOverlay = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+
+/// What the writer keeps between rounds.
+struct WriterState {
+    /// Writes not yet known to be on disk, per column family, tagged with their round: the
+    /// round in flight and the round being prepared. The round being prepared reads
+    /// through them, so it can be prepared while the previous one is being synced.
+    overlay: [TaggedOverlay; Cf::ALL.len()],
+    /// Queued commands per partition (key: the partition's queue-key prefix) as on disk:
+    /// the writer's mirror of the `partition_queue` family, so that an enqueue knows
+    /// whether its partition is empty without a seek.
+    partitions: HashMap<Vec<u8>, u64>,
+    /// The changes to `partitions` of the round in flight.
+    in_flight_deltas: HashMap<Vec<u8>, i64>,
+}
+
+impl WriterState {
+    /// The round `tag` is on disk: its overlay entries and partition changes are now the
+    /// database's.
+    fn settle(&mut self, tag: u64) {
+        for map in &mut self.overlay {
+            map.retain(|_, (t, _)| *t > tag);
+        }
+        for (prefix, delta) in self.in_flight_deltas.drain() {
+            let n = self.partitions.entry(prefix.clone()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.partitions.remove(&prefix);
+            }
+        }
+    }
+
+    /// A write failed: forget everything not on disk.
+    fn reset(&mut self) {
+        for map in &mut self.overlay {
+            map.clear();
+        }
+        self.in_flight_deltas.clear();
+    }
+}
+
+/// Joins the sync thread when the writer stops, also when it unwinds, so that the RocksDB
+/// handle is released by the time the writer thread is joined.
+struct SyncThread {
+    sender: Option<std::sync::mpsc::Sender<(WriteBatch, std::sync::mpsc::Sender<WriteOutcome>)>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn start_sync_thread(raw: Arc<RawDb>) -> std::io::Result<SyncThread> {
+    let (sender, receiver) =
+        std::sync::mpsc::channel::<(WriteBatch, std::sync::mpsc::Sender<WriteOutcome>)>();
+    let handle = std::thread::Builder::new()
+        .name("gxd-storage-sync".to_owned())
+        .spawn(move || {
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            while let Ok((batch, reply)) = receiver.recv() {
+                let _ = reply.send(write_synced(&raw, batch, &sync));
+            }
+        })?;
+    Ok(SyncThread {
+        sender: Some(sender),
+        handle: Some(handle),
+    })
+}
+
+/// Writes one batch with `sync = true`.
+fn write_synced(raw: &RawDb, batch: WriteBatch, sync: &WriteOptions) -> WriteOutcome {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("storage::writer::before_write", |_| (
+        Err(StorageError::Unavailable {
+            message: "failpoint storage::writer::before_write".to_owned(),
+            source: None,
+        }),
+        false
+    ));
+    if let Err(e) = raw.write_opt(batch, sync) {
+        return (Err(StorageError::from(e)), false);
+    }
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("storage::writer::after_write", |_| (
+        Err(StorageError::Unavailable {
+            message: "failpoint storage::writer::after_write".to_owned(),
+            source: None,
+        }),
+        true
+    ));
+    (Ok(()), true)
+}
+
+/// Waits for the round in flight and answers its callers. Returns whether it is durable.
+fn finish(state: &mut WriterState, in_flight: InFlight, last_write_ok: &AtomicBool) -> bool {
+    let (result, durable) = in_flight
+        .result
+        .recv()
+        .unwrap_or_else(|_| (Err(StorageError::writer_stopped()), false));
+    last_write_ok.store(durable, Ordering::Relaxed);
+    if durable {
+        state.settle(in_flight.tag);
+    } else {
+        state.reset();
+    }
+    if let Err(e) = &result {
+        tracing::error!(error = %e, changes = in_flight.completions.len(), "storage write failed");
+    }
+    for done in in_flight.completions {
+        done(result.clone());
+    }
+    durable
+}
+
+/// The writer: drains the queue into rounds, runs each round's changes, and hands the
+/// round's batch to the sync thread. While one round is being synced, the next one is
+/// prepared (reading through the first one's pending writes); it is written only after the
+/// first is durable, and fails with it if the first fails.
 fn writer_loop(
-    raw: &RawDb,
+    raw: Arc<RawDb>,
     mut receiver: mpsc::Receiver<Op>,
     max_batch: usize,
-    mut partitions: HashMap<Vec<u8>, u64>,
+    partitions: HashMap<Vec<u8>, u64>,
     last_write_ok: &AtomicBool,
 ) {
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
+    let syncer = match start_sync_thread(Arc::clone(&raw)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the storage sync thread");
+            return;
+        }
+    };
+    let mut state = WriterState {
+        overlay: Default::default(),
+        partitions,
+        in_flight_deltas: HashMap::new(),
+    };
+    let mut in_flight: Option<InFlight> = None;
+    let mut next_tag: u64 = 1;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch);
-    while let Some(first) = receiver.blocking_recv() {
-        ops.push(first);
+    loop {
+        // Wait for work; with a round in flight, finish it first when there is none.
+        match in_flight.take() {
+            None => match receiver.blocking_recv() {
+                Some(op) => ops.push(op),
+                None => break,
+            },
+            Some(f) => match receiver.try_recv() {
+                Ok(op) => {
+                    ops.push(op);
+                    in_flight = Some(f);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    finish(&mut state, f, last_write_ok);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    finish(&mut state, f, last_write_ok);
+                    break;
+                }
+            },
+        }
         while ops.len() < max_batch {
             match receiver.try_recv() {
                 Ok(op) => ops.push(op),
@@ -481,96 +660,127 @@ fn writer_loop(
         #[cfg(feature = "failpoints")]
         fail::fail_point!("storage::writer::round");
 
-        let mut round = Round::new(raw, &partitions);
+        let tag = next_tag;
+        next_tag += 1;
         let mut completions: Vec<Completion> = Vec::with_capacity(ops.len());
-        for op in ops.drain(..) {
-            let savepoint = round.savepoint();
-            match std::panic::catch_unwind(AssertUnwindSafe(|| op(&mut round))) {
-                Ok(Some(done)) => completions.push(done),
-                Ok(None) => {}
-                Err(_) => {
-                    // A bug in one change must not poison the others: undo it; its caller
-                    // gets "unavailable" (its reply sender was dropped by the unwind).
-                    round.rollback(savepoint);
-                    tracing::error!("a storage change panicked; it was rolled back");
+        let (batch, deltas) = {
+            let mut round = Round::new(&raw, &mut state, tag);
+            for op in ops.drain(..) {
+                let savepoint = round.savepoint();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| op(&mut round))) {
+                    Ok(Some(done)) => completions.push(done),
+                    Ok(None) => {}
+                    Err(_) => {
+                        // A bug in one change must not poison the others: undo it; its
+                        // caller gets "unavailable" (its reply sender was dropped).
+                        round.rollback(savepoint);
+                        tracing::error!("a storage change panicked; it was rolled back");
+                    }
                 }
             }
+            (round.batch(), round.partition_deltas)
+        };
+
+        // This round was prepared on top of the round in flight: that one must be on disk
+        // before this one is written.
+        if let Some(prev) = in_flight.take()
+            && !finish(&mut state, prev, last_write_ok)
+        {
+            let e = StorageError::Unavailable {
+                message: "an earlier write of the same moment failed".to_owned(),
+                source: None,
+            };
+            for done in completions {
+                done(Err(e.clone()));
+            }
+            continue;
         }
-        let wrote = !round.is_empty();
-        let (written, durable, deltas) = round.commit(&sync);
-        if durable {
-            for (prefix, delta) in deltas {
-                let n = partitions.entry(prefix.clone()).or_insert(0);
-                *n = n.saturating_add_signed(delta);
-                if *n == 0 {
-                    partitions.remove(&prefix);
+        match batch {
+            Err(e) => {
+                state.reset();
+                for done in completions {
+                    done(Err(e.clone()));
                 }
             }
-        }
-        if wrote {
-            last_write_ok.store(durable, Ordering::Relaxed);
-        }
-        if let Err(e) = &written {
-            tracing::error!(error = %e, changes = completions.len(), "storage write failed");
-        }
-        for done in completions {
-            done(written.clone());
+            // Nothing to write (idempotent repeats, refused changes): answer now; what
+            // they read is on disk.
+            Ok(None) => {
+                for done in completions {
+                    done(Ok(()));
+                }
+            }
+            Ok(Some(batch)) => {
+                let (reply, result) = std::sync::mpsc::channel();
+                let sent = syncer
+                    .sender
+                    .as_ref()
+                    .is_some_and(|s| s.send((batch, reply)).is_ok());
+                if sent {
+                    state.in_flight_deltas = deltas;
+                    in_flight = Some(InFlight {
+                        tag,
+                        completions,
+                        result,
+                    });
+                } else {
+                    state.reset();
+                    for done in completions {
+                        done(Err(StorageError::writer_stopped()));
+                    }
+                }
+            }
         }
     }
+    drop(syncer);
 }
-
-type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// An undo entry of a round.
 enum Undo {
-    /// Family, key, and what the overlay held for the key before (`None`: nothing,
-    /// `Some(None)`: a pending delete, `Some(Some(v))`: a pending put).
-    Kv(Cf, Vec<u8>, Option<Option<Vec<u8>>>),
+    /// Family, key, and what the overlay held for the key before.
+    Kv(Cf, Vec<u8>, Option<(u64, Option<Vec<u8>>)>),
     /// A partition-length change to take back.
     Partition(Vec<u8>, i64),
 }
 
-/// One round of the writer: the pending writes of the round over the database.
+/// One round of the writer: its pending writes over the database.
 ///
-/// Reads see the database as of the round's start plus the round's own writes (the writer
-/// is the only one writing, so that is the current state). Writes are buffered and become
-/// one atomic, synced `WriteBatch` at the end of the round; a savepoint/rollback pair undoes
+/// Reads see the database plus the writes of the round in flight plus the round's own
+/// writes (the writer is the only one writing, so that is the current state). Writes are
+/// buffered and become one atomic, synced `WriteBatch`; a savepoint/rollback pair undoes
 /// one change's writes when it fails half-way.
 pub(crate) struct Round<'a> {
     raw: &'a RawDb,
-    /// Pending writes per column family (indexed by `Cf as usize`).
-    overlay: [Overlay; Cf::ALL.len()],
+    state: &'a mut WriterState,
+    tag: u64,
     /// For rollback.
     undo: Vec<Undo>,
-    /// Queued commands per partition (key: the partition's queue-key prefix), as
-    /// committed: the writer's in-memory mirror of the `partition_queue` family, so that
-    /// an enqueue knows whether its partition is empty without a seek.
-    partitions: &'a HashMap<Vec<u8>, u64>,
-    /// This round's changes to `partitions`.
+    /// This round's changes to the partition lengths.
     partition_deltas: HashMap<Vec<u8>, i64>,
 }
 
 impl<'a> Round<'a> {
-    fn new(raw: &'a RawDb, partitions: &'a HashMap<Vec<u8>, u64>) -> Self {
+    fn new(raw: &'a RawDb, state: &'a mut WriterState, tag: u64) -> Self {
         Round {
             raw,
-            overlay: Default::default(),
+            state,
+            tag,
             undo: Vec::new(),
-            partitions,
             partition_deltas: HashMap::new(),
         }
     }
 
-    /// Whether the round has nothing to write.
-    fn is_empty(&self) -> bool {
-        self.overlay.iter().all(BTreeMap::is_empty)
-    }
-
-    /// Queued commands in a partition (by its queue-key prefix), this round included.
+    /// Queued commands in a partition (by its queue-key prefix), pending rounds included.
     pub(crate) fn partition_len(&self, prefix: &[u8]) -> u64 {
-        let base = self.partitions.get(prefix).copied().unwrap_or(0);
-        let delta = self.partition_deltas.get(prefix).copied().unwrap_or(0);
-        base.saturating_add_signed(delta)
+        let base = self.state.partitions.get(prefix).copied().unwrap_or(0);
+        let in_flight = self
+            .state
+            .in_flight_deltas
+            .get(prefix)
+            .copied()
+            .unwrap_or(0);
+        let mine = self.partition_deltas.get(prefix).copied().unwrap_or(0);
+        base.saturating_add_signed(in_flight)
+            .saturating_add_signed(mine)
     }
 
     /// Records that a command entered (+1) or left (-1) a partition's queue. Callers
@@ -589,29 +799,29 @@ impl<'a> Round<'a> {
             let Some(undo) = self.undo.pop() else {
                 break;
             };
-            let (cf, key, before) = match undo {
-                Undo::Kv(cf, key, before) => (cf, key, before),
+            match undo {
+                Undo::Kv(cf, key, before) => {
+                    let map = &mut self.state.overlay[cf as usize];
+                    match before {
+                        Some(value) => {
+                            map.insert(key, value);
+                        }
+                        None => {
+                            map.remove(&key);
+                        }
+                    }
+                }
                 Undo::Partition(prefix, delta) => {
                     if let Some(d) = self.partition_deltas.get_mut(&prefix) {
                         *d -= delta;
                     }
-                    continue;
-                }
-            };
-            let map = &mut self.overlay[cf as usize];
-            match before {
-                Some(value) => {
-                    map.insert(key, value);
-                }
-                None => {
-                    map.remove(&key);
                 }
             }
         }
     }
 
     fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let before = self.overlay[cf as usize].insert(key.clone(), value);
+        let before = self.state.overlay[cf as usize].insert(key.clone(), (self.tag, value));
         self.undo.push(Undo::Kv(cf, key, before));
     }
 
@@ -625,25 +835,29 @@ impl<'a> Round<'a> {
         self.set(cf, key, None);
     }
 
-    /// Reads a key: the round's pending write if any, else the database.
+    fn pending(&self, cf: Cf) -> &TaggedOverlay {
+        &self.state.overlay[cf as usize]
+    }
+
+    /// Reads a key: a pending write if any, else the database.
     pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.overlay[cf as usize].get(key) {
+        if let Some((_, pending)) = self.pending(cf).get(key) {
             return Ok(pending.clone());
         }
         let handle = cf_handle(self.raw, cf)?;
         Ok(self.raw.get_pinned_cf(handle, key)?.map(|v| v.to_vec()))
     }
 
-    /// Whether a key exists (overlay-aware).
+    /// Whether a key exists (pending writes included).
     pub(crate) fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
-        if let Some(pending) = self.overlay[cf as usize].get(key) {
+        if let Some((_, pending)) = self.pending(cf).get(key) {
             return Ok(pending.is_some());
         }
         let handle = cf_handle(self.raw, cf)?;
         Ok(self.raw.get_pinned_cf(handle, key)?.is_some())
     }
 
-    /// The first live entry with `lower <= key < upper` (overlay-aware).
+    /// The first live entry with `lower <= key < upper` (pending writes included).
     pub(crate) fn first_in_range(
         &self,
         cf: Cf,
@@ -653,7 +867,8 @@ impl<'a> Round<'a> {
         Ok(self.scan_range(cf, lower, upper, 1)?.into_iter().next())
     }
 
-    /// Up to `limit` live entries with `lower <= key < upper`, in key order (overlay-aware).
+    /// Up to `limit` live entries with `lower <= key < upper`, in key order (pending
+    /// writes included).
     pub(crate) fn scan_range(
         &self,
         cf: Cf,
@@ -666,7 +881,7 @@ impl<'a> Round<'a> {
             return Ok(out);
         }
         let range = (Bound::Included(lower), Bound::Excluded(upper));
-        let mut pending = self.overlay[cf as usize].range::<[u8], _>(range).peekable();
+        let mut pending = self.pending(cf).range::<[u8], _>(range).peekable();
 
         let handle = cf_handle(self.raw, cf)?;
         let mut ro = ReadOptions::default();
@@ -678,7 +893,7 @@ impl<'a> Round<'a> {
                 break;
             }
             let db_item = it.item();
-            let next_pending = pending.peek().map(|(k, v)| (*k, *v));
+            let next_pending = pending.peek().map(|(k, (_, v))| (*k, v));
             match (db_item, next_pending) {
                 (None, None) => break,
                 (Some((dk, dv)), None) => {
@@ -696,7 +911,7 @@ impl<'a> Round<'a> {
                         out.push((dk.to_vec(), dv.to_vec()));
                         it.next();
                     } else {
-                        // The overlay shadows the database entry with the same key.
+                        // The pending write shadows the database entry with the same key.
                         if dk == pk.as_slice() {
                             it.next();
                         }
@@ -712,7 +927,7 @@ impl<'a> Round<'a> {
         Ok(out)
     }
 
-    /// The last live entry with `lower <= key < upper` (overlay-aware).
+    /// The last live entry with `lower <= key < upper` (pending writes included).
     pub(crate) fn last_in_range(
         &self,
         cf: Cf,
@@ -722,13 +937,13 @@ impl<'a> Round<'a> {
         if lower >= upper {
             return Ok(None);
         }
-        // The round's own last live entry in the range.
         let range = (Bound::Included(lower), Bound::Excluded(upper));
-        let pending_last = self.overlay[cf as usize]
+        let pending_last = self
+            .pending(cf)
             .range::<[u8], _>(range)
             .rev()
-            .find_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
-        // The database's last entry not deleted by the round.
+            .find_map(|(k, (_, v))| v.as_ref().map(|v| (k.clone(), v.clone())));
+        // The database's last entry not deleted by a pending write.
         let handle = cf_handle(self.raw, cf)?;
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(lower.to_vec());
@@ -737,8 +952,8 @@ impl<'a> Round<'a> {
         it.seek_to_last();
         let mut db_last = None;
         while let Some((k, v)) = it.item() {
-            match self.overlay[cf as usize].get(k) {
-                Some(None) => it.prev(),
+            match self.pending(cf).get(k) {
+                Some((_, None)) => it.prev(),
                 _ => {
                     db_last = Some((k.to_vec(), v.to_vec()));
                     break;
@@ -752,54 +967,30 @@ impl<'a> Round<'a> {
         })
     }
 
-    /// Writes the round as one synced batch. Returns the result for the callers, whether
-    /// the batch is durable, and the round's partition-length changes (to apply if it is).
-    fn commit(self, sync: &WriteOptions) -> (Result<()>, bool, HashMap<Vec<u8>, i64>) {
-        let deltas = self.partition_deltas.clone();
-        match self.write_batch(sync) {
-            Ok(()) => (Ok(()), true, deltas),
-            Err((e, durable)) => (Err(e), durable, deltas),
-        }
-    }
-
-    fn write_batch(&self, sync: &WriteOptions) -> std::result::Result<(), (StorageError, bool)> {
-        if self.overlay.iter().all(BTreeMap::is_empty) {
-            return Ok(());
-        }
+    /// This round's writes as one batch; `None` when it has none.
+    fn batch(&self) -> Result<Option<WriteBatch>> {
         let mut batch = WriteBatch::default();
         for cf in Cf::ALL {
-            let map = &self.overlay[cf as usize];
-            if map.is_empty() {
-                continue;
-            }
-            let handle = cf_handle(self.raw, cf).map_err(|e| (e, false))?;
-            for (key, value) in map {
+            let mut handle = None;
+            for (key, (tag, value)) in self.pending(cf) {
+                if *tag != self.tag {
+                    continue;
+                }
+                let h = match handle {
+                    Some(h) => h,
+                    None => {
+                        let h = cf_handle(self.raw, cf)?;
+                        handle = Some(h);
+                        h
+                    }
+                };
                 match value {
-                    Some(v) => batch.put_cf(handle, key, v),
-                    None => batch.delete_cf(handle, key),
+                    Some(v) => batch.put_cf(h, key, v),
+                    None => batch.delete_cf(h, key),
                 }
             }
         }
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("storage::writer::before_write", |_| Err((
-            StorageError::Unavailable {
-                message: "failpoint storage::writer::before_write".to_owned(),
-                source: None,
-            },
-            false
-        )));
-        self.raw
-            .write_opt(batch, sync)
-            .map_err(|e| (StorageError::from(e), false))?;
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("storage::writer::after_write", |_| Err((
-            StorageError::Unavailable {
-                message: "failpoint storage::writer::after_write".to_owned(),
-                source: None,
-            },
-            true
-        )));
-        Ok(())
+        Ok((!batch.is_empty()).then_some(batch))
     }
 }
 
@@ -835,6 +1026,14 @@ mod tests {
         RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
     }
 
+    fn state() -> WriterState {
+        WriterState {
+            overlay: Default::default(),
+            partitions: HashMap::new(),
+            in_flight_deltas: HashMap::new(),
+        }
+    }
+
     fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
         raw.put_cf(cf_handle(raw, cf).unwrap(), key, value).unwrap();
     }
@@ -846,8 +1045,8 @@ mod tests {
         for k in [b"a1", b"a3", b"a5", b"b1"] {
             put_raw(&raw, Cf::Status, k, b"db");
         }
-        let empty = HashMap::new();
-        let mut round = Round::new(&raw, &empty);
+        let mut state = state();
+        let mut round = Round::new(&raw, &mut state, 1);
         round.put(Cf::Status, b"a2".to_vec(), b"new".to_vec());
         round.delete(Cf::Status, b"a3".to_vec());
         round.put(Cf::Status, b"a5".to_vec(), b"changed".to_vec());
@@ -909,8 +1108,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = raw_db(dir.path());
         put_raw(&raw, Cf::Meta, b"k", b"db");
-        let empty = HashMap::new();
-        let mut round = Round::new(&raw, &empty);
+        let mut state = state();
+        let mut round = Round::new(&raw, &mut state, 1);
         round.put(Cf::Meta, b"k".to_vec(), b"first".to_vec());
         let sp = round.savepoint();
         round.put(Cf::Meta, b"k".to_vec(), b"second".to_vec());
@@ -921,7 +1120,8 @@ mod tests {
         assert_eq!(round.get(Cf::Meta, b"x").unwrap(), None);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        round.commit(&sync).0.unwrap();
+        let batch = round.batch().unwrap().unwrap();
+        write_synced(&raw, batch, &sync).0.unwrap();
         let meta = cf_handle(&raw, Cf::Meta).unwrap();
         assert_eq!(raw.get_cf(meta, b"k").unwrap(), Some(b"first".to_vec()));
         assert_eq!(raw.get_cf(meta, b"x").unwrap(), None);

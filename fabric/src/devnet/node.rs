@@ -90,6 +90,8 @@ pub enum NodeError {
     Ledger(#[from] LedgerError),
     #[error("stored block {0} cannot be decoded")]
     CorruptBlock(u64),
+    #[error("the ledger holds channel {ledger}, not the configured channel {configured}")]
+    ChannelMismatch { ledger: String, configured: String },
     #[error("committer task failed: {0}")]
     Committer(String),
 }
@@ -136,6 +138,20 @@ impl Node {
             })?;
             tracing::info!(channel = %channel.channel_id, "genesis block written");
             tip.height = 1;
+        }
+        let genesis_channel = ledger
+            .block(0)?
+            .and_then(|b| Block::decode(b.as_slice()).ok())
+            .and_then(|b| b.data.and_then(|d| d.data.into_iter().next()))
+            .and_then(|env| super::blocks::envelope_channel_header(&env))
+            .map(|(_, chdr)| chdr.channel_id);
+        if let Some(genesis_channel) = genesis_channel
+            && genesis_channel != channel.channel_id
+        {
+            return Err(NodeError::ChannelMismatch {
+                ledger: genesis_channel,
+                configured: channel.channel_id,
+            });
         }
         let last = tip.height - 1;
         let bytes = ledger.block(last)?.ok_or(NodeError::CorruptBlock(last))?;

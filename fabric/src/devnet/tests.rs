@@ -659,6 +659,21 @@ async fn state_and_chain_persist_across_restart() {
         assert_eq!(w[1].header.as_ref().unwrap().previous_hash, prev.to_vec());
     }
     net.handle.shutdown().await.unwrap();
+
+    // The ledger belongs to its channel: starting it under another name is refused.
+    let opts = DevnetOptions::new(dir.path()).with_listen("127.0.0.1:0".parse().unwrap());
+    let config = DevnetConfig {
+        channel: "otherchannel".into(),
+        ..fast()
+    };
+    let err = start_with(opts, config).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DevnetError::Node(node::NodeError::ChannelMismatch { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
