@@ -341,8 +341,11 @@ async fn start_with_shutdown(
     let task = tokio::spawn(async move {
         let mut server = server;
         let mut orderer = orderer;
-        // Either part ending early is fatal: stop the other.
+        // Either part ending early is fatal: stop the other. `biased`: the server also
+        // returns when the token is cancelled, which is a normal stop, not a failure.
         let early = tokio::select! {
+            biased;
+            _ = task_token.cancelled() => None,
             r = &mut server => Some(Err::<(), _>(match r {
                 Ok(Ok(())) => DevnetError::Server("gRPC server stopped".to_owned()),
                 Ok(Err(e)) => DevnetError::Server(e.to_string()),
@@ -353,7 +356,6 @@ async fn start_with_shutdown(
                 Ok(Err(e)) => Err(DevnetError::Node(e)),
                 Err(e) => Err(DevnetError::Task(e.to_string())),
             }),
-            _ = task_token.cancelled() => None,
         };
         task_token.cancel();
         let mut result = Ok(());
