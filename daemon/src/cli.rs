@@ -64,6 +64,17 @@ pub enum Command {
         /// gRPC listen address.
         #[arg(long, default_value = "127.0.0.1:7051", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Cut a block when it holds this many transactions.
+        #[arg(long, default_value_t = 100, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_max_tx: u32,
+        /// Cut a block this many milliseconds after its first transaction arrived.
+        #[arg(long, default_value_t = 100, value_name = "MS",
+              value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        batch_timeout_ms: u64,
+        /// Serve plaintext gRPC instead of TLS (TLS is on by default, as on a Fabric peer).
+        #[arg(long)]
+        no_tls: bool,
     },
     /// Development environment: a private PostgreSQL, the devnet and the daemon,
     /// all on 127.0.0.1, state under DIR. Ctrl-C stops everything.
@@ -164,9 +175,20 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             logging::init(config.log_format, &config.log_filter);
             runtime()?.block_on(migrate(config, check))
         }
-        Command::Devnet { dir, listen } => {
+        Command::Devnet {
+            dir,
+            listen,
+            batch_max_tx,
+            batch_timeout_ms,
+            no_tls,
+        } => {
             logging::init(config::LogFormat::Pretty, "info");
-            runtime()?.block_on(devnet(dir, listen))
+            let mut settings = gxd_fabric::devnet::DevnetConfig::default().with_batch(
+                batch_max_tx as usize,
+                std::time::Duration::from_millis(batch_timeout_ms),
+            );
+            settings.tls = !no_tls;
+            runtime()?.block_on(devnet(dir, listen, settings))
         }
         Command::Dev {
             dir,
@@ -233,10 +255,15 @@ async fn migrate(config: Config, check: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn devnet(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn devnet(
+    dir: PathBuf,
+    listen: SocketAddr,
+    settings: gxd_fabric::devnet::DevnetConfig,
+) -> anyhow::Result<ExitCode> {
     let token = tokio_util::sync::CancellationToken::new();
-    let serve = gxd_fabric::devnet::serve(
+    let serve = gxd_fabric::devnet::serve_with(
         gxd_fabric::devnet::DevnetOptions::new(dir).with_listen(listen),
+        settings,
         token.clone(),
     );
     let mut serve = std::pin::pin!(serve);
@@ -310,9 +337,42 @@ mod tests {
         ));
         let c = Cli::try_parse_from(["gxd", "devnet", "--dir", "/d"]).unwrap();
         match c.command {
-            Command::Devnet { listen, .. } => assert_eq!(listen.port(), 7051),
+            Command::Devnet {
+                listen,
+                batch_max_tx,
+                batch_timeout_ms,
+                no_tls,
+                ..
+            } => {
+                assert_eq!(listen.port(), 7051);
+                assert_eq!((batch_max_tx, batch_timeout_ms, no_tls), (100, 100, false));
+            }
             other => panic!("{other:?}"),
         }
+        let c = Cli::try_parse_from([
+            "gxd",
+            "devnet",
+            "--dir",
+            "/d",
+            "--batch-max-tx",
+            "10",
+            "--batch-timeout-ms",
+            "2000",
+            "--no-tls",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Devnet {
+                batch_max_tx,
+                batch_timeout_ms,
+                no_tls,
+                ..
+            } => assert_eq!((batch_max_tx, batch_timeout_ms, no_tls), (10, 2000, true)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["gxd", "devnet", "--dir", "/d", "--batch-max-tx", "0"]).is_err()
+        );
         let c = Cli::try_parse_from(["gxd", "dev"]).unwrap();
         match c.command {
             Command::Dev {

@@ -29,7 +29,11 @@ pub fn init(format: LogFormat, filter: &str) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Pretty => builder.with_target(true).try_init(),
+        // Colours only on a terminal: journald and log files get plain text.
+        LogFormat::Pretty => builder
+            .with_target(true)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     if result.is_ok() {
         INITIALIZED.store(true, Ordering::SeqCst);
