@@ -1,7 +1,9 @@
 //! `gxd dev`: the whole system on one machine, on embedded defaults.
 //!
 //! - a private PostgreSQL cluster in `DIR/postgres` (initdb on first start; the
-//!   superuser password is kept in `DIR/postgres/gxd_superuser_password`);
+//!   superuser password is kept in `DIR/postgres/gxd_superuser_password`); as root, when
+//!   the `postgres` user cannot reach DIR (say, under a 0700 /root), in
+//!   `/var/tmp/gxd-dev-<hash of DIR>/postgres` instead;
 //! - the devnet in `DIR/devnet`, in-process (if it cannot run, a warning, and the
 //!   rest goes on without it);
 //! - the daemon, against database `gxd` of that cluster, with its data in
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gxd_storage::pg::PgSettings;
-use gxd_storage::pg::cluster::LocalCluster;
+use gxd_storage::pg::cluster::{ClusterError, LocalCluster};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, ShutdownTimeouts};
@@ -31,6 +33,17 @@ pub struct DevOptions {
     pub devnet_listen: SocketAddr,
 }
 
+/// `/var/tmp/gxd-dev-<hash of DIR>/postgres`: where the cluster goes when DIR is not
+/// reachable by the `postgres` user. The hash keeps two DIRs apart; /var/tmp survives reboots.
+fn fallback_pg_dir(dir: &std::path::Path) -> PathBuf {
+    // FNV-1a: stable across runs and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    PathBuf::from(format!("/var/tmp/gxd-dev-{h:016x}")).join("postgres")
+}
+
 /// Runs the dev environment until SIGINT/SIGTERM.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
@@ -39,13 +52,28 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("resolve {}", opts.dir.display()))?;
 
-    let pg_dir = dir.join("postgres");
-    let cluster = {
-        let dir = pg_dir.clone();
-        tokio::task::spawn_blocking(move || LocalCluster::start(&dir))
-            .await
-            .context("PostgreSQL start task")?
-            .with_context(|| format!("start PostgreSQL in {}", pg_dir.display()))?
+    let mut pg_dir = dir.join("postgres");
+    let start = |pg_dir: PathBuf| tokio::task::spawn_blocking(move || LocalCluster::start(&pg_dir));
+    let cluster = match start(pg_dir.clone())
+        .await
+        .context("PostgreSQL start task")?
+    {
+        // As root the server runs as `postgres`, which cannot reach a DIR under a private
+        // home (e.g. /root is 0700). Rather than ask for a chmod, keep the cluster in a
+        // root-owned place it can reach, named after DIR so each DIR keeps its own data.
+        Err(ClusterError::InaccessibleDir { path, .. }) => {
+            pg_dir = fallback_pg_dir(&dir);
+            tracing::warn!(
+                unreachable = %path.display(),
+                postgres = %pg_dir.display(),
+                "DIR is not reachable by the postgres user; keeping the PostgreSQL cluster elsewhere"
+            );
+            start(pg_dir.clone())
+                .await
+                .context("PostgreSQL start task")?
+                .with_context(|| format!("start PostgreSQL in {}", pg_dir.display()))?
+        }
+        other => other.with_context(|| format!("start PostgreSQL in {}", pg_dir.display()))?,
     };
     let result = with_cluster(&opts, &dir, &cluster).await;
     // Stop PostgreSQL last, off the async threads (it waits for the server).
