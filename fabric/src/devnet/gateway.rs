@@ -177,6 +177,30 @@ impl GatewayService {
         self.node.shutdown.cancelled().await;
         Err(Status::unavailable("devnet is shutting down"))
     }
+
+    /// Applies the faults that act before an RPC is processed; returns the disposition
+    /// for [`Self::reply_after`] when the call goes on.
+    async fn fault_before(&self, rpc: Rpc) -> Result<Disposition, Status> {
+        let disposition = faults::before(&self.node.faults, rpc).await;
+        match disposition {
+            Disposition::Unavailable => Err(unavailable()),
+            Disposition::Drop => self.drop_reply().await,
+            _ => Ok(disposition),
+        }
+    }
+
+    /// The reply to a processed RPC, unless a fault loses it.
+    async fn reply_after<T>(
+        &self,
+        disposition: Disposition,
+        reply: T,
+    ) -> Result<Response<T>, Status> {
+        match disposition {
+            Disposition::ProcessThenUnavailable => Err(unavailable()),
+            Disposition::ProcessThenDrop => self.drop_reply().await,
+            _ => Ok(Response::new(reply)),
+        }
+    }
 }
 
 fn unavailable() -> Status {
@@ -197,12 +221,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<EndorseRequest>,
     ) -> Result<Response<EndorseResponse>, Status> {
-        let disposition = faults::before(&self.node.faults, Rpc::Endorse).await;
-        match disposition {
-            Disposition::Unavailable => return Err(unavailable()),
-            Disposition::Drop => return self.drop_reply().await,
-            _ => {}
-        }
+        let disposition = self.fault_before(Rpc::Endorse).await?;
         let req = request.into_inner();
         let signed = req.proposed_transaction.unwrap_or_default();
         if signed.proposal_bytes.is_empty() {
@@ -219,23 +238,14 @@ impl Gateway for GatewayService {
         let reply = EndorseResponse {
             prepared_transaction: Some(endorsed.prepared_transaction()),
         };
-        match disposition {
-            Disposition::ProcessThenUnavailable => Err(unavailable()),
-            Disposition::ProcessThenDrop => self.drop_reply().await,
-            _ => Ok(Response::new(reply)),
-        }
+        self.reply_after(disposition, reply).await
     }
 
     async fn submit(
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
-        let disposition = faults::before(&self.node.faults, Rpc::Submit).await;
-        match disposition {
-            Disposition::Unavailable => return Err(unavailable()),
-            Disposition::Drop => return self.drop_reply().await,
-            _ => {}
-        }
+        let disposition = self.fault_before(Rpc::Submit).await?;
         let req = request.into_inner();
         let Some(envelope) = req.prepared_transaction else {
             return Err(Status::invalid_argument(
@@ -288,23 +298,14 @@ impl Gateway for GatewayService {
             Status::unavailable("no orderers could successfully process transaction")
         })?;
         tracing::debug!(tx_id = %chdr.tx_id, "transaction ordered");
-        match disposition {
-            Disposition::ProcessThenUnavailable => Err(unavailable()),
-            Disposition::ProcessThenDrop => self.drop_reply().await,
-            _ => Ok(Response::new(SubmitResponse {})),
-        }
+        self.reply_after(disposition, SubmitResponse {}).await
     }
 
     async fn commit_status(
         &self,
         request: Request<SignedCommitStatusRequest>,
     ) -> Result<Response<CommitStatusResponse>, Status> {
-        let disposition = faults::before(&self.node.faults, Rpc::CommitStatus).await;
-        match disposition {
-            Disposition::Unavailable => return Err(unavailable()),
-            Disposition::Drop => return self.drop_reply().await,
-            _ => {}
-        }
+        let disposition = self.fault_before(Rpc::CommitStatus).await?;
         let signed = request.into_inner();
         if signed.request.is_empty() {
             return Err(Status::invalid_argument(
@@ -336,23 +337,14 @@ impl Gateway for GatewayService {
                 },
             }
         };
-        match disposition {
-            Disposition::ProcessThenUnavailable => Err(unavailable()),
-            Disposition::ProcessThenDrop => self.drop_reply().await,
-            _ => Ok(Response::new(reply)),
-        }
+        self.reply_after(disposition, reply).await
     }
 
     async fn evaluate(
         &self,
         request: Request<EvaluateRequest>,
     ) -> Result<Response<EvaluateResponse>, Status> {
-        let disposition = faults::before(&self.node.faults, Rpc::Evaluate).await;
-        match disposition {
-            Disposition::Unavailable => return Err(unavailable()),
-            Disposition::Drop => return self.drop_reply().await,
-            _ => {}
-        }
+        let disposition = self.fault_before(Rpc::Evaluate).await?;
         let req = request.into_inner();
         let signed = req.proposed_transaction.unwrap_or_default();
         let endorsed = self
@@ -362,11 +354,7 @@ impl Gateway for GatewayService {
         let reply = EvaluateResponse {
             result: Some(endorsed.response),
         };
-        match disposition {
-            Disposition::ProcessThenUnavailable => Err(unavailable()),
-            Disposition::ProcessThenDrop => self.drop_reply().await,
-            _ => Ok(Response::new(reply)),
-        }
+        self.reply_after(disposition, reply).await
     }
 
     type ChaincodeEventsStream = EventStream;
