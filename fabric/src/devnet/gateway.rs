@@ -99,37 +99,11 @@ impl GatewayService {
             )),
             ProposalError::Refused(m) => {
                 tracing::warn!(error = %m, "proposal refused");
-                let detail = self.detail(m.clone());
-                if evaluate {
-                    status_with_details(
-                        tonic::Code::FailedPrecondition,
-                        format!("evaluate call to endorser returned error: {m}"),
-                        &[detail],
-                    )
-                } else {
-                    status_with_details(
-                        tonic::Code::Aborted,
-                        "failed to endorse transaction, see attached details for more info",
-                        &[detail],
-                    )
-                }
+                self.endorser_error(evaluate, tonic::Code::FailedPrecondition, m)
             }
             ProposalError::Chaincode { status, message } => {
                 let m = format!("chaincode response {status}, {message}");
-                let detail = self.detail(m.clone());
-                if evaluate {
-                    status_with_details(
-                        tonic::Code::Unknown,
-                        format!("evaluate call to endorser returned error: {m}"),
-                        &[detail],
-                    )
-                } else {
-                    status_with_details(
-                        tonic::Code::Aborted,
-                        "failed to endorse transaction, see attached details for more info",
-                        &[detail],
-                    )
-                }
+                self.endorser_error(evaluate, tonic::Code::Unknown, m)
             }
             ProposalError::Internal(m) => {
                 tracing::error!(error = %m, "endorsement failed inside the peer");
@@ -170,6 +144,25 @@ impl GatewayService {
             Err(Status::not_found(format!(
                 "channel '{channel_id}' not found"
             )))
+        }
+    }
+
+    /// An endorser's refusal as a Fabric gateway reports it: on Evaluate, `evaluate_code`
+    /// with the message; on Endorse, ABORTED with the message in the per-peer detail.
+    fn endorser_error(&self, evaluate: bool, evaluate_code: tonic::Code, m: String) -> Status {
+        let detail = self.detail(m.clone());
+        if evaluate {
+            status_with_details(
+                evaluate_code,
+                format!("evaluate call to endorser returned error: {m}"),
+                &[detail],
+            )
+        } else {
+            status_with_details(
+                tonic::Code::Aborted,
+                "failed to endorse transaction, see attached details for more info",
+                &[detail],
+            )
         }
     }
 

@@ -372,9 +372,16 @@ fn move_funds(from: &mut Wallet, to: &mut Wallet, amount: u128) -> Result<(u128,
     Ok((new_from, new_to))
 }
 
-fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [transfer_id, from_id, to_id, amount, memo] = expect_args::<5>("TransferTokens", args)?;
-    validate_id("transferId", transfer_id)?;
+/// The arguments shared by TransferTokens and ProposeTransfer — `(id, fromWalletId,
+/// toWalletId, amount, memo)` — validated: ids and memo well-formed, amount a positive
+/// integer, the two wallets distinct.
+fn transfer_args<'a>(
+    function: &str,
+    id_field: &str,
+    args: &'a [String],
+) -> Result<(&'a str, &'a str, &'a str, u128, &'a str), String> {
+    let [id, from_id, to_id, amount, memo] = expect_args::<5>(function, args)?;
+    validate_id(id_field, id)?;
     validate_id("fromWalletId", from_id)?;
     validate_id("toWalletId", to_id)?;
     validate_memo(memo)?;
@@ -385,6 +392,12 @@ fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Stri
     if from_id == to_id {
         return Err("fromWalletId and toWalletId must differ".to_owned());
     }
+    Ok((id, from_id, to_id, amount, memo))
+}
+
+fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
+    let (transfer_id, from_id, to_id, amount, memo) =
+        transfer_args("TransferTokens", "transferId", args)?;
     if stub.get_state(&transfer_key(transfer_id))?.is_some() {
         return Err(format!("transfer {transfer_id} already exists"));
     }
@@ -475,18 +488,8 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
 }
 
 fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [proposal_id, from_id, to_id, amount, memo] = expect_args::<5>("ProposeTransfer", args)?;
-    validate_id("proposalId", proposal_id)?;
-    validate_id("fromWalletId", from_id)?;
-    validate_id("toWalletId", to_id)?;
-    validate_memo(memo)?;
-    let amount = parse_amount("amount", amount)?;
-    if amount == 0 {
-        return Err("amount must be greater than zero".to_owned());
-    }
-    if from_id == to_id {
-        return Err("fromWalletId and toWalletId must differ".to_owned());
-    }
+    let (proposal_id, from_id, to_id, amount, memo) =
+        transfer_args("ProposeTransfer", "proposalId", args)?;
     if stub.get_state(&proposal_key(proposal_id))?.is_some() {
         return Err(format!("proposal {proposal_id} already exists"));
     }
