@@ -88,7 +88,19 @@ impl ApiState {
     }
 }
 
-/// The API router. Serve it with `axum::serve`.
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish (the caller bounds that drain).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The API router. Serve it with [`serve`].
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))

@@ -100,8 +100,7 @@ impl Daemon {
         let http = {
             let token = http_token.clone();
             tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
+                gxd_api::serve(listener, app, token.cancelled_owned())
                     .await
                     .context("HTTP server")
             })
