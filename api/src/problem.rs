@@ -1,9 +1,17 @@
 //! RFC 9457 problem details (`application/problem+json`), and the one mapping from
-//! [`ErrorCode`] to HTTP status. Every error response of the API goes through here.
+//! [`ErrorCode`] to HTTP status. Every error response of the API goes through here,
+//! storage errors included: [`ErrorCode::from`] a [`gxd_storage::ErrorKind`] and
+//! [`Problem::from`] a [`StorageError`] are the only places a storage error becomes an
+//! HTTP answer, so no handler maps them ad hoc.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use gxd_storage::{ErrorKind, StorageError};
 use serde::Serialize;
+
+/// `Retry-After` of a 503 for a storage error that may clear by itself (a busy or full
+/// disk, a lock held by a starting process).
+pub const STORAGE_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// Media type of problem responses.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -110,6 +118,8 @@ pub struct Problem {
     pub instance: Option<String>,
     /// Extension members (RFC 9457 §3.2), e.g. `errors` for field validation.
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// `Retry-After` header (seconds), for 503 and 429.
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl Problem {
@@ -119,7 +129,14 @@ impl Problem {
             detail: None,
             instance: None,
             extensions: serde_json::Map::new(),
+            retry_after_seconds: None,
         }
+    }
+
+    /// Sets the `Retry-After` header.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -172,6 +189,35 @@ impl Problem {
     }
 }
 
+impl From<ErrorKind> for ErrorCode {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::NotFound => ErrorCode::NotFound,
+            ErrorKind::Conflict => ErrorCode::Conflict,
+            ErrorKind::InvalidInput => ErrorCode::Validation,
+            ErrorKind::Unavailable => ErrorCode::Unavailable,
+            ErrorKind::Corrupt => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<&StorageError> for Problem {
+    /// The storage error's own message is the detail, except for corruption: that is an
+    /// operator's matter (logged where it is handled), and the client learns only
+    /// "internal". Unavailable storage answers 503 with `Retry-After`.
+    fn from(error: &StorageError) -> Self {
+        let code = ErrorCode::from(error.kind());
+        let problem = Problem::new(code);
+        match code {
+            ErrorCode::Internal => problem,
+            ErrorCode::Unavailable => problem
+                .with_detail(error.to_string())
+                .with_retry_after(STORAGE_RETRY_AFTER_SECONDS),
+            _ => problem.with_detail(error.to_string()),
+        }
+    }
+}
+
 impl From<ErrorCode> for Problem {
     fn from(code: ErrorCode) -> Self {
         Problem::new(code)
@@ -182,9 +228,11 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = self.body().to_string();
         let mut response = (self.code.status(), body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -225,6 +273,43 @@ mod tests {
         assert_eq!(b["detail"], "no route for GET /nope");
         assert_eq!(b["instance"], "/nope");
         assert_eq!(b["hint"], "see /healthz");
+    }
+
+    #[test]
+    fn storage_errors_map_once_by_kind() {
+        let not_found = StorageError::NotFound {
+            what: "command",
+            id: "0190".into(),
+        };
+        let p = Problem::from(&not_found);
+        assert_eq!(p.code, ErrorCode::NotFound);
+        assert_eq!(p.detail.as_deref(), Some(not_found.to_string().as_str()));
+        assert_eq!(p.retry_after_seconds, None);
+
+        let invalid = StorageError::InvalidInput("partition key must not be empty".into());
+        assert_eq!(
+            Problem::from(&invalid).code.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+
+        for (kind, status) in [
+            (ErrorKind::NotFound, StatusCode::NOT_FOUND),
+            (ErrorKind::Conflict, StatusCode::CONFLICT),
+            (ErrorKind::InvalidInput, StatusCode::UNPROCESSABLE_ENTITY),
+            (ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (ErrorKind::Corrupt, StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            assert_eq!(ErrorCode::from(kind).status(), status, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_a_header() {
+        let r = Problem::new(ErrorCode::Unavailable)
+            .with_retry_after(STORAGE_RETRY_AFTER_SECONDS)
+            .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

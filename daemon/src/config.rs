@@ -23,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gxd_storage::pg::PgSettings;
+use gxd_storage::pg::{ConnectionString, PgSettings};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of environment overrides.
@@ -430,27 +430,18 @@ fn seconds(field: &str, value: u64) -> Result<Duration, ConfigError> {
 impl DatabaseSection {
     fn validate(&self) -> Result<PgSettings, ConfigError> {
         // Start from the URL, if any; separate fields win.
-        let (mut host, mut port, mut user, mut password, mut dbname) =
-            (None, None, None, None, None);
-        if let Some(url) = &self.url {
-            let parsed: tokio_postgres::Config = url.parse().map_err(|e| {
-                // The URL may hold a password: do not echo it.
-                ConfigError::new(
-                    "database.url",
-                    format!("not a valid connection string ({e})"),
-                )
-            })?;
-            host = parsed.get_hosts().first().map(|h| match h {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-            });
-            port = parsed.get_ports().first().copied();
-            user = parsed.get_user().map(str::to_owned);
-            password = parsed
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned());
-            dbname = parsed.get_dbname().map(str::to_owned);
-        }
+        let from_url = match &self.url {
+            Some(url) => ConnectionString::parse(url)
+                .map_err(|e| ConfigError::new("database.url", e.to_string()))?,
+            None => ConnectionString::default(),
+        };
+        let ConnectionString {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        } = from_url;
         let host = self
             .host
             .clone()

@@ -26,7 +26,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::exit::SchemaRefused;
+use crate::exit::{self, SchemaRefused};
+use crate::readiness::{MigrationsCurrent, PostgresReady};
 use crate::sdnotify;
 
 /// Runs the daemon until `shutdown` resolves (or a subsystem fails), then stops
@@ -83,8 +84,8 @@ impl Daemon {
         prepare_schema(&pool, config.migrate_on_startup).await?;
 
         let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-            Arc::new(PostgresReady { pool: pool.clone() }),
-            Arc::new(MigrationsCurrent { pool: pool.clone() }),
+            Arc::new(PostgresReady::new(pool.clone())),
+            Arc::new(MigrationsCurrent::new(pool.clone())),
         ];
         let api_state = ApiState::new(&registry, checks).context("register API metrics")?;
 
@@ -275,24 +276,13 @@ async fn stop(
     }
 }
 
-/// Checks the schema against the embedded migrations; applies pending ones when
-/// allowed. Refuses (exit code 65) a diverged database, or a pending one when
-/// migrating on startup is off.
+/// Checks the schema against the embedded migrations ([`pg::migrate::check`]); applies
+/// pending ones when allowed. Refuses (exit code 65) a diverged database, or a pending one
+/// when migrating on startup is off.
 async fn prepare_schema(pool: &Pool, migrate_on_startup: bool) -> anyhow::Result<()> {
-    let mut client = pool
-        .get()
+    let status = pg::migrate::check_pool(pool)
         .await
-        .context("get a PostgreSQL connection for the schema check")?;
-    let status = pg::migrate::status(&client)
-        .await
-        .context("read the applied migrations")?;
-    if status.is_diverged() {
-        return Err(SchemaRefused(format!(
-            "refusing to start: the database's schema diverges from this gxd binary: {}",
-            status.describe_divergence()
-        ))
-        .into());
-    }
+        .map_err(|e| exit::schema_error(e, "start"))?;
     if status.pending.is_empty() {
         tracing::info!(applied = status.applied.len(), "database schema is current");
         return Ok(());
@@ -304,19 +294,11 @@ async fn prepare_schema(pool: &Pool, migrate_on_startup: bool) -> anyhow::Result
         ))
         .into());
     }
-    let client: &mut tokio_postgres::Client = &mut client;
-    match pg::migrate::migrate(client).await {
-        Ok(applied) => {
-            tracing::info!(count = applied.len(), "migrations applied at startup");
-            Ok(())
-        }
-        Err(pg::MigrationError::Diverged(st)) => Err(SchemaRefused(format!(
-            "refusing to start: the database's schema diverges from this gxd binary: {}",
-            st.describe_divergence()
-        ))
-        .into()),
-        Err(e) => Err(e).context("apply migrations at startup"),
-    }
+    let applied = pg::migrate::migrate_pool(pool)
+        .await
+        .map_err(|e| exit::schema_error(e, "start"))?;
+    tracing::info!(count = applied.len(), "migrations applied at startup");
+    Ok(())
 }
 
 fn register_build_info(registry: &prometheus::Registry) -> anyhow::Result<()> {
@@ -327,61 +309,6 @@ fn register_build_info(registry: &prometheus::Registry) -> anyhow::Result<()> {
     info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     registry.register(Box::new(info))?;
     Ok(())
-}
-
-/// Readiness: PostgreSQL answers.
-struct PostgresReady {
-    pool: Pool,
-}
-
-#[async_trait::async_trait]
-impl ReadinessCheck for PostgresReady {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn check(&self) -> Result<(), String> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| format!("no connection: {e}"))?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    }
-}
-
-/// Readiness: the database's schema is exactly this binary's migrations.
-struct MigrationsCurrent {
-    pool: Pool,
-}
-
-#[async_trait::async_trait]
-impl ReadinessCheck for MigrationsCurrent {
-    fn name(&self) -> &'static str {
-        "migrations"
-    }
-
-    async fn check(&self) -> Result<(), String> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| format!("no connection: {e}"))?;
-        let status = pg::migrate::status(&client)
-            .await
-            .map_err(|e| e.to_string())?;
-        if status.is_diverged() {
-            Err(status.describe_divergence())
-        } else if !status.pending.is_empty() {
-            Err(status.describe_pending())
-        } else {
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

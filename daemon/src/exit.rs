@@ -22,6 +22,18 @@ pub const SCHEMA: u8 = 65;
 #[error("{0}")]
 pub struct SchemaRefused(pub String);
 
+/// The one mapping of a schema-check or migration error to the daemon's errors: a
+/// diverged database is [`SchemaRefused`] (exit 65) — "refusing to {action}: …" with the
+/// storage crate's explanation — anything else is a failure with `action` as context.
+pub fn schema_error(error: gxd_storage::pg::MigrationError, action: &str) -> anyhow::Error {
+    match error {
+        e @ gxd_storage::pg::MigrationError::Diverged(_) => {
+            SchemaRefused(format!("refusing to {action}: {e}")).into()
+        }
+        e => anyhow::Error::new(e).context(action.to_owned()),
+    }
+}
+
 /// Picks the exit code for an error: [`USAGE`] for configuration errors,
 /// [`SCHEMA`] for schema refusals, [`FAILURE`] otherwise.
 pub fn code_for(error: &anyhow::Error) -> u8 {

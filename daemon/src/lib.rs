@@ -7,12 +7,14 @@
 //! resolving the shutdown future.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod dev;
 pub mod exit;
 pub mod logging;
+pub mod readiness;
 pub mod sdnotify;
+pub mod signal;
 
 pub use config::{Config, ConfigError};
 pub use daemon::{Daemon, run};

@@ -1,5 +1,5 @@
-//! The `gxd` binary: see `gxd --help`. Everything lives in the library (`gxd::cli`).
+//! The `gxd` binary: see `gxd --help`. Everything lives in the library (`gxd::commands`).
 
 fn main() -> std::process::ExitCode {
-    gxd::cli::main()
+    gxd::commands::main()
 }

@@ -401,6 +401,21 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Creates database `name` unless it exists; returns whether it was created.
+    pub async fn ensure_database(&self, name: &str) -> Result<bool, ClusterError> {
+        check_identifier(name)?;
+        let client = self.connect("postgres").await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .await?
+            .is_some();
+        if exists {
+            return Ok(false);
+        }
+        self.create_database(name).await?;
+        Ok(true)
+    }
+
     /// Drops database `name` if it exists, terminating its connections.
     pub async fn drop_database(&self, name: &str) -> Result<(), ClusterError> {
         check_identifier(name)?;

@@ -8,10 +8,17 @@
 //!   migrations without changing anything: what is pending, and what the database
 //!   holds that this binary does not know (unknown versions, or same version with a
 //!   different name or checksum).
+//! - [`check`] is *the* schema check — startup, `gxd migrate --check` and readiness all
+//!   use it: the status, or [`MigrationError::Diverged`] (whose message is the one
+//!   explanation of a diverged database) when the database is not this binary's.
+//!
+//! [`check_pool`] and [`migrate_pool`] do the same on a pooled connection.
 
 use std::fmt;
 
 use refinery::Migration;
+
+use super::Pool;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -36,6 +43,8 @@ pub enum MigrationError {
     Diverged(Box<MigrationStatus>),
     #[error("applying migrations failed: {0}")]
     Refinery(#[from] refinery::Error),
+    #[error("no PostgreSQL connection for the schema check: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
 }
 
 /// A migration's `V{version}__{name}`.
@@ -187,6 +196,29 @@ pub async fn status(client: &tokio_postgres::Client) -> Result<MigrationStatus, 
     Ok(st)
 }
 
+/// The schema check: [`status`], refused with [`MigrationError::Diverged`] when the
+/// database holds migrations this binary does not know, or that differ from its own.
+/// `Ok` with pending migrations means "behind, can be migrated". Read-only.
+pub async fn check(client: &tokio_postgres::Client) -> Result<MigrationStatus, MigrationError> {
+    let st = status(client).await?;
+    if st.is_diverged() {
+        return Err(MigrationError::Diverged(Box::new(st)));
+    }
+    Ok(st)
+}
+
+/// [`check`] on a connection from `pool`.
+pub async fn check_pool(pool: &Pool) -> Result<MigrationStatus, MigrationError> {
+    let client = pool.get().await?;
+    check(&client).await
+}
+
+/// [`migrate`] on a connection from `pool`.
+pub async fn migrate_pool(pool: &Pool) -> Result<Vec<MigrationName>, MigrationError> {
+    let mut client = pool.get().await?;
+    migrate(&mut client).await
+}
+
 /// Applies the pending migrations (each in its own transaction) and returns their
 /// names. Refuses, changing nothing, when the database has diverged. Holds a
 /// session advisory lock meanwhile, so concurrent callers apply each migration once.
@@ -208,10 +240,7 @@ pub async fn migrate(
 async fn migrate_locked(
     client: &mut tokio_postgres::Client,
 ) -> Result<Vec<MigrationName>, MigrationError> {
-    let before = status(client).await?;
-    if before.is_diverged() {
-        return Err(MigrationError::Diverged(Box::new(before)));
-    }
+    let before = check(client).await?;
     if before.pending.is_empty() {
         return Ok(Vec::new());
     }

@@ -13,4 +13,7 @@ mod pool;
 pub mod testing;
 
 pub use migrate::{MigrationError, MigrationName, MigrationStatus};
-pub use pool::{PgError, PgSettings, Pool, connect, connect_pool};
+pub use pool::{
+    ConnectionString, InvalidConnectionString, PgError, PgSettings, Pool, connect, connect_pool,
+    ping,
+};

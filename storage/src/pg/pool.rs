@@ -25,6 +25,8 @@ pub enum PgError {
         #[source]
         source: deadpool_postgres::PoolError,
     },
+    #[error("no PostgreSQL connection: {0}")]
+    NoConnection(#[source] deadpool_postgres::PoolError),
     #[error("PostgreSQL error: {0}")]
     Query(#[from] tokio_postgres::Error),
 }
@@ -88,6 +90,64 @@ impl PgSettings {
     }
 }
 
+/// The fields a `postgres://` URL or a `key=value` connection string sets; `None` for the
+/// ones it leaves out. Configuration starts from these and lets separate fields win.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConnectionString {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub dbname: Option<String>,
+}
+
+impl fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionString")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+/// A connection string that does not parse. The message never holds the string itself
+/// (it may carry a password).
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid connection string ({0})")]
+pub struct InvalidConnectionString(String);
+
+impl ConnectionString {
+    /// Parses a `postgres://user:password@host:port/dbname` URL (percent-encoded) or a
+    /// libpq `key=value` string. Only the first host and port are taken.
+    pub fn parse(s: &str) -> Result<Self, InvalidConnectionString> {
+        let parsed: tokio_postgres::Config = s
+            .parse()
+            .map_err(|e: tokio_postgres::Error| InvalidConnectionString(e.to_string()))?;
+        Ok(Self {
+            host: parsed.get_hosts().first().map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            }),
+            port: parsed.get_ports().first().copied(),
+            user: parsed.get_user().map(str::to_owned),
+            password: parsed
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            dbname: parsed.get_dbname().map(str::to_owned),
+        })
+    }
+}
+
+/// Readiness probe: a pooled connection answers `SELECT 1`.
+pub async fn ping(pool: &Pool) -> Result<(), PgError> {
+    let client = pool.get().await.map_err(PgError::NoConnection)?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
 /// Opens one connection (no TLS); its connection task is spawned on the current
 /// runtime.
 pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client, PgError> {
@@ -131,4 +191,31 @@ pub async fn connect_pool(settings: &PgSettings) -> Result<Pool, PgError> {
     client.simple_query("SELECT 1").await?;
     drop(client);
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_parse_into_fields() {
+        let c = ConnectionString::parse("postgres://gx%2Fd:p%2Fa%3Ds%40s@db.example:6543/reads")
+            .unwrap_or_default();
+        assert_eq!(c.host.as_deref(), Some("db.example"));
+        assert_eq!(c.port, Some(6543));
+        assert_eq!(c.user.as_deref(), Some("gx/d"));
+        assert_eq!(c.password.as_deref(), Some("p/a=s@s"));
+        assert_eq!(c.dbname.as_deref(), Some("reads"));
+        assert!(!format!("{c:?}").contains("p/a=s@s"));
+
+        let kv = ConnectionString::parse("host=/run/postgresql user=gxd").unwrap();
+        assert_eq!(kv.host.as_deref(), Some("/run/postgresql"));
+        assert_eq!((kv.port, kv.dbname), (None, None));
+
+        let err = ConnectionString::parse("postgres://u:secret@h:notaport/d")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("not a valid connection string"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
 }

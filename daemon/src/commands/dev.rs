@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,6 +43,13 @@ fn fallback_pg_dir(dir: &std::path::Path) -> PathBuf {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
     PathBuf::from(format!("/var/tmp/gxd-dev-{h:016x}")).join("postgres")
+}
+
+/// `gxd dev`: runs the dev environment until SIGINT/SIGTERM.
+pub fn execute(opts: DevOptions) -> anyhow::Result<ExitCode> {
+    crate::logging::init(LogFormat::Pretty, "info");
+    super::runtime()?.block_on(run(opts))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the dev environment until SIGINT/SIGTERM.
@@ -88,7 +96,10 @@ async fn with_cluster(
     dir: &std::path::Path,
     cluster: &LocalCluster,
 ) -> anyhow::Result<()> {
-    ensure_database(cluster).await?;
+    cluster
+        .ensure_database(DEV_DATABASE)
+        .await
+        .context("create the dev database")?;
 
     let devnet_dir = dir.join("devnet");
     let devnet_token = CancellationToken::new();
@@ -164,7 +175,7 @@ async fn with_cluster(
         })
     };
 
-    let result = crate::daemon::run(config, crate::cli::shutdown_signal()).await;
+    let result = crate::daemon::run(config, crate::signal::shutdown_signal()).await;
 
     devnet_token.cancel();
     if tokio::time::timeout(Duration::from_secs(10), devnet_watch)
@@ -174,26 +185,4 @@ async fn with_cluster(
         tracing::warn!("the devnet did not stop within 10s");
     }
     result
-}
-
-async fn ensure_database(cluster: &LocalCluster) -> anyhow::Result<()> {
-    let client = cluster
-        .connect("postgres")
-        .await
-        .context("connect to the dev PostgreSQL")?;
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            &[&DEV_DATABASE],
-        )
-        .await
-        .context("look up the dev database")?
-        .is_some();
-    if !exists {
-        cluster
-            .create_database(DEV_DATABASE)
-            .await
-            .context("create the dev database")?;
-    }
-    Ok(())
 }
