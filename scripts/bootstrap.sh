@@ -53,7 +53,9 @@ fi
 
 # ---- capability checks: each failure names the package that fixes it ----------------------
 failed=0
-fail() { echo "bootstrap: FAILED: $1 (fix: apt-get install $2)" >&2; failed=1; }
+# One line per failure, whatever the tool's log said (a multi-line protoc or initdb log would
+# otherwise put the fix far from the FAILED), so a CI log grep shows cause and fix together.
+fail() { echo "bootstrap: FAILED: $(printf '%s' "$1" | tr -s '\n\t' '  ') (fix: apt-get install $2)" >&2; failed=1; }
 work=$(mktemp -d /tmp/gxd-bootstrap.XXXXXX)
 chmod 0755 "$work"
 trap 'rm -rf "$work"' EXIT
