@@ -183,12 +183,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             no_tls,
         } => {
             logging::init(config::LogFormat::Pretty, "info");
-            let mut settings = gxd_fabric::devnet::DevnetConfig::default().with_batch(
-                batch_max_tx as usize,
-                std::time::Duration::from_millis(batch_timeout_ms),
-            );
-            settings.tls = !no_tls;
-            runtime()?.block_on(devnet(dir, listen, settings))
+            let config = gxd_devnet::DevnetConfig::new(dir)
+                .with_listen(listen)
+                .with_tls(!no_tls)
+                .with_batch(
+                    batch_max_tx as usize,
+                    std::time::Duration::from_millis(batch_timeout_ms),
+                );
+            runtime()?.block_on(devnet(config))
         }
         Command::Dev {
             dir,
@@ -255,27 +257,12 @@ async fn migrate(config: Config, check: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn devnet(
-    dir: PathBuf,
-    listen: SocketAddr,
-    settings: gxd_fabric::devnet::DevnetConfig,
-) -> anyhow::Result<ExitCode> {
-    let token = tokio_util::sync::CancellationToken::new();
-    let serve = gxd_fabric::devnet::serve_with(
-        gxd_fabric::devnet::DevnetOptions::new(dir).with_listen(listen),
-        settings,
-        token.clone(),
-    );
-    let mut serve = std::pin::pin!(serve);
-    tokio::select! {
-        result = &mut serve => {
-            result.context("devnet")?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        () = shutdown_signal() => {}
-    }
-    token.cancel();
-    serve.await.context("devnet")?;
+async fn devnet(config: gxd_devnet::DevnetConfig) -> anyhow::Result<ExitCode> {
+    let devnet = gxd_devnet::start(config).await.context("devnet")?;
+    devnet
+        .run_until(shutdown_signal())
+        .await
+        .context("devnet")?;
     Ok(ExitCode::SUCCESS)
 }
 

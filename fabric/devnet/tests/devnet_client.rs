@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gxd_devnet::{self as devnet, DevnetConfig, DevnetHandle, DevnetPaths};
 use gxd_fabric::block::ParsedBlock;
 use gxd_fabric::client::{ErrorClass, Gateway, GatewayError, Stage};
-use gxd_fabric::devnet::{self, DevnetConfig, DevnetHandle, DevnetOptions, DevnetPaths};
 use gxd_fabric::identity::{P256Signer, SigningIdentity};
 use gxd_fabric::proto::protos::TxValidationCode;
 use gxd_fabric::stream::{Backoff, BlockStream, BlockStreamConfig};
@@ -23,10 +23,10 @@ const ORG1: &str = "org1.example.com";
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn start(dir: &Path, listen: SocketAddr) -> DevnetHandle {
-    let config = DevnetConfig::default().with_batch(10, Duration::from_millis(50));
-    devnet::start_with(DevnetOptions::new(dir).with_listen(listen), config)
-        .await
-        .unwrap()
+    let config = DevnetConfig::new(dir)
+        .with_listen(listen)
+        .with_batch(10, Duration::from_millis(50));
+    devnet::start(config).await.unwrap()
 }
 
 fn connector(paths: &DevnetPaths, addr: SocketAddr) -> Arc<PeerConnector> {
