@@ -140,7 +140,7 @@ impl P256Signer {
         Self { key }
     }
 
-    /// A fresh random key (tests, devnet material).
+    /// A fresh random key (tests, generated crypto material).
     pub fn generate() -> Self {
         Self {
             key: SigningKey::random(&mut rand::rngs::OsRng),

@@ -1,5 +1,6 @@
-//! Fabric protocol for gxd: protos, MSP identity, Gateway client, block stream,
-//! and the devnet (a Fabric-compatible peer with the GX chaincode built in).
+//! Fabric protocol for gxd: protos, MSP identity, transactions, blocks, the Gateway client
+//! and the block stream. The devnet (a Fabric-compatible peer with the GX chaincode built in)
+//! is the separate crate `gxd-devnet` (`fabric/devnet/`), built on this one.
 //!
 //! Codemap:
 //! - [`proto`]: every Fabric protobuf message and gRPC stub gxd uses (re-exported from
@@ -10,7 +11,6 @@
 //! - [`tls`]: TLS connections to peers with failover.
 //! - [`client`]: the Gateway client (evaluate, endorse, submit, commit status) and its errors.
 //! - [`stream`]: the verified, self-reconnecting Deliver block stream.
-//! - [`devnet`]: a Fabric-compatible peer for development and tests.
 
 pub mod block;
 pub mod client;
@@ -19,8 +19,6 @@ pub mod proto;
 pub mod stream;
 pub mod tls;
 pub mod tx;
-
-pub mod devnet;
 
 #[cfg(test)]
 mod test_support;

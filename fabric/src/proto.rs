@@ -155,7 +155,7 @@ mod generated {
 pub use generated::{deliver_client, deliver_server};
 
 /// Packs `gateway.ErrorDetail`s into a `tonic::Status` the way a Fabric Gateway does
-/// (a `google.rpc.Status` in the binary details). Used by servers (the devnet) and tests.
+/// (a `google.rpc.Status` in the binary details). Used by Gateway servers (the `gxd-devnet` peer) and tests.
 pub fn status_with_details(
     code: tonic::Code,
     message: impl Into<String>,

@@ -103,10 +103,12 @@ async fn with_cluster(
 
     let devnet_dir = dir.join("devnet");
     let devnet_token = CancellationToken::new();
-    let devnet = tokio::spawn(gxd_fabric::devnet::serve(
-        gxd_fabric::devnet::DevnetOptions::new(devnet_dir.clone()).with_listen(opts.devnet_listen),
-        devnet_token.clone(),
-    ));
+    let devnet = tokio::spawn({
+        let config =
+            gxd_devnet::DevnetConfig::new(devnet_dir.clone()).with_listen(opts.devnet_listen);
+        let stop = devnet_token.clone().cancelled_owned();
+        async move { gxd_devnet::start(config).await?.run_until(stop).await }
+    });
 
     let config = Config {
         api_listen: opts.api_listen,

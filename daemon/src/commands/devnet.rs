@@ -22,34 +22,19 @@ pub struct DevnetArgs {
 /// Serves the devnet until a shutdown signal (or its own failure).
 pub fn execute(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     logging::init(config::LogFormat::Pretty, "info");
-    let mut settings = gxd_fabric::devnet::DevnetConfig::default().with_batch(
-        args.batch_max_tx as usize,
-        Duration::from_millis(args.batch_timeout_ms),
-    );
-    settings.tls = !args.no_tls;
-    super::runtime()?.block_on(devnet(args.dir, args.listen, settings))
-}
-
-async fn devnet(
-    dir: PathBuf,
-    listen: SocketAddr,
-    settings: gxd_fabric::devnet::DevnetConfig,
-) -> anyhow::Result<ExitCode> {
-    let token = tokio_util::sync::CancellationToken::new();
-    let serve = gxd_fabric::devnet::serve_with(
-        gxd_fabric::devnet::DevnetOptions::new(dir).with_listen(listen),
-        settings,
-        token.clone(),
-    );
-    let mut serve = std::pin::pin!(serve);
-    tokio::select! {
-        result = &mut serve => {
-            result.context("devnet")?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        () = signal::shutdown_signal() => {}
-    }
-    token.cancel();
-    serve.await.context("devnet")?;
-    Ok(ExitCode::SUCCESS)
+    let config = gxd_devnet::DevnetConfig::new(args.dir)
+        .with_listen(args.listen)
+        .with_tls(!args.no_tls)
+        .with_batch(
+            args.batch_max_tx as usize,
+            Duration::from_millis(args.batch_timeout_ms),
+        );
+    super::runtime()?.block_on(async {
+        let devnet = gxd_devnet::start(config).await.context("devnet")?;
+        devnet
+            .run_until(signal::shutdown_signal())
+            .await
+            .context("devnet")?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -8,19 +8,20 @@ use std::time::Duration;
 
 use prost::Message;
 
-use super::blocks::{compute_tx_id, make_header, new_block, nonce, now_timestamp};
-use super::crypto::LocalSigner;
-use crate::proto::common::{
+use super::blocks::{make_header, new_block};
+use gxd_fabric::identity::{SignError, SigningIdentity};
+use gxd_fabric::proto::common::{
     self, Block, Capabilities, Capability, ChannelHeader, Config, ConfigEnvelope, ConfigGroup,
     ConfigPolicy, ConfigValue, Envelope, HeaderType, ImplicitMetaPolicy, MspPrincipal, MspRole,
     Payload, Policy, SignatureHeader, SignaturePolicy, SignaturePolicyEnvelope,
     implicit_meta_policy, msp_principal, msp_role, policy, signature_policy,
 };
-use crate::proto::msp::{
+use gxd_fabric::proto::msp::{
     FabricCryptoConfig, FabricMspConfig, FabricNodeOUs, FabricOuIdentifier, MspConfig,
 };
-use crate::proto::orderer::{BatchSize, BatchTimeout, ChannelRestrictions, ConsensusType};
-use crate::proto::protos::{AnchorPeer, AnchorPeers};
+use gxd_fabric::proto::orderer::{BatchSize, BatchTimeout, ChannelRestrictions, ConsensusType};
+use gxd_fabric::proto::protos::{AnchorPeer, AnchorPeers};
+use gxd_fabric::tx::{compute_tx_id, new_nonce, now_timestamp};
 
 /// One organization in the channel configuration.
 #[derive(Debug, Clone)]
@@ -300,9 +301,9 @@ pub fn channel_config(cfg: &ChannelConfig) -> Config {
 }
 
 /// Block 0: one CONFIG envelope signed by the orderer. Metadata is left to the caller.
-pub fn genesis_block(cfg: &ChannelConfig, orderer: &LocalSigner) -> Block {
-    let nonce = nonce();
-    let creator = orderer.serialized().to_vec();
+pub fn genesis_block(cfg: &ChannelConfig, orderer: &SigningIdentity) -> Result<Block, SignError> {
+    let nonce = new_nonce();
+    let creator = orderer.creator().to_vec();
     let chdr = ChannelHeader {
         r#type: HeaderType::Config as i32,
         version: 1,
@@ -323,7 +324,7 @@ pub fn genesis_block(cfg: &ChannelConfig, orderer: &LocalSigner) -> Block {
         .encode_to_vec(),
     }
     .encode_to_vec();
-    let signature = orderer.sign(&payload);
+    let signature = orderer.sign(&payload)?;
     let envelope = Envelope { payload, signature }.encode_to_vec();
-    new_block(0, Vec::new(), vec![envelope])
+    Ok(new_block(0, Vec::new(), vec![envelope]))
 }

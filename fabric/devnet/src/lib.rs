@@ -7,30 +7,39 @@
 //! on by default, so the official Fabric Gateway SDKs and gxd's own client work against it
 //! unchanged.
 //!
-//! - [`serve`] / [`start`]: initialize `DIR` on first start (crypto material in the cryptogen
-//!   layout — see [`crypto`] — and a ledger with the genesis block), then serve.
+//! The whole surface: [`DevnetConfig`] → [`start`] → [`DevnetHandle`].
+//! - [`start`]: initializes `DIR` on first start (crypto material in the cryptogen layout —
+//!   see [`DevnetPaths`] — and a ledger with the genesis block), then serves; returns once
+//!   the port is bound.
 //! - [`DevnetHandle`]: the listening address, the ledger height, runtime fault knobs
-//!   ([`faults::Faults`], also switchable out of process through `DIR/faults.json`), shutdown.
+//!   ([`Faults`], also switchable out of process through `DIR/faults.json`), and stopping:
+//!   [`DevnetHandle::shutdown`], [`DevnetHandle::join`], [`DevnetHandle::run_until`].
 //! - Blocks are cut by count, size or timeout ([`BatchConfig`], defaults 100 tx / 2 MiB / 100 ms).
-//! - Ledger, world state and height persist in RocksDB under `DIR/ledger` ([`ledger`]).
+//! - Ledger, world state and height persist in RocksDB under `DIR/ledger`. This crate is the
+//!   one place besides `gxd-storage` that uses RocksDB.
 //!
-//! Module map: [`crypto`] (material generation and loading), [`msp`] (identity validation),
-//! [`gx`] (the chaincode), [`peer`] (endorsement and commit validation), [`node`] (shared
-//! state, ordering and committing), [`genesis`] and [`blocks`] (block construction),
-//! [`gateway`] and [`deliver`] (the gRPC services), [`faults`], [`ledger`].
+//! Identities, signatures, transaction ids and block hashes are gxd-fabric's
+//! ([`gxd_fabric::identity`], [`gxd_fabric::tx`], [`gxd_fabric::block`]), the same code the
+//! daemon's client uses.
+//!
+//! Internal modules: `crypto` (material generation and loading), `msp` (identity
+//! validation), `gx` (the chaincode), `peer` (endorsement and commit validation), `node`
+//! (shared state, ordering and committing), `genesis` and `blocks` (block construction),
+//! `gateway` and `deliver` (the gRPC services), `faults`, `ledger`.
 
-pub mod blocks;
-pub mod crypto;
-pub mod deliver;
-pub mod faults;
-pub mod gateway;
-pub mod genesis;
-pub mod gx;
-pub mod ledger;
-pub mod msp;
-pub mod node;
-pub mod peer;
+mod blocks;
+mod crypto;
+mod deliver;
+mod faults;
+mod gateway;
+mod genesis;
+mod gx;
+mod ledger;
+mod msp;
+mod node;
+mod peer;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,12 +48,14 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crypto::DevnetPaths;
+pub use crypto::{CryptoError, DevnetPaths};
 pub use faults::{Fault, FaultRule, Faults, Rpc};
-pub use node::BatchConfig;
+pub use ledger::LedgerError;
+pub use msp::MspError;
+pub use node::{BatchConfig, NodeError};
 
-use crate::proto::deliver_server::DeliverServer;
-use crate::proto::gateway::gateway_server::GatewayServer;
+use gxd_fabric::proto::deliver_server::DeliverServer;
+use gxd_fabric::proto::gateway::gateway_server::GatewayServer;
 
 /// Default channel name.
 pub const DEFAULT_CHANNEL: &str = "gxchannel";
@@ -55,22 +66,35 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7051";
 /// The peer's TLS host name (the server certificate's subject; clients override to it).
 pub const PEER_HOST: &str = "peer0.org1.example.com";
 
-/// Options for `gxd devnet --dir DIR [--listen ADDR]`. Everything else has defaults in
-/// [`DevnetConfig`] (see [`start_with`] / [`serve_with`]).
+/// Everything the devnet runs with: `gxd devnet --dir DIR [--listen ADDR] ...`. Only the
+/// directory is required; the rest has defaults ([`DevnetConfig::new`]) and builder setters.
 #[derive(Debug, Clone)]
-pub struct DevnetOptions {
+pub struct DevnetConfig {
     /// State directory: crypto material, ledger, world state. Initialized on first start.
     pub dir: PathBuf,
-    /// gRPC listen address (default 127.0.0.1:7051; port 0 picks a free port).
+    /// gRPC listen address (default [`DEFAULT_LISTEN`]; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Serve TLS with peer0.org1.example.com's certificate (default true).
+    pub tls: bool,
+    /// Channel name (default [`DEFAULT_CHANNEL`]). Fixed by the genesis block on first start.
+    pub channel: String,
+    /// Name the GX chaincode is installed under (default [`DEFAULT_CHAINCODE`]).
+    pub chaincode: String,
+    /// Block cutting (default 100 transactions / 2 MiB / 100 ms).
+    pub batch: BatchConfig,
 }
 
-impl DevnetOptions {
-    /// `dir` with the default listen address 127.0.0.1:7051.
+impl DevnetConfig {
+    /// `dir` with the defaults: listen on 127.0.0.1:7051, TLS on, channel `gxchannel`,
+    /// chaincode `gx`, default block cutting.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7051)),
+            tls: true,
+            channel: DEFAULT_CHANNEL.to_owned(),
+            chaincode: DEFAULT_CHAINCODE.to_owned(),
+            batch: BatchConfig::default(),
         }
     }
 
@@ -79,34 +103,26 @@ impl DevnetOptions {
         self.listen = listen;
         self
     }
-}
 
-/// Further devnet settings, all with defaults.
-#[derive(Debug, Clone)]
-pub struct DevnetConfig {
-    /// Serve TLS with peer0.org1.example.com's certificate (default true).
-    pub tls: bool,
-    /// Channel name (default `gxchannel`). Fixed by the genesis block on first start.
-    pub channel: String,
-    /// Name the GX chaincode is installed under (default `gx`).
-    pub chaincode: String,
-    /// Block cutting (default 100 transactions / 2 MiB / 100 ms).
-    pub batch: BatchConfig,
-}
-
-impl Default for DevnetConfig {
-    fn default() -> Self {
-        Self {
-            tls: true,
-            channel: DEFAULT_CHANNEL.to_owned(),
-            chaincode: DEFAULT_CHAINCODE.to_owned(),
-            batch: BatchConfig::default(),
-        }
+    /// Turns TLS on or off.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
-}
 
-impl DevnetConfig {
-    /// Sets the block cutting count and timeout.
+    /// Sets the channel name.
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// Sets the name the GX chaincode is installed under.
+    pub fn with_chaincode(mut self, chaincode: impl Into<String>) -> Self {
+        self.chaincode = chaincode.into();
+        self
+    }
+
+    /// Sets the block cutting count (at least 1) and timeout.
     pub fn with_batch(mut self, max_message_count: usize, timeout: Duration) -> Self {
         self.batch.max_message_count = max_message_count.max(1);
         self.batch.timeout = timeout;
@@ -202,38 +218,33 @@ impl DevnetHandle {
         self.join().await
     }
 
-    /// Waits for the devnet to stop by itself (a fatal error) or through its token.
+    /// Waits for the devnet to stop by itself (a fatal error) or through [`shutdown`](Self::shutdown).
     pub async fn join(self) -> Result<(), DevnetError> {
         match self.task.await {
             Ok(r) => r,
             Err(e) => Err(DevnetError::Task(e.to_string())),
         }
     }
+
+    /// Serves until `shutdown` resolves (then stops as [`shutdown`](Self::shutdown) does) or
+    /// the devnet stops by itself (a fatal error, returned).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), DevnetError> {
+        tokio::select! {
+            () = shutdown => self.shutdown.cancel(),
+            () = self.shutdown.cancelled() => {}
+        }
+        self.join().await
+    }
 }
 
-/// Initializes `opts.dir` if needed and starts serving; returns once the port is bound.
-pub async fn start(opts: DevnetOptions) -> Result<DevnetHandle, DevnetError> {
-    start_with(opts, DevnetConfig::default()).await
-}
-
-/// [`start`] with explicit settings.
-pub async fn start_with(
-    opts: DevnetOptions,
-    config: DevnetConfig,
-) -> Result<DevnetHandle, DevnetError> {
-    start_with_shutdown(opts, config, CancellationToken::new()).await
-}
-
-async fn start_with_shutdown(
-    opts: DevnetOptions,
-    config: DevnetConfig,
-    shutdown: CancellationToken,
-) -> Result<DevnetHandle, DevnetError> {
-    std::fs::create_dir_all(&opts.dir).map_err(|source| DevnetError::Dir {
-        path: opts.dir.clone(),
+/// Initializes `config.dir` if needed and starts serving; returns once the port is bound.
+pub async fn start(config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
+    let shutdown = CancellationToken::new();
+    std::fs::create_dir_all(&config.dir).map_err(|source| DevnetError::Dir {
+        path: config.dir.clone(),
         source,
     })?;
-    let dir = opts.dir.clone();
+    let dir = config.dir.clone();
     let paths = DevnetPaths::new(&dir);
     let material = {
         let dir = dir.clone();
@@ -244,12 +255,7 @@ async fn start_with_shutdown(
         .await
         .map_err(|e| DevnetError::Task(e.to_string()))??
     };
-    let msp = msp::MspManager::new(
-        material
-            .orgs
-            .iter()
-            .map(|(id, ca, _)| (id.as_str(), ca.as_slice())),
-    )?;
+    let msp = msp::MspManager::new(material.ca_certs())?;
     let ledger = ledger::Ledger::open(&paths.ledger())?;
     let channel = peer::ChannelInfo {
         channel_id: config.channel.clone(),
@@ -278,14 +284,14 @@ async fn start_with_shutdown(
         absolute_max_bytes: u32::try_from(config.batch.absolute_max_bytes).unwrap_or(u32::MAX),
         batch_timeout: config.batch.timeout,
     };
-    let listener = tokio::net::TcpListener::bind(opts.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DevnetError::Bind {
-            addr: opts.listen,
+            addr: config.listen,
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| DevnetError::Bind {
-        addr: opts.listen,
+        addr: config.listen,
         source,
     })?;
     let faults = Faults::default();
@@ -390,26 +396,6 @@ async fn start_with_shutdown(
         shutdown,
         task,
     })
-}
-
-/// Initialize `opts.dir` if needed, then serve until `shutdown` is cancelled.
-pub async fn serve(opts: DevnetOptions, shutdown: CancellationToken) -> Result<(), DevnetError> {
-    serve_with(opts, DevnetConfig::default(), shutdown).await
-}
-
-/// [`serve`] with explicit settings.
-pub async fn serve_with(
-    opts: DevnetOptions,
-    config: DevnetConfig,
-    shutdown: CancellationToken,
-) -> Result<(), DevnetError> {
-    let handle = start_with_shutdown(opts, config, shutdown.child_token()).await?;
-    let token = handle.shutdown.clone();
-    tokio::select! {
-        _ = shutdown.cancelled() => token.cancel(),
-        _ = token.cancelled() => {}
-    }
-    handle.join().await
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use super::blocks::filtered_block;
 use super::faults::{self, Disposition, Rpc};
 use super::node::Node;
 use super::peer::check_envelope;
-use crate::proto::common::{self, Envelope, HeaderType};
-use crate::proto::deliver_server::Deliver;
-use crate::proto::orderer::{SeekInfo, seek_info, seek_position};
-use crate::proto::{BlockAndPrivateData, DeliverResponse, deliver_response};
+use gxd_fabric::proto::common::{self, Envelope, HeaderType};
+use gxd_fabric::proto::deliver_server::Deliver;
+use gxd_fabric::proto::orderer::{SeekInfo, seek_info, seek_position};
+use gxd_fabric::proto::{BlockAndPrivateData, DeliverResponse, deliver_response};
 
 /// What kind of blocks a Deliver stream sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ async fn serve_request(
         Ok(Err((code, info))) => {
             tracing::warn!(%info, "deliver request refused");
             return Ok(
-                if code == crate::proto::protos::TxValidationCode::BadCreatorSignature {
+                if code == gxd_fabric::proto::protos::TxValidationCode::BadCreatorSignature {
                     common::Status::Forbidden
                 } else {
                     common::Status::BadRequest
@@ -170,15 +170,16 @@ async fn serve_request(
         return Ok(common::Status::BadRequest);
     };
     let height = node.height();
-    let position = |p: Option<&crate::proto::orderer::SeekPosition>, default: u64| -> Option<u64> {
-        match p.and_then(|p| p.r#type.as_ref()) {
-            None => Some(default),
-            Some(seek_position::Type::Oldest(_)) => Some(0),
-            Some(seek_position::Type::Newest(_)) => Some(height.saturating_sub(1)),
-            Some(seek_position::Type::Specified(s)) => Some(s.number),
-            Some(seek_position::Type::NextCommit(_)) => Some(height),
-        }
-    };
+    let position =
+        |p: Option<&gxd_fabric::proto::orderer::SeekPosition>, default: u64| -> Option<u64> {
+            match p.and_then(|p| p.r#type.as_ref()) {
+                None => Some(default),
+                Some(seek_position::Type::Oldest(_)) => Some(0),
+                Some(seek_position::Type::Newest(_)) => Some(height.saturating_sub(1)),
+                Some(seek_position::Type::Specified(s)) => Some(s.number),
+                Some(seek_position::Type::NextCommit(_)) => Some(height),
+            }
+        };
     let Some(start) = position(seek.start.as_ref(), height.saturating_sub(1)) else {
         return Ok(common::Status::BadRequest);
     };

@@ -9,13 +9,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gxd_devnet::{self as devnet, DevnetConfig, DevnetHandle, DevnetPaths};
 use gxd_fabric::block::ParsedBlock;
 use gxd_fabric::client::{ErrorClass, Gateway, GatewayError, Stage};
-use gxd_fabric::devnet::{self, DevnetConfig, DevnetHandle, DevnetOptions, DevnetPaths};
 use gxd_fabric::identity::{P256Signer, SigningIdentity};
 use gxd_fabric::proto::protos::TxValidationCode;
 use gxd_fabric::stream::{Backoff, BlockStream, BlockStreamConfig};
 use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
+use gxd_fabric::tx::ProposalSpec;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -23,10 +24,10 @@ const ORG1: &str = "org1.example.com";
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn start(dir: &Path, listen: SocketAddr) -> DevnetHandle {
-    let config = DevnetConfig::default().with_batch(10, Duration::from_millis(50));
-    devnet::start_with(DevnetOptions::new(dir).with_listen(listen), config)
-        .await
-        .unwrap()
+    let config = DevnetConfig::new(dir)
+        .with_listen(listen)
+        .with_batch(10, Duration::from_millis(50));
+    devnet::start(config).await.unwrap()
 }
 
 fn connector(paths: &DevnetPaths, addr: SocketAddr) -> Arc<PeerConnector> {
@@ -78,6 +79,29 @@ async fn net() -> Net {
         admin,
         client,
     }
+}
+
+/// Bootstraps the `treasury` wallet with `amount` (as `admin`) and creates `users` (as `gw`).
+async fn seed(admin: &Gateway, gw: &Gateway, amount: &str, users: &[&str]) {
+    admin
+        .submit_transaction(
+            &admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", amount]),
+        )
+        .await
+        .unwrap();
+    for u in users {
+        gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args([*u, "{}"]))
+            .await
+            .unwrap();
+    }
+}
+
+/// `TransferTokens` `id`: `amount` from the treasury to `to`.
+fn transfer(gw: &Gateway, id: &str, to: &str, amount: &str) -> ProposalSpec {
+    gw.proposal("gx", "TransferTokens")
+        .with_args([id, "treasury", to, amount, ""])
 }
 
 /// Reads blocks from `from` until `until` returns true for a block (bounded by LIMIT).
@@ -166,12 +190,9 @@ async fn every_gx_transaction_and_query() {
     ]))
     .await
     .unwrap();
-    gw.submit_transaction(
-        &gw.proposal("gx", "TransferTokens")
-            .with_args(["t2", "treasury", "ms1", "500", ""]),
-    )
-    .await
-    .unwrap();
+    gw.submit_transaction(&transfer(gw, "t2", "ms1", "500"))
+        .await
+        .unwrap();
     gw.submit_transaction(
         &gw.proposal("gx", "ProposeTransfer")
             .with_args(["p1", "ms1", "u3", "200", "rent"]),
@@ -258,30 +279,10 @@ async fn every_gx_transaction_and_query() {
 #[tokio::test]
 async fn chaincode_error_fails_at_endorsement_and_reaches_no_block() {
     let n = net().await;
-    n.admin
-        .submit_transaction(
-            &n.admin
-                .proposal("gx", "Bootstrap")
-                .with_args(["treasury", "50"]),
-        )
-        .await
-        .unwrap();
-    n.client
-        .submit_transaction(
-            &n.client
-                .proposal("gx", "CreateUser")
-                .with_args(["u1", "{}"]),
-        )
-        .await
-        .unwrap();
+    seed(&n.admin, &n.client, "50", &["u1"]).await;
     let height = n.handle.height();
     let gw = &n.client;
-    let proposal = gw
-        .new_proposal(
-            &gw.proposal("gx", "TransferTokens")
-                .with_args(["t1", "treasury", "u1", "51", ""]),
-        )
-        .unwrap();
+    let proposal = gw.new_proposal(&transfer(gw, "t1", "u1", "51")).unwrap();
     let err = gw.endorse(&proposal).await.unwrap_err();
     assert_eq!(err.stage(), Stage::Endorse);
     assert_eq!(err.tx_id(), proposal.tx_id);
@@ -296,10 +297,7 @@ async fn chaincode_error_fails_at_endorsement_and_reaches_no_block() {
     assert_eq!(err.class(), ErrorClass::Permanent);
     // Nothing was ordered: a later transaction lands in the very next block.
     let ok = gw
-        .submit_transaction(
-            &gw.proposal("gx", "TransferTokens")
-                .with_args(["t2", "treasury", "u1", "50", ""]),
-        )
+        .submit_transaction(&transfer(gw, "t2", "u1", "50"))
         .await
         .unwrap();
     assert_eq!(ok.block_number, height);
@@ -310,34 +308,11 @@ async fn chaincode_error_fails_at_endorsement_and_reaches_no_block() {
 #[tokio::test]
 async fn mvcc_conflict_at_commit() {
     let n = net().await;
-    n.admin
-        .submit_transaction(
-            &n.admin
-                .proposal("gx", "Bootstrap")
-                .with_args(["treasury", "1000"]),
-        )
-        .await
-        .unwrap();
-    for u in ["u1", "u2"] {
-        n.client
-            .submit_transaction(&n.client.proposal("gx", "CreateUser").with_args([u, "{}"]))
-            .await
-            .unwrap();
-    }
+    seed(&n.admin, &n.client, "1000", &["u1", "u2"]).await;
     let gw = &n.client;
     // Two endorsements against the same state (both read the treasury wallet) ...
-    let a = gw
-        .new_proposal(
-            &gw.proposal("gx", "TransferTokens")
-                .with_args(["ta", "treasury", "u1", "10", ""]),
-        )
-        .unwrap();
-    let b = gw
-        .new_proposal(
-            &gw.proposal("gx", "TransferTokens")
-                .with_args(["tb", "treasury", "u2", "20", ""]),
-        )
-        .unwrap();
+    let a = gw.new_proposal(&transfer(gw, "ta", "u1", "10")).unwrap();
+    let b = gw.new_proposal(&transfer(gw, "tb", "u2", "20")).unwrap();
     let pa = gw.endorse(&a).await.unwrap();
     let pb = gw.endorse(&b).await.unwrap();
     // ... both submitted: the first commits, the second is invalidated and changes nothing.
@@ -368,12 +343,9 @@ async fn mvcc_conflict_at_commit() {
         .unwrap();
     assert_eq!(t.validation(), Some(TxValidationCode::MvccReadConflict));
     // Re-endorsing gives a fresh transaction that commits.
-    gw.submit_transaction(
-        &gw.proposal("gx", "TransferTokens")
-            .with_args(["tb", "treasury", "u2", "20", ""]),
-    )
-    .await
-    .unwrap();
+    gw.submit_transaction(&transfer(gw, "tb", "u2", "20"))
+        .await
+        .unwrap();
     assert_eq!(wallet_balance(gw, "u2").await, "20");
     n.handle.shutdown().await.unwrap();
 }
@@ -381,29 +353,9 @@ async fn mvcc_conflict_at_commit() {
 #[tokio::test]
 async fn duplicate_transaction_id_is_recognised_as_done() {
     let n = net().await;
-    n.admin
-        .submit_transaction(
-            &n.admin
-                .proposal("gx", "Bootstrap")
-                .with_args(["treasury", "1000"]),
-        )
-        .await
-        .unwrap();
-    n.client
-        .submit_transaction(
-            &n.client
-                .proposal("gx", "CreateUser")
-                .with_args(["u1", "{}"]),
-        )
-        .await
-        .unwrap();
+    seed(&n.admin, &n.client, "1000", &["u1"]).await;
     let gw = &n.client;
-    let proposal = gw
-        .new_proposal(
-            &gw.proposal("gx", "TransferTokens")
-                .with_args(["t1", "treasury", "u1", "7", ""]),
-        )
-        .unwrap();
+    let proposal = gw.new_proposal(&transfer(gw, "t1", "u1", "7")).unwrap();
     let prepared = gw.endorse(&proposal).await.unwrap();
     // Persist and restore, as the outbox does.
     let stored = prepared.to_bytes();
@@ -512,17 +464,7 @@ async fn block_stream_resumes_across_a_devnet_restart() {
     let c = connector(&paths, addr);
     let admin = Gateway::new(c.clone(), user(&paths, "Admin"), devnet::DEFAULT_CHANNEL);
     let gw = Gateway::new(c.clone(), user(&paths, "User1"), devnet::DEFAULT_CHANNEL);
-    admin
-        .submit_transaction(
-            &admin
-                .proposal("gx", "Bootstrap")
-                .with_args(["treasury", "1000"]),
-        )
-        .await
-        .unwrap();
-    gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["u1", "{}"]))
-        .await
-        .unwrap();
+    seed(&admin, &gw, "1000", &["u1"]).await;
 
     let cancel = CancellationToken::new();
     let mut cfg = BlockStreamConfig::new(devnet::DEFAULT_CHANNEL, 0);

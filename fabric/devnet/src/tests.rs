@@ -8,46 +8,45 @@ use std::time::Duration;
 use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-use super::blocks::{compute_tx_id, nonce, now_timestamp};
-use super::crypto::{DevnetPaths, LocalSigner, PEER_ORGS};
+use super::crypto::{DevnetPaths, PEER_ORGS};
 use super::*;
-use crate::proto::common::{
+use gxd_fabric::identity::{Identity, P256Signer, SigningIdentity};
+use gxd_fabric::proto::common::{
     self, Block, ChannelHeader, Envelope, Header, HeaderType, Payload, SignatureHeader,
 };
-use crate::proto::deliver_client::DeliverClient;
-use crate::proto::gateway::gateway_client::GatewayClient;
-use crate::proto::gateway::{
+use gxd_fabric::proto::deliver_client::DeliverClient;
+use gxd_fabric::proto::gateway::gateway_client::GatewayClient;
+use gxd_fabric::proto::gateway::{
     ChaincodeEventsRequest, CommitStatusRequest, EndorseRequest, EvaluateRequest,
     SignedChaincodeEventsRequest, SignedCommitStatusRequest, SubmitRequest,
 };
-use crate::proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, seek_info, seek_position};
-use crate::proto::protos::{
+use gxd_fabric::proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, seek_info, seek_position};
+use gxd_fabric::proto::protos::{
     ChaincodeHeaderExtension, ChaincodeId, ChaincodeInput, ChaincodeInvocationSpec,
     ChaincodeProposalPayload, ChaincodeSpec, Proposal, SignedProposal, TxValidationCode,
 };
-use crate::proto::{deliver_response, error_details};
+use gxd_fabric::proto::{deliver_response, error_details};
+use gxd_fabric::tx::{compute_tx_id, new_nonce, now_timestamp};
 
 const ORG1: &str = "org1.example.com";
 
-fn signer(paths: &DevnetPaths, domain: &str, user: &str) -> LocalSigner {
+fn signer(paths: &DevnetPaths, domain: &str, user: &str) -> SigningIdentity {
     let msp = PEER_ORGS
         .iter()
         .find(|o| o.domain == domain)
         .unwrap()
         .msp_id;
-    LocalSigner::load(
-        msp,
-        &paths.user_cert(domain, user),
-        &paths.user_key(domain, user),
-    )
-    .unwrap()
+    SigningIdentity::from_msp_dir(msp, &paths.user_msp(domain, user)).unwrap()
 }
 
 /// A signer with `cert_of`'s certificate but `key_of`'s key (a wrong-key signature).
-fn mismatched(paths: &DevnetPaths, cert_of: &str, key_of: &str) -> LocalSigner {
+fn mismatched(paths: &DevnetPaths, cert_of: &str, key_of: &str) -> SigningIdentity {
     let cert = std::fs::read(paths.user_cert(ORG1, cert_of)).unwrap();
     let key = std::fs::read_to_string(paths.user_key(ORG1, key_of)).unwrap();
-    LocalSigner::from_pem("Org1MSP", &cert, &key).unwrap()
+    SigningIdentity::new(
+        Identity::new("Org1MSP", &cert).unwrap(),
+        std::sync::Arc::new(P256Signer::from_pem(&key).unwrap()),
+    )
 }
 
 struct Net {
@@ -75,30 +74,35 @@ async fn connect(handle: &DevnetHandle) -> (GatewayClient<Channel>, DeliverClien
     )
 }
 
-async fn start_net(dir: &std::path::Path, config: DevnetConfig) -> Net {
-    let opts = DevnetOptions::new(dir).with_listen("127.0.0.1:0".parse().unwrap());
-    let handle = start_with(opts, config).await.unwrap();
+async fn start_net(config: DevnetConfig) -> Net {
+    let handle = start(config).await.unwrap();
     let (gw, deliver) = connect(&handle).await;
     Net {
-        paths: DevnetPaths::new(dir),
+        paths: handle.paths().clone(),
         handle,
         gw,
         deliver,
     }
 }
 
-fn fast() -> DevnetConfig {
-    DevnetConfig::default().with_batch(100, Duration::from_millis(20))
+/// A devnet in `dir` on a free port.
+fn local(dir: &std::path::Path) -> DevnetConfig {
+    DevnetConfig::new(dir).with_listen("127.0.0.1:0".parse().unwrap())
+}
+
+/// [`local`] cutting blocks after 20 ms.
+fn fast(dir: &std::path::Path) -> DevnetConfig {
+    local(dir).with_batch(100, Duration::from_millis(20))
 }
 
 fn signed_proposal(
-    s: &LocalSigner,
+    s: &SigningIdentity,
     channel: &str,
     cc: &str,
     args: &[&str],
 ) -> (SignedProposal, String) {
-    let nonce = nonce();
-    let tx_id = compute_tx_id(&nonce, s.serialized());
+    let nonce = new_nonce();
+    let tx_id = compute_tx_id(&nonce, s.creator());
     let chdr = ChannelHeader {
         r#type: HeaderType::EndorserTransaction as i32,
         version: 0,
@@ -116,7 +120,7 @@ fn signed_proposal(
         tls_cert_hash: Vec::new(),
     };
     let shdr = SignatureHeader {
-        creator: s.serialized().to_vec(),
+        creator: s.creator().to_vec(),
         nonce,
     };
     let input = ChaincodeInvocationSpec {
@@ -149,7 +153,7 @@ fn signed_proposal(
     let bytes = proposal.encode_to_vec();
     (
         SignedProposal {
-            signature: s.sign(&bytes),
+            signature: s.sign(&bytes).unwrap(),
             proposal_bytes: bytes,
         },
         tx_id,
@@ -159,7 +163,7 @@ fn signed_proposal(
 impl Net {
     async fn endorse(
         &mut self,
-        s: &LocalSigner,
+        s: &SigningIdentity,
         args: &[&str],
     ) -> Result<(Envelope, String), tonic::Status> {
         let (sp, tx_id) = signed_proposal(s, DEFAULT_CHANNEL, "gx", args);
@@ -174,7 +178,7 @@ impl Net {
             .await?
             .into_inner();
         let mut env = resp.prepared_transaction.unwrap();
-        env.signature = s.sign(&env.payload);
+        env.signature = s.sign(&env.payload).unwrap();
         Ok((env, tx_id))
     }
 
@@ -189,15 +193,15 @@ impl Net {
             .map(|_| ())
     }
 
-    async fn status(&mut self, s: &LocalSigner, tx_id: &str) -> (i32, u64) {
+    async fn status(&mut self, s: &SigningIdentity, tx_id: &str) -> (i32, u64) {
         let req = CommitStatusRequest {
             transaction_id: tx_id.to_owned(),
             channel_id: DEFAULT_CHANNEL.to_owned(),
-            identity: s.serialized().to_vec(),
+            identity: s.creator().to_vec(),
         }
         .encode_to_vec();
         let mut request = tonic::Request::new(SignedCommitStatusRequest {
-            signature: s.sign(&req),
+            signature: s.sign(&req).unwrap(),
             request: req,
         });
         request.set_timeout(Duration::from_secs(30));
@@ -205,7 +209,7 @@ impl Net {
         (r.result, r.block_number)
     }
 
-    async fn submit_and_wait(&mut self, s: &LocalSigner, args: &[&str]) -> (String, i32, u64) {
+    async fn submit_and_wait(&mut self, s: &SigningIdentity, args: &[&str]) -> (String, i32, u64) {
         let (env, tx_id) = self.endorse(s, args).await.unwrap();
         self.submit(&env, &tx_id).await.unwrap();
         let (code, block) = self.status(s, &tx_id).await;
@@ -214,7 +218,7 @@ impl Net {
 
     async fn evaluate(
         &mut self,
-        s: &LocalSigner,
+        s: &SigningIdentity,
         args: &[&str],
     ) -> Result<serde_json::Value, tonic::Status> {
         let (sp, tx_id) = signed_proposal(s, DEFAULT_CHANNEL, "gx", args);
@@ -231,13 +235,13 @@ impl Net {
         Ok(serde_json::from_slice(&r.result.unwrap().payload).unwrap())
     }
 
-    async fn balance(&mut self, s: &LocalSigner, wallet: &str) -> String {
+    async fn balance(&mut self, s: &SigningIdentity, wallet: &str) -> String {
         let w = self.evaluate(s, &["GetWallet", wallet]).await.unwrap();
         w["balance"].as_str().unwrap().to_owned()
     }
 
     /// Blocks `from..=to` through Deliver (full blocks).
-    async fn blocks(&mut self, s: &LocalSigner, from: u64, to: u64) -> Vec<Block> {
+    async fn blocks(&mut self, s: &SigningIdentity, from: u64, to: u64) -> Vec<Block> {
         let env = seek_envelope(s, from, to, seek_info::SeekBehavior::BlockUntilReady);
         let mut stream = self
             .deliver
@@ -265,21 +269,21 @@ impl Net {
 }
 
 fn seek_envelope(
-    s: &LocalSigner,
+    s: &SigningIdentity,
     from: u64,
     to: u64,
     behavior: seek_info::SeekBehavior,
 ) -> Envelope {
-    let nonce = nonce();
+    let nonce = new_nonce();
     let chdr = ChannelHeader {
         r#type: HeaderType::DeliverSeekInfo as i32,
         channel_id: DEFAULT_CHANNEL.to_owned(),
-        tx_id: compute_tx_id(&nonce, s.serialized()),
+        tx_id: compute_tx_id(&nonce, s.creator()),
         timestamp: Some(now_timestamp()),
         ..Default::default()
     };
     let shdr = SignatureHeader {
-        creator: s.serialized().to_vec(),
+        creator: s.creator().to_vec(),
         nonce,
     };
     let pos = |n| SeekPosition {
@@ -300,7 +304,7 @@ fn seek_envelope(
     }
     .encode_to_vec();
     Envelope {
-        signature: s.sign(&payload),
+        signature: s.sign(&payload).unwrap(),
         payload,
     }
 }
@@ -311,7 +315,7 @@ fn filter_of(block: &Block) -> Vec<u8> {
         .clone()
 }
 
-async fn bootstrap(net: &mut Net) -> (LocalSigner, LocalSigner) {
+async fn bootstrap(net: &mut Net) -> (SigningIdentity, SigningIdentity) {
     let admin = signer(&net.paths, ORG1, "Admin");
     let user = signer(&net.paths, ORG1, "User1");
     let (_, code, _) = net
@@ -328,7 +332,7 @@ async fn bootstrap(net: &mut Net) -> (LocalSigner, LocalSigner) {
 #[tokio::test]
 async fn gx_flow_commits_and_blocks_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     assert_eq!(net.handle.height(), 1, "genesis block only");
     let (_, user) = bootstrap(&mut net).await;
     let (tx_id, code, block) = net
@@ -347,12 +351,17 @@ async fn gx_flow_commits_and_blocks_chain() {
     // Block 0 is a config block; every block follows its predecessor's header hash.
     let parsed: Vec<_> = blocks
         .iter()
-        .map(|b| crate::block::ParsedBlock::parse(b.clone()).unwrap())
+        .map(|b| gxd_fabric::block::ParsedBlock::parse(b.clone()).unwrap())
         .collect();
-    assert!(super::node::is_config_block(&blocks[0]));
+    assert_eq!(
+        blocks::summarize(&blocks[0])[0].header_type,
+        HeaderType::Config as i32,
+        "block 0 is the config block"
+    );
     for w in parsed.windows(2) {
-        let prev =
-            crate::block::block_header_hash(blocks[w[0].number as usize].header.as_ref().unwrap());
+        let prev = gxd_fabric::block::block_header_hash(
+            blocks[w[0].number as usize].header.as_ref().unwrap(),
+        );
         w[1].verify_follows(&prev).unwrap();
         w[1].verify_data_hash().unwrap();
     }
@@ -375,7 +384,7 @@ async fn gx_flow_commits_and_blocks_chain() {
 #[tokio::test]
 async fn errors_match_fabric_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     let (_, user) = bootstrap(&mut net).await;
     let height = net.handle.height();
 
@@ -484,7 +493,7 @@ async fn errors_match_fabric_gateway() {
         net.submit(&env, &tx_id).await.unwrap_err().code(),
         tonic::Code::InvalidArgument
     );
-    env.signature = forged.sign(&env.payload);
+    env.signature = forged.sign(&env.payload).unwrap();
     let err = net.submit(&env, &tx_id).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted);
     assert!(err.message().contains("status=FORBIDDEN"), "{err:?}");
@@ -494,13 +503,13 @@ async fn errors_match_fabric_gateway() {
     let req = CommitStatusRequest {
         transaction_id: tx_id.clone(),
         channel_id: DEFAULT_CHANNEL.into(),
-        identity: user.serialized().to_vec(),
+        identity: user.creator().to_vec(),
     }
     .encode_to_vec();
     let err = net
         .gw
         .commit_status(SignedCommitStatusRequest {
-            signature: forged.sign(&req),
+            signature: forged.sign(&req).unwrap(),
             request: req,
         })
         .await
@@ -519,7 +528,7 @@ async fn errors_match_fabric_gateway() {
 #[tokio::test]
 async fn mvcc_conflict_and_duplicate_txid() {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     let (_, user) = bootstrap(&mut net).await;
 
     // Two transfers endorsed against the same treasury state: the second to commit conflicts.
@@ -581,11 +590,7 @@ async fn mvcc_conflict_and_duplicate_txid() {
 async fn blocks_are_cut_by_count_and_by_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // A long timeout: only the count can cut the 3-transaction block.
-    let mut net = start_net(
-        dir.path(),
-        DevnetConfig::default().with_batch(3, Duration::from_secs(3600)),
-    )
-    .await;
+    let mut net = start_net(local(dir.path()).with_batch(3, Duration::from_secs(3600))).await;
     let admin = signer(&net.paths, ORG1, "Admin");
     let user = signer(&net.paths, ORG1, "User1");
     let (env, id) = net
@@ -612,11 +617,7 @@ async fn blocks_are_cut_by_count_and_by_timeout() {
     net.handle.shutdown().await.unwrap();
 
     // A short timeout: a lone transaction is cut into its own block.
-    let mut net = start_net(
-        dir.path(),
-        DevnetConfig::default().with_batch(100, Duration::from_millis(10)),
-    )
-    .await;
+    let mut net = start_net(local(dir.path()).with_batch(100, Duration::from_millis(10))).await;
     assert_eq!(
         net.handle.height(),
         2,
@@ -632,7 +633,7 @@ async fn blocks_are_cut_by_count_and_by_timeout() {
 #[tokio::test]
 async fn state_and_chain_persist_across_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     let (_, user) = bootstrap(&mut net).await;
     net.submit_and_wait(
         &user,
@@ -642,7 +643,7 @@ async fn state_and_chain_persist_across_restart() {
     let height = net.handle.height();
     net.handle.shutdown().await.unwrap();
 
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     assert_eq!(net.handle.height(), height);
     assert_eq!(net.balance(&user, "alice").await, "42");
     let (_, code, block) = net
@@ -655,18 +656,15 @@ async fn state_and_chain_persist_across_restart() {
     assert_eq!(block, height);
     let blocks = net.blocks(&user, 0, block).await;
     for w in blocks.windows(2) {
-        let prev = crate::block::block_header_hash(w[0].header.as_ref().unwrap());
+        let prev = gxd_fabric::block::block_header_hash(w[0].header.as_ref().unwrap());
         assert_eq!(w[1].header.as_ref().unwrap().previous_hash, prev.to_vec());
     }
     net.handle.shutdown().await.unwrap();
 
     // The ledger belongs to its channel: starting it under another name is refused.
-    let opts = DevnetOptions::new(dir.path()).with_listen("127.0.0.1:0".parse().unwrap());
-    let config = DevnetConfig {
-        channel: "otherchannel".into(),
-        ..fast()
-    };
-    let err = start_with(opts, config).await.unwrap_err();
+    let err = start(fast(dir.path()).with_channel("otherchannel"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -679,12 +677,12 @@ async fn state_and_chain_persist_across_restart() {
 #[tokio::test]
 async fn events_and_filtered_blocks() {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     let (admin, user) = bootstrap(&mut net).await;
     let req = ChaincodeEventsRequest {
         channel_id: DEFAULT_CHANNEL.into(),
         chaincode_id: "gx".into(),
-        identity: user.serialized().to_vec(),
+        identity: user.creator().to_vec(),
         start_position: Some(SeekPosition {
             r#type: Some(seek_position::Type::Specified(SeekSpecified { number: 0 })),
         }),
@@ -694,7 +692,7 @@ async fn events_and_filtered_blocks() {
     let mut stream = net
         .gw
         .chaincode_events(SignedChaincodeEventsRequest {
-            signature: user.sign(&req),
+            signature: user.sign(&req).unwrap(),
             request: req,
         })
         .await
@@ -754,7 +752,7 @@ async fn events_and_filtered_blocks() {
 #[tokio::test]
 async fn faults_lose_replies_but_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(dir.path(), fast()).await;
+    let mut net = start_net(fast(dir.path())).await;
     let (_, user) = bootstrap(&mut net).await;
 
     net.handle
@@ -883,45 +881,39 @@ fn crypto_layout_roles_and_chains() {
     assert!(yaml.contains("OrganizationalUnitIdentifier: admin"));
 
     let material = crypto::load_material(dir.path()).unwrap();
-    let mgr = msp::MspManager::new(
-        material
-            .orgs
-            .iter()
-            .map(|(id, ca, _)| (id.as_str(), ca.as_slice())),
-    )
-    .unwrap();
+    let mgr = msp::MspManager::new(material.ca_certs()).unwrap();
     let admin = signer(&paths, ORG1, "Admin");
     let user = signer(&paths, ORG1, "User1");
     let org2_user = signer(&paths, "org2.example.com", "User1");
     assert_eq!(
-        mgr.deserialize(admin.serialized()).unwrap().role,
+        mgr.deserialize(admin.creator()).unwrap().role,
         msp::Role::Admin
     );
-    let id = mgr.deserialize(user.serialized()).unwrap();
+    let id = mgr.deserialize(user.creator()).unwrap();
     assert_eq!(id.role, msp::Role::Client);
-    assert_eq!(id.common_name, "User1@org1.example.com");
+    assert_eq!(id.common_name().unwrap(), "User1@org1.example.com");
     assert_eq!(
-        mgr.deserialize(material.peer_signers[1].serialized())
+        mgr.deserialize(material.peer_signers[1].creator())
             .unwrap()
-            .msp_id,
+            .msp_id(),
         "Org2MSP"
     );
     assert_eq!(
-        mgr.deserialize(material.peer_signers[0].serialized())
+        mgr.deserialize(material.peer_signers[0].creator())
             .unwrap()
             .role,
         msp::Role::Peer
     );
     assert_eq!(
-        mgr.deserialize(material.orderer_signer.serialized())
+        mgr.deserialize(material.orderer_signer.creator())
             .unwrap()
             .role,
         msp::Role::Orderer
     );
     // Org2's certificate presented as Org1MSP does not chain to Org1's CA.
-    let claim = crate::proto::msp::SerializedIdentity {
+    let claim = gxd_fabric::proto::msp::SerializedIdentity {
         mspid: "Org1MSP".into(),
-        id_bytes: org2_user.cert_pem().to_vec(),
+        id_bytes: org2_user.identity().cert_pem().to_vec(),
     }
     .encode_to_vec();
     assert!(matches!(
@@ -934,11 +926,11 @@ fn crypto_layout_roles_and_chains() {
     ));
     assert!(mgr.deserialize(&[0xff, 0xff]).is_err());
     // Signatures: valid, tampered, wrong key, high-S.
-    let sig = user.sign(b"hello");
+    let sig = user.sign(b"hello").unwrap();
     id.verify(b"hello", &sig).unwrap();
     assert_eq!(id.verify(b"hellO", &sig), Err(msp::MspError::BadSignature));
     assert_eq!(
-        id.verify(b"hello", &admin.sign(b"hello")),
+        id.verify(b"hello", &admin.sign(b"hello").unwrap()),
         Err(msp::MspError::BadSignature)
     );
     assert_eq!(
@@ -956,8 +948,47 @@ fn crypto_layout_roles_and_chains() {
     crypto::ensure_material(dir.path()).unwrap();
     assert_eq!(
         std::fs::read(paths.user_cert(ORG1, "User1")).unwrap(),
-        user.cert_pem()
+        user.identity().cert_pem()
     );
+}
+
+#[test]
+fn config_defaults() {
+    let c = DevnetConfig::new("/d");
+    assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert!(c.tls);
+    assert_eq!(c.channel, DEFAULT_CHANNEL);
+    assert_eq!(c.chaincode, DEFAULT_CHAINCODE);
+    assert_eq!(c.batch, BatchConfig::default());
+    let c = c.with_batch(0, Duration::from_secs(1)).with_tls(false);
+    assert_eq!(
+        c.batch.max_message_count, 1,
+        "at least one transaction a block"
+    );
+    assert!(!c.tls);
+}
+
+#[tokio::test]
+async fn run_until_stops_on_the_shutdown_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = start(fast(dir.path())).await.unwrap();
+    let addr = handle.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(handle.run_until(async move {
+        let _ = stopped.await;
+    }));
+    tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(!run.is_finished());
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The ledger is closed: the same directory starts again.
+    let again = start(fast(dir.path())).await.unwrap();
+    assert_eq!(again.height(), 1);
+    again.shutdown().await.unwrap();
 }
 
 mod decoding {
@@ -965,8 +996,8 @@ mod decoding {
 
     use super::super::blocks::{chaincode_event, filtered_block, summarize};
     use super::super::peer::unpack;
-    use crate::proto::common::{Block, BlockData, BlockMetadata};
-    use crate::proto::protos::SignedProposal;
+    use gxd_fabric::proto::common::{Block, BlockData, BlockMetadata};
+    use gxd_fabric::proto::protos::SignedProposal;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]

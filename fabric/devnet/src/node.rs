@@ -9,14 +9,15 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::blocks::{finish_block, header_hash, new_block};
-use super::crypto::LocalSigner;
+use super::blocks::{finish_block, new_block};
 use super::faults::Faults;
 use super::genesis::{ChannelConfig, genesis_block};
 use super::ledger::{BlockCommit, Ledger, LedgerError, TxRecord};
 use super::msp::MspManager;
 use super::peer::{BlockState, ChannelInfo, Validator};
-use crate::proto::common::{Block, HeaderType};
+use gxd_fabric::block::block_header_hash;
+use gxd_fabric::identity::{SignError, SigningIdentity};
+use gxd_fabric::proto::common::Block;
 
 /// Block cutting parameters of the ordering service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +50,8 @@ impl Default for BatchConfig {
 pub struct Node {
     pub channel: ChannelInfo,
     pub msp: MspManager,
-    pub peer_signers: Vec<LocalSigner>,
-    pub orderer_signer: LocalSigner,
+    pub peer_signers: Vec<SigningIdentity>,
+    pub orderer_signer: SigningIdentity,
     pub ledger: Ledger,
     pub endorsing_orgs: Vec<String>,
     /// `host:port` this peer reports in gateway error details.
@@ -94,6 +95,8 @@ pub enum NodeError {
     ChannelMismatch { ledger: String, configured: String },
     #[error("committer task failed: {0}")]
     Committer(String),
+    #[error("orderer: {0}")]
+    Sign(#[from] SignError),
 }
 
 impl Node {
@@ -102,8 +105,8 @@ impl Node {
     pub fn open(
         channel: ChannelInfo,
         msp: MspManager,
-        peer_signers: Vec<LocalSigner>,
-        orderer_signer: LocalSigner,
+        peer_signers: Vec<SigningIdentity>,
+        orderer_signer: SigningIdentity,
         ledger: Ledger,
         genesis: &ChannelConfig,
         peer_address: String,
@@ -116,9 +119,9 @@ impl Node {
             last_header_hash: Vec::new(),
         };
         if tip.height == 0 {
-            let mut block = genesis_block(genesis, &orderer_signer);
-            let filter = vec![crate::proto::protos::TxValidationCode::Valid as u8];
-            finish_block(&mut block, &orderer_signer, filter);
+            let mut block = genesis_block(genesis, &orderer_signer)?;
+            let filter = vec![gxd_fabric::proto::protos::TxValidationCode::Valid as u8];
+            finish_block(&mut block, &orderer_signer, filter)?;
             let tx_id = super::blocks::summarize(&block)
                 .first()
                 .map(|t| t.tx_id.clone())
@@ -157,7 +160,7 @@ impl Node {
         let bytes = ledger.block(last)?.ok_or(NodeError::CorruptBlock(last))?;
         let block = Block::decode(bytes.as_slice()).map_err(|_| NodeError::CorruptBlock(last))?;
         let header = block.header.ok_or(NodeError::CorruptBlock(last))?;
-        tip.last_header_hash = header_hash(&header);
+        tip.last_header_hash = block_header_hash(&header).to_vec();
         let endorsing_orgs = msp
             .msp_ids()
             .filter(|id| *id != super::crypto::ORDERER_ORG.msp_id)
@@ -242,8 +245,12 @@ impl Node {
             let code = validator.validate(number, i as u64, env, &mut state)?;
             filter.push(u8::try_from(code as i32).unwrap_or(u8::MAX));
         }
-        finish_block(&mut block, &self.orderer_signer, filter);
-        let header_hash = block.header.as_ref().map(header_hash).unwrap_or_default();
+        finish_block(&mut block, &self.orderer_signer, filter)?;
+        let header_hash = block
+            .header
+            .as_ref()
+            .map(|h| block_header_hash(h).to_vec())
+            .unwrap_or_default();
         self.ledger.commit(&BlockCommit {
             number,
             block_bytes: block.encode_to_vec(),
@@ -313,12 +320,4 @@ async fn commit(node: &Arc<Node>, tip: Tip, envelopes: Vec<Vec<u8>>) -> Result<T
         Ok(result) => result,
         Err(e) => Err(NodeError::Committer(e.to_string())),
     }
-}
-
-/// Whether a block's first transaction is a config transaction.
-pub fn is_config_block(block: &Block) -> bool {
-    super::blocks::summarize(block)
-        .first()
-        .map(|t| t.header_type == HeaderType::Config as i32)
-        .unwrap_or(false)
 }

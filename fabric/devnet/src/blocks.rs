@@ -3,67 +3,30 @@
 //! last config, transactions filter), and reading transactions and chaincode events back
 //! out of blocks (for CommitStatus, ChaincodeEvents and DeliverFiltered).
 
-use prost::Message;
-use sha2::{Digest, Sha256};
-
-use super::crypto::LocalSigner;
-use crate::proto::common::{
+use gxd_fabric::block::{block_data_hash, block_header_bytes};
+use gxd_fabric::identity::{SignError, SigningIdentity};
+use gxd_fabric::proto::common::{
     self, Block, BlockData, BlockHeader, BlockMetadata, ChannelHeader, Envelope, Header,
     HeaderType, LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata, Payload,
     SignatureHeader,
 };
-use crate::proto::google_protobuf::Timestamp;
-use crate::proto::protos::{
+use gxd_fabric::proto::google_protobuf::Timestamp;
+use gxd_fabric::proto::protos::{
     ChaincodeAction, ChaincodeActionPayload, ChaincodeEvent, ProposalResponsePayload, Transaction,
     TxValidationCode,
 };
-use crate::proto::{
+use gxd_fabric::proto::{
     FilteredBlock, FilteredChaincodeAction, FilteredTransaction, FilteredTransactionActions,
     filtered_transaction,
 };
+use gxd_fabric::tx::new_nonce;
+use prost::Message;
 
 /// Number of entries in `BlockMetadata.metadata` (SIGNATURES, LAST_CONFIG,
 /// TRANSACTIONS_FILTER, ORDERER, COMMIT_HASH).
 pub const METADATA_ENTRIES: usize = 5;
 
 const LAST_CONFIG_INDEX: usize = 1;
-
-/// SHA-256 of the DER encoding of the block header — `previous_hash` of the next block.
-pub fn header_hash(header: &BlockHeader) -> Vec<u8> {
-    crate::block::block_header_hash(header).to_vec()
-}
-
-/// SHA-256 over the concatenated transaction envelopes — the header's `data_hash`.
-pub fn data_hash(data: &BlockData) -> Vec<u8> {
-    crate::block::block_data_hash(&data.data).to_vec()
-}
-
-/// The current time as a protobuf timestamp.
-pub fn now_timestamp() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// Random 24-byte nonce, as Fabric's SDKs use.
-pub fn nonce() -> Vec<u8> {
-    use rand::RngCore;
-    let mut n = vec![0u8; 24];
-    rand::thread_rng().fill_bytes(&mut n);
-    n
-}
-
-/// Fabric's transaction id: hex(SHA-256(nonce ‖ creator)).
-pub fn compute_tx_id(nonce: &[u8], creator: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(nonce);
-    h.update(creator);
-    hex::encode(h.finalize())
-}
 
 /// Builds a block from envelopes (header number, previous hash and data hash set; metadata
 /// entries present but empty).
@@ -72,7 +35,7 @@ pub fn new_block(number: u64, previous_hash: Vec<u8>, envelopes: Vec<Vec<u8>>) -
     let header = BlockHeader {
         number,
         previous_hash,
-        data_hash: data_hash(&data),
+        data_hash: block_data_hash(&data.data).to_vec(),
     };
     Block {
         header: Some(header),
@@ -86,11 +49,15 @@ pub fn new_block(number: u64, previous_hash: Vec<u8>, envelopes: Vec<Vec<u8>>) -
 /// Sets the orderer's SIGNATURES and LAST_CONFIG metadata (Fabric 2.x layout: the
 /// SIGNATURES value is an `OrdererBlockMetadata` naming the last config block, signed over
 /// value ‖ signature header ‖ DER block header), and the TRANSACTIONS_FILTER.
-pub fn finish_block(block: &mut Block, orderer: &LocalSigner, filter: Vec<u8>) {
+pub fn finish_block(
+    block: &mut Block,
+    orderer: &SigningIdentity,
+    filter: Vec<u8>,
+) -> Result<(), SignError> {
     let header_der = block
         .header
         .as_ref()
-        .map(|h| crate::block::block_header_bytes(h.number, &h.previous_hash, &h.data_hash))
+        .map(|h| block_header_bytes(h.number, &h.previous_hash, &h.data_hash))
         .unwrap_or_default();
     let value = OrdererBlockMetadata {
         last_config: Some(LastConfig { index: 0 }),
@@ -98,15 +65,15 @@ pub fn finish_block(block: &mut Block, orderer: &LocalSigner, filter: Vec<u8>) {
     }
     .encode_to_vec();
     let sig_header = SignatureHeader {
-        creator: orderer.serialized().to_vec(),
-        nonce: nonce(),
+        creator: orderer.creator().to_vec(),
+        nonce: new_nonce(),
     }
     .encode_to_vec();
     let mut signed = Vec::with_capacity(value.len() + sig_header.len() + header_der.len());
     signed.extend_from_slice(&value);
     signed.extend_from_slice(&sig_header);
     signed.extend_from_slice(&header_der);
-    let signature = orderer.sign(&signed);
+    let signature = orderer.sign(&signed)?;
     let signatures = Metadata {
         value,
         signatures: vec![MetadataSignature {
@@ -127,6 +94,7 @@ pub fn finish_block(block: &mut Block, orderer: &LocalSigner, filter: Vec<u8>) {
     // LAST_CONFIG (index 1) is deprecated in Fabric 2.x but orderers still write it.
     md.metadata[LAST_CONFIG_INDEX] = last_config;
     md.metadata[common::BlockMetadataIndex::TransactionsFilter as usize] = filter;
+    Ok(())
 }
 
 /// What the committer and the event services need to know about one transaction of a block.

@@ -28,16 +28,16 @@ use super::blocks::summarize;
 use super::faults::{self, Disposition, Rpc};
 use super::node::Node;
 use super::peer::{Endorsed, Endorser, ProposalError, check_envelope};
-use crate::proto::common::HeaderType;
-use crate::proto::gateway::gateway_server::Gateway;
-use crate::proto::gateway::{
+use gxd_fabric::proto::common::HeaderType;
+use gxd_fabric::proto::gateway::gateway_server::Gateway;
+use gxd_fabric::proto::gateway::{
     ChaincodeEventsRequest, ChaincodeEventsResponse, CommitStatusRequest, CommitStatusResponse,
     EndorseRequest, EndorseResponse, ErrorDetail, EvaluateRequest, EvaluateResponse,
     SignedChaincodeEventsRequest, SignedCommitStatusRequest, SubmitRequest, SubmitResponse,
 };
-use crate::proto::orderer::seek_position;
-use crate::proto::protos::{SignedProposal, TxValidationCode};
-use crate::proto::status_with_details;
+use gxd_fabric::proto::orderer::seek_position;
+use gxd_fabric::proto::protos::{SignedProposal, TxValidationCode};
+use gxd_fabric::proto::status_with_details;
 
 /// The Gateway service implementation.
 #[derive(Debug, Clone)]

@@ -8,21 +8,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::blocks::compute_tx_id;
-use super::crypto::LocalSigner;
 use super::gx;
 use super::ledger::{Height, Ledger, LedgerError, StateWrite, TxRecord, VersionedValue};
-use super::msp::{Identity, MspManager, Role};
-use crate::proto::common::{ChannelHeader, Envelope, Header, HeaderType, Payload, SignatureHeader};
-use crate::proto::kvrwset::{KvRead, KvWrite, KvrwSet, Version};
-use crate::proto::protos::{
-    ChaincodeAction, ChaincodeActionPayload, ChaincodeCall, ChaincodeEndorsedAction,
-    ChaincodeEvent, ChaincodeHeaderExtension, ChaincodeId, ChaincodeInterest,
-    ChaincodeInvocationSpec, ChaincodeProposalPayload, Endorsement, Proposal,
-    ProposalResponsePayload, Response, SignedProposal, Transaction, TransactionAction,
-    TxValidationCode,
+use super::msp::{Member, MspManager, Role};
+use gxd_fabric::identity::{SignError, SigningIdentity};
+use gxd_fabric::proto::common::{
+    ChannelHeader, Envelope, Header, HeaderType, Payload, SignatureHeader,
 };
-use crate::proto::rwset::{NsReadWriteSet, TxReadWriteSet, tx_read_write_set};
+use gxd_fabric::proto::kvrwset::{KvRead, KvWrite, KvrwSet, Version};
+use gxd_fabric::proto::protos::{
+    ChaincodeAction, ChaincodeActionPayload, ChaincodeEndorsedAction, ChaincodeEvent,
+    ChaincodeHeaderExtension, ChaincodeId, ChaincodeInvocationSpec, ChaincodeProposalPayload,
+    Endorsement, Proposal, ProposalResponsePayload, Response, SignedProposal, Transaction,
+    TransactionAction, TxValidationCode,
+};
+use gxd_fabric::proto::rwset::{NsReadWriteSet, TxReadWriteSet, tx_read_write_set};
+use gxd_fabric::tx::compute_tx_id;
 
 /// Static facts of the devnet channel.
 #[derive(Debug, Clone)]
@@ -126,7 +127,7 @@ pub enum ProposalError {
     Refused(String),
     /// The chaincode returned an error (status 500).
     Chaincode { status: i32, message: String },
-    /// A peer-side failure (ledger I/O).
+    /// A peer-side failure (ledger I/O, signing).
     Internal(String),
 }
 
@@ -137,7 +138,6 @@ pub struct Endorsed {
     pub response: Response,
     pub prp_bytes: Vec<u8>,
     pub endorsements: Vec<Endorsement>,
-    pub interest: ChaincodeInterest,
 }
 
 impl Endorsed {
@@ -176,7 +176,7 @@ struct Simulator<'a> {
     reads: BTreeMap<String, Option<Height>>,
     writes: BTreeMap<String, Vec<u8>>,
     event: Option<(String, Vec<u8>)>,
-    creator: &'a Identity,
+    creator: &'a Member,
 }
 
 /// Read access to committed state (a RocksDB snapshot during simulation).
@@ -214,7 +214,7 @@ impl gx::Stub for Simulator<'_> {
         self.event = Some((name.to_owned(), payload));
     }
     fn creator_msp_id(&self) -> &str {
-        &self.creator.msp_id
+        self.creator.msp_id()
     }
     fn creator_role(&self) -> Role {
         self.creator.role
@@ -263,13 +263,13 @@ impl Simulator<'_> {
 pub struct Endorser<'a> {
     pub channel: &'a ChannelInfo,
     pub msp: &'a MspManager,
-    pub signers: &'a [LocalSigner],
+    pub signers: &'a [SigningIdentity],
     pub ledger: &'a Ledger,
 }
 
 impl Endorser<'_> {
     /// Validates the proposal like Fabric's `UnpackedProposal.Validate` + `preProcess`.
-    fn validate(&self, signed: &SignedProposal, up: &Unpacked) -> Result<Identity, ProposalError> {
+    fn validate(&self, signed: &SignedProposal, up: &Unpacked) -> Result<Member, ProposalError> {
         let refuse = |m: String| ProposalError::Refused(format!("error validating proposal: {m}"));
         let ch = &up.channel_header;
         match HeaderType::try_from(ch.r#type) {
@@ -312,10 +312,11 @@ impl Endorser<'_> {
                 )),
             }
         })?;
-        if creator.msp_id == super::crypto::ORDERER_ORG.msp_id {
+        if creator.msp_id() == super::crypto::ORDERER_ORG.msp_id {
             return Err(refuse(format!(
                 "access denied: channel [{}] creator org [{}]",
-                ch.channel_id, creator.msp_id
+                ch.channel_id,
+                creator.msp_id()
             )));
         }
         creator
@@ -324,7 +325,8 @@ impl Endorser<'_> {
                 tracing::warn!(error = %e, "access denied: creator's signature over the proposal is not valid");
                 refuse(format!(
                     "access denied: channel [{}] creator org [{}]",
-                    ch.channel_id, creator.msp_id
+                    ch.channel_id,
+                    creator.msp_id()
                 ))
             })?;
         match self.ledger.tx(&ch.tx_id) {
@@ -422,40 +424,27 @@ impl Endorser<'_> {
             .iter()
             .map(|s| {
                 let mut msg = prp_bytes.clone();
-                msg.extend_from_slice(s.serialized());
-                Endorsement {
-                    endorser: s.serialized().to_vec(),
-                    signature: s.sign(&msg),
-                }
+                msg.extend_from_slice(s.creator());
+                Ok(Endorsement {
+                    endorser: s.creator().to_vec(),
+                    signature: s.sign(&msg)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, SignError>>()
+            .map_err(|e| ProposalError::Internal(e.to_string()))?;
         Ok(Endorsed {
             unpacked: up,
             response,
             prp_bytes,
             endorsements,
-            interest: ChaincodeInterest {
-                chaincodes: vec![ChaincodeCall {
-                    name: self.channel.chaincode.clone(),
-                    ..Default::default()
-                }],
-            },
         })
     }
 }
 
 fn msp_id_of(serialized: &[u8]) -> String {
-    crate::proto::msp::SerializedIdentity::decode(serialized)
+    gxd_fabric::proto::msp::SerializedIdentity::decode(serialized)
         .map(|s| s.mspid)
         .unwrap_or_default()
-}
-
-/// Result of validating one envelope at commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Validated {
-    pub tx_id: String,
-    pub code: TxValidationCode,
-    pub writes: Vec<(String, String, Vec<u8>)>,
 }
 
 /// Checks an envelope's creator and signature (the orderer's Writers check at broadcast and
@@ -656,13 +645,13 @@ impl Validator<'_> {
             let Ok(id) = self.msp.deserialize(&e.endorser) else {
                 continue;
             };
-            if id.role != Role::Peer || !self.endorsing_orgs.contains(&id.msp_id) {
+            if id.role != Role::Peer || !self.endorsing_orgs.iter().any(|o| o == id.msp_id()) {
                 continue;
             }
             let mut msg = endorsed.proposal_response_payload.clone();
             msg.extend_from_slice(&e.endorser);
             if id.verify(&msg, &e.signature).is_ok() {
-                orgs.insert(id.msp_id);
+                orgs.insert(id.msp_id().to_owned());
             }
         }
         if orgs.len() * 2 <= self.endorsing_orgs.len() {

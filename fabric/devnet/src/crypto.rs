@@ -26,16 +26,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
-use p256::pkcs8::DecodePrivateKey;
-use prost::Message;
+use gxd_fabric::identity::{IdentityError, SigningIdentity};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
-
-use crate::proto::msp::SerializedIdentity;
 
 /// Errors while generating or loading crypto material.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +43,12 @@ pub enum CryptoError {
     },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("invalid private key in {path}: {reason}")]
-    Key { path: PathBuf, reason: String },
+    #[error("signing identity in {path}: {source}")]
+    Identity {
+        path: PathBuf,
+        #[source]
+        source: IdentityError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CryptoError + '_ {
@@ -121,7 +120,7 @@ impl DevnetPaths {
         self.dir.join("ledger")
     }
 
-    /// The fault-injection file polled by a running devnet (see `devnet::faults`).
+    /// The fault-injection file polled by a running devnet (see the `faults` module).
     pub fn faults_file(&self) -> PathBuf {
         self.dir.join("faults.json")
     }
@@ -181,76 +180,17 @@ impl DevnetPaths {
             .join(format!("peer0.{domain}"))
     }
 
+    /// The orderer's folder (`ordererOrganizations/example.com/orderers/orderer.example.com`).
+    pub fn orderer(&self) -> PathBuf {
+        let domain = ORDERER_ORG.domain;
+        self.org(domain)
+            .join("orderers")
+            .join(format!("orderer.{domain}"))
+    }
+
     /// The TLS CA certificate a client trusts to reach `peer0.<domain>` (`tls/ca.crt`).
     pub fn peer_tls_ca(&self, domain: &str) -> PathBuf {
         self.peer(domain).join("tls").join("ca.crt")
-    }
-}
-
-/// A local signing identity (an MSP signcert and its key).
-#[derive(Clone)]
-pub struct LocalSigner {
-    msp_id: String,
-    cert_pem: Vec<u8>,
-    key: SigningKey,
-    serialized: Vec<u8>,
-}
-
-impl std::fmt::Debug for LocalSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalSigner")
-            .field("msp_id", &self.msp_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LocalSigner {
-    /// A signer from a PEM certificate and a PKCS#8 PEM private key.
-    pub fn from_pem(msp_id: &str, cert_pem: &[u8], key_pem: &str) -> Result<Self, String> {
-        let key = SigningKey::from_pkcs8_pem(key_pem).map_err(|e| e.to_string())?;
-        let serialized = SerializedIdentity {
-            mspid: msp_id.to_owned(),
-            id_bytes: cert_pem.to_vec(),
-        }
-        .encode_to_vec();
-        Ok(Self {
-            msp_id: msp_id.to_owned(),
-            cert_pem: cert_pem.to_vec(),
-            key,
-            serialized,
-        })
-    }
-
-    /// Loads a signer from an MSP folder (`signcerts/*`, `keystore/priv_sk`).
-    pub fn load(msp_id: &str, cert_path: &Path, key_path: &Path) -> Result<Self, CryptoError> {
-        let cert = fs::read(cert_path).map_err(io_err(cert_path))?;
-        let key = fs::read_to_string(key_path).map_err(io_err(key_path))?;
-        Self::from_pem(msp_id, &cert, &key).map_err(|reason| CryptoError::Key {
-            path: key_path.to_path_buf(),
-            reason,
-        })
-    }
-
-    /// MSP id of this identity.
-    pub fn msp_id(&self) -> &str {
-        &self.msp_id
-    }
-
-    /// The PEM certificate.
-    pub fn cert_pem(&self) -> &[u8] {
-        &self.cert_pem
-    }
-
-    /// `msp.SerializedIdentity` bytes (the creator / endorser field of Fabric messages).
-    pub fn serialized(&self) -> &[u8] {
-        &self.serialized
-    }
-
-    /// ECDSA-SHA256 signature in DER, low-S normalized as Fabric requires.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let sig: Signature = self.key.sign(message);
-        let sig = sig.normalize_s().unwrap_or(sig);
-        sig.to_der().as_bytes().to_vec()
     }
 }
 
@@ -488,8 +428,7 @@ fn generate_org(paths: &DevnetPaths, org: &OrgSpec) -> Result<(), CryptoError> {
     let (node_name, node_dir, node_ou) = if org.is_peer_org {
         (format!("peer0.{domain}"), paths.peer(domain), "peer")
     } else {
-        let name = format!("orderer.{domain}");
-        (name.clone(), root.join("orderers").join(&name), "orderer")
+        (format!("orderer.{domain}"), paths.orderer(), "orderer")
     };
     let (cert, key) = ca.issue(
         dn(domain, &node_name, Some(node_ou), false),
@@ -554,13 +493,22 @@ pub struct LoadedMaterial {
     /// (MSP id, CA certificate PEM, TLS CA certificate PEM) for each peer org, then the orderer org.
     pub orgs: Vec<(String, Vec<u8>, Vec<u8>)>,
     /// Endorsing identities: peer0 of each peer org (Org1 first).
-    pub peer_signers: Vec<LocalSigner>,
+    pub peer_signers: Vec<SigningIdentity>,
     /// The orderer's identity (signs blocks).
-    pub orderer_signer: LocalSigner,
+    pub orderer_signer: SigningIdentity,
     /// TLS server certificate chain (PEM) of peer0.org1.example.com.
     pub tls_cert_pem: Vec<u8>,
     /// TLS server key (PKCS#8 PEM) of peer0.org1.example.com.
     pub tls_key_pem: Vec<u8>,
+}
+
+impl LoadedMaterial {
+    /// (MSP id, CA certificate PEM) of every organization: the channel's trust anchors.
+    pub fn ca_certs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.orgs
+            .iter()
+            .map(|(id, ca, _)| (id.as_str(), ca.as_slice()))
+    }
 }
 
 /// Loads what the devnet serves with from an initialized directory.
@@ -577,27 +525,12 @@ pub fn load_material(dir: &Path) -> Result<LoadedMaterial, CryptoError> {
         ));
     }
     for org in &PEER_ORGS {
-        let msp = paths.peer(org.domain).join("msp");
-        peer_signers.push(LocalSigner::load(
+        peer_signers.push(load_signer(
             org.msp_id,
-            &msp.join("signcerts")
-                .join(format!("peer0.{}-cert.pem", org.domain)),
-            &msp.join("keystore").join("priv_sk"),
+            &paths.peer(org.domain).join("msp"),
         )?);
     }
-    let orderer_name = format!("orderer.{}", ORDERER_ORG.domain);
-    let orderer_msp = paths
-        .org(ORDERER_ORG.domain)
-        .join("orderers")
-        .join(&orderer_name)
-        .join("msp");
-    let orderer_signer = LocalSigner::load(
-        ORDERER_ORG.msp_id,
-        &orderer_msp
-            .join("signcerts")
-            .join(format!("{orderer_name}-cert.pem")),
-        &orderer_msp.join("keystore").join("priv_sk"),
-    )?;
+    let orderer_signer = load_signer(ORDERER_ORG.msp_id, &paths.orderer().join("msp"))?;
     let tls = paths.peer(PEER_ORGS[0].domain).join("tls");
     Ok(LoadedMaterial {
         orgs,
@@ -605,5 +538,13 @@ pub fn load_material(dir: &Path) -> Result<LoadedMaterial, CryptoError> {
         orderer_signer,
         tls_cert_pem: read(tls.join("server.crt"))?,
         tls_key_pem: read(tls.join("server.key"))?,
+    })
+}
+
+/// Loads the signing identity of a local MSP folder (`signcerts/`, `keystore/`).
+fn load_signer(msp_id: &str, msp_dir: &Path) -> Result<SigningIdentity, CryptoError> {
+    SigningIdentity::from_msp_dir(msp_id, msp_dir).map_err(|source| CryptoError::Identity {
+        path: msp_dir.to_path_buf(),
+        source,
     })
 }

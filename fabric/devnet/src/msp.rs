@@ -1,23 +1,27 @@
 //! The channel's MSPs as the devnet peer sees them: deserializes a `SerializedIdentity`,
 //! checks that its X.509 certificate was issued by the named organization's CA and is
 //! within its validity period, reads its NodeOU role, and verifies signatures (ECDSA P-256,
-//! SHA-256, DER, low-S only — as Fabric's BCCSP).
+//! SHA-256, DER, low-S only — as Fabric's BCCSP). The certificate and signature checks are
+//! gxd-fabric's ([`gxd_fabric::identity`]); this module adds the channel's trust anchors,
+//! NodeOU roles and a cache of validated identities.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use der::asn1::{ObjectIdentifier, PrintableStringRef, Utf8StringRef};
-use der::{Decode, DecodePem, Encode};
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, VerifyingKey};
+use gxd_fabric::identity::{
+    Identity, IdentityError, VerifyError, cert_chains_to_parsed, parse_certificate, public_key_of,
+    verify_with_key,
+};
+use gxd_fabric::proto::msp::SerializedIdentity;
+use p256::ecdsa::VerifyingKey;
 use prost::Message;
 use x509_cert::Certificate;
 
-use crate::proto::msp::SerializedIdentity;
-
 const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
-const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+#[cfg(test)]
+const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
 /// Why an identity or signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +42,31 @@ pub enum MspError {
     HighS,
     #[error("signature verification failed")]
     BadSignature,
+}
+
+impl MspError {
+    /// A message-signature failure from [`verify_with_key`].
+    fn from_signature(e: VerifyError) -> Self {
+        match e {
+            VerifyError::MalformedSignature => MspError::MalformedSignature,
+            VerifyError::HighS => MspError::HighS,
+            _ => MspError::BadSignature,
+        }
+    }
+
+    /// A certificate-chain failure from [`cert_chains_to_parsed`] for `msp_id`.
+    fn from_chain(e: VerifyError, msp_id: &str) -> Self {
+        match e {
+            VerifyError::Expired { .. } => MspError::Expired,
+            VerifyError::Certificate(reason) => MspError::BadCertificate(reason),
+            VerifyError::MalformedSignature => MspError::MalformedSignature,
+            _ => MspError::UntrustedCertificate(msp_id.to_owned()),
+        }
+    }
+}
+
+fn bad_certificate(e: impl std::fmt::Display) -> MspError {
+    MspError::BadCertificate(e.to_string())
 }
 
 /// NodeOU role of an identity (the OU of its certificate).
@@ -62,46 +91,59 @@ impl Role {
             Role::Member => "member",
         }
     }
+
+    /// The NodeOU role named by a certificate's OUs.
+    fn of(cert: &Certificate) -> Self {
+        let ous = attr_strings(cert, OID_OU);
+        let has = |ou: &str| ous.iter().any(|o| o == ou);
+        if has("admin") {
+            Role::Admin
+        } else if has("client") {
+            Role::Client
+        } else if has("peer") {
+            Role::Peer
+        } else if has("orderer") {
+            Role::Orderer
+        } else {
+            Role::Member
+        }
+    }
 }
 
-/// A validated identity.
+/// A channel member: an identity whose certificate chains to its organization's CA, with
+/// its NodeOU role.
 #[derive(Debug, Clone)]
-pub struct Identity {
-    pub msp_id: String,
+pub struct Member {
+    identity: Identity,
     pub role: Role,
-    /// Subject common name of the certificate.
-    pub common_name: String,
     key: VerifyingKey,
     not_before: u64,
     not_after: u64,
 }
 
-impl Identity {
+impl Member {
+    /// The MSP id of the member's organization.
+    pub fn msp_id(&self) -> &str {
+        self.identity.msp_id()
+    }
+
+    /// Subject common name of the certificate.
+    #[cfg(test)]
+    pub fn common_name(&self) -> Option<String> {
+        let cert = self.identity.certificate().ok()?;
+        attr_strings(&cert, OID_CN).into_iter().next()
+    }
+
     /// Verifies a DER ECDSA-SHA256 signature over `message`. High-S signatures are refused.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), MspError> {
-        verify_with(&self.key, message, signature)
+        verify_with_key(&self.key, message, signature).map_err(MspError::from_signature)
     }
-}
-
-fn verify_with(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> Result<(), MspError> {
-    let sig = Signature::from_der(signature).map_err(|_| MspError::MalformedSignature)?;
-    if sig.normalize_s().is_some() {
-        return Err(MspError::HighS);
-    }
-    key.verify(message, &sig)
-        .map_err(|_| MspError::BadSignature)
-}
-
-#[derive(Debug, Clone)]
-struct TrustedCa {
-    subject_der: Vec<u8>,
-    key: VerifyingKey,
 }
 
 #[derive(Debug, Clone)]
 struct OrgMsp {
     msp_id: String,
-    cas: Vec<TrustedCa>,
+    cas: Vec<Certificate>,
 }
 
 /// Validated identities are cached by their serialized bytes (as Fabric's MSP cache does),
@@ -112,7 +154,7 @@ const CACHE_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub struct MspManager {
     orgs: Vec<OrgMsp>,
-    cache: Mutex<HashMap<Vec<u8>, Identity>>,
+    cache: Mutex<HashMap<Vec<u8>, Member>>,
 }
 
 fn unix_now() -> u64 {
@@ -120,21 +162,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn public_key(cert: &Certificate) -> Result<VerifyingKey, MspError> {
-    let spki = &cert.tbs_certificate.subject_public_key_info;
-    let bytes = spki.subject_public_key.raw_bytes();
-    VerifyingKey::from_sec1_bytes(bytes)
-        .map_err(|_| MspError::BadCertificate("public key is not an ECDSA P-256 key".into()))
-}
-
-fn parse_pem_or_der(bytes: &[u8]) -> Result<Certificate, MspError> {
-    if bytes.starts_with(b"-----") {
-        Certificate::from_pem(bytes).map_err(|e| MspError::BadCertificate(e.to_string()))
-    } else {
-        Certificate::from_der(bytes).map_err(|e| MspError::BadCertificate(e.to_string()))
-    }
 }
 
 fn attr_strings(cert: &Certificate, oid: ObjectIdentifier) -> Vec<String> {
@@ -159,20 +186,13 @@ impl MspManager {
     pub fn new<'a>(orgs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, MspError> {
         let mut out: Vec<OrgMsp> = Vec::new();
         for (msp_id, pem) in orgs {
-            let cert = parse_pem_or_der(pem)?;
-            let ca = TrustedCa {
-                subject_der: cert
-                    .tbs_certificate
-                    .subject
-                    .to_der()
-                    .map_err(|e| MspError::BadCertificate(e.to_string()))?,
-                key: public_key(&cert)?,
-            };
+            let cert = parse_certificate(pem).map_err(bad_certificate)?;
+            public_key_of(&cert).map_err(bad_certificate)?;
             match out.iter_mut().find(|o| o.msp_id == msp_id) {
-                Some(org) => org.cas.push(ca),
+                Some(org) => org.cas.push(cert),
                 None => out.push(OrgMsp {
                     msp_id: msp_id.to_owned(),
-                    cas: vec![ca],
+                    cas: vec![cert],
                 }),
             }
         }
@@ -188,7 +208,7 @@ impl MspManager {
     }
 
     /// Deserializes and validates a `msp.SerializedIdentity`.
-    pub fn deserialize(&self, serialized: &[u8]) -> Result<Identity, MspError> {
+    pub fn deserialize(&self, serialized: &[u8]) -> Result<Member, MspError> {
         let now = unix_now();
         let cached = self
             .cache
@@ -211,7 +231,7 @@ impl MspManager {
         Ok(id)
     }
 
-    fn deserialize_uncached(&self, serialized: &[u8]) -> Result<Identity, MspError> {
+    fn deserialize_uncached(&self, serialized: &[u8]) -> Result<Member, MspError> {
         let sid =
             SerializedIdentity::decode(serialized).map_err(|_| MspError::MalformedIdentity)?;
         let org = self
@@ -219,66 +239,20 @@ impl MspManager {
             .iter()
             .find(|o| o.msp_id == sid.mspid)
             .ok_or_else(|| MspError::UnknownMsp(sid.mspid.clone()))?;
-        let cert = parse_pem_or_der(&sid.id_bytes)?;
-        self.validate_cert(org, &cert)?;
-        let ous = attr_strings(&cert, OID_OU);
-        let role = if ous.iter().any(|o| o == "admin") {
-            Role::Admin
-        } else if ous.iter().any(|o| o == "client") {
-            Role::Client
-        } else if ous.iter().any(|o| o == "peer") {
-            Role::Peer
-        } else if ous.iter().any(|o| o == "orderer") {
-            Role::Orderer
-        } else {
-            Role::Member
-        };
-        let common_name = attr_strings(&cert, der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3"))
-            .into_iter()
-            .next()
-            .unwrap_or_default();
+        let identity = Identity::from_creator(serialized).map_err(|e| match e {
+            IdentityError::Certificate(reason) => MspError::BadCertificate(reason),
+            _ => MspError::MalformedIdentity,
+        })?;
+        let cert = identity.certificate().map_err(bad_certificate)?;
+        cert_chains_to_parsed(&cert, &org.cas, SystemTime::now())
+            .map_err(|e| MspError::from_chain(e, &org.msp_id))?;
         let validity = &cert.tbs_certificate.validity;
-        Ok(Identity {
-            msp_id: sid.mspid,
-            role,
-            common_name,
-            key: public_key(&cert)?,
+        Ok(Member {
+            role: Role::of(&cert),
+            key: public_key_of(&cert).map_err(bad_certificate)?,
             not_before: validity.not_before.to_unix_duration().as_secs(),
             not_after: validity.not_after.to_unix_duration().as_secs(),
+            identity,
         })
-    }
-
-    fn validate_cert(&self, org: &OrgMsp, cert: &Certificate) -> Result<(), MspError> {
-        let tbs = &cert.tbs_certificate;
-        let now = unix_now();
-        let not_before = tbs.validity.not_before.to_unix_duration().as_secs();
-        let not_after = tbs.validity.not_after.to_unix_duration().as_secs();
-        if now < not_before || now > not_after {
-            return Err(MspError::Expired);
-        }
-        if cert.signature_algorithm.oid != OID_ECDSA_SHA256 {
-            return Err(MspError::UntrustedCertificate(org.msp_id.clone()));
-        }
-        let issuer = tbs
-            .issuer
-            .to_der()
-            .map_err(|e| MspError::BadCertificate(e.to_string()))?;
-        let tbs_der = tbs
-            .to_der()
-            .map_err(|e| MspError::BadCertificate(e.to_string()))?;
-        let signature = cert
-            .signature
-            .as_bytes()
-            .ok_or_else(|| MspError::BadCertificate("signature has unused bits".into()))?;
-        let sig = Signature::from_der(signature).map_err(|_| MspError::MalformedSignature)?;
-        for ca in &org.cas {
-            if ca.subject_der != issuer {
-                continue;
-            }
-            if ca.key.verify(&tbs_der, &sig).is_ok() {
-                return Ok(());
-            }
-        }
-        Err(MspError::UntrustedCertificate(org.msp_id.clone()))
     }
 }
