@@ -8,11 +8,18 @@
 //! Amounts are decimal strings of non-negative integers in minor units (canonical: no sign,
 //! no leading zeros, at most 39 digits), computed with checked `u128` arithmetic — never
 //! floating point. Every transaction emits exactly one chaincode event whose payload is JSON
-//! with camelCase fields, and returns the same JSON as its result.
+//! with camelCase fields, and returns the same JSON as its result. The function names, event
+//! names, payloads and query results are the [`contract`] module's types.
+
+pub mod contract;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
+use self::contract::{
+    Event, MultisigWalletCreated, Proposal, ProposalStatus, SystemBootstrapped, TokensTransferred,
+    TransferApproved, TransferProposed, TransferRejected, User, UserCreated, Wallet, WalletType,
+    function,
+};
 use super::msp::Role;
 
 /// The chaincode name the devnet installs GX under.
@@ -99,6 +106,7 @@ fn validate_memo(memo: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The system record (not queryable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SystemRecord {
@@ -107,66 +115,19 @@ struct SystemRecord {
     bootstrapped_by: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WalletType {
-    Treasury,
-    User,
-    Multisig,
-}
-
+/// The record that marks a `transferId` as used (not queryable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Wallet {
-    wallet_id: String,
-    #[serde(rename = "type")]
-    wallet_type: WalletType,
-    balance: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    owners: Vec<String>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    threshold: u32,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-impl Wallet {
-    fn balance(&self) -> Result<u128, String> {
-        parse_amount("stored balance", &self.balance)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct User {
-    user_id: String,
-    wallet_id: String,
-    profile: serde_json::Value,
-    msp_id: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-enum ProposalStatus {
-    Pending,
-    Executed,
-    Rejected,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Proposal {
-    proposal_id: String,
+struct TransferRecord {
+    transfer_id: String,
     from_wallet_id: String,
     to_wallet_id: String,
     amount: String,
     memo: String,
-    threshold: u32,
-    status: ProposalStatus,
-    approvals: Vec<String>,
-    rejections: Vec<String>,
+}
+
+fn wallet_balance(wallet: &Wallet) -> Result<u128, String> {
+    parse_amount("stored balance", &wallet.balance)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(
@@ -188,9 +149,11 @@ fn write_json<T: Serialize>(stub: &mut dyn Stub, key: &str, value: &T) -> Result
     Ok(())
 }
 
-fn emit(stub: &mut dyn Stub, name: &str, payload: serde_json::Value) -> Result<Vec<u8>, String> {
-    let bytes = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-    stub.set_event(name, bytes.clone());
+/// Sets the transaction's event to `payload` (under its contract name) and returns the
+/// same JSON as the transaction's result.
+fn emit<E: Event>(stub: &mut dyn Stub, payload: &E) -> Result<Vec<u8>, String> {
+    let bytes = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
+    stub.set_event(E::NAME, bytes.clone());
     Ok(bytes)
 }
 
@@ -220,25 +183,25 @@ fn get_wallet(stub: &mut dyn Stub, id: &str) -> Result<Wallet, String> {
 /// (status 200); `Err` is the chaincode's error message (status 500).
 pub fn invoke(stub: &mut dyn Stub, function: &str, args: &[String]) -> Result<Vec<u8>, String> {
     match function {
-        "Bootstrap" => bootstrap(stub, args),
-        "CreateUser" => create_user(stub, args),
-        "TransferTokens" => transfer_tokens(stub, args),
-        "CreateMultisigWallet" => create_multisig_wallet(stub, args),
-        "ProposeTransfer" => propose_transfer(stub, args),
-        "ApproveTransfer" => decide(stub, args, true),
-        "RejectTransfer" => decide(stub, args, false),
-        "GetUser" => {
+        function::BOOTSTRAP => bootstrap(stub, args),
+        function::CREATE_USER => create_user(stub, args),
+        function::TRANSFER_TOKENS => transfer_tokens(stub, args),
+        function::CREATE_MULTISIG_WALLET => create_multisig_wallet(stub, args),
+        function::PROPOSE_TRANSFER => propose_transfer(stub, args),
+        function::APPROVE_TRANSFER => decide(stub, args, true),
+        function::REJECT_TRANSFER => decide(stub, args, false),
+        function::GET_USER => {
             let [id] = expect_args::<1>(function, args)?;
             let user: User = read_json(stub, &user_key(id), "user")?
                 .ok_or_else(|| format!("user {id} does not exist"))?;
             serde_json::to_vec(&user).map_err(|e| e.to_string())
         }
-        "GetWallet" => {
+        function::GET_WALLET => {
             let [id] = expect_args::<1>(function, args)?;
             let wallet = get_wallet(stub, id)?;
             serde_json::to_vec(&wallet).map_err(|e| e.to_string())
         }
-        "GetProposal" => {
+        function::GET_PROPOSAL => {
             let [id] = expect_args::<1>(function, args)?;
             let proposal: Proposal = read_json(stub, &proposal_key(id), "proposal")?
                 .ok_or_else(|| format!("proposal {id} does not exist"))?;
@@ -249,7 +212,7 @@ pub fn invoke(stub: &mut dyn Stub, function: &str, args: &[String]) -> Result<Ve
 }
 
 fn bootstrap(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [treasury, supply] = expect_args::<2>("Bootstrap", args)?;
+    let [treasury, supply] = expect_args::<2>(function::BOOTSTRAP, args)?;
     if stub.creator_role() != Role::Admin {
         return Err(format!(
             "Bootstrap requires an admin identity of the organization; the caller's role is {}",
@@ -287,21 +250,21 @@ fn bootstrap(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
             balance: amount.to_string(),
             owners: Vec::new(),
             threshold: 0,
+            msp_id: Some(msp_id.clone()),
         },
     )?;
     emit(
         stub,
-        "SystemBootstrapped",
-        json!({
-            "treasuryWalletId": treasury,
-            "initialSupply": amount.to_string(),
-            "mspId": msp_id,
-        }),
+        &SystemBootstrapped {
+            treasury_wallet_id: treasury.to_owned(),
+            initial_supply: amount.to_string(),
+            msp_id,
+        },
     )
 }
 
 fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [user_id, profile_json] = expect_args::<2>("CreateUser", args)?;
+    let [user_id, profile_json] = expect_args::<2>(function::CREATE_USER, args)?;
     validate_id("userId", user_id)?;
     if profile_json.len() > MAX_PROFILE_LEN {
         return Err(format!(
@@ -339,24 +302,24 @@ fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> 
             balance: "0".to_owned(),
             owners: Vec::new(),
             threshold: 0,
+            msp_id: Some(msp_id.clone()),
         },
     )?;
     emit(
         stub,
-        "UserCreated",
-        json!({
-            "userId": user_id,
-            "walletId": user_id,
-            "profile": profile,
-            "mspId": msp_id,
-        }),
+        &UserCreated {
+            user_id: user_id.to_owned(),
+            wallet_id: user_id.to_owned(),
+            profile,
+            msp_id,
+        },
     )
 }
 
 /// Debits `from` and credits `to` in memory; returns the new balances.
 fn move_funds(from: &mut Wallet, to: &mut Wallet, amount: u128) -> Result<(u128, u128), String> {
-    let from_balance = from.balance()?;
-    let to_balance = to.balance()?;
+    let from_balance = wallet_balance(from)?;
+    let to_balance = wallet_balance(to)?;
     if from_balance < amount {
         return Err(format!(
             "insufficient funds in wallet {}: balance {from_balance}, amount {amount}",
@@ -397,9 +360,11 @@ fn transfer_args<'a>(
 
 fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let (transfer_id, from_id, to_id, amount, memo) =
-        transfer_args("TransferTokens", "transferId", args)?;
+        transfer_args(function::TRANSFER_TOKENS, "transferId", args)?;
     if stub.get_state(&transfer_key(transfer_id))?.is_some() {
-        return Err(format!("transfer {transfer_id} already exists"));
+        return Err(format!(
+            "transfer {transfer_id} already exists: a transferId is used once"
+        ));
     }
     let mut from = get_wallet(stub, from_id)?;
     let mut to = get_wallet(stub, to_id)?;
@@ -411,31 +376,34 @@ fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Stri
     let (from_balance, to_balance) = move_funds(&mut from, &mut to, amount)?;
     write_json(stub, &wallet_key(from_id), &from)?;
     write_json(stub, &wallet_key(to_id), &to)?;
-    let record = json!({
-        "transferId": transfer_id,
-        "fromWalletId": from_id,
-        "toWalletId": to_id,
-        "amount": amount.to_string(),
-        "memo": memo,
-    });
-    write_json(stub, &transfer_key(transfer_id), &record)?;
+    write_json(
+        stub,
+        &transfer_key(transfer_id),
+        &TransferRecord {
+            transfer_id: transfer_id.to_owned(),
+            from_wallet_id: from_id.to_owned(),
+            to_wallet_id: to_id.to_owned(),
+            amount: amount.to_string(),
+            memo: memo.to_owned(),
+        },
+    )?;
     emit(
         stub,
-        "TokensTransferred",
-        json!({
-            "transferId": transfer_id,
-            "fromWalletId": from_id,
-            "toWalletId": to_id,
-            "amount": amount.to_string(),
-            "memo": memo,
-            "fromBalance": from_balance.to_string(),
-            "toBalance": to_balance.to_string(),
-        }),
+        &TokensTransferred {
+            transfer_id: transfer_id.to_owned(),
+            from_wallet_id: from_id.to_owned(),
+            to_wallet_id: to_id.to_owned(),
+            amount: amount.to_string(),
+            memo: memo.to_owned(),
+            from_balance: from_balance.to_string(),
+            to_balance: to_balance.to_string(),
+        },
     )
 }
 
 fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [wallet_id, owners_json, threshold] = expect_args::<3>("CreateMultisigWallet", args)?;
+    let [wallet_id, owners_json, threshold] =
+        expect_args::<3>(function::CREATE_MULTISIG_WALLET, args)?;
     validate_id("walletId", wallet_id)?;
     let owners: Vec<String> = serde_json::from_str(owners_json)
         .map_err(|e| format!("ownersJson must be a JSON array of user ids: {e}"))?;
@@ -465,6 +433,7 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
             return Err(format!("owner {owner} is not a user"));
         }
     }
+    let msp_id = stub.creator_msp_id().to_owned();
     write_json(
         stub,
         &wallet_key(wallet_id),
@@ -474,31 +443,34 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
             balance: "0".to_owned(),
             owners: owners.clone(),
             threshold: threshold_value,
+            msp_id: Some(msp_id.clone()),
         },
     )?;
     emit(
         stub,
-        "MultisigWalletCreated",
-        json!({
-            "walletId": wallet_id,
-            "owners": owners,
-            "threshold": threshold_value,
-        }),
+        &MultisigWalletCreated {
+            wallet_id: wallet_id.to_owned(),
+            owners,
+            threshold: threshold_value,
+            msp_id,
+        },
     )
 }
 
 fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let (proposal_id, from_id, to_id, amount, memo) =
-        transfer_args("ProposeTransfer", "proposalId", args)?;
+        transfer_args(function::PROPOSE_TRANSFER, "proposalId", args)?;
     if stub.get_state(&proposal_key(proposal_id))?.is_some() {
-        return Err(format!("proposal {proposal_id} already exists"));
+        return Err(format!(
+            "proposal {proposal_id} already exists: a proposalId is used once"
+        ));
     }
     let from = get_wallet(stub, from_id)?;
     get_wallet(stub, to_id)?;
     if from.wallet_type != WalletType::Multisig {
         return Err(format!("wallet {from_id} is not a multisig wallet"));
     }
-    let balance = from.balance()?;
+    let balance = wallet_balance(&from)?;
     if balance < amount {
         return Err(format!(
             "insufficient funds in wallet {from_id}: balance {balance}, amount {amount}"
@@ -518,39 +490,36 @@ fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Str
     write_json(stub, &proposal_key(proposal_id), &proposal)?;
     emit(
         stub,
-        "TransferProposed",
-        json!({
-            "proposalId": proposal_id,
-            "fromWalletId": from_id,
-            "toWalletId": to_id,
-            "amount": amount.to_string(),
-            "memo": memo,
-            "threshold": from.threshold,
-            "owners": from.owners,
-        }),
+        &TransferProposed {
+            proposal_id: proposal_id.to_owned(),
+            from_wallet_id: from_id.to_owned(),
+            to_wallet_id: to_id.to_owned(),
+            amount: amount.to_string(),
+            memo: memo.to_owned(),
+            threshold: from.threshold,
+            owners: from.owners,
+        },
     )
 }
 
 fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>, String> {
     let function = if approve {
-        "ApproveTransfer"
+        function::APPROVE_TRANSFER
     } else {
-        "RejectTransfer"
+        function::REJECT_TRANSFER
     };
     let [proposal_id, approver_id] = expect_args::<2>(function, args)?;
     validate_id("proposalId", proposal_id)?;
     validate_id("approverId", approver_id)?;
     let mut proposal: Proposal = read_json(stub, &proposal_key(proposal_id), "proposal")?
         .ok_or_else(|| format!("proposal {proposal_id} does not exist"))?;
+    let mut from = get_wallet(stub, &proposal.from_wallet_id)?;
     if proposal.status != ProposalStatus::Pending {
         return Err(format!(
-            "proposal {proposal_id} is no longer pending (status {:?})",
-            proposal.status
-        )
-        .replace("Executed", "EXECUTED")
-        .replace("Rejected", "REJECTED"));
+            "proposal {proposal_id} is no longer pending (status {})",
+            proposal.status.as_str()
+        ));
     }
-    let mut from = get_wallet(stub, &proposal.from_wallet_id)?;
     if !from.owners.iter().any(|o| o == approver_id) {
         return Err(format!(
             "{approver_id} is not an owner of wallet {}",
@@ -578,22 +547,22 @@ fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>
             balances = Some(moved);
         }
         write_json(stub, &proposal_key(proposal_id), &proposal)?;
-        let mut payload = json!({
-            "proposalId": proposal_id,
-            "approverId": approver_id,
-            "approvals": proposal.approvals,
-            "threshold": proposal.threshold,
-            "status": proposal.status,
-            "executed": balances.is_some(),
-            "fromWalletId": proposal.from_wallet_id,
-            "toWalletId": proposal.to_wallet_id,
-            "amount": proposal.amount,
-        });
-        if let (Some((from_balance, to_balance)), Some(obj)) = (balances, payload.as_object_mut()) {
-            obj.insert("fromBalance".into(), json!(from_balance.to_string()));
-            obj.insert("toBalance".into(), json!(to_balance.to_string()));
-        }
-        emit(stub, "TransferApproved", payload)
+        emit(
+            stub,
+            &TransferApproved {
+                proposal_id: proposal_id.to_owned(),
+                approver_id: approver_id.to_owned(),
+                approvals: proposal.approvals,
+                threshold: proposal.threshold,
+                status: proposal.status,
+                executed: balances.is_some(),
+                from_wallet_id: proposal.from_wallet_id,
+                to_wallet_id: proposal.to_wallet_id,
+                amount: proposal.amount,
+                from_balance: balances.map(|(from, _)| from.to_string()),
+                to_balance: balances.map(|(_, to)| to.to_string()),
+            },
+        )
     } else {
         proposal.rejections.push(approver_id.to_owned());
         if from.owners.len().saturating_sub(proposal.rejections.len()) < threshold {
@@ -602,14 +571,13 @@ fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>
         write_json(stub, &proposal_key(proposal_id), &proposal)?;
         emit(
             stub,
-            "TransferRejected",
-            json!({
-                "proposalId": proposal_id,
-                "approverId": approver_id,
-                "rejections": proposal.rejections,
-                "threshold": proposal.threshold,
-                "status": proposal.status,
-            }),
+            &TransferRejected {
+                proposal_id: proposal_id.to_owned(),
+                approver_id: approver_id.to_owned(),
+                rejections: proposal.rejections,
+                threshold: proposal.threshold,
+                status: proposal.status,
+            },
         )
     }
 }
@@ -619,13 +587,21 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::collections::BTreeMap;
 
+    use super::contract::GxEvent;
     use super::*;
+
+    /// Who invokes: (MSP id, NodeOU role).
+    type Caller = (&'static str, Role);
+    const ORG1_CLIENT: Caller = ("Org1MSP", Role::Client);
+    const ORG2_CLIENT: Caller = ("Org2MSP", Role::Client);
+    const ORG2_ADMIN: Caller = ("Org2MSP", Role::Admin);
 
     /// A stub with Fabric's read semantics: reads see the committed map only.
     struct MemStub {
         committed: BTreeMap<String, Vec<u8>>,
         writes: BTreeMap<String, Vec<u8>>,
         event: Option<(String, Vec<u8>)>,
+        msp_id: &'static str,
         role: Role,
     }
 
@@ -640,7 +616,7 @@ mod tests {
             self.event = Some((name.to_owned(), payload));
         }
         fn creator_msp_id(&self) -> &str {
-            "Org1MSP"
+            self.msp_id
         }
         fn creator_role(&self) -> Role {
             self.role
@@ -649,18 +625,21 @@ mod tests {
 
     struct World {
         state: BTreeMap<String, Vec<u8>>,
+        /// Every event emitted, in order.
+        events: Vec<(String, Vec<u8>)>,
     }
 
     impl World {
         fn new() -> Self {
             Self {
                 state: BTreeMap::new(),
+                events: Vec::new(),
             }
         }
 
-        fn run_as(
+        fn call(
             &mut self,
-            role: Role,
+            (msp_id, role): Caller,
             f: &str,
             args: &[&str],
         ) -> Result<(String, serde_json::Value), String> {
@@ -668,6 +647,7 @@ mod tests {
                 committed: self.state.clone(),
                 writes: BTreeMap::new(),
                 event: None,
+                msp_id,
                 role,
             };
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -676,12 +656,22 @@ mod tests {
             let (name, payload) = stub.event.unwrap_or_default();
             if !name.is_empty() {
                 assert_eq!(payload, out, "result equals event payload");
+                self.events.push((name.clone(), payload));
             }
             Ok((name, serde_json::from_slice(&out).unwrap()))
         }
 
+        fn run_as(
+            &mut self,
+            role: Role,
+            f: &str,
+            args: &[&str],
+        ) -> Result<(String, serde_json::Value), String> {
+            self.call(("Org1MSP", role), f, args)
+        }
+
         fn run(&mut self, f: &str, args: &[&str]) -> Result<(String, serde_json::Value), String> {
-            self.run_as(Role::Client, f, args)
+            self.call(ORG1_CLIENT, f, args)
         }
 
         fn balance(&mut self, wallet: &str) -> String {
@@ -700,6 +690,25 @@ mod tests {
         )
         .unwrap();
         w.run("CreateUser", &["bob", r#"{"country":"DE"}"#])
+            .unwrap();
+        w
+    }
+
+    /// Bootstrapped by Org1, plus Org2's user dave, Org1's funded multisig `vault`
+    /// (alice, bob; threshold 2) and Org1's pending proposal `p1` from it.
+    fn two_orgs() -> World {
+        let mut w = bootstrapped();
+        w.call(ORG2_CLIENT, "CreateUser", &["dave", "{}"]).unwrap();
+        w.run("TransferTokens", &["t1", "treasury", "alice", "100", ""])
+            .unwrap();
+        w.run(
+            "CreateMultisigWallet",
+            &["vault", r#"["alice","bob"]"#, "2"],
+        )
+        .unwrap();
+        w.run("TransferTokens", &["t2", "treasury", "vault", "50", ""])
+            .unwrap();
+        w.run("ProposeTransfer", &["p1", "vault", "dave", "10", ""])
             .unwrap();
         w
     }
@@ -745,9 +754,16 @@ mod tests {
         assert_eq!(name, "SystemBootstrapped");
         assert_eq!(ev["treasuryWalletId"], "treasury");
         assert_eq!(ev["initialSupply"], "100");
+        assert_eq!(ev["mspId"], "Org1MSP");
         assert_eq!(w.balance("treasury"), "100");
+        let (_, treasury) = w.run("GetWallet", &["treasury"]).unwrap();
+        assert_eq!(treasury["mspId"], "Org1MSP");
         let err = w
             .run_as(Role::Admin, "Bootstrap", &["treasury2", "100"])
+            .unwrap_err();
+        assert!(err.contains("already bootstrapped"), "{err}");
+        let err = w
+            .call(ORG2_ADMIN, "Bootstrap", &["treasury2", "100"])
             .unwrap_err();
         assert!(err.contains("already bootstrapped"), "{err}");
     }
@@ -814,6 +830,9 @@ mod tests {
         let (_, user) = w.run("GetUser", &["alice"]).unwrap();
         assert_eq!(user["walletId"], "alice");
         assert_eq!(user["profile"]["country"], "FR");
+        assert_eq!(user["mspId"], "Org1MSP");
+        let (_, wallet) = w.run("GetWallet", &["alice"]).unwrap();
+        assert_eq!(wallet["mspId"], "Org1MSP");
         assert!(
             w.run("GetUser", &["zed"])
                 .unwrap_err()
@@ -839,6 +858,7 @@ mod tests {
             .unwrap();
         assert_eq!(name, "MultisigWalletCreated");
         assert_eq!(ev["threshold"], 2);
+        assert_eq!(ev["mspId"], "Org1MSP");
         w.run("TransferTokens", &["fund", "treasury", "vault", "500", ""])
             .unwrap();
         let err = w
@@ -858,8 +878,14 @@ mod tests {
         assert_eq!(name, "TransferApproved");
         assert_eq!(ev["executed"], false);
         assert_eq!(ev["status"], "PENDING");
+        assert!(ev.get("fromBalance").is_none(), "{ev}");
         assert!(
             w.run("ApproveTransfer", &["p1", "alice"])
+                .unwrap_err()
+                .contains("already decided")
+        );
+        assert!(
+            w.run("RejectTransfer", &["p1", "alice"])
                 .unwrap_err()
                 .contains("already decided")
         );
@@ -874,11 +900,8 @@ mod tests {
         assert_eq!(ev["fromBalance"], "300");
         assert_eq!(w.balance("vault"), "300");
         assert_eq!(w.balance("bob"), "200");
-        assert!(
-            w.run("ApproveTransfer", &["p1", "bob"])
-                .unwrap_err()
-                .contains("no longer pending")
-        );
+        let err = w.run("ApproveTransfer", &["p1", "bob"]).unwrap_err();
+        assert!(err.contains("no longer pending (status EXECUTED)"), "{err}");
         let (_, p) = w.run("GetProposal", &["p1"]).unwrap();
         assert_eq!(p["approvals"], serde_json::json!(["alice", "carol"]));
     }
@@ -899,6 +922,8 @@ mod tests {
         assert_eq!(name, "TransferRejected");
         assert_eq!(ev["status"], "REJECTED");
         assert_eq!(w.balance("vault"), "10");
+        let err = w.run("ApproveTransfer", &["p1", "alice"]).unwrap_err();
+        assert!(err.contains("no longer pending (status REJECTED)"), "{err}");
         for (args, needle) in [
             (vec!["v2", r#"["alice","alice"]"#, "1"], "listed twice"),
             (vec!["v2", r#"["alice"]"#, "2"], "threshold must be"),
@@ -910,5 +935,97 @@ mod tests {
             let err = w.run("CreateMultisigWallet", &args).unwrap_err();
             assert!(err.contains(needle), "{err} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn every_event_and_query_result_round_trips_through_its_contract_type() {
+        let mut w = two_orgs();
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        w.run("ApproveTransfer", &["p1", "bob"]).unwrap();
+        w.run("ProposeTransfer", &["p2", "vault", "alice", "1", ""])
+            .unwrap();
+        w.run("RejectTransfer", &["p2", "bob"]).unwrap();
+        let mut names = Vec::new();
+        for (name, payload) in &w.events {
+            let event = GxEvent::decode(name, payload).unwrap();
+            assert_eq!(event.name(), name);
+            let again = match &event {
+                GxEvent::SystemBootstrapped(e) => serde_json::to_value(e),
+                GxEvent::UserCreated(e) => serde_json::to_value(e),
+                GxEvent::TokensTransferred(e) => serde_json::to_value(e),
+                GxEvent::MultisigWalletCreated(e) => serde_json::to_value(e),
+                GxEvent::TransferProposed(e) => serde_json::to_value(e),
+                GxEvent::TransferApproved(e) => serde_json::to_value(e),
+                GxEvent::TransferRejected(e) => serde_json::to_value(e),
+            }
+            .unwrap();
+            let original: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(again, original, "{name}");
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                contract::event::SYSTEM_BOOTSTRAPPED,
+                contract::event::USER_CREATED,
+                contract::event::TOKENS_TRANSFERRED,
+                contract::event::MULTISIG_WALLET_CREATED,
+                contract::event::TRANSFER_PROPOSED,
+                contract::event::TRANSFER_APPROVED,
+                contract::event::TRANSFER_REJECTED,
+            ]
+        );
+        // Both shapes of TransferApproved: pending (no balances) and executed.
+        let approved: Vec<_> = w
+            .events
+            .iter()
+            .filter(|(n, _)| n == contract::event::TRANSFER_APPROVED)
+            .map(|(n, p)| GxEvent::decode(n, p).unwrap())
+            .collect();
+        let [
+            GxEvent::TransferApproved(first),
+            GxEvent::TransferApproved(second),
+        ] = approved.as_slice()
+        else {
+            panic!("{approved:?}");
+        };
+        assert!(!first.executed && first.from_balance.is_none());
+        assert!(second.executed);
+        assert_eq!(second.status, ProposalStatus::Executed);
+        assert_eq!(second.from_balance.as_deref(), Some("40"));
+        assert_eq!(second.to_balance.as_deref(), Some("10"));
+        // Query results.
+        for (f, id) in [
+            ("GetUser", "dave"),
+            ("GetWallet", "vault"),
+            ("GetWallet", "alice"),
+            ("GetProposal", "p1"),
+        ] {
+            let (_, v) = w.run(f, &[id]).unwrap();
+            let again = match f {
+                "GetUser" => {
+                    serde_json::to_value(serde_json::from_value::<User>(v.clone()).unwrap())
+                }
+                "GetWallet" => {
+                    serde_json::to_value(serde_json::from_value::<Wallet>(v.clone()).unwrap())
+                }
+                _ => serde_json::to_value(serde_json::from_value::<Proposal>(v.clone()).unwrap()),
+            }
+            .unwrap();
+            assert_eq!(again, v, "{f}({id})");
+        }
+        let (_, v) = w.run("GetUser", &["dave"]).unwrap();
+        assert_eq!(serde_json::from_value::<User>(v).unwrap().msp_id, "Org2MSP");
+        // Unknown names and malformed payloads are told apart.
+        assert!(matches!(
+            GxEvent::decode("Nope", b"{}"),
+            Err(contract::DecodeError::UnknownEvent(_))
+        ));
+        assert!(matches!(
+            GxEvent::decode(contract::event::USER_CREATED, b"{}"),
+            Err(contract::DecodeError::Malformed { .. })
+        ));
     }
 }
