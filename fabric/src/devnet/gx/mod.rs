@@ -10,6 +10,40 @@
 //! floating point. Every transaction emits exactly one chaincode event whose payload is JSON
 //! with camelCase fields, and returns the same JSON as its result. The function names, event
 //! names, payloads and query results are the [`contract`] module's types.
+//!
+//! # Authorization
+//!
+//! Fabric cannot see gxd's end users (gxd signs with its organization's identity), so the
+//! chaincode enforces what the ledger can know; which user may act is gxd's rule.
+//!
+//! - State-changing functions need a *client* or *admin* identity (Fabric's "Writers");
+//!   `Bootstrap` needs an admin. Peer, orderer and member identities may only query.
+//! - Every wallet records, as `mspId`, the organization that created it: for a user wallet
+//!   the creator of `CreateUser`, for a multisig wallet the creator of
+//!   `CreateMultisigWallet`, for the treasury the bootstrapping admin's. Only a client or
+//!   admin of that organization may spend from it (`TransferTokens`), propose from it
+//!   (`ProposeTransfer`) or decide on its proposals (`ApproveTransfer`/`RejectTransfer`).
+//!   Anyone may pay into any wallet.
+//! - A decision comes from an owner listed on the wallet, once per proposal, while the
+//!   proposal is pending.
+//! - A `transferId` or `proposalId`, once used, is refused forever, whether the first
+//!   transaction completed or not (the record stays): this is the chaincode-level
+//!   idempotency an engine relies on when it re-submits a command.
+//!
+//! # Records written by the first version
+//!
+//! The chaincode's first version (1.0) stored wallets without `mspId`. Such a wallet is
+//! attributed to the organization that version recorded for it elsewhere, and nowhere else:
+//!
+//! - a user wallet → the `mspId` of its user record (the creator of `CreateUser`);
+//! - the treasury → `bootstrappedBy` of the system record (the bootstrapping admin's org);
+//! - a multisig wallet → the organization of its owners' user records when they all
+//!   belong to one (only that organization's gxd can authenticate its approvers); when
+//!   they belong to several, to none: nobody may spend from it, propose from it or decide on
+//!   its proposals, and the error says so.
+//!
+//! `GetWallet` reports the attributed `mspId`, and the next write of the wallet (paying into
+//! it counts) stores it. Users and proposals are unchanged in format.
 
 pub mod contract;
 
@@ -25,7 +59,7 @@ use super::msp::Role;
 /// The chaincode name the devnet installs GX under.
 pub const CHAINCODE_NAME: &str = "gx";
 /// The chaincode version reported in proposal responses.
-pub const CHAINCODE_VERSION: &str = "1.0";
+pub const CHAINCODE_VERSION: &str = "1.1";
 
 /// What the chaincode sees of the peer (Fabric's `ChaincodeStubInterface`, reduced).
 pub trait Stub {
@@ -175,8 +209,81 @@ fn expect_args<'a, const N: usize>(
     Ok(out)
 }
 
+/// Reads a wallet; a record without `mspId` gets the organization the first version
+/// recorded for it (see the module docs), if any.
 fn get_wallet(stub: &mut dyn Stub, id: &str) -> Result<Wallet, String> {
-    read_json(stub, &wallet_key(id), "wallet")?.ok_or_else(|| format!("wallet {id} does not exist"))
+    let mut wallet: Wallet = read_json(stub, &wallet_key(id), "wallet")?
+        .ok_or_else(|| format!("wallet {id} does not exist"))?;
+    if wallet.msp_id.is_none() {
+        wallet.msp_id = legacy_wallet_msp_id(stub, &wallet)?;
+    }
+    Ok(wallet)
+}
+
+/// The organization a wallet record without `mspId` belongs to (see the module docs).
+fn legacy_wallet_msp_id(stub: &mut dyn Stub, wallet: &Wallet) -> Result<Option<String>, String> {
+    Ok(match wallet.wallet_type {
+        WalletType::User => {
+            read_json::<User>(stub, &user_key(&wallet.wallet_id), "user")?.map(|user| user.msp_id)
+        }
+        WalletType::Treasury => read_json::<SystemRecord>(stub, SYSTEM_KEY, "system record")?
+            .filter(|sys| sys.treasury_wallet_id == wallet.wallet_id)
+            .map(|sys| sys.bootstrapped_by),
+        WalletType::Multisig => {
+            let mut org: Option<String> = None;
+            for owner in &wallet.owners {
+                let Some(user) = read_json::<User>(stub, &user_key(owner), "user")? else {
+                    return Ok(None);
+                };
+                match &org {
+                    Some(o) if *o != user.msp_id => return Ok(None),
+                    Some(_) => {}
+                    None => org = Some(user.msp_id),
+                }
+            }
+            org
+        }
+    })
+}
+
+/// "a client", "an admin", …
+fn role_with_article(role: Role) -> String {
+    let article = match role {
+        Role::Admin | Role::Orderer => "an",
+        Role::Client | Role::Peer | Role::Member => "a",
+    };
+    format!("{article} {}", role.as_str())
+}
+
+/// State-changing functions need a client or admin identity (Fabric's "Writers").
+fn require_writer(stub: &dyn Stub, function: &str) -> Result<(), String> {
+    match stub.creator_role() {
+        Role::Client | Role::Admin => Ok(()),
+        role => Err(format!(
+            "{function} requires a client or admin identity; the caller is {} of {}",
+            role_with_article(role),
+            stub.creator_msp_id()
+        )),
+    }
+}
+
+/// Only a client or admin of the organization that created `wallet` may act on its funds;
+/// `action` completes "may not …" (e.g. "spend from it").
+fn require_wallet_org(stub: &dyn Stub, wallet: &Wallet, action: &str) -> Result<(), String> {
+    let caller = stub.creator_msp_id();
+    match &wallet.msp_id {
+        Some(owner) if owner == caller => Ok(()),
+        Some(owner) => Err(format!(
+            "wallet {} belongs to {owner}; {} of {caller} may not {action}",
+            wallet.wallet_id,
+            role_with_article(stub.creator_role())
+        )),
+        None => Err(format!(
+            "wallet {} belongs to no organization (a record of the chaincode's first version \
+             whose owners belong to several organizations); no organization may {action}",
+            wallet.wallet_id
+        )),
+    }
 }
 
 /// Invokes `function` with `args` (Fabric's `Invoke`). `Ok` is the response payload
@@ -265,6 +372,7 @@ fn bootstrap(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
 
 fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let [user_id, profile_json] = expect_args::<2>(function::CREATE_USER, args)?;
+    require_writer(stub, function::CREATE_USER)?;
     validate_id("userId", user_id)?;
     if profile_json.len() > MAX_PROFILE_LEN {
         return Err(format!(
@@ -361,6 +469,7 @@ fn transfer_args<'a>(
 fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let (transfer_id, from_id, to_id, amount, memo) =
         transfer_args(function::TRANSFER_TOKENS, "transferId", args)?;
+    require_writer(stub, function::TRANSFER_TOKENS)?;
     if stub.get_state(&transfer_key(transfer_id))?.is_some() {
         return Err(format!(
             "transfer {transfer_id} already exists: a transferId is used once"
@@ -368,6 +477,7 @@ fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Stri
     }
     let mut from = get_wallet(stub, from_id)?;
     let mut to = get_wallet(stub, to_id)?;
+    require_wallet_org(stub, &from, "spend from it")?;
     if from.wallet_type == WalletType::Multisig {
         return Err(format!(
             "wallet {from_id} is a multisig wallet; use ProposeTransfer"
@@ -404,6 +514,7 @@ fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Stri
 fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let [wallet_id, owners_json, threshold] =
         expect_args::<3>(function::CREATE_MULTISIG_WALLET, args)?;
+    require_writer(stub, function::CREATE_MULTISIG_WALLET)?;
     validate_id("walletId", wallet_id)?;
     let owners: Vec<String> = serde_json::from_str(owners_json)
         .map_err(|e| format!("ownersJson must be a JSON array of user ids: {e}"))?;
@@ -460,6 +571,7 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
 fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let (proposal_id, from_id, to_id, amount, memo) =
         transfer_args(function::PROPOSE_TRANSFER, "proposalId", args)?;
+    require_writer(stub, function::PROPOSE_TRANSFER)?;
     if stub.get_state(&proposal_key(proposal_id))?.is_some() {
         return Err(format!(
             "proposal {proposal_id} already exists: a proposalId is used once"
@@ -467,6 +579,7 @@ fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Str
     }
     let from = get_wallet(stub, from_id)?;
     get_wallet(stub, to_id)?;
+    require_wallet_org(stub, &from, "propose transfers from it")?;
     if from.wallet_type != WalletType::Multisig {
         return Err(format!("wallet {from_id} is not a multisig wallet"));
     }
@@ -509,11 +622,13 @@ fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>
         function::REJECT_TRANSFER
     };
     let [proposal_id, approver_id] = expect_args::<2>(function, args)?;
+    require_writer(stub, function)?;
     validate_id("proposalId", proposal_id)?;
     validate_id("approverId", approver_id)?;
     let mut proposal: Proposal = read_json(stub, &proposal_key(proposal_id), "proposal")?
         .ok_or_else(|| format!("proposal {proposal_id} does not exist"))?;
     let mut from = get_wallet(stub, &proposal.from_wallet_id)?;
+    require_wallet_org(stub, &from, "decide on its proposals")?;
     if proposal.status != ProposalStatus::Pending {
         return Err(format!(
             "proposal {proposal_id} is no longer pending (status {})",
@@ -593,6 +708,7 @@ mod tests {
     /// Who invokes: (MSP id, NodeOU role).
     type Caller = (&'static str, Role);
     const ORG1_CLIENT: Caller = ("Org1MSP", Role::Client);
+    const ORG1_ADMIN: Caller = ("Org1MSP", Role::Admin);
     const ORG2_CLIENT: Caller = ("Org2MSP", Role::Client);
     const ORG2_ADMIN: Caller = ("Org2MSP", Role::Admin);
 
@@ -677,6 +793,11 @@ mod tests {
         fn balance(&mut self, wallet: &str) -> String {
             let (_, w) = self.run("GetWallet", &[wallet]).unwrap();
             w["balance"].as_str().unwrap().to_owned()
+        }
+
+        /// Stores `value` as-is (a record as an older chaincode version wrote it).
+        fn put_raw(&mut self, key: String, value: serde_json::Value) {
+            self.state.insert(key, serde_json::to_vec(&value).unwrap());
         }
     }
 
@@ -935,6 +1056,405 @@ mod tests {
             let err = w.run("CreateMultisigWallet", &args).unwrap_err();
             assert!(err.contains(needle), "{err} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn another_org_cannot_spend_propose_or_decide() {
+        let mut w = two_orgs();
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "TransferTokens",
+                &["x1", "alice", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet alice belongs to Org1MSP; a client of Org2MSP may not spend from it"
+        );
+        let err = w
+            .call(
+                ORG2_ADMIN,
+                "TransferTokens",
+                &["x1", "treasury", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet treasury belongs to Org1MSP; an admin of Org2MSP may not spend from it"
+        );
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "ProposeTransfer",
+                &["x2", "vault", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet vault belongs to Org1MSP; a client of Org2MSP may not propose transfers from it"
+        );
+        for f in ["ApproveTransfer", "RejectTransfer"] {
+            let err = w.call(ORG2_CLIENT, f, &["p1", "alice"]).unwrap_err();
+            assert_eq!(
+                err,
+                "wallet vault belongs to Org1MSP; a client of Org2MSP may not decide on its proposals"
+            );
+        }
+        // Nothing changed; Org1 still can.
+        assert_eq!(w.balance("alice"), "100");
+        assert_eq!(w.balance("vault"), "50");
+        let (_, p) = w.run("GetProposal", &["p1"]).unwrap();
+        assert_eq!(p["approvals"], serde_json::json!([]));
+        // Org1 cannot spend Org2's wallet either.
+        w.call(
+            ORG1_CLIENT,
+            "TransferTokens",
+            &["t3", "alice", "dave", "5", ""],
+        )
+        .unwrap();
+        let err = w
+            .call(
+                ORG1_CLIENT,
+                "TransferTokens",
+                &["x3", "dave", "alice", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet dave belongs to Org2MSP; a client of Org1MSP may not spend from it"
+        );
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t4", "dave", "alice", "1", ""],
+        )
+        .unwrap();
+        assert_eq!(w.balance("dave"), "4");
+    }
+
+    #[test]
+    fn anyone_may_pay_into_any_wallet() {
+        let mut w = two_orgs();
+        // Org2's dave pays into Org1's alice and Org1's multisig vault.
+        w.call(ORG2_CLIENT, "CreateUser", &["erin", "{}"]).unwrap();
+        w.run("TransferTokens", &["t3", "treasury", "dave", "20", ""])
+            .unwrap();
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t4", "dave", "alice", "5", ""],
+        )
+        .unwrap();
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t5", "dave", "vault", "5", ""],
+        )
+        .unwrap();
+        assert_eq!(w.balance("alice"), "105");
+        assert_eq!(w.balance("vault"), "55");
+        // Org1's multisig pays Org2's dave once its owners approve.
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        let (_, ev) = w.run("ApproveTransfer", &["p1", "bob"]).unwrap();
+        assert_eq!(ev["executed"], true);
+        assert_eq!(w.balance("dave"), "20");
+        // An Org2 wallet may have Org1 users as owners; Org2 decides on its proposals.
+        let (_, ev) = w
+            .call(
+                ORG2_CLIENT,
+                "CreateMultisigWallet",
+                &["vault2", r#"["alice","dave"]"#, "1"],
+            )
+            .unwrap();
+        assert_eq!(ev["mspId"], "Org2MSP");
+        w.run("TransferTokens", &["t6", "alice", "vault2", "3", ""])
+            .unwrap();
+        w.call(
+            ORG2_CLIENT,
+            "ProposeTransfer",
+            &["q1", "vault2", "erin", "3", ""],
+        )
+        .unwrap();
+        let err = w.run("ApproveTransfer", &["q1", "alice"]).unwrap_err();
+        assert!(err.contains("belongs to Org2MSP"), "{err}");
+        w.call(ORG2_CLIENT, "ApproveTransfer", &["q1", "alice"])
+            .unwrap();
+        assert_eq!(w.balance("erin"), "3");
+    }
+
+    #[test]
+    fn admins_of_the_owning_org_may_act_like_its_clients() {
+        let mut w = two_orgs();
+        w.call(ORG1_ADMIN, "CreateUser", &["carol", "{}"]).unwrap();
+        w.call(
+            ORG1_ADMIN,
+            "TransferTokens",
+            &["t3", "alice", "carol", "7", ""],
+        )
+        .unwrap();
+        w.call(
+            ORG1_ADMIN,
+            "TransferTokens",
+            &["t4", "treasury", "carol", "1", ""],
+        )
+        .unwrap();
+        assert_eq!(w.balance("carol"), "8");
+        w.call(
+            ORG1_ADMIN,
+            "ProposeTransfer",
+            &["p2", "vault", "carol", "1", ""],
+        )
+        .unwrap();
+        w.call(ORG1_ADMIN, "ApproveTransfer", &["p2", "alice"])
+            .unwrap();
+        w.call(ORG1_ADMIN, "RejectTransfer", &["p2", "bob"])
+            .unwrap();
+        let (_, p) = w.run("GetProposal", &["p2"]).unwrap();
+        assert_eq!(p["status"], "REJECTED");
+        w.call(
+            ORG1_ADMIN,
+            "CreateMultisigWallet",
+            &["vault3", r#"["carol"]"#, "1"],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn peer_orderer_and_member_identities_may_only_query() {
+        let mut w = two_orgs();
+        for role in [Role::Peer, Role::Orderer, Role::Member] {
+            for (f, args) in [
+                ("CreateUser", vec!["zed", "{}"]),
+                ("TransferTokens", vec!["x1", "alice", "bob", "1", ""]),
+                ("CreateMultisigWallet", vec!["v9", r#"["alice"]"#, "1"]),
+                ("ProposeTransfer", vec!["x2", "vault", "bob", "1", ""]),
+                ("ApproveTransfer", vec!["p1", "alice"]),
+                ("RejectTransfer", vec!["p1", "alice"]),
+            ] {
+                let err = w.call(("Org1MSP", role), f, &args).unwrap_err();
+                assert_eq!(
+                    err,
+                    format!(
+                        "{f} requires a client or admin identity; the caller is {} of Org1MSP",
+                        role_with_article(role)
+                    )
+                );
+            }
+            let err = w
+                .call(("Org1MSP", role), "Bootstrap", &["t9", "1"])
+                .unwrap_err();
+            assert!(err.contains("requires an admin"), "{err}");
+            for (f, id) in [
+                ("GetUser", "alice"),
+                ("GetWallet", "alice"),
+                ("GetProposal", "p1"),
+            ] {
+                w.call(("Org1MSP", role), f, &[id]).unwrap();
+            }
+        }
+        assert_eq!(role_with_article(Role::Orderer), "an orderer");
+        assert_eq!(w.balance("alice"), "100");
+    }
+
+    #[test]
+    fn a_used_transfer_id_is_refused_even_after_completion() {
+        let mut w = two_orgs();
+        // t1 completed (treasury → alice 100); the very same command again is refused...
+        let err = w
+            .run("TransferTokens", &["t1", "treasury", "alice", "100", ""])
+            .unwrap_err();
+        assert_eq!(err, "transfer t1 already exists: a transferId is used once");
+        // ...and so is the id with other wallets, by either org.
+        let err = w
+            .run("TransferTokens", &["t1", "alice", "bob", "1", ""])
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "TransferTokens",
+                &["t1", "dave", "alice", "1", ""],
+            )
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(w.balance("alice"), "100");
+        // A refused transfer does not use up its id.
+        w.run("TransferTokens", &["t9", "alice", "bob", "101", ""])
+            .unwrap_err();
+        w.run("TransferTokens", &["t9", "alice", "bob", "1", ""])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_used_proposal_id_is_refused_pending_or_decided() {
+        let mut w = two_orgs();
+        let err = w
+            .run("ProposeTransfer", &["p1", "vault", "dave", "10", ""])
+            .unwrap_err();
+        assert_eq!(err, "proposal p1 already exists: a proposalId is used once");
+        let (_, ev) = w.run("RejectTransfer", &["p1", "alice"]).unwrap();
+        assert_eq!(ev["status"], "REJECTED");
+        let err = w
+            .run("ProposeTransfer", &["p1", "vault", "bob", "1", ""])
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn decisions_come_from_listed_owners_once() {
+        let mut w = two_orgs();
+        // A user of Org2, an unknown id, a wallet id: none is an owner of vault.
+        for who in ["dave", "carol", "treasury"] {
+            let err = w.run("ApproveTransfer", &["p1", who]).unwrap_err();
+            assert_eq!(err, format!("{who} is not an owner of wallet vault"));
+            let err = w.run("RejectTransfer", &["p1", who]).unwrap_err();
+            assert_eq!(err, format!("{who} is not an owner of wallet vault"));
+        }
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        for f in ["ApproveTransfer", "RejectTransfer"] {
+            let err = w.run(f, &["p1", "alice"]).unwrap_err();
+            assert_eq!(err, "alice has already decided on proposal p1");
+        }
+        w.run("RejectTransfer", &["p1", "bob"]).unwrap();
+        let err = w.run("ApproveTransfer", &["p1", "bob"]).unwrap_err();
+        assert!(err.contains("no longer pending"), "{err}");
+        assert_eq!(w.balance("vault"), "50");
+        assert!(
+            w.run("ApproveTransfer", &["p404", "alice"])
+                .unwrap_err()
+                .contains("proposal p404 does not exist")
+        );
+    }
+
+    /// A ledger as the chaincode's first version (1.0) wrote it: no `mspId` on wallets.
+    fn legacy_world() -> World {
+        let mut w = World::new();
+        w.put_raw(
+            SYSTEM_KEY.to_owned(),
+            serde_json::json!({"treasuryWalletId": "treasury", "initialSupply": "1000", "bootstrappedBy": "Org1MSP"}),
+        );
+        w.put_raw(
+            wallet_key("treasury"),
+            serde_json::json!({"walletId": "treasury", "type": "treasury", "balance": "900"}),
+        );
+        for (user, msp, balance) in [
+            ("alice", "Org1MSP", "40"),
+            ("bob", "Org1MSP", "0"),
+            ("dave", "Org2MSP", "30"),
+        ] {
+            w.put_raw(
+                user_key(user),
+                serde_json::json!({"userId": user, "walletId": user, "profile": {}, "mspId": msp}),
+            );
+            w.put_raw(
+                wallet_key(user),
+                serde_json::json!({"walletId": user, "type": "user", "balance": balance}),
+            );
+        }
+        w.put_raw(
+            wallet_key("vault1"),
+            serde_json::json!({"walletId": "vault1", "type": "multisig", "balance": "20", "owners": ["alice", "bob"], "threshold": 1}),
+        );
+        w.put_raw(
+            wallet_key("mixed"),
+            serde_json::json!({"walletId": "mixed", "type": "multisig", "balance": "10", "owners": ["alice", "dave"], "threshold": 1}),
+        );
+        w.put_raw(
+            proposal_key("old"),
+            serde_json::json!({"proposalId": "old", "fromWalletId": "mixed", "toWalletId": "bob", "amount": "5", "memo": "", "threshold": 1, "status": "PENDING", "approvals": [], "rejections": []}),
+        );
+        w
+    }
+
+    #[test]
+    fn records_of_the_first_version_belong_to_the_org_it_recorded() {
+        let mut w = legacy_world();
+        for (wallet, msp) in [
+            ("treasury", Some("Org1MSP")),
+            ("alice", Some("Org1MSP")),
+            ("dave", Some("Org2MSP")),
+            ("vault1", Some("Org1MSP")),
+            ("mixed", None),
+        ] {
+            let (_, v) = w.run("GetWallet", &[wallet]).unwrap();
+            let got: Wallet = serde_json::from_value(v).unwrap();
+            assert_eq!(got.msp_id.as_deref(), msp, "{wallet}");
+        }
+        // The treasury: the bootstrapping org.
+        w.run("TransferTokens", &["t1", "treasury", "bob", "1", ""])
+            .unwrap();
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "TransferTokens",
+                &["t2", "treasury", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert!(err.contains("belongs to Org1MSP"), "{err}");
+        // A user wallet: its user's org.
+        let err = w
+            .run("TransferTokens", &["t3", "dave", "alice", "1", ""])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet dave belongs to Org2MSP; a client of Org1MSP may not spend from it"
+        );
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t3", "dave", "alice", "1", ""],
+        )
+        .unwrap();
+        // A multisig wallet whose owners are all Org1's: Org1's.
+        w.run("ProposeTransfer", &["p1", "vault1", "dave", "2", ""])
+            .unwrap();
+        let err = w
+            .call(ORG2_CLIENT, "ApproveTransfer", &["p1", "alice"])
+            .unwrap_err();
+        assert!(err.contains("belongs to Org1MSP"), "{err}");
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        assert_eq!(w.balance("vault1"), "18");
+        // Mixed owners: nobody may spend, propose or decide; paying in still works.
+        for caller in [ORG1_CLIENT, ORG2_CLIENT] {
+            let err = w
+                .call(caller, "ProposeTransfer", &["p2", "mixed", "bob", "1", ""])
+                .unwrap_err();
+            assert!(
+                err.starts_with("wallet mixed belongs to no organization"),
+                "{err}"
+            );
+            assert!(
+                err.ends_with("no organization may propose transfers from it"),
+                "{err}"
+            );
+            let err = w
+                .call(caller, "ApproveTransfer", &["old", "alice"])
+                .unwrap_err();
+            assert!(
+                err.ends_with("no organization may decide on its proposals"),
+                "{err}"
+            );
+        }
+        w.run("TransferTokens", &["t4", "alice", "mixed", "1", ""])
+            .unwrap();
+        assert_eq!(w.balance("mixed"), "11");
+        // Written wallets now record their org; the mixed one still records none.
+        for (wallet, msp) in [
+            ("treasury", Some("Org1MSP")),
+            ("alice", Some("Org1MSP")),
+            ("bob", Some("Org1MSP")),
+            ("dave", Some("Org2MSP")),
+            ("vault1", Some("Org1MSP")),
+            ("mixed", None),
+        ] {
+            let stored: Wallet = serde_json::from_slice(&w.state[&wallet_key(wallet)]).unwrap();
+            assert_eq!(stored.msp_id.as_deref(), msp, "{wallet}");
+        }
+        // The old proposal is still readable.
+        let (_, p) = w.run("GetProposal", &["old"]).unwrap();
+        let p: Proposal = serde_json::from_value(p).unwrap();
+        assert_eq!(p.status, ProposalStatus::Pending);
     }
 
     #[test]
