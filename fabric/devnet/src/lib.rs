@@ -50,6 +50,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use crypto::{CryptoError, DevnetPaths};
 pub use faults::{Fault, FaultRule, Faults, Rpc};
+/// The GX chaincode's contract (function and event names, event payload and query result
+/// types): what the projector and deployments on a real network depend on.
+pub use gx::contract as gx_contract;
 pub use ledger::LedgerError;
 pub use msp::MspError;
 pub use node::{BatchConfig, NodeError};

@@ -8,17 +8,58 @@
 //! Amounts are decimal strings of non-negative integers in minor units (canonical: no sign,
 //! no leading zeros, at most 39 digits), computed with checked `u128` arithmetic — never
 //! floating point. Every transaction emits exactly one chaincode event whose payload is JSON
-//! with camelCase fields, and returns the same JSON as its result.
+//! with camelCase fields, and returns the same JSON as its result. The function names, event
+//! names, payloads and query results are the [`contract`] module's types.
+//!
+//! # Authorization
+//!
+//! Fabric cannot see gxd's end users (gxd signs with its organization's identity), so the
+//! chaincode enforces what the ledger can know; which user may act is gxd's rule.
+//!
+//! - State-changing functions need a *client* or *admin* identity (Fabric's "Writers");
+//!   `Bootstrap` needs an admin. Peer, orderer and member identities may only query.
+//! - Every wallet records, as `mspId`, the organization that created it: for a user wallet
+//!   the creator of `CreateUser`, for a multisig wallet the creator of
+//!   `CreateMultisigWallet`, for the treasury the bootstrapping admin's. Only a client or
+//!   admin of that organization may spend from it (`TransferTokens`), propose from it
+//!   (`ProposeTransfer`) or decide on its proposals (`ApproveTransfer`/`RejectTransfer`).
+//!   Anyone may pay into any wallet.
+//! - A decision comes from an owner listed on the wallet, once per proposal, while the
+//!   proposal is pending.
+//! - A `transferId` or `proposalId`, once used, is refused forever, whether the first
+//!   transaction completed or not (the record stays): this is the chaincode-level
+//!   idempotency an engine relies on when it re-submits a command.
+//!
+//! # Records written by the first version
+//!
+//! The chaincode's first version (1.0) stored wallets without `mspId`. Such a wallet is
+//! attributed to the organization that version recorded for it elsewhere, and nowhere else:
+//!
+//! - a user wallet → the `mspId` of its user record (the creator of `CreateUser`);
+//! - the treasury → `bootstrappedBy` of the system record (the bootstrapping admin's org);
+//! - a multisig wallet → the organization of its owners' user records when they all
+//!   belong to one (only that organization's gxd can authenticate its approvers); when
+//!   they belong to several, to none: nobody may spend from it, propose from it or decide on
+//!   its proposals, and the error says so.
+//!
+//! `GetWallet` reports the attributed `mspId`, and the next write of the wallet (paying into
+//! it counts) stores it. Users and proposals are unchanged in format.
+
+pub mod contract;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
+use self::contract::{
+    Event, MultisigWalletCreated, Proposal, ProposalStatus, SystemBootstrapped, TokensTransferred,
+    TransferApproved, TransferProposed, TransferRejected, User, UserCreated, Wallet, WalletType,
+    function,
+};
 use super::msp::Role;
 
 /// The chaincode name the devnet installs GX under.
 pub const CHAINCODE_NAME: &str = "gx";
 /// The chaincode version reported in proposal responses.
-pub const CHAINCODE_VERSION: &str = "1.0";
+pub const CHAINCODE_VERSION: &str = "1.1";
 
 /// What the chaincode sees of the peer (Fabric's `ChaincodeStubInterface`, reduced).
 pub trait Stub {
@@ -99,6 +140,7 @@ fn validate_memo(memo: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The system record (not queryable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SystemRecord {
@@ -107,66 +149,19 @@ struct SystemRecord {
     bootstrapped_by: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WalletType {
-    Treasury,
-    User,
-    Multisig,
-}
-
+/// The record that marks a `transferId` as used (not queryable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Wallet {
-    wallet_id: String,
-    #[serde(rename = "type")]
-    wallet_type: WalletType,
-    balance: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    owners: Vec<String>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    threshold: u32,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-impl Wallet {
-    fn balance(&self) -> Result<u128, String> {
-        parse_amount("stored balance", &self.balance)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct User {
-    user_id: String,
-    wallet_id: String,
-    profile: serde_json::Value,
-    msp_id: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-enum ProposalStatus {
-    Pending,
-    Executed,
-    Rejected,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Proposal {
-    proposal_id: String,
+struct TransferRecord {
+    transfer_id: String,
     from_wallet_id: String,
     to_wallet_id: String,
     amount: String,
     memo: String,
-    threshold: u32,
-    status: ProposalStatus,
-    approvals: Vec<String>,
-    rejections: Vec<String>,
+}
+
+fn wallet_balance(wallet: &Wallet) -> Result<u128, String> {
+    parse_amount("stored balance", &wallet.balance)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(
@@ -188,9 +183,11 @@ fn write_json<T: Serialize>(stub: &mut dyn Stub, key: &str, value: &T) -> Result
     Ok(())
 }
 
-fn emit(stub: &mut dyn Stub, name: &str, payload: serde_json::Value) -> Result<Vec<u8>, String> {
-    let bytes = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-    stub.set_event(name, bytes.clone());
+/// Sets the transaction's event to `payload` (under its contract name) and returns the
+/// same JSON as the transaction's result.
+fn emit<E: Event>(stub: &mut dyn Stub, payload: &E) -> Result<Vec<u8>, String> {
+    let bytes = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
+    stub.set_event(E::NAME, bytes.clone());
     Ok(bytes)
 }
 
@@ -212,33 +209,106 @@ fn expect_args<'a, const N: usize>(
     Ok(out)
 }
 
+/// Reads a wallet; a record without `mspId` gets the organization the first version
+/// recorded for it (see the module docs), if any.
 fn get_wallet(stub: &mut dyn Stub, id: &str) -> Result<Wallet, String> {
-    read_json(stub, &wallet_key(id), "wallet")?.ok_or_else(|| format!("wallet {id} does not exist"))
+    let mut wallet: Wallet = read_json(stub, &wallet_key(id), "wallet")?
+        .ok_or_else(|| format!("wallet {id} does not exist"))?;
+    if wallet.msp_id.is_none() {
+        wallet.msp_id = legacy_wallet_msp_id(stub, &wallet)?;
+    }
+    Ok(wallet)
+}
+
+/// The organization a wallet record without `mspId` belongs to (see the module docs).
+fn legacy_wallet_msp_id(stub: &mut dyn Stub, wallet: &Wallet) -> Result<Option<String>, String> {
+    Ok(match wallet.wallet_type {
+        WalletType::User => {
+            read_json::<User>(stub, &user_key(&wallet.wallet_id), "user")?.map(|user| user.msp_id)
+        }
+        WalletType::Treasury => read_json::<SystemRecord>(stub, SYSTEM_KEY, "system record")?
+            .filter(|sys| sys.treasury_wallet_id == wallet.wallet_id)
+            .map(|sys| sys.bootstrapped_by),
+        WalletType::Multisig => {
+            let mut org: Option<String> = None;
+            for owner in &wallet.owners {
+                let Some(user) = read_json::<User>(stub, &user_key(owner), "user")? else {
+                    return Ok(None);
+                };
+                match &org {
+                    Some(o) if *o != user.msp_id => return Ok(None),
+                    Some(_) => {}
+                    None => org = Some(user.msp_id),
+                }
+            }
+            org
+        }
+    })
+}
+
+/// "a client", "an admin", …
+fn role_with_article(role: Role) -> String {
+    let article = match role {
+        Role::Admin | Role::Orderer => "an",
+        Role::Client | Role::Peer | Role::Member => "a",
+    };
+    format!("{article} {}", role.as_str())
+}
+
+/// State-changing functions need a client or admin identity (Fabric's "Writers").
+fn require_writer(stub: &dyn Stub, function: &str) -> Result<(), String> {
+    match stub.creator_role() {
+        Role::Client | Role::Admin => Ok(()),
+        role => Err(format!(
+            "{function} requires a client or admin identity; the caller is {} of {}",
+            role_with_article(role),
+            stub.creator_msp_id()
+        )),
+    }
+}
+
+/// Only a client or admin of the organization that created `wallet` may act on its funds;
+/// `action` completes "may not …" (e.g. "spend from it").
+fn require_wallet_org(stub: &dyn Stub, wallet: &Wallet, action: &str) -> Result<(), String> {
+    let caller = stub.creator_msp_id();
+    match &wallet.msp_id {
+        Some(owner) if owner == caller => Ok(()),
+        Some(owner) => Err(format!(
+            "wallet {} belongs to {owner}; {} of {caller} may not {action}",
+            wallet.wallet_id,
+            role_with_article(stub.creator_role())
+        )),
+        None => Err(format!(
+            "wallet {} belongs to no organization (a record of the chaincode's first version \
+             whose owners belong to several organizations); no organization may {action}",
+            wallet.wallet_id
+        )),
+    }
 }
 
 /// Invokes `function` with `args` (Fabric's `Invoke`). `Ok` is the response payload
 /// (status 200); `Err` is the chaincode's error message (status 500).
 pub fn invoke(stub: &mut dyn Stub, function: &str, args: &[String]) -> Result<Vec<u8>, String> {
     match function {
-        "Bootstrap" => bootstrap(stub, args),
-        "CreateUser" => create_user(stub, args),
-        "TransferTokens" => transfer_tokens(stub, args),
-        "CreateMultisigWallet" => create_multisig_wallet(stub, args),
-        "ProposeTransfer" => propose_transfer(stub, args),
-        "ApproveTransfer" => decide(stub, args, true),
-        "RejectTransfer" => decide(stub, args, false),
-        "GetUser" => {
+        function::BOOTSTRAP => bootstrap(stub, args),
+        function::CREATE_USER => create_user(stub, args),
+        function::TRANSFER_TOKENS => transfer_tokens(stub, args),
+        function::CREATE_MULTISIG_WALLET => create_multisig_wallet(stub, args),
+        function::PROPOSE_TRANSFER => propose_transfer(stub, args),
+        function::APPROVE_TRANSFER => decide(stub, args, true),
+        function::REJECT_TRANSFER => decide(stub, args, false),
+        function::GET_USER => {
             let [id] = expect_args::<1>(function, args)?;
             let user: User = read_json(stub, &user_key(id), "user")?
                 .ok_or_else(|| format!("user {id} does not exist"))?;
             serde_json::to_vec(&user).map_err(|e| e.to_string())
         }
-        "GetWallet" => {
+        function::GET_WALLET => {
             let [id] = expect_args::<1>(function, args)?;
             let wallet = get_wallet(stub, id)?;
             serde_json::to_vec(&wallet).map_err(|e| e.to_string())
         }
-        "GetProposal" => {
+        function::GET_PROPOSAL => {
             let [id] = expect_args::<1>(function, args)?;
             let proposal: Proposal = read_json(stub, &proposal_key(id), "proposal")?
                 .ok_or_else(|| format!("proposal {id} does not exist"))?;
@@ -249,7 +319,7 @@ pub fn invoke(stub: &mut dyn Stub, function: &str, args: &[String]) -> Result<Ve
 }
 
 fn bootstrap(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [treasury, supply] = expect_args::<2>("Bootstrap", args)?;
+    let [treasury, supply] = expect_args::<2>(function::BOOTSTRAP, args)?;
     if stub.creator_role() != Role::Admin {
         return Err(format!(
             "Bootstrap requires an admin identity of the organization; the caller's role is {}",
@@ -287,21 +357,22 @@ fn bootstrap(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
             balance: amount.to_string(),
             owners: Vec::new(),
             threshold: 0,
+            msp_id: Some(msp_id.clone()),
         },
     )?;
     emit(
         stub,
-        "SystemBootstrapped",
-        json!({
-            "treasuryWalletId": treasury,
-            "initialSupply": amount.to_string(),
-            "mspId": msp_id,
-        }),
+        &SystemBootstrapped {
+            treasury_wallet_id: treasury.to_owned(),
+            initial_supply: amount.to_string(),
+            msp_id,
+        },
     )
 }
 
 fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [user_id, profile_json] = expect_args::<2>("CreateUser", args)?;
+    let [user_id, profile_json] = expect_args::<2>(function::CREATE_USER, args)?;
+    require_writer(stub, function::CREATE_USER)?;
     validate_id("userId", user_id)?;
     if profile_json.len() > MAX_PROFILE_LEN {
         return Err(format!(
@@ -339,24 +410,24 @@ fn create_user(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> 
             balance: "0".to_owned(),
             owners: Vec::new(),
             threshold: 0,
+            msp_id: Some(msp_id.clone()),
         },
     )?;
     emit(
         stub,
-        "UserCreated",
-        json!({
-            "userId": user_id,
-            "walletId": user_id,
-            "profile": profile,
-            "mspId": msp_id,
-        }),
+        &UserCreated {
+            user_id: user_id.to_owned(),
+            wallet_id: user_id.to_owned(),
+            profile,
+            msp_id,
+        },
     )
 }
 
 /// Debits `from` and credits `to` in memory; returns the new balances.
 fn move_funds(from: &mut Wallet, to: &mut Wallet, amount: u128) -> Result<(u128, u128), String> {
-    let from_balance = from.balance()?;
-    let to_balance = to.balance()?;
+    let from_balance = wallet_balance(from)?;
+    let to_balance = wallet_balance(to)?;
     if from_balance < amount {
         return Err(format!(
             "insufficient funds in wallet {}: balance {from_balance}, amount {amount}",
@@ -397,12 +468,16 @@ fn transfer_args<'a>(
 
 fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let (transfer_id, from_id, to_id, amount, memo) =
-        transfer_args("TransferTokens", "transferId", args)?;
+        transfer_args(function::TRANSFER_TOKENS, "transferId", args)?;
+    require_writer(stub, function::TRANSFER_TOKENS)?;
     if stub.get_state(&transfer_key(transfer_id))?.is_some() {
-        return Err(format!("transfer {transfer_id} already exists"));
+        return Err(format!(
+            "transfer {transfer_id} already exists: a transferId is used once"
+        ));
     }
     let mut from = get_wallet(stub, from_id)?;
     let mut to = get_wallet(stub, to_id)?;
+    require_wallet_org(stub, &from, "spend from it")?;
     if from.wallet_type == WalletType::Multisig {
         return Err(format!(
             "wallet {from_id} is a multisig wallet; use ProposeTransfer"
@@ -411,31 +486,35 @@ fn transfer_tokens(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Stri
     let (from_balance, to_balance) = move_funds(&mut from, &mut to, amount)?;
     write_json(stub, &wallet_key(from_id), &from)?;
     write_json(stub, &wallet_key(to_id), &to)?;
-    let record = json!({
-        "transferId": transfer_id,
-        "fromWalletId": from_id,
-        "toWalletId": to_id,
-        "amount": amount.to_string(),
-        "memo": memo,
-    });
-    write_json(stub, &transfer_key(transfer_id), &record)?;
+    write_json(
+        stub,
+        &transfer_key(transfer_id),
+        &TransferRecord {
+            transfer_id: transfer_id.to_owned(),
+            from_wallet_id: from_id.to_owned(),
+            to_wallet_id: to_id.to_owned(),
+            amount: amount.to_string(),
+            memo: memo.to_owned(),
+        },
+    )?;
     emit(
         stub,
-        "TokensTransferred",
-        json!({
-            "transferId": transfer_id,
-            "fromWalletId": from_id,
-            "toWalletId": to_id,
-            "amount": amount.to_string(),
-            "memo": memo,
-            "fromBalance": from_balance.to_string(),
-            "toBalance": to_balance.to_string(),
-        }),
+        &TokensTransferred {
+            transfer_id: transfer_id.to_owned(),
+            from_wallet_id: from_id.to_owned(),
+            to_wallet_id: to_id.to_owned(),
+            amount: amount.to_string(),
+            memo: memo.to_owned(),
+            from_balance: from_balance.to_string(),
+            to_balance: to_balance.to_string(),
+        },
     )
 }
 
 fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
-    let [wallet_id, owners_json, threshold] = expect_args::<3>("CreateMultisigWallet", args)?;
+    let [wallet_id, owners_json, threshold] =
+        expect_args::<3>(function::CREATE_MULTISIG_WALLET, args)?;
+    require_writer(stub, function::CREATE_MULTISIG_WALLET)?;
     validate_id("walletId", wallet_id)?;
     let owners: Vec<String> = serde_json::from_str(owners_json)
         .map_err(|e| format!("ownersJson must be a JSON array of user ids: {e}"))?;
@@ -465,6 +544,7 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
             return Err(format!("owner {owner} is not a user"));
         }
     }
+    let msp_id = stub.creator_msp_id().to_owned();
     write_json(
         stub,
         &wallet_key(wallet_id),
@@ -474,31 +554,36 @@ fn create_multisig_wallet(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8
             balance: "0".to_owned(),
             owners: owners.clone(),
             threshold: threshold_value,
+            msp_id: Some(msp_id.clone()),
         },
     )?;
     emit(
         stub,
-        "MultisigWalletCreated",
-        json!({
-            "walletId": wallet_id,
-            "owners": owners,
-            "threshold": threshold_value,
-        }),
+        &MultisigWalletCreated {
+            wallet_id: wallet_id.to_owned(),
+            owners,
+            threshold: threshold_value,
+            msp_id,
+        },
     )
 }
 
 fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, String> {
     let (proposal_id, from_id, to_id, amount, memo) =
-        transfer_args("ProposeTransfer", "proposalId", args)?;
+        transfer_args(function::PROPOSE_TRANSFER, "proposalId", args)?;
+    require_writer(stub, function::PROPOSE_TRANSFER)?;
     if stub.get_state(&proposal_key(proposal_id))?.is_some() {
-        return Err(format!("proposal {proposal_id} already exists"));
+        return Err(format!(
+            "proposal {proposal_id} already exists: a proposalId is used once"
+        ));
     }
     let from = get_wallet(stub, from_id)?;
     get_wallet(stub, to_id)?;
+    require_wallet_org(stub, &from, "propose transfers from it")?;
     if from.wallet_type != WalletType::Multisig {
         return Err(format!("wallet {from_id} is not a multisig wallet"));
     }
-    let balance = from.balance()?;
+    let balance = wallet_balance(&from)?;
     if balance < amount {
         return Err(format!(
             "insufficient funds in wallet {from_id}: balance {balance}, amount {amount}"
@@ -518,39 +603,38 @@ fn propose_transfer(stub: &mut dyn Stub, args: &[String]) -> Result<Vec<u8>, Str
     write_json(stub, &proposal_key(proposal_id), &proposal)?;
     emit(
         stub,
-        "TransferProposed",
-        json!({
-            "proposalId": proposal_id,
-            "fromWalletId": from_id,
-            "toWalletId": to_id,
-            "amount": amount.to_string(),
-            "memo": memo,
-            "threshold": from.threshold,
-            "owners": from.owners,
-        }),
+        &TransferProposed {
+            proposal_id: proposal_id.to_owned(),
+            from_wallet_id: from_id.to_owned(),
+            to_wallet_id: to_id.to_owned(),
+            amount: amount.to_string(),
+            memo: memo.to_owned(),
+            threshold: from.threshold,
+            owners: from.owners,
+        },
     )
 }
 
 fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>, String> {
     let function = if approve {
-        "ApproveTransfer"
+        function::APPROVE_TRANSFER
     } else {
-        "RejectTransfer"
+        function::REJECT_TRANSFER
     };
     let [proposal_id, approver_id] = expect_args::<2>(function, args)?;
+    require_writer(stub, function)?;
     validate_id("proposalId", proposal_id)?;
     validate_id("approverId", approver_id)?;
     let mut proposal: Proposal = read_json(stub, &proposal_key(proposal_id), "proposal")?
         .ok_or_else(|| format!("proposal {proposal_id} does not exist"))?;
+    let mut from = get_wallet(stub, &proposal.from_wallet_id)?;
+    require_wallet_org(stub, &from, "decide on its proposals")?;
     if proposal.status != ProposalStatus::Pending {
         return Err(format!(
-            "proposal {proposal_id} is no longer pending (status {:?})",
-            proposal.status
-        )
-        .replace("Executed", "EXECUTED")
-        .replace("Rejected", "REJECTED"));
+            "proposal {proposal_id} is no longer pending (status {})",
+            proposal.status.as_str()
+        ));
     }
-    let mut from = get_wallet(stub, &proposal.from_wallet_id)?;
     if !from.owners.iter().any(|o| o == approver_id) {
         return Err(format!(
             "{approver_id} is not an owner of wallet {}",
@@ -578,22 +662,22 @@ fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>
             balances = Some(moved);
         }
         write_json(stub, &proposal_key(proposal_id), &proposal)?;
-        let mut payload = json!({
-            "proposalId": proposal_id,
-            "approverId": approver_id,
-            "approvals": proposal.approvals,
-            "threshold": proposal.threshold,
-            "status": proposal.status,
-            "executed": balances.is_some(),
-            "fromWalletId": proposal.from_wallet_id,
-            "toWalletId": proposal.to_wallet_id,
-            "amount": proposal.amount,
-        });
-        if let (Some((from_balance, to_balance)), Some(obj)) = (balances, payload.as_object_mut()) {
-            obj.insert("fromBalance".into(), json!(from_balance.to_string()));
-            obj.insert("toBalance".into(), json!(to_balance.to_string()));
-        }
-        emit(stub, "TransferApproved", payload)
+        emit(
+            stub,
+            &TransferApproved {
+                proposal_id: proposal_id.to_owned(),
+                approver_id: approver_id.to_owned(),
+                approvals: proposal.approvals,
+                threshold: proposal.threshold,
+                status: proposal.status,
+                executed: balances.is_some(),
+                from_wallet_id: proposal.from_wallet_id,
+                to_wallet_id: proposal.to_wallet_id,
+                amount: proposal.amount,
+                from_balance: balances.map(|(from, _)| from.to_string()),
+                to_balance: balances.map(|(_, to)| to.to_string()),
+            },
+        )
     } else {
         proposal.rejections.push(approver_id.to_owned());
         if from.owners.len().saturating_sub(proposal.rejections.len()) < threshold {
@@ -602,14 +686,13 @@ fn decide(stub: &mut dyn Stub, args: &[String], approve: bool) -> Result<Vec<u8>
         write_json(stub, &proposal_key(proposal_id), &proposal)?;
         emit(
             stub,
-            "TransferRejected",
-            json!({
-                "proposalId": proposal_id,
-                "approverId": approver_id,
-                "rejections": proposal.rejections,
-                "threshold": proposal.threshold,
-                "status": proposal.status,
-            }),
+            &TransferRejected {
+                proposal_id: proposal_id.to_owned(),
+                approver_id: approver_id.to_owned(),
+                rejections: proposal.rejections,
+                threshold: proposal.threshold,
+                status: proposal.status,
+            },
         )
     }
 }
@@ -619,13 +702,22 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::collections::BTreeMap;
 
+    use super::contract::GxEvent;
     use super::*;
+
+    /// Who invokes: (MSP id, NodeOU role).
+    type Caller = (&'static str, Role);
+    const ORG1_CLIENT: Caller = ("Org1MSP", Role::Client);
+    const ORG1_ADMIN: Caller = ("Org1MSP", Role::Admin);
+    const ORG2_CLIENT: Caller = ("Org2MSP", Role::Client);
+    const ORG2_ADMIN: Caller = ("Org2MSP", Role::Admin);
 
     /// A stub with Fabric's read semantics: reads see the committed map only.
     struct MemStub {
         committed: BTreeMap<String, Vec<u8>>,
         writes: BTreeMap<String, Vec<u8>>,
         event: Option<(String, Vec<u8>)>,
+        msp_id: &'static str,
         role: Role,
     }
 
@@ -640,7 +732,7 @@ mod tests {
             self.event = Some((name.to_owned(), payload));
         }
         fn creator_msp_id(&self) -> &str {
-            "Org1MSP"
+            self.msp_id
         }
         fn creator_role(&self) -> Role {
             self.role
@@ -649,18 +741,21 @@ mod tests {
 
     struct World {
         state: BTreeMap<String, Vec<u8>>,
+        /// Every event emitted, in order.
+        events: Vec<(String, Vec<u8>)>,
     }
 
     impl World {
         fn new() -> Self {
             Self {
                 state: BTreeMap::new(),
+                events: Vec::new(),
             }
         }
 
-        fn run_as(
+        fn call(
             &mut self,
-            role: Role,
+            (msp_id, role): Caller,
             f: &str,
             args: &[&str],
         ) -> Result<(String, serde_json::Value), String> {
@@ -668,6 +763,7 @@ mod tests {
                 committed: self.state.clone(),
                 writes: BTreeMap::new(),
                 event: None,
+                msp_id,
                 role,
             };
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -676,17 +772,32 @@ mod tests {
             let (name, payload) = stub.event.unwrap_or_default();
             if !name.is_empty() {
                 assert_eq!(payload, out, "result equals event payload");
+                self.events.push((name.clone(), payload));
             }
             Ok((name, serde_json::from_slice(&out).unwrap()))
         }
 
+        fn run_as(
+            &mut self,
+            role: Role,
+            f: &str,
+            args: &[&str],
+        ) -> Result<(String, serde_json::Value), String> {
+            self.call(("Org1MSP", role), f, args)
+        }
+
         fn run(&mut self, f: &str, args: &[&str]) -> Result<(String, serde_json::Value), String> {
-            self.run_as(Role::Client, f, args)
+            self.call(ORG1_CLIENT, f, args)
         }
 
         fn balance(&mut self, wallet: &str) -> String {
             let (_, w) = self.run("GetWallet", &[wallet]).unwrap();
             w["balance"].as_str().unwrap().to_owned()
+        }
+
+        /// Stores `value` as-is (a record as an older chaincode version wrote it).
+        fn put_raw(&mut self, key: String, value: serde_json::Value) {
+            self.state.insert(key, serde_json::to_vec(&value).unwrap());
         }
     }
 
@@ -700,6 +811,25 @@ mod tests {
         )
         .unwrap();
         w.run("CreateUser", &["bob", r#"{"country":"DE"}"#])
+            .unwrap();
+        w
+    }
+
+    /// Bootstrapped by Org1, plus Org2's user dave, Org1's funded multisig `vault`
+    /// (alice, bob; threshold 2) and Org1's pending proposal `p1` from it.
+    fn two_orgs() -> World {
+        let mut w = bootstrapped();
+        w.call(ORG2_CLIENT, "CreateUser", &["dave", "{}"]).unwrap();
+        w.run("TransferTokens", &["t1", "treasury", "alice", "100", ""])
+            .unwrap();
+        w.run(
+            "CreateMultisigWallet",
+            &["vault", r#"["alice","bob"]"#, "2"],
+        )
+        .unwrap();
+        w.run("TransferTokens", &["t2", "treasury", "vault", "50", ""])
+            .unwrap();
+        w.run("ProposeTransfer", &["p1", "vault", "dave", "10", ""])
             .unwrap();
         w
     }
@@ -745,9 +875,16 @@ mod tests {
         assert_eq!(name, "SystemBootstrapped");
         assert_eq!(ev["treasuryWalletId"], "treasury");
         assert_eq!(ev["initialSupply"], "100");
+        assert_eq!(ev["mspId"], "Org1MSP");
         assert_eq!(w.balance("treasury"), "100");
+        let (_, treasury) = w.run("GetWallet", &["treasury"]).unwrap();
+        assert_eq!(treasury["mspId"], "Org1MSP");
         let err = w
             .run_as(Role::Admin, "Bootstrap", &["treasury2", "100"])
+            .unwrap_err();
+        assert!(err.contains("already bootstrapped"), "{err}");
+        let err = w
+            .call(ORG2_ADMIN, "Bootstrap", &["treasury2", "100"])
             .unwrap_err();
         assert!(err.contains("already bootstrapped"), "{err}");
     }
@@ -814,6 +951,9 @@ mod tests {
         let (_, user) = w.run("GetUser", &["alice"]).unwrap();
         assert_eq!(user["walletId"], "alice");
         assert_eq!(user["profile"]["country"], "FR");
+        assert_eq!(user["mspId"], "Org1MSP");
+        let (_, wallet) = w.run("GetWallet", &["alice"]).unwrap();
+        assert_eq!(wallet["mspId"], "Org1MSP");
         assert!(
             w.run("GetUser", &["zed"])
                 .unwrap_err()
@@ -839,6 +979,7 @@ mod tests {
             .unwrap();
         assert_eq!(name, "MultisigWalletCreated");
         assert_eq!(ev["threshold"], 2);
+        assert_eq!(ev["mspId"], "Org1MSP");
         w.run("TransferTokens", &["fund", "treasury", "vault", "500", ""])
             .unwrap();
         let err = w
@@ -858,8 +999,14 @@ mod tests {
         assert_eq!(name, "TransferApproved");
         assert_eq!(ev["executed"], false);
         assert_eq!(ev["status"], "PENDING");
+        assert!(ev.get("fromBalance").is_none(), "{ev}");
         assert!(
             w.run("ApproveTransfer", &["p1", "alice"])
+                .unwrap_err()
+                .contains("already decided")
+        );
+        assert!(
+            w.run("RejectTransfer", &["p1", "alice"])
                 .unwrap_err()
                 .contains("already decided")
         );
@@ -874,11 +1021,8 @@ mod tests {
         assert_eq!(ev["fromBalance"], "300");
         assert_eq!(w.balance("vault"), "300");
         assert_eq!(w.balance("bob"), "200");
-        assert!(
-            w.run("ApproveTransfer", &["p1", "bob"])
-                .unwrap_err()
-                .contains("no longer pending")
-        );
+        let err = w.run("ApproveTransfer", &["p1", "bob"]).unwrap_err();
+        assert!(err.contains("no longer pending (status EXECUTED)"), "{err}");
         let (_, p) = w.run("GetProposal", &["p1"]).unwrap();
         assert_eq!(p["approvals"], serde_json::json!(["alice", "carol"]));
     }
@@ -899,6 +1043,8 @@ mod tests {
         assert_eq!(name, "TransferRejected");
         assert_eq!(ev["status"], "REJECTED");
         assert_eq!(w.balance("vault"), "10");
+        let err = w.run("ApproveTransfer", &["p1", "alice"]).unwrap_err();
+        assert!(err.contains("no longer pending (status REJECTED)"), "{err}");
         for (args, needle) in [
             (vec!["v2", r#"["alice","alice"]"#, "1"], "listed twice"),
             (vec!["v2", r#"["alice"]"#, "2"], "threshold must be"),
@@ -910,5 +1056,496 @@ mod tests {
             let err = w.run("CreateMultisigWallet", &args).unwrap_err();
             assert!(err.contains(needle), "{err} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn another_org_cannot_spend_propose_or_decide() {
+        let mut w = two_orgs();
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "TransferTokens",
+                &["x1", "alice", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet alice belongs to Org1MSP; a client of Org2MSP may not spend from it"
+        );
+        let err = w
+            .call(
+                ORG2_ADMIN,
+                "TransferTokens",
+                &["x1", "treasury", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet treasury belongs to Org1MSP; an admin of Org2MSP may not spend from it"
+        );
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "ProposeTransfer",
+                &["x2", "vault", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet vault belongs to Org1MSP; a client of Org2MSP may not propose transfers from it"
+        );
+        for f in ["ApproveTransfer", "RejectTransfer"] {
+            let err = w.call(ORG2_CLIENT, f, &["p1", "alice"]).unwrap_err();
+            assert_eq!(
+                err,
+                "wallet vault belongs to Org1MSP; a client of Org2MSP may not decide on its proposals"
+            );
+        }
+        // Nothing changed; Org1 still can.
+        assert_eq!(w.balance("alice"), "100");
+        assert_eq!(w.balance("vault"), "50");
+        let (_, p) = w.run("GetProposal", &["p1"]).unwrap();
+        assert_eq!(p["approvals"], serde_json::json!([]));
+        // Org1 cannot spend Org2's wallet either.
+        w.call(
+            ORG1_CLIENT,
+            "TransferTokens",
+            &["t3", "alice", "dave", "5", ""],
+        )
+        .unwrap();
+        let err = w
+            .call(
+                ORG1_CLIENT,
+                "TransferTokens",
+                &["x3", "dave", "alice", "1", ""],
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet dave belongs to Org2MSP; a client of Org1MSP may not spend from it"
+        );
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t4", "dave", "alice", "1", ""],
+        )
+        .unwrap();
+        assert_eq!(w.balance("dave"), "4");
+    }
+
+    #[test]
+    fn anyone_may_pay_into_any_wallet() {
+        let mut w = two_orgs();
+        // Org2's dave pays into Org1's alice and Org1's multisig vault.
+        w.call(ORG2_CLIENT, "CreateUser", &["erin", "{}"]).unwrap();
+        w.run("TransferTokens", &["t3", "treasury", "dave", "20", ""])
+            .unwrap();
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t4", "dave", "alice", "5", ""],
+        )
+        .unwrap();
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t5", "dave", "vault", "5", ""],
+        )
+        .unwrap();
+        assert_eq!(w.balance("alice"), "105");
+        assert_eq!(w.balance("vault"), "55");
+        // Org1's multisig pays Org2's dave once its owners approve.
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        let (_, ev) = w.run("ApproveTransfer", &["p1", "bob"]).unwrap();
+        assert_eq!(ev["executed"], true);
+        assert_eq!(w.balance("dave"), "20");
+        // An Org2 wallet may have Org1 users as owners; Org2 decides on its proposals.
+        let (_, ev) = w
+            .call(
+                ORG2_CLIENT,
+                "CreateMultisigWallet",
+                &["vault2", r#"["alice","dave"]"#, "1"],
+            )
+            .unwrap();
+        assert_eq!(ev["mspId"], "Org2MSP");
+        w.run("TransferTokens", &["t6", "alice", "vault2", "3", ""])
+            .unwrap();
+        w.call(
+            ORG2_CLIENT,
+            "ProposeTransfer",
+            &["q1", "vault2", "erin", "3", ""],
+        )
+        .unwrap();
+        let err = w.run("ApproveTransfer", &["q1", "alice"]).unwrap_err();
+        assert!(err.contains("belongs to Org2MSP"), "{err}");
+        w.call(ORG2_CLIENT, "ApproveTransfer", &["q1", "alice"])
+            .unwrap();
+        assert_eq!(w.balance("erin"), "3");
+    }
+
+    #[test]
+    fn admins_of_the_owning_org_may_act_like_its_clients() {
+        let mut w = two_orgs();
+        w.call(ORG1_ADMIN, "CreateUser", &["carol", "{}"]).unwrap();
+        w.call(
+            ORG1_ADMIN,
+            "TransferTokens",
+            &["t3", "alice", "carol", "7", ""],
+        )
+        .unwrap();
+        w.call(
+            ORG1_ADMIN,
+            "TransferTokens",
+            &["t4", "treasury", "carol", "1", ""],
+        )
+        .unwrap();
+        assert_eq!(w.balance("carol"), "8");
+        w.call(
+            ORG1_ADMIN,
+            "ProposeTransfer",
+            &["p2", "vault", "carol", "1", ""],
+        )
+        .unwrap();
+        w.call(ORG1_ADMIN, "ApproveTransfer", &["p2", "alice"])
+            .unwrap();
+        w.call(ORG1_ADMIN, "RejectTransfer", &["p2", "bob"])
+            .unwrap();
+        let (_, p) = w.run("GetProposal", &["p2"]).unwrap();
+        assert_eq!(p["status"], "REJECTED");
+        w.call(
+            ORG1_ADMIN,
+            "CreateMultisigWallet",
+            &["vault3", r#"["carol"]"#, "1"],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn peer_orderer_and_member_identities_may_only_query() {
+        let mut w = two_orgs();
+        for role in [Role::Peer, Role::Orderer, Role::Member] {
+            for (f, args) in [
+                ("CreateUser", vec!["zed", "{}"]),
+                ("TransferTokens", vec!["x1", "alice", "bob", "1", ""]),
+                ("CreateMultisigWallet", vec!["v9", r#"["alice"]"#, "1"]),
+                ("ProposeTransfer", vec!["x2", "vault", "bob", "1", ""]),
+                ("ApproveTransfer", vec!["p1", "alice"]),
+                ("RejectTransfer", vec!["p1", "alice"]),
+            ] {
+                let err = w.call(("Org1MSP", role), f, &args).unwrap_err();
+                assert_eq!(
+                    err,
+                    format!(
+                        "{f} requires a client or admin identity; the caller is {} of Org1MSP",
+                        role_with_article(role)
+                    )
+                );
+            }
+            let err = w
+                .call(("Org1MSP", role), "Bootstrap", &["t9", "1"])
+                .unwrap_err();
+            assert!(err.contains("requires an admin"), "{err}");
+            for (f, id) in [
+                ("GetUser", "alice"),
+                ("GetWallet", "alice"),
+                ("GetProposal", "p1"),
+            ] {
+                w.call(("Org1MSP", role), f, &[id]).unwrap();
+            }
+        }
+        assert_eq!(role_with_article(Role::Orderer), "an orderer");
+        assert_eq!(w.balance("alice"), "100");
+    }
+
+    #[test]
+    fn a_used_transfer_id_is_refused_even_after_completion() {
+        let mut w = two_orgs();
+        // t1 completed (treasury → alice 100); the very same command again is refused...
+        let err = w
+            .run("TransferTokens", &["t1", "treasury", "alice", "100", ""])
+            .unwrap_err();
+        assert_eq!(err, "transfer t1 already exists: a transferId is used once");
+        // ...and so is the id with other wallets, by either org.
+        let err = w
+            .run("TransferTokens", &["t1", "alice", "bob", "1", ""])
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "TransferTokens",
+                &["t1", "dave", "alice", "1", ""],
+            )
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(w.balance("alice"), "100");
+        // A refused transfer does not use up its id.
+        w.run("TransferTokens", &["t9", "alice", "bob", "101", ""])
+            .unwrap_err();
+        w.run("TransferTokens", &["t9", "alice", "bob", "1", ""])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_used_proposal_id_is_refused_pending_or_decided() {
+        let mut w = two_orgs();
+        let err = w
+            .run("ProposeTransfer", &["p1", "vault", "dave", "10", ""])
+            .unwrap_err();
+        assert_eq!(err, "proposal p1 already exists: a proposalId is used once");
+        let (_, ev) = w.run("RejectTransfer", &["p1", "alice"]).unwrap();
+        assert_eq!(ev["status"], "REJECTED");
+        let err = w
+            .run("ProposeTransfer", &["p1", "vault", "bob", "1", ""])
+            .unwrap_err();
+        assert!(err.contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn decisions_come_from_listed_owners_once() {
+        let mut w = two_orgs();
+        // A user of Org2, an unknown id, a wallet id: none is an owner of vault.
+        for who in ["dave", "carol", "treasury"] {
+            let err = w.run("ApproveTransfer", &["p1", who]).unwrap_err();
+            assert_eq!(err, format!("{who} is not an owner of wallet vault"));
+            let err = w.run("RejectTransfer", &["p1", who]).unwrap_err();
+            assert_eq!(err, format!("{who} is not an owner of wallet vault"));
+        }
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        for f in ["ApproveTransfer", "RejectTransfer"] {
+            let err = w.run(f, &["p1", "alice"]).unwrap_err();
+            assert_eq!(err, "alice has already decided on proposal p1");
+        }
+        w.run("RejectTransfer", &["p1", "bob"]).unwrap();
+        let err = w.run("ApproveTransfer", &["p1", "bob"]).unwrap_err();
+        assert!(err.contains("no longer pending"), "{err}");
+        assert_eq!(w.balance("vault"), "50");
+        assert!(
+            w.run("ApproveTransfer", &["p404", "alice"])
+                .unwrap_err()
+                .contains("proposal p404 does not exist")
+        );
+    }
+
+    /// A ledger as the chaincode's first version (1.0) wrote it: no `mspId` on wallets.
+    fn legacy_world() -> World {
+        let mut w = World::new();
+        w.put_raw(
+            SYSTEM_KEY.to_owned(),
+            serde_json::json!({"treasuryWalletId": "treasury", "initialSupply": "1000", "bootstrappedBy": "Org1MSP"}),
+        );
+        w.put_raw(
+            wallet_key("treasury"),
+            serde_json::json!({"walletId": "treasury", "type": "treasury", "balance": "900"}),
+        );
+        for (user, msp, balance) in [
+            ("alice", "Org1MSP", "40"),
+            ("bob", "Org1MSP", "0"),
+            ("dave", "Org2MSP", "30"),
+        ] {
+            w.put_raw(
+                user_key(user),
+                serde_json::json!({"userId": user, "walletId": user, "profile": {}, "mspId": msp}),
+            );
+            w.put_raw(
+                wallet_key(user),
+                serde_json::json!({"walletId": user, "type": "user", "balance": balance}),
+            );
+        }
+        w.put_raw(
+            wallet_key("vault1"),
+            serde_json::json!({"walletId": "vault1", "type": "multisig", "balance": "20", "owners": ["alice", "bob"], "threshold": 1}),
+        );
+        w.put_raw(
+            wallet_key("mixed"),
+            serde_json::json!({"walletId": "mixed", "type": "multisig", "balance": "10", "owners": ["alice", "dave"], "threshold": 1}),
+        );
+        w.put_raw(
+            proposal_key("old"),
+            serde_json::json!({"proposalId": "old", "fromWalletId": "mixed", "toWalletId": "bob", "amount": "5", "memo": "", "threshold": 1, "status": "PENDING", "approvals": [], "rejections": []}),
+        );
+        w
+    }
+
+    #[test]
+    fn records_of_the_first_version_belong_to_the_org_it_recorded() {
+        let mut w = legacy_world();
+        for (wallet, msp) in [
+            ("treasury", Some("Org1MSP")),
+            ("alice", Some("Org1MSP")),
+            ("dave", Some("Org2MSP")),
+            ("vault1", Some("Org1MSP")),
+            ("mixed", None),
+        ] {
+            let (_, v) = w.run("GetWallet", &[wallet]).unwrap();
+            let got: Wallet = serde_json::from_value(v).unwrap();
+            assert_eq!(got.msp_id.as_deref(), msp, "{wallet}");
+        }
+        // The treasury: the bootstrapping org.
+        w.run("TransferTokens", &["t1", "treasury", "bob", "1", ""])
+            .unwrap();
+        let err = w
+            .call(
+                ORG2_CLIENT,
+                "TransferTokens",
+                &["t2", "treasury", "dave", "1", ""],
+            )
+            .unwrap_err();
+        assert!(err.contains("belongs to Org1MSP"), "{err}");
+        // A user wallet: its user's org.
+        let err = w
+            .run("TransferTokens", &["t3", "dave", "alice", "1", ""])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "wallet dave belongs to Org2MSP; a client of Org1MSP may not spend from it"
+        );
+        w.call(
+            ORG2_CLIENT,
+            "TransferTokens",
+            &["t3", "dave", "alice", "1", ""],
+        )
+        .unwrap();
+        // A multisig wallet whose owners are all Org1's: Org1's.
+        w.run("ProposeTransfer", &["p1", "vault1", "dave", "2", ""])
+            .unwrap();
+        let err = w
+            .call(ORG2_CLIENT, "ApproveTransfer", &["p1", "alice"])
+            .unwrap_err();
+        assert!(err.contains("belongs to Org1MSP"), "{err}");
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        assert_eq!(w.balance("vault1"), "18");
+        // Mixed owners: nobody may spend, propose or decide; paying in still works.
+        for caller in [ORG1_CLIENT, ORG2_CLIENT] {
+            let err = w
+                .call(caller, "ProposeTransfer", &["p2", "mixed", "bob", "1", ""])
+                .unwrap_err();
+            assert!(
+                err.starts_with("wallet mixed belongs to no organization"),
+                "{err}"
+            );
+            assert!(
+                err.ends_with("no organization may propose transfers from it"),
+                "{err}"
+            );
+            let err = w
+                .call(caller, "ApproveTransfer", &["old", "alice"])
+                .unwrap_err();
+            assert!(
+                err.ends_with("no organization may decide on its proposals"),
+                "{err}"
+            );
+        }
+        w.run("TransferTokens", &["t4", "alice", "mixed", "1", ""])
+            .unwrap();
+        assert_eq!(w.balance("mixed"), "11");
+        // Written wallets now record their org; the mixed one still records none.
+        for (wallet, msp) in [
+            ("treasury", Some("Org1MSP")),
+            ("alice", Some("Org1MSP")),
+            ("bob", Some("Org1MSP")),
+            ("dave", Some("Org2MSP")),
+            ("vault1", Some("Org1MSP")),
+            ("mixed", None),
+        ] {
+            let stored: Wallet = serde_json::from_slice(&w.state[&wallet_key(wallet)]).unwrap();
+            assert_eq!(stored.msp_id.as_deref(), msp, "{wallet}");
+        }
+        // The old proposal is still readable.
+        let (_, p) = w.run("GetProposal", &["old"]).unwrap();
+        let p: Proposal = serde_json::from_value(p).unwrap();
+        assert_eq!(p.status, ProposalStatus::Pending);
+    }
+
+    #[test]
+    fn every_event_and_query_result_round_trips_through_its_contract_type() {
+        let mut w = two_orgs();
+        w.run("ApproveTransfer", &["p1", "alice"]).unwrap();
+        w.run("ApproveTransfer", &["p1", "bob"]).unwrap();
+        w.run("ProposeTransfer", &["p2", "vault", "alice", "1", ""])
+            .unwrap();
+        w.run("RejectTransfer", &["p2", "bob"]).unwrap();
+        let mut names = Vec::new();
+        for (name, payload) in &w.events {
+            let event = GxEvent::decode(name, payload).unwrap();
+            assert_eq!(event.name(), name);
+            let again = match &event {
+                GxEvent::SystemBootstrapped(e) => serde_json::to_value(e),
+                GxEvent::UserCreated(e) => serde_json::to_value(e),
+                GxEvent::TokensTransferred(e) => serde_json::to_value(e),
+                GxEvent::MultisigWalletCreated(e) => serde_json::to_value(e),
+                GxEvent::TransferProposed(e) => serde_json::to_value(e),
+                GxEvent::TransferApproved(e) => serde_json::to_value(e),
+                GxEvent::TransferRejected(e) => serde_json::to_value(e),
+            }
+            .unwrap();
+            let original: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(again, original, "{name}");
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                contract::event::SYSTEM_BOOTSTRAPPED,
+                contract::event::USER_CREATED,
+                contract::event::TOKENS_TRANSFERRED,
+                contract::event::MULTISIG_WALLET_CREATED,
+                contract::event::TRANSFER_PROPOSED,
+                contract::event::TRANSFER_APPROVED,
+                contract::event::TRANSFER_REJECTED,
+            ]
+        );
+        // Both shapes of TransferApproved: pending (no balances) and executed.
+        let approved: Vec<_> = w
+            .events
+            .iter()
+            .filter(|(n, _)| n == contract::event::TRANSFER_APPROVED)
+            .map(|(n, p)| GxEvent::decode(n, p).unwrap())
+            .collect();
+        let [
+            GxEvent::TransferApproved(first),
+            GxEvent::TransferApproved(second),
+        ] = approved.as_slice()
+        else {
+            panic!("{approved:?}");
+        };
+        assert!(!first.executed && first.from_balance.is_none());
+        assert!(second.executed);
+        assert_eq!(second.status, ProposalStatus::Executed);
+        assert_eq!(second.from_balance.as_deref(), Some("40"));
+        assert_eq!(second.to_balance.as_deref(), Some("10"));
+        // Query results.
+        for (f, id) in [
+            ("GetUser", "dave"),
+            ("GetWallet", "vault"),
+            ("GetWallet", "alice"),
+            ("GetProposal", "p1"),
+        ] {
+            let (_, v) = w.run(f, &[id]).unwrap();
+            let again = match f {
+                "GetUser" => {
+                    serde_json::to_value(serde_json::from_value::<User>(v.clone()).unwrap())
+                }
+                "GetWallet" => {
+                    serde_json::to_value(serde_json::from_value::<Wallet>(v.clone()).unwrap())
+                }
+                _ => serde_json::to_value(serde_json::from_value::<Proposal>(v.clone()).unwrap()),
+            }
+            .unwrap();
+            assert_eq!(again, v, "{f}({id})");
+        }
+        let (_, v) = w.run("GetUser", &["dave"]).unwrap();
+        assert_eq!(serde_json::from_value::<User>(v).unwrap().msp_id, "Org2MSP");
+        // Unknown names and malformed payloads are told apart.
+        assert!(matches!(
+            GxEvent::decode("Nope", b"{}"),
+            Err(contract::DecodeError::UnknownEvent(_))
+        ));
+        assert!(matches!(
+            GxEvent::decode(contract::event::USER_CREATED, b"{}"),
+            Err(contract::DecodeError::Malformed { .. })
+        ));
     }
 }
