@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::outbox::{CommandId, Status};
+use crate::types::{CommandId, Status};
 
 /// What went wrong in `gxd-storage`.
 ///

@@ -6,6 +6,7 @@ pub mod db;
 pub mod error;
 pub mod outbox;
 pub mod pg;
+mod types;
 
 pub use db::{Db, DbOptions};
 pub use error::{ErrorKind, StorageError};
