@@ -1,0 +1,391 @@
+//! A round of the writer: an in-memory overlay of pending writes over the database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use rocksdb::{ReadOptions, WriteBatch};
+
+use super::writer::WriterState;
+use super::{Cf, RawDb, cf_handle};
+use crate::error::Result;
+
+pub(super) type TaggedOverlay = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+
+/// An undo entry of a round.
+enum Undo {
+    /// Family, key, and what the overlay held for the key before.
+    Kv(Cf, Vec<u8>, Option<(u64, Option<Vec<u8>>)>),
+    /// A partition-length change to take back.
+    Partition(Vec<u8>, i64),
+}
+
+/// One round of the writer: its pending writes over the database.
+///
+/// Reads see the database plus the writes of the round in flight plus the round's own
+/// writes (the writer is the only one writing, so that is the current state). Writes are
+/// buffered and become one atomic, synced `WriteBatch`; a savepoint/rollback pair undoes
+/// one change's writes when it fails half-way.
+pub(crate) struct Round<'a> {
+    raw: &'a RawDb,
+    state: &'a mut WriterState,
+    tag: u64,
+    /// For rollback.
+    undo: Vec<Undo>,
+    /// This round's changes to the partition lengths.
+    pub(super) partition_deltas: HashMap<Vec<u8>, i64>,
+}
+
+impl<'a> Round<'a> {
+    pub(super) fn new(raw: &'a RawDb, state: &'a mut WriterState, tag: u64) -> Self {
+        Round {
+            raw,
+            state,
+            tag,
+            undo: Vec::new(),
+            partition_deltas: HashMap::new(),
+        }
+    }
+
+    /// Queued commands in a partition (by its queue-key prefix), pending rounds included.
+    pub(crate) fn partition_len(&self, prefix: &[u8]) -> u64 {
+        let base = self.state.partitions.get(prefix).copied().unwrap_or(0);
+        let in_flight = self
+            .state
+            .in_flight_deltas
+            .get(prefix)
+            .copied()
+            .unwrap_or(0);
+        let mine = self.partition_deltas.get(prefix).copied().unwrap_or(0);
+        base.saturating_add_signed(in_flight)
+            .saturating_add_signed(mine)
+    }
+
+    /// Records that a command entered (+1) or left (-1) a partition's queue. Callers
+    /// pair it with the matching put/delete in `partition_queue`.
+    pub(crate) fn adjust_partition(&mut self, prefix: Vec<u8>, delta: i64) {
+        *self.partition_deltas.entry(prefix.clone()).or_insert(0) += delta;
+        self.undo.push(Undo::Partition(prefix, delta));
+    }
+
+    pub(super) fn savepoint(&self) -> usize {
+        self.undo.len()
+    }
+
+    pub(super) fn rollback(&mut self, savepoint: usize) {
+        while self.undo.len() > savepoint {
+            let Some(undo) = self.undo.pop() else {
+                break;
+            };
+            match undo {
+                Undo::Kv(cf, key, before) => {
+                    let map = &mut self.state.overlay[cf as usize];
+                    match before {
+                        Some(value) => {
+                            map.insert(key, value);
+                        }
+                        None => {
+                            map.remove(&key);
+                        }
+                    }
+                }
+                Undo::Partition(prefix, delta) => {
+                    if let Some(d) = self.partition_deltas.get_mut(&prefix) {
+                        *d -= delta;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let before = self.state.overlay[cf as usize].insert(key.clone(), (self.tag, value));
+        self.undo.push(Undo::Kv(cf, key, before));
+    }
+
+    /// Buffers a put.
+    pub(crate) fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.set(cf, key, Some(value));
+    }
+
+    /// Buffers a delete.
+    pub(crate) fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.set(cf, key, None);
+    }
+
+    fn pending(&self, cf: Cf) -> &TaggedOverlay {
+        &self.state.overlay[cf as usize]
+    }
+
+    /// Reads a key: a pending write if any, else the database.
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some((_, pending)) = self.pending(cf).get(key) {
+            return Ok(pending.clone());
+        }
+        let handle = cf_handle(self.raw, cf)?;
+        Ok(self.raw.get_pinned_cf(handle, key)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether a key exists (pending writes included).
+    pub(crate) fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
+        if let Some((_, pending)) = self.pending(cf).get(key) {
+            return Ok(pending.is_some());
+        }
+        let handle = cf_handle(self.raw, cf)?;
+        Ok(self.raw.get_pinned_cf(handle, key)?.is_some())
+    }
+
+    /// The first live entry with `lower <= key < upper` (pending writes included).
+    pub(crate) fn first_in_range(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.scan_range(cf, lower, upper, 1)?.into_iter().next())
+    }
+
+    /// Up to `limit` live entries with `lower <= key < upper`, in key order (pending
+    /// writes included).
+    pub(crate) fn scan_range(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if limit == 0 || lower >= upper {
+            return Ok(out);
+        }
+        let range = (Bound::Included(lower), Bound::Excluded(upper));
+        let mut pending = self.pending(cf).range::<[u8], _>(range).peekable();
+
+        let handle = cf_handle(self.raw, cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mut it = self.raw.raw_iterator_cf_opt(handle, ro);
+        it.seek(lower);
+        loop {
+            if out.len() >= limit {
+                break;
+            }
+            let db_item = it.item();
+            let next_pending = pending.peek().map(|(k, (_, v))| (*k, v));
+            match (db_item, next_pending) {
+                (None, None) => break,
+                (Some((dk, dv)), None) => {
+                    out.push((dk.to_vec(), dv.to_vec()));
+                    it.next();
+                }
+                (None, Some((pk, pv))) => {
+                    if let Some(v) = pv {
+                        out.push((pk.to_vec(), v.to_vec()));
+                    }
+                    pending.next();
+                }
+                (Some((dk, dv)), Some((pk, pv))) => {
+                    if dk < pk.as_slice() {
+                        out.push((dk.to_vec(), dv.to_vec()));
+                        it.next();
+                    } else {
+                        // The pending write shadows the database entry with the same key.
+                        if dk == pk.as_slice() {
+                            it.next();
+                        }
+                        if let Some(v) = pv {
+                            out.push((pk.to_vec(), v.to_vec()));
+                        }
+                        pending.next();
+                    }
+                }
+            }
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The last live entry with `lower <= key < upper` (pending writes included).
+    pub(crate) fn last_in_range(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if lower >= upper {
+            return Ok(None);
+        }
+        let range = (Bound::Included(lower), Bound::Excluded(upper));
+        let pending_last = self
+            .pending(cf)
+            .range::<[u8], _>(range)
+            .rev()
+            .find_map(|(k, (_, v))| v.as_ref().map(|v| (k.clone(), v.clone())));
+        // The database's last entry not deleted by a pending write.
+        let handle = cf_handle(self.raw, cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mut it = self.raw.raw_iterator_cf_opt(handle, ro);
+        it.seek_to_last();
+        let mut db_last = None;
+        while let Some((k, v)) = it.item() {
+            match self.pending(cf).get(k) {
+                Some((_, None)) => it.prev(),
+                _ => {
+                    db_last = Some((k.to_vec(), v.to_vec()));
+                    break;
+                }
+            }
+        }
+        it.status()?;
+        Ok(match (pending_last, db_last) {
+            (Some(p), Some(d)) => Some(if p.0 >= d.0 { p } else { d }),
+            (p, d) => p.or(d),
+        })
+    }
+
+    /// This round's writes as one batch; `None` when it has none.
+    pub(super) fn batch(&self) -> Result<Option<WriteBatch>> {
+        let mut batch = WriteBatch::default();
+        for cf in Cf::ALL {
+            let mut handle = None;
+            for (key, (tag, value)) in self.pending(cf) {
+                if *tag != self.tag {
+                    continue;
+                }
+                let h = match handle {
+                    Some(h) => h,
+                    None => {
+                        let h = cf_handle(self.raw, cf)?;
+                        handle = Some(h);
+                        h
+                    }
+                };
+                match value {
+                    Some(v) => batch.put_cf(h, key, v),
+                    None => batch.delete_cf(h, key),
+                }
+            }
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::Path;
+
+    use rocksdb::WriteOptions;
+
+    use super::super::writer::write_synced;
+    use super::super::{DbOptions, rocksdb_options};
+    use super::*;
+
+    fn raw_db(dir: &Path) -> RawDb {
+        let (opts, cfs) = rocksdb_options(&DbOptions::default());
+        RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
+    }
+
+    fn state() -> WriterState {
+        WriterState {
+            overlay: Default::default(),
+            partitions: HashMap::new(),
+            in_flight_deltas: HashMap::new(),
+        }
+    }
+
+    fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
+        raw.put_cf(cf_handle(raw, cf).unwrap(), key, value).unwrap();
+    }
+
+    #[test]
+    fn round_reads_merge_pending_writes_over_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = raw_db(dir.path());
+        for k in [b"a1", b"a3", b"a5", b"b1"] {
+            put_raw(&raw, Cf::Status, k, b"db");
+        }
+        let mut state = state();
+        let mut round = Round::new(&raw, &mut state, 1);
+        round.put(Cf::Status, b"a2".to_vec(), b"new".to_vec());
+        round.delete(Cf::Status, b"a3".to_vec());
+        round.put(Cf::Status, b"a5".to_vec(), b"changed".to_vec());
+        round.put(Cf::Due, b"a4".to_vec(), b"other cf".to_vec());
+
+        let all = round.scan_range(Cf::Status, b"a", b"b", 100).unwrap();
+        let keys: Vec<(&[u8], &[u8])> = all
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (&b"a1"[..], &b"db"[..]),
+                (b"a2", b"new"),
+                (b"a5", b"changed")
+            ]
+        );
+        assert_eq!(
+            round.scan_range(Cf::Status, b"a", b"b", 2).unwrap().len(),
+            2
+        );
+        assert_eq!(
+            round
+                .first_in_range(Cf::Status, b"a2", b"b")
+                .unwrap()
+                .unwrap()
+                .0,
+            b"a2"
+        );
+        assert_eq!(
+            round
+                .last_in_range(Cf::Status, b"a", b"b")
+                .unwrap()
+                .unwrap(),
+            (b"a5".to_vec(), b"changed".to_vec())
+        );
+        round.delete(Cf::Status, b"a5".to_vec());
+        assert_eq!(
+            round
+                .last_in_range(Cf::Status, b"a", b"b")
+                .unwrap()
+                .unwrap()
+                .0,
+            b"a2"
+        );
+        assert!(!round.contains(Cf::Status, b"a3").unwrap());
+        assert_eq!(round.get(Cf::Status, b"a1").unwrap(), Some(b"db".to_vec()));
+        assert!(
+            round
+                .scan_range(Cf::Status, b"c", b"d", 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn rollback_undoes_only_the_failed_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = raw_db(dir.path());
+        put_raw(&raw, Cf::Meta, b"k", b"db");
+        let mut state = state();
+        let mut round = Round::new(&raw, &mut state, 1);
+        round.put(Cf::Meta, b"k".to_vec(), b"first".to_vec());
+        let sp = round.savepoint();
+        round.put(Cf::Meta, b"k".to_vec(), b"second".to_vec());
+        round.delete(Cf::Meta, b"k".to_vec());
+        round.put(Cf::Meta, b"x".to_vec(), b"new".to_vec());
+        round.rollback(sp);
+        assert_eq!(round.get(Cf::Meta, b"k").unwrap(), Some(b"first".to_vec()));
+        assert_eq!(round.get(Cf::Meta, b"x").unwrap(), None);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let batch = round.batch().unwrap().unwrap();
+        write_synced(&raw, batch, &sync).0.unwrap();
+        let meta = cf_handle(&raw, Cf::Meta).unwrap();
+        assert_eq!(raw.get_cf(meta, b"k").unwrap(), Some(b"first".to_vec()));
+        assert_eq!(raw.get_cf(meta, b"x").unwrap(), None);
+    }
+}
