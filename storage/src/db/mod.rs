@@ -12,8 +12,10 @@
 //! that an index and the records it points to are read at one point in time.
 //!
 //! # Column families
-//! See [`Cf`]. The `meta` family holds the format version ([`FORMAT_VERSION`]) and the
-//! outbox counters.
+//! Each module owns its column families ([`Cf`]) and registers them, through its
+//! [`Schema`], when the database is opened; how a family is used sets its RocksDB options.
+//! The database's own family, [`META`], holds the format version ([`FORMAT_VERSION`]) and
+//! small values of the modules (the outbox counters).
 //!
 //! # Layout
 //! - this file: the [`Db`] handle, open and lock, the format version, column families
@@ -48,61 +50,72 @@ pub(crate) type RawDb = rocksdb::DB;
 
 /// The on-disk format version this build writes and the highest it reads.
 ///
-/// Version 1: the column families of [`Cf`], records as described in
-/// [`crate::outbox::record`] and [`crate::checkpoint`].
+/// Version 1: the column families registered by the outbox (`crate::outbox::cf`) and the
+/// checkpoint log, records as described in [`crate::outbox::record`] and
+/// [`crate::checkpoint`].
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Key of the format version in the meta column family.
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 
-/// The column families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Cf {
-    /// Format version, counters, sequence numbers.
-    Meta,
-    /// Command id (16 bytes, UUIDv7 big-endian) → command record.
-    Commands,
-    /// (tenant, request id) → idempotency record.
-    Idempotency,
-    /// (created ms, tenant, request id) → empty: idempotency keys in age order, for expiry.
-    IdemExpiry,
-    /// (status, command id) → empty: commands by status in id (= time) order.
-    Status,
-    /// (partition, queue sequence) → command id: the queued (not yet committed or failed)
-    /// commands of each partition, in acceptance order.
-    PartitionQueue,
-    /// (due ms, command id) → empty: the dispatchable head of each partition.
-    Due,
-    /// (channel, block number) → checkpoint record.
-    Checkpoints,
+/// A column family: its name on disk and how it is used, which sets its RocksDB tuning.
+///
+/// Each module owns its families (and documents their keys and values) and registers them
+/// with the [`Db`] at open through its [`Schema`]; this module knows none of them but
+/// [`META`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cf {
+    name: &'static str,
+    usage: Usage,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 8] = [
-        Cf::Meta,
-        Cf::Commands,
-        Cf::Idempotency,
-        Cf::IdemExpiry,
-        Cf::Status,
-        Cf::PartitionQueue,
-        Cf::Due,
-        Cf::Checkpoints,
-    ];
+    /// A family named `name` (on disk), used as `usage`.
+    pub(crate) const fn new(name: &'static str, usage: Usage) -> Cf {
+        Cf { name, usage }
+    }
 
     /// The column family's name on disk.
     pub(crate) fn name(self) -> &'static str {
-        match self {
-            Cf::Meta => "meta",
-            Cf::Commands => "commands",
-            Cf::Idempotency => "idempotency",
-            Cf::IdemExpiry => "idempotency_expiry",
-            Cf::Status => "status_index",
-            Cf::PartitionQueue => "partition_queue",
-            Cf::Due => "due_index",
-            Cf::Checkpoints => "checkpoints",
-        }
+        self.name
     }
 }
+
+/// How a column family is used, which sets its RocksDB options (see [`rocksdb_options`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usage {
+    /// Large records read by key: bloom filter, LZ4, a memtable of
+    /// [`DbOptions::commands_write_buffer_bytes`].
+    Records,
+    /// Small values read by key, written often: bloom filter, no compression, a memtable of
+    /// [`DbOptions::index_write_buffer_bytes`].
+    Lookups,
+    /// Index entries inserted and deleted soon after, iterated and never read by key: no
+    /// bloom filter, no compression, a memtable of [`DbOptions::index_write_buffer_bytes`],
+    /// and SST files dense with tombstones compacted early.
+    Queue,
+    /// Small and rarely written, read by key: bloom filter, a 4 MiB memtable; `compress`:
+    /// LZ4 (else none).
+    Small {
+        /// LZ4 compression.
+        compress: bool,
+    },
+}
+
+/// The database's own family: the format version ([`FORMAT_VERSION`]). Modules keep small
+/// values there too (counters, sequence numbers), each under its own key prefix.
+pub(crate) const META: Cf = Cf::new("meta", Usage::Small { compress: false });
+
+/// What one module keeps in the database, registered with the [`Db`] at open (the list is
+/// `crate::SCHEMAS`).
+#[derive(Debug)]
+pub(crate) struct Schema {
+    /// Its column families.
+    pub(crate) families: &'static [Cf],
+}
+
+/// The database's own part: [`META`].
+pub(crate) const SCHEMA: Schema = Schema { families: &[META] };
 
 /// Tuning of the RocksDB instance and its writer. The defaults suit a sidecar on a small
 /// machine.
@@ -110,7 +123,8 @@ impl Cf {
 pub struct DbOptions {
     /// Shared block cache, bytes. Default 64 MiB.
     pub block_cache_bytes: usize,
-    /// Memtable size of the `commands` family, bytes. Default 64 MiB.
+    /// Memtable size of the record families (the outbox's `commands`), bytes. Default
+    /// 64 MiB.
     pub commands_write_buffer_bytes: usize,
     /// Memtable size of the small index families, bytes. Default 8 MiB: index entries are
     /// written and deleted quickly (queues), small memtables flush their tombstones early.
@@ -186,7 +200,12 @@ impl Db {
     /// Blocking (RocksDB replays its WAL here); call it from `spawn_blocking` in async code.
     /// A directory locked by another process gives [`StorageError::Locked`] at once.
     pub fn open(path: impl AsRef<Path>, options: &DbOptions) -> Result<Db> {
-        let path = path.as_ref().to_path_buf();
+        Db::open_with(path.as_ref(), options, crate::SCHEMAS)
+    }
+
+    /// [`Db::open`] with the given modules' families.
+    fn open_with(path: &Path, options: &DbOptions, schemas: &[Schema]) -> Result<Db> {
+        let path = path.to_path_buf();
         if options.max_batch == 0 || options.queue_capacity == 0 {
             return Err(StorageError::InvalidInput(
                 "max_batch and queue_capacity must be positive".to_owned(),
@@ -196,13 +215,14 @@ impl Db {
             message: format!("cannot create {}: {e}", path.display()),
             source: None,
         })?;
-        let (db_opts, cfs) = rocksdb_options(options);
+        let families = registered_families(schemas)?;
+        let (db_opts, cfs) = rocksdb_options(options, &families);
         let raw = RawDb::open_cf_descriptors(&db_opts, &path, cfs)
             .map_err(|e| classify_open_error(&path, e))?;
         check_format_version(&raw)?;
         let partitions = load_partition_lengths(&raw)?;
         let raw = Arc::new(raw);
-        let (sender, writer, last_write_ok) = writer::spawn(&raw, options, partitions)?;
+        let (sender, writer, last_write_ok) = writer::spawn(&raw, options, families, partitions)?;
         tracing::info!(path = %path.display(), format_version = FORMAT_VERSION, "opened RocksDB");
         Ok(Db {
             inner: Arc::new(DbInner {
@@ -237,6 +257,21 @@ impl Db {
     }
 }
 
+/// The families of `schemas`, in order; a name registered twice is refused.
+fn registered_families(schemas: &[Schema]) -> Result<Vec<Cf>> {
+    let mut families: Vec<Cf> = Vec::new();
+    for &cf in schemas.iter().flat_map(|s| s.families) {
+        if families.iter().any(|f| f.name == cf.name) {
+            return Err(StorageError::InvalidInput(format!(
+                "column family {} is registered twice",
+                cf.name
+            )));
+        }
+        families.push(cf);
+    }
+    Ok(families)
+}
+
 /// Classifies an open error: a held LOCK file is [`StorageError::Locked`].
 fn classify_open_error(path: &Path, e: rocksdb::Error) -> StorageError {
     let message = e.to_string();
@@ -258,7 +293,7 @@ fn classify_open_error(path: &Path, e: rocksdb::Error) -> StorageError {
 }
 
 fn check_format_version(raw: &RawDb) -> Result<()> {
-    let meta = cf_handle(raw, Cf::Meta)?;
+    let meta = cf_handle(raw, META)?;
     match raw.get_pinned_cf(meta, META_FORMAT_VERSION)? {
         Some(bytes) => {
             let found = <[u8; 4]>::try_from(&bytes[..])
@@ -293,7 +328,7 @@ fn check_format_version(raw: &RawDb) -> Result<()> {
 /// the partition, then a sequence number; the prefix is everything but the sequence).
 fn load_partition_lengths(raw: &RawDb) -> Result<HashMap<Vec<u8>, u64>> {
     let mut lengths: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut it = raw.raw_iterator_cf(cf_handle(raw, Cf::PartitionQueue)?);
+    let mut it = raw.raw_iterator_cf(cf_handle(raw, crate::outbox::cf::PARTITION_QUEUE)?);
     it.seek_to_first();
     while let Some(key) = it.key() {
         if key.len() < 2 + 8 {
@@ -321,8 +356,9 @@ pub(crate) fn cf_handle(raw: &RawDb, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
         })
 }
 
-/// RocksDB tuning for an outbox: small, hot, write-heavy, sync-per-batch.
-fn rocksdb_options(o: &DbOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
+/// RocksDB tuning for an outbox: small, hot, write-heavy, sync-per-batch; each family's
+/// options by its [`Usage`].
+fn rocksdb_options(o: &DbOptions, families: &[Cf]) -> (Options, Vec<ColumnFamilyDescriptor>) {
     let mut db = Options::default();
     db.create_if_missing(true);
     db.create_missing_column_families(true);
@@ -362,18 +398,16 @@ fn rocksdb_options(o: &DbOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
         t
     };
 
-    let cfs = Cf::ALL
+    let cfs = families
         .iter()
         .map(|&cf| {
             let mut c = Options::default();
-            let (point_lookups, write_buffer) = match cf {
-                Cf::Commands => (true, o.commands_write_buffer_bytes),
-                Cf::Idempotency => (true, o.index_write_buffer_bytes),
-                Cf::Meta | Cf::Checkpoints => (true, 4 << 20),
+            let (point_lookups, write_buffer) = match cf.usage {
+                Usage::Records => (true, o.commands_write_buffer_bytes),
+                Usage::Lookups => (true, o.index_write_buffer_bytes),
+                Usage::Small { .. } => (true, 4 << 20),
                 // Iterated, never point-read: no bloom filter.
-                Cf::IdemExpiry | Cf::Status | Cf::PartitionQueue | Cf::Due => {
-                    (false, o.index_write_buffer_bytes)
-                }
+                Usage::Queue => (false, o.index_write_buffer_bytes),
             };
             c.set_block_based_table_factory(&table(point_lookups));
             c.set_write_buffer_size(write_buffer);
@@ -381,16 +415,15 @@ fn rocksdb_options(o: &DbOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
             c.set_level_compaction_dynamic_level_bytes(true);
             // LZ4 only (the only codec compiled in): cheap on CPU, and command payloads
             // (JSON) compress well. The index families hold tiny keys: no compression.
-            let compression = match cf {
-                Cf::Commands | Cf::Checkpoints => DBCompressionType::Lz4,
-                _ => DBCompressionType::None,
+            let compression = match cf.usage {
+                Usage::Records | Usage::Small { compress: true } => DBCompressionType::Lz4,
+                Usage::Lookups | Usage::Queue | Usage::Small { compress: false } => {
+                    DBCompressionType::None
+                }
             };
             c.set_compression_type(compression);
             c.set_bottommost_compression_type(compression);
-            if matches!(
-                cf,
-                Cf::Status | Cf::PartitionQueue | Cf::Due | Cf::IdemExpiry
-            ) {
+            if cf.usage == Usage::Queue {
                 // Queue-like families: entries are inserted and deleted soon after. Compact
                 // SST files dense with tombstones so iterating from the start stays fast.
                 c.add_compact_on_deletion_collector_factory(4096, 2048, 0.5);
@@ -429,7 +462,8 @@ mod tests {
     use super::*;
 
     fn raw_db(dir: &Path) -> RawDb {
-        let (opts, cfs) = rocksdb_options(&DbOptions::default());
+        let families = registered_families(crate::SCHEMAS).unwrap();
+        let (opts, cfs) = rocksdb_options(&DbOptions::default(), &families);
         RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
     }
 
@@ -442,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let raw = raw_db(dir.path());
-            put_raw(&raw, Cf::Meta, META_FORMAT_VERSION, &99u32.to_be_bytes());
+            put_raw(&raw, META, META_FORMAT_VERSION, &99u32.to_be_bytes());
         }
         match Db::open(dir.path(), &DbOptions::default()) {
             Err(StorageError::UnsupportedFormat { found: 99, .. }) => {}
@@ -454,7 +488,7 @@ mod tests {
     fn a_fresh_database_gets_the_current_format() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        let meta = cf_handle(db.raw(), Cf::Meta).unwrap();
+        let meta = cf_handle(db.raw(), META).unwrap();
         assert_eq!(
             db.raw().get_cf(meta, META_FORMAT_VERSION).unwrap(),
             Some(FORMAT_VERSION.to_be_bytes().to_vec())

@@ -9,7 +9,66 @@ use super::writer::WriterState;
 use super::{Cf, RawDb, cf_handle};
 use crate::error::Result;
 
-pub(super) type TaggedOverlay = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+/// One family's pending writes: key → (the round's tag, the value; `None`: deleted).
+type Pending = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+
+/// What a family without pending writes has pending.
+static NOTHING_PENDING: Pending = BTreeMap::new();
+
+/// Writes not yet known to be on disk, per column family (in the order the families were
+/// registered), tagged with their round: the round in flight and the round being prepared.
+/// The round being prepared reads through them, so it can be prepared while the previous
+/// one is being synced.
+pub(super) struct Overlay {
+    families: Vec<(Cf, Pending)>,
+}
+
+impl Overlay {
+    /// An empty overlay over `families`.
+    pub(super) fn new(families: &[Cf]) -> Overlay {
+        Overlay {
+            families: families.iter().map(|&cf| (cf, Pending::new())).collect(),
+        }
+    }
+
+    fn family(&self, cf: Cf) -> &Pending {
+        self.families
+            .iter()
+            .find(|(f, _)| f.name() == cf.name())
+            .map_or(&NOTHING_PENDING, |(_, pending)| pending)
+    }
+
+    /// A family's pending writes; one that was not registered gets a place too (its batch
+    /// then fails: RocksDB has no such family).
+    fn family_mut(&mut self, cf: Cf) -> &mut Pending {
+        let at = match self
+            .families
+            .iter()
+            .position(|(f, _)| f.name() == cf.name())
+        {
+            Some(at) => at,
+            None => {
+                self.families.push((cf, Pending::new()));
+                self.families.len() - 1
+            }
+        };
+        &mut self.families[at].1
+    }
+
+    /// The round `tag` is on disk: its entries are now the database's.
+    pub(super) fn settle(&mut self, tag: u64) {
+        for (_, pending) in &mut self.families {
+            pending.retain(|_, (t, _)| *t > tag);
+        }
+    }
+
+    /// A write failed: forget everything.
+    pub(super) fn clear(&mut self) {
+        for (_, pending) in &mut self.families {
+            pending.clear();
+        }
+    }
+}
 
 /// An undo entry of a round.
 enum Undo {
@@ -78,7 +137,7 @@ impl<'a> Round<'a> {
             };
             match undo {
                 Undo::Kv(cf, key, before) => {
-                    let map = &mut self.state.overlay[cf as usize];
+                    let map = self.state.overlay.family_mut(cf);
                     match before {
                         Some(value) => {
                             map.insert(key, value);
@@ -98,7 +157,11 @@ impl<'a> Round<'a> {
     }
 
     fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let before = self.state.overlay[cf as usize].insert(key.clone(), (self.tag, value));
+        let before = self
+            .state
+            .overlay
+            .family_mut(cf)
+            .insert(key.clone(), (self.tag, value));
         self.undo.push(Undo::Kv(cf, key, before));
     }
 
@@ -112,8 +175,8 @@ impl<'a> Round<'a> {
         self.set(cf, key, None);
     }
 
-    fn pending(&self, cf: Cf) -> &TaggedOverlay {
-        &self.state.overlay[cf as usize]
+    fn pending(&self, cf: Cf) -> &Pending {
+        self.state.overlay.family(cf)
     }
 
     /// Reads a key: a pending write if any, else the database.
@@ -247,16 +310,16 @@ impl<'a> Round<'a> {
     /// This round's writes as one batch; `None` when it has none.
     pub(super) fn batch(&self) -> Result<Option<WriteBatch>> {
         let mut batch = WriteBatch::default();
-        for cf in Cf::ALL {
+        for (cf, pending) in &self.state.overlay.families {
             let mut handle = None;
-            for (key, (tag, value)) in self.pending(cf) {
+            for (key, (tag, value)) in pending {
                 if *tag != self.tag {
                     continue;
                 }
                 let h = match handle {
                     Some(h) => h,
                     None => {
-                        let h = cf_handle(self.raw, cf)?;
+                        let h = cf_handle(self.raw, *cf)?;
                         handle = Some(h);
                         h
                     }
@@ -280,17 +343,21 @@ mod tests {
     use rocksdb::WriteOptions;
 
     use super::super::writer::write_synced;
-    use super::super::{DbOptions, rocksdb_options};
+    use super::super::{DbOptions, Usage, rocksdb_options};
     use super::*;
 
+    /// Two families of this test's own.
+    const A: Cf = Cf::new("a", Usage::Queue);
+    const B: Cf = Cf::new("b", Usage::Small { compress: false });
+
     fn raw_db(dir: &Path) -> RawDb {
-        let (opts, cfs) = rocksdb_options(&DbOptions::default());
+        let (opts, cfs) = rocksdb_options(&DbOptions::default(), &[A, B]);
         RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
     }
 
     fn state() -> WriterState {
         WriterState {
-            overlay: Default::default(),
+            overlay: Overlay::new(&[A, B]),
             partitions: HashMap::new(),
             in_flight_deltas: HashMap::new(),
         }
@@ -305,16 +372,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = raw_db(dir.path());
         for k in [b"a1", b"a3", b"a5", b"b1"] {
-            put_raw(&raw, Cf::Status, k, b"db");
+            put_raw(&raw, A, k, b"db");
         }
         let mut state = state();
         let mut round = Round::new(&raw, &mut state, 1);
-        round.put(Cf::Status, b"a2".to_vec(), b"new".to_vec());
-        round.delete(Cf::Status, b"a3".to_vec());
-        round.put(Cf::Status, b"a5".to_vec(), b"changed".to_vec());
-        round.put(Cf::Due, b"a4".to_vec(), b"other cf".to_vec());
+        round.put(A, b"a2".to_vec(), b"new".to_vec());
+        round.delete(A, b"a3".to_vec());
+        round.put(A, b"a5".to_vec(), b"changed".to_vec());
+        round.put(B, b"a4".to_vec(), b"other cf".to_vec());
 
-        let all = round.scan_range(Cf::Status, b"a", b"b", 100).unwrap();
+        let all = round.scan_range(A, b"a", b"b", 100).unwrap();
         let keys: Vec<(&[u8], &[u8])> = all
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
@@ -327,64 +394,45 @@ mod tests {
                 (b"a5", b"changed")
             ]
         );
+        assert_eq!(round.scan_range(A, b"a", b"b", 2).unwrap().len(), 2);
         assert_eq!(
-            round.scan_range(Cf::Status, b"a", b"b", 2).unwrap().len(),
-            2
-        );
-        assert_eq!(
-            round
-                .first_in_range(Cf::Status, b"a2", b"b")
-                .unwrap()
-                .unwrap()
-                .0,
+            round.first_in_range(A, b"a2", b"b").unwrap().unwrap().0,
             b"a2"
         );
         assert_eq!(
-            round
-                .last_in_range(Cf::Status, b"a", b"b")
-                .unwrap()
-                .unwrap(),
+            round.last_in_range(A, b"a", b"b").unwrap().unwrap(),
             (b"a5".to_vec(), b"changed".to_vec())
         );
-        round.delete(Cf::Status, b"a5".to_vec());
+        round.delete(A, b"a5".to_vec());
         assert_eq!(
-            round
-                .last_in_range(Cf::Status, b"a", b"b")
-                .unwrap()
-                .unwrap()
-                .0,
+            round.last_in_range(A, b"a", b"b").unwrap().unwrap().0,
             b"a2"
         );
-        assert!(!round.contains(Cf::Status, b"a3").unwrap());
-        assert_eq!(round.get(Cf::Status, b"a1").unwrap(), Some(b"db".to_vec()));
-        assert!(
-            round
-                .scan_range(Cf::Status, b"c", b"d", 10)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(!round.contains(A, b"a3").unwrap());
+        assert_eq!(round.get(A, b"a1").unwrap(), Some(b"db".to_vec()));
+        assert!(round.scan_range(A, b"c", b"d", 10).unwrap().is_empty());
     }
 
     #[test]
     fn rollback_undoes_only_the_failed_change() {
         let dir = tempfile::tempdir().unwrap();
         let raw = raw_db(dir.path());
-        put_raw(&raw, Cf::Meta, b"k", b"db");
+        put_raw(&raw, B, b"k", b"db");
         let mut state = state();
         let mut round = Round::new(&raw, &mut state, 1);
-        round.put(Cf::Meta, b"k".to_vec(), b"first".to_vec());
+        round.put(B, b"k".to_vec(), b"first".to_vec());
         let sp = round.savepoint();
-        round.put(Cf::Meta, b"k".to_vec(), b"second".to_vec());
-        round.delete(Cf::Meta, b"k".to_vec());
-        round.put(Cf::Meta, b"x".to_vec(), b"new".to_vec());
+        round.put(B, b"k".to_vec(), b"second".to_vec());
+        round.delete(B, b"k".to_vec());
+        round.put(B, b"x".to_vec(), b"new".to_vec());
         round.rollback(sp);
-        assert_eq!(round.get(Cf::Meta, b"k").unwrap(), Some(b"first".to_vec()));
-        assert_eq!(round.get(Cf::Meta, b"x").unwrap(), None);
+        assert_eq!(round.get(B, b"k").unwrap(), Some(b"first".to_vec()));
+        assert_eq!(round.get(B, b"x").unwrap(), None);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let batch = round.batch().unwrap().unwrap();
         write_synced(&raw, batch, &sync).0.unwrap();
-        let meta = cf_handle(&raw, Cf::Meta).unwrap();
+        let meta = cf_handle(&raw, B).unwrap();
         assert_eq!(raw.get_cf(meta, b"k").unwrap(), Some(b"first".to_vec()));
         assert_eq!(raw.get_cf(meta, b"x").unwrap(), None);
     }

@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::round::{Round, TaggedOverlay};
+use super::round::{Overlay, Round};
 use super::{Cf, Db, DbOptions, RawDb};
 use crate::error::{Result, StorageError};
 
@@ -52,6 +52,7 @@ pub(super) type Op = Box<dyn FnOnce(&mut Round<'_>) -> Option<Completion> + Send
 pub(super) fn spawn(
     raw: &Arc<RawDb>,
     options: &DbOptions,
+    families: Vec<Cf>,
     partitions: HashMap<Vec<u8>, u64>,
 ) -> Result<(mpsc::Sender<Op>, JoinHandle<()>, Arc<AtomicBool>)> {
     let (sender, receiver) = mpsc::channel::<Op>(options.queue_capacity);
@@ -62,7 +63,12 @@ pub(super) fn spawn(
     let writer = std::thread::Builder::new()
         .name("gxd-storage-writer".to_owned())
         .spawn(move || {
-            writer_loop(writer_db, receiver, max_batch, partitions, &writer_status);
+            let state = WriterState {
+                overlay: Overlay::new(&families),
+                partitions,
+                in_flight_deltas: HashMap::new(),
+            };
+            writer_loop(writer_db, receiver, max_batch, state, &writer_status);
         })
         .map_err(|e| StorageError::Unavailable {
             message: format!("cannot start the storage writer thread: {e}"),
@@ -125,10 +131,8 @@ struct InFlight {
 
 /// What the writer keeps between rounds.
 pub(super) struct WriterState {
-    /// Writes not yet known to be on disk, per column family, tagged with their round: the
-    /// round in flight and the round being prepared. The round being prepared reads
-    /// through them, so it can be prepared while the previous one is being synced.
-    pub(super) overlay: [TaggedOverlay; Cf::ALL.len()],
+    /// Writes not yet known to be on disk.
+    pub(super) overlay: Overlay,
     /// Queued commands per partition (key: the partition's queue-key prefix) as on disk:
     /// the writer's mirror of the `partition_queue` family, so that an enqueue knows
     /// whether its partition is empty without a seek.
@@ -141,9 +145,7 @@ impl WriterState {
     /// The round `tag` is on disk: its overlay entries and partition changes are now the
     /// database's.
     fn settle(&mut self, tag: u64) {
-        for map in &mut self.overlay {
-            map.retain(|_, (t, _)| *t > tag);
-        }
+        self.overlay.settle(tag);
         for (prefix, delta) in self.in_flight_deltas.drain() {
             let n = self.partitions.entry(prefix.clone()).or_insert(0);
             *n = n.saturating_add_signed(delta);
@@ -155,9 +157,7 @@ impl WriterState {
 
     /// A write failed: forget everything not on disk.
     fn reset(&mut self) {
-        for map in &mut self.overlay {
-            map.clear();
-        }
+        self.overlay.clear();
         self.in_flight_deltas.clear();
     }
 }
@@ -249,7 +249,7 @@ fn writer_loop(
     raw: Arc<RawDb>,
     mut receiver: mpsc::Receiver<Op>,
     max_batch: usize,
-    partitions: HashMap<Vec<u8>, u64>,
+    mut state: WriterState,
     last_write_ok: &AtomicBool,
 ) {
     let syncer = match start_sync_thread(Arc::clone(&raw)) {
@@ -258,11 +258,6 @@ fn writer_loop(
             tracing::error!(error = %e, "cannot start the storage sync thread");
             return;
         }
-    };
-    let mut state = WriterState {
-        overlay: Default::default(),
-        partitions,
-        in_flight_deltas: HashMap::new(),
     };
     let mut in_flight: Option<InFlight> = None;
     let mut next_tag: u64 = 1;
