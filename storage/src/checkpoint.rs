@@ -27,6 +27,7 @@ const CHECKPOINTS: Cf = Cf::new("checkpoints", Usage::Small { compress: true });
 /// What the checkpoint log keeps in the database: one column family.
 pub(crate) const SCHEMA: Schema = Schema {
     families: &[CHECKPOINTS],
+    extensions: &[],
 };
 
 /// Longest channel name (bytes).

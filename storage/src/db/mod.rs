@@ -22,12 +22,13 @@
 //!   and their RocksDB options;
 //! - [`writer`]: the writer thread, its group-commit rounds and the sync thread;
 //! - [`round`]: a round's overlay of pending writes, read through and turned into one
-//!   `WriteBatch`.
+//!   `WriteBatch`;
+//! - [`extension`]: modules' writer-side state, committed only with durable rounds.
 
+mod extension;
 mod round;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ use rocksdb::{
 };
 use tokio::sync::mpsc;
 
+pub(crate) use extension::{Extension, Registration};
 pub(crate) use round::Round;
 use writer::Op;
 
@@ -112,10 +114,15 @@ pub(crate) const META: Cf = Cf::new("meta", Usage::Small { compress: false });
 pub(crate) struct Schema {
     /// Its column families.
     pub(crate) families: &'static [Cf],
+    /// Its state on the writer thread ([`Extension`]s), opened after the families.
+    pub(crate) extensions: &'static [Registration],
 }
 
 /// The database's own part: [`META`].
-pub(crate) const SCHEMA: Schema = Schema { families: &[META] };
+pub(crate) const SCHEMA: Schema = Schema {
+    families: &[META],
+    extensions: &[],
+};
 
 /// Tuning of the RocksDB instance and its writer. The defaults suit a sidecar on a small
 /// machine.
@@ -220,9 +227,10 @@ impl Db {
         let raw = RawDb::open_cf_descriptors(&db_opts, &path, cfs)
             .map_err(|e| classify_open_error(&path, e))?;
         check_format_version(&raw)?;
-        let partitions = load_partition_lengths(&raw)?;
+        let extensions =
+            extension::Extensions::open(&raw, schemas.iter().flat_map(|s| s.extensions))?;
         let raw = Arc::new(raw);
-        let (sender, writer, last_write_ok) = writer::spawn(&raw, options, families, partitions)?;
+        let (sender, writer, last_write_ok) = writer::spawn(&raw, options, families, extensions)?;
         tracing::info!(path = %path.display(), format_version = FORMAT_VERSION, "opened RocksDB");
         Ok(Db {
             inner: Arc::new(DbInner {
@@ -322,28 +330,6 @@ fn check_format_version(raw: &RawDb) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Counts the queued commands per partition (keys of `partition_queue` are a u16 length,
-/// the partition, then a sequence number; the prefix is everything but the sequence).
-fn load_partition_lengths(raw: &RawDb) -> Result<HashMap<Vec<u8>, u64>> {
-    let mut lengths: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut it = raw.raw_iterator_cf(cf_handle(raw, crate::outbox::cf::PARTITION_QUEUE)?);
-    it.seek_to_first();
-    while let Some(key) = it.key() {
-        if key.len() < 2 + 8 {
-            return Err(StorageError::corrupt(
-                "partition_queue",
-                key,
-                "key too short",
-            ));
-        }
-        let prefix = &key[..key.len() - 8];
-        *lengths.entry(prefix.to_vec()).or_insert(0) += 1;
-        it.next();
-    }
-    it.status()?;
-    Ok(lengths)
 }
 
 /// The column family handle (all are created at open, so a missing one is a bug or a

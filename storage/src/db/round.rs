@@ -1,10 +1,11 @@
 //! A round of the writer: an in-memory overlay of pending writes over the database.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use rocksdb::{ReadOptions, WriteBatch};
 
+use super::extension::{Extension, View};
 use super::writer::WriterState;
 use super::{Cf, RawDb, cf_handle};
 use crate::error::Result;
@@ -74,8 +75,8 @@ impl Overlay {
 enum Undo {
     /// Family, key, and what the overlay held for the key before.
     Kv(Cf, Vec<u8>, Option<(u64, Option<Vec<u8>>)>),
-    /// A partition-length change to take back.
-    Partition(Vec<u8>, i64),
+    /// The last change to the extension at this position to take back.
+    Extension(usize),
 }
 
 /// One round of the writer: its pending writes over the database.
@@ -90,8 +91,6 @@ pub(crate) struct Round<'a> {
     tag: u64,
     /// For rollback.
     undo: Vec<Undo>,
-    /// This round's changes to the partition lengths.
-    pub(super) partition_deltas: HashMap<Vec<u8>, i64>,
 }
 
 impl<'a> Round<'a> {
@@ -101,29 +100,21 @@ impl<'a> Round<'a> {
             state,
             tag,
             undo: Vec::new(),
-            partition_deltas: HashMap::new(),
         }
     }
 
-    /// Queued commands in a partition (by its queue-key prefix), pending rounds included.
-    pub(crate) fn partition_len(&self, prefix: &[u8]) -> u64 {
-        let base = self.state.partitions.get(prefix).copied().unwrap_or(0);
-        let in_flight = self
-            .state
-            .in_flight_deltas
-            .get(prefix)
-            .copied()
-            .unwrap_or(0);
-        let mine = self.partition_deltas.get(prefix).copied().unwrap_or(0);
-        base.saturating_add_signed(in_flight)
-            .saturating_add_signed(mine)
+    /// Extension `E` as this round sees it: committed, in flight, and this round's delta.
+    pub(crate) fn extension<E: Extension>(&self) -> Result<View<'_, E>> {
+        self.state.extensions.view::<E>()
     }
 
-    /// Records that a command entered (+1) or left (-1) a partition's queue. Callers
-    /// pair it with the matching put/delete in `partition_queue`.
-    pub(crate) fn adjust_partition(&mut self, prefix: Vec<u8>, delta: i64) {
-        *self.partition_deltas.entry(prefix.clone()).or_insert(0) += delta;
-        self.undo.push(Undo::Partition(prefix, delta));
+    /// Records a change to extension `E` in this round's delta: seen by the rest of the
+    /// round, undone with the change of the round that makes it if that one fails, and
+    /// committed with the round's batch once that is durable.
+    pub(crate) fn change<E: Extension>(&mut self, change: E::Change) -> Result<()> {
+        let at = self.state.extensions.change::<E>(change)?;
+        self.undo.push(Undo::Extension(at));
+        Ok(())
     }
 
     pub(super) fn savepoint(&self) -> usize {
@@ -147,11 +138,7 @@ impl<'a> Round<'a> {
                         }
                     }
                 }
-                Undo::Partition(prefix, delta) => {
-                    if let Some(d) = self.partition_deltas.get_mut(&prefix) {
-                        *d -= delta;
-                    }
-                }
+                Undo::Extension(at) => self.state.extensions.revert_last(at),
             }
         }
     }
@@ -342,6 +329,7 @@ mod tests {
 
     use rocksdb::WriteOptions;
 
+    use super::super::extension::{Extensions, Registration};
     use super::super::writer::write_synced;
     use super::super::{DbOptions, Usage, rocksdb_options};
     use super::*;
@@ -355,12 +343,37 @@ mod tests {
         RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
     }
 
-    fn state() -> WriterState {
+    /// A test extension: a sum of the changes committed.
+    struct Sum(i64);
+
+    impl Extension for Sum {
+        type Delta = i64;
+        type Change = i64;
+        fn open(_: &RawDb) -> Result<Self> {
+            Ok(Sum(0))
+        }
+        fn apply(delta: &mut i64, change: &i64) {
+            *delta += change;
+        }
+        fn revert(delta: &mut i64, change: i64) {
+            *delta -= change;
+        }
+        fn commit(&mut self, delta: i64) {
+            self.0 += delta;
+        }
+    }
+
+    fn state(raw: &RawDb) -> WriterState {
         WriterState {
             overlay: Overlay::new(&[A, B]),
-            partitions: HashMap::new(),
-            in_flight_deltas: HashMap::new(),
+            extensions: Extensions::open(raw, &[Registration::of::<Sum>()]).unwrap(),
         }
+    }
+
+    /// (committed, in flight, this round) of the test extension.
+    fn sums(round: &Round<'_>) -> (i64, i64, i64) {
+        let v = round.extension::<Sum>().unwrap();
+        (v.committed.0, *v.in_flight, *v.round)
     }
 
     fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
@@ -374,7 +387,7 @@ mod tests {
         for k in [b"a1", b"a3", b"a5", b"b1"] {
             put_raw(&raw, A, k, b"db");
         }
-        let mut state = state();
+        let mut state = state(&raw);
         let mut round = Round::new(&raw, &mut state, 1);
         round.put(A, b"a2".to_vec(), b"new".to_vec());
         round.delete(A, b"a3".to_vec());
@@ -418,7 +431,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = raw_db(dir.path());
         put_raw(&raw, B, b"k", b"db");
-        let mut state = state();
+        let mut state = state(&raw);
         let mut round = Round::new(&raw, &mut state, 1);
         round.put(B, b"k".to_vec(), b"first".to_vec());
         let sp = round.savepoint();
@@ -435,5 +448,53 @@ mod tests {
         let meta = cf_handle(&raw, B).unwrap();
         assert_eq!(raw.get_cf(meta, b"k").unwrap(), Some(b"first".to_vec()));
         assert_eq!(raw.get_cf(meta, b"x").unwrap(), None);
+    }
+
+    #[test]
+    fn extension_changes_roll_back_and_commit_only_when_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = raw_db(dir.path());
+        let mut state = state(&raw);
+        let mut round = Round::new(&raw, &mut state, 1);
+        round.change::<Sum>(5).unwrap();
+        let sp = round.savepoint();
+        round.change::<Sum>(7).unwrap();
+        round.put(A, b"k".to_vec(), Vec::new());
+        round.change::<Sum>(11).unwrap();
+        assert_eq!(sums(&round), (0, 0, 23));
+        round.rollback(sp);
+        assert_eq!(sums(&round), (0, 0, 5));
+        drop(round);
+
+        // Round 1 goes in flight; round 2 sees it but it is not committed yet.
+        state.extensions.launch();
+        let mut round = Round::new(&raw, &mut state, 2);
+        assert_eq!(sums(&round), (0, 5, 0));
+        round.change::<Sum>(2).unwrap();
+        drop(round);
+        // Round 1 is durable: committed; round 2 is still being prepared.
+        state.settle(1);
+        let round = Round::new(&raw, &mut state, 2);
+        assert_eq!(sums(&round), (5, 0, 2));
+        drop(round);
+        // Round 2 goes in flight and its write fails: dropped.
+        state.extensions.launch();
+        state.reset();
+        let round = Round::new(&raw, &mut state, 3);
+        assert_eq!(sums(&round), (5, 0, 0));
+        assert!(round.extension::<Unregistered>().is_err());
+    }
+
+    struct Unregistered;
+
+    impl Extension for Unregistered {
+        type Delta = ();
+        type Change = ();
+        fn open(_: &RawDb) -> Result<Self> {
+            Ok(Unregistered)
+        }
+        fn apply(_: &mut (), _: &()) {}
+        fn revert(_: &mut (), _: ()) {}
+        fn commit(&mut self, _: ()) {}
     }
 }

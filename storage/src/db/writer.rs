@@ -24,11 +24,10 @@
 //! (CPU and disk overlap). Round *k+1* is handed to RocksDB only once round *k* is durable,
 //! and if round *k* fails, round *k+1* fails with it (it was computed on top of it).
 //!
-//! The writer also mirrors the number of queued commands per partition in memory (loaded
-//! at open from the `partition_queue` family, changed only when a batch is durable), so an
-//! enqueue learns whether its partition is empty without an iterator seek.
+//! Modules may keep state beside the database on the writer thread (the outbox's partition
+//! lengths): a round changes it through its own delta, which the writer commits only once
+//! the round's batch is durable and drops when it fails. See [`super::extension`].
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +36,7 @@ use std::thread::JoinHandle;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use super::extension::Extensions;
 use super::round::{Overlay, Round};
 use super::{Cf, Db, DbOptions, RawDb};
 use crate::error::{Result, StorageError};
@@ -53,7 +53,7 @@ pub(super) fn spawn(
     raw: &Arc<RawDb>,
     options: &DbOptions,
     families: Vec<Cf>,
-    partitions: HashMap<Vec<u8>, u64>,
+    extensions: Extensions,
 ) -> Result<(mpsc::Sender<Op>, JoinHandle<()>, Arc<AtomicBool>)> {
     let (sender, receiver) = mpsc::channel::<Op>(options.queue_capacity);
     let writer_db = Arc::clone(raw);
@@ -65,8 +65,7 @@ pub(super) fn spawn(
         .spawn(move || {
             let state = WriterState {
                 overlay: Overlay::new(&families),
-                partitions,
-                in_flight_deltas: HashMap::new(),
+                extensions,
             };
             writer_loop(writer_db, receiver, max_batch, state, &writer_status);
         })
@@ -129,36 +128,27 @@ struct InFlight {
     result: std::sync::mpsc::Receiver<WriteOutcome>,
 }
 
-/// What the writer keeps between rounds.
+/// What the writer keeps between rounds: what the round in flight and the round being
+/// prepared have changed, not yet known to be on disk.
 pub(super) struct WriterState {
-    /// Writes not yet known to be on disk.
+    /// Their writes.
     pub(super) overlay: Overlay,
-    /// Queued commands per partition (key: the partition's queue-key prefix) as on disk:
-    /// the writer's mirror of the `partition_queue` family, so that an enqueue knows
-    /// whether its partition is empty without a seek.
-    pub(super) partitions: HashMap<Vec<u8>, u64>,
-    /// The changes to `partitions` of the round in flight.
-    pub(super) in_flight_deltas: HashMap<Vec<u8>, i64>,
+    /// Their changes to the modules' writer-side state.
+    pub(super) extensions: Extensions,
 }
 
 impl WriterState {
-    /// The round `tag` is on disk: its overlay entries and partition changes are now the
-    /// database's.
-    fn settle(&mut self, tag: u64) {
+    /// The round `tag` (the round in flight) is on disk: its writes are now the database's,
+    /// its extension deltas are committed.
+    pub(super) fn settle(&mut self, tag: u64) {
         self.overlay.settle(tag);
-        for (prefix, delta) in self.in_flight_deltas.drain() {
-            let n = self.partitions.entry(prefix.clone()).or_insert(0);
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                self.partitions.remove(&prefix);
-            }
-        }
+        self.extensions.settle();
     }
 
     /// A write failed: forget everything not on disk.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.overlay.clear();
-        self.in_flight_deltas.clear();
+        self.extensions.reset();
     }
 }
 
@@ -296,7 +286,7 @@ fn writer_loop(
         let tag = next_tag;
         next_tag += 1;
         let mut completions: Vec<Completion> = Vec::with_capacity(ops.len());
-        let (batch, deltas) = {
+        let batch = {
             let mut round = Round::new(&raw, &mut state, tag);
             for op in ops.drain(..) {
                 let savepoint = round.savepoint();
@@ -311,7 +301,7 @@ fn writer_loop(
                     }
                 }
             }
-            (round.batch(), round.partition_deltas)
+            round.batch()
         };
 
         // This round was prepared on top of the round in flight: that one must be on disk
@@ -338,6 +328,7 @@ fn writer_loop(
             // Nothing to write (idempotent repeats, refused changes): answer now; what
             // they read is on disk.
             Ok(None) => {
+                state.extensions.discard_round();
                 for done in completions {
                     done(Ok(()));
                 }
@@ -349,7 +340,7 @@ fn writer_loop(
                     .as_ref()
                     .is_some_and(|s| s.send((batch, reply)).is_ok());
                 if sent {
-                    state.in_flight_deltas = deltas;
+                    state.extensions.launch();
                     in_flight = Some(InFlight {
                         tag,
                         completions,

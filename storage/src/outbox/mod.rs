@@ -69,6 +69,7 @@
 pub(crate) mod cf;
 mod integrity;
 mod keys;
+mod partitions;
 pub mod record;
 
 use std::str::FromStr;
@@ -82,7 +83,7 @@ use sha2::{Digest, Sha256};
 pub use crate::types::{CommandId, Status};
 pub use integrity::IntegrityReport;
 
-use crate::db::{Db, META, Round, Schema, cf_handle, decode_u64};
+use crate::db::{Db, META, Registration, Round, Schema, cf_handle, decode_u64};
 use crate::error::{Result, StorageError};
 use record::{IdempotencyEntry, decode_command, decode_idempotency, encode_command};
 
@@ -350,8 +351,12 @@ pub struct PurgeReport {
     pub idempotency_keys_removed: u64,
 }
 
-/// What the outbox keeps in the database: its column families ([`cf`]).
-pub(crate) const SCHEMA: Schema = Schema { families: cf::ALL };
+/// What the outbox keeps in the database: its column families ([`cf`]) and, on the writer
+/// thread, the length of every partition queue ([`partitions`]).
+pub(crate) const SCHEMA: Schema = Schema {
+    families: cf::ALL,
+    extensions: &[Registration::of::<partitions::PartitionLengths>()],
+};
 
 /// Longest tenant, request id (bytes).
 const MAX_ID_BYTES: usize = 256;
@@ -866,7 +871,7 @@ fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
         ));
     }
     round.delete(cf::PARTITION_QUEUE, my_key);
-    round.adjust_partition(keys::partition_prefix(&c.partition_key), -1);
+    partitions::adjust(round, keys::partition_prefix(&c.partition_key), -1)?;
     if is_head {
         if c.status == Status::Pending {
             round.delete(cf::DUE, due_key.to_vec());
@@ -920,7 +925,7 @@ fn stage_enqueue(
     let id = CommandId::new_v7();
     let seq = next_seq(round)?;
     let partition = keys::partition_prefix(&new.partition_key);
-    let partition_empty = round.partition_len(&partition) == 0;
+    let partition_empty = partitions::len(round, &partition)? == 0;
     let command = Command {
         id,
         tenant: new.tenant,
@@ -973,7 +978,7 @@ fn stage_enqueue(
         keys::partition_queue(&command.partition_key, seq),
         id.to_bytes().to_vec(),
     );
-    round.adjust_partition(partition, 1);
+    partitions::adjust(round, partition, 1)?;
     if partition_empty {
         round.put(cf::DUE, keys::due(now_ms, id).to_vec(), Vec::new());
     }
@@ -1160,13 +1165,13 @@ fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Re
     let now = now();
     let seq = next_seq(round)?;
     let partition = keys::partition_prefix(&c.partition_key);
-    let partition_empty = round.partition_len(&partition) == 0;
+    let partition_empty = partitions::len(round, &partition)? == 0;
     round.put(
         cf::PARTITION_QUEUE,
         keys::partition_queue(&c.partition_key, seq),
         id.to_bytes().to_vec(),
     );
-    round.adjust_partition(partition, 1);
+    partitions::adjust(round, partition, 1)?;
     if partition_empty {
         round.put(cf::DUE, keys::due(due_ms(now), id).to_vec(), Vec::new());
     }
