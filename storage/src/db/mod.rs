@@ -210,7 +210,7 @@ impl Db {
         Db::open_with(path.as_ref(), options, crate::SCHEMAS)
     }
 
-    /// [`Db::open`] with the given modules' families.
+    /// [`Db::open`] with the given modules' schemas (column families and extensions).
     fn open_with(path: &Path, options: &DbOptions, schemas: &[Schema]) -> Result<Db> {
         let path = path.to_path_buf();
         if options.max_batch == 0 || options.queue_capacity == 0 {
@@ -447,13 +447,13 @@ mod tests {
 
     use super::*;
 
-    fn raw_db(dir: &Path) -> RawDb {
-        let families = registered_families(crate::SCHEMAS).unwrap();
-        let (opts, cfs) = rocksdb_options(&DbOptions::default(), &families);
+    /// A bare database with `families` and no writer (also for the tests of the submodules).
+    pub(super) fn raw_db(dir: &Path, families: &[Cf]) -> RawDb {
+        let (opts, cfs) = rocksdb_options(&DbOptions::default(), families);
         RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
     }
 
-    fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
+    pub(super) fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
         raw.put_cf(cf_handle(raw, cf).unwrap(), key, value).unwrap();
     }
 
@@ -461,7 +461,8 @@ mod tests {
     fn a_newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let raw = raw_db(dir.path());
+            let families = registered_families(crate::SCHEMAS).unwrap();
+            let raw = raw_db(dir.path(), &families);
             put_raw(&raw, META, META_FORMAT_VERSION, &99u32.to_be_bytes());
         }
         match Db::open(dir.path(), &DbOptions::default()) {

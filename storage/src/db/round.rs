@@ -329,9 +329,10 @@ mod tests {
 
     use rocksdb::WriteOptions;
 
+    use super::super::Usage;
     use super::super::extension::{Extensions, Registration};
+    use super::super::tests::put_raw;
     use super::super::writer::write_synced;
-    use super::super::{DbOptions, Usage, rocksdb_options};
     use super::*;
 
     /// Two families of this test's own.
@@ -339,8 +340,7 @@ mod tests {
     const B: Cf = Cf::new("b", Usage::Small { compress: false });
 
     fn raw_db(dir: &Path) -> RawDb {
-        let (opts, cfs) = rocksdb_options(&DbOptions::default(), &[A, B]);
-        RawDb::open_cf_descriptors(&opts, dir, cfs).unwrap()
+        super::super::tests::raw_db(dir, &[A, B])
     }
 
     /// A test extension: a sum of the changes committed.
@@ -374,10 +374,6 @@ mod tests {
     fn sums(round: &Round<'_>) -> (i64, i64, i64) {
         let v = round.extension::<Sum>().unwrap();
         (v.committed.0, *v.in_flight, *v.round)
-    }
-
-    fn put_raw(raw: &RawDb, cf: Cf, key: &[u8], value: &[u8]) {
-        raw.put_cf(cf_handle(raw, cf).unwrap(), key, value).unwrap();
     }
 
     #[test]
