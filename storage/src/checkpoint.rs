@@ -17,9 +17,18 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Cf, Db, Round, cf_handle};
+use crate::db::{Cf, Db, Round, Schema, Usage, cf_handle};
 use crate::error::{CheckpointRefusal, Result, StorageError};
 use crate::outbox::record::{decode_versioned, encode_v1};
+
+/// (channel, block number) → checkpoint record.
+const CHECKPOINTS: Cf = Cf::new("checkpoints", Usage::Small { compress: true });
+
+/// What the checkpoint log keeps in the database: one column family.
+pub(crate) const SCHEMA: Schema = Schema {
+    families: &[CHECKPOINTS],
+    extensions: &[],
+};
 
 /// Longest channel name (bytes).
 const MAX_CHANNEL_BYTES: usize = 249;
@@ -171,7 +180,7 @@ impl CheckpointLog {
         let prefix = channel_prefix(channel);
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_lower_bound(prefix.clone());
-        let mut it = raw.raw_iterator_cf_opt(cf_handle(raw, Cf::Checkpoints)?, ro);
+        let mut it = raw.raw_iterator_cf_opt(cf_handle(raw, CHECKPOINTS)?, ro);
         it.seek_for_prev(key(channel, u64::MAX));
         let out = match it.item() {
             Some((k, v)) if k.starts_with(&prefix) && k.len() == prefix.len() + 8 => {
@@ -187,7 +196,7 @@ impl CheckpointLog {
     pub fn get(&self, channel: &str, number: u64) -> Result<Option<Checkpoint>> {
         let raw = self.db.raw();
         let k = key(channel, number);
-        match raw.get_pinned_cf(cf_handle(raw, Cf::Checkpoints)?, &k)? {
+        match raw.get_pinned_cf(cf_handle(raw, CHECKPOINTS)?, &k)? {
             Some(v) => decode(channel, &k, &v).map(Some),
             None => Ok(None),
         }
@@ -213,7 +222,7 @@ impl CheckpointLog {
             None => upper.extend_from_slice(&[0xff; 9]),
         }
         ro.set_iterate_upper_bound(upper);
-        let mut it = raw.raw_iterator_cf_opt(cf_handle(raw, Cf::Checkpoints)?, ro);
+        let mut it = raw.raw_iterator_cf_opt(cf_handle(raw, CHECKPOINTS)?, ro);
         it.seek(key(channel, from));
         while let Some((k, v)) = it.item() {
             if out.len() >= limit {
@@ -252,10 +261,10 @@ impl CheckpointLog {
             let n = self
                 .db
                 .write(move |round| {
-                    let entries = round.scan_range(Cf::Checkpoints, &lower, &upper, CHUNK)?;
+                    let entries = round.scan_range(CHECKPOINTS, &lower, &upper, CHUNK)?;
                     let n = entries.len() as u64;
                     for (k, _) in entries {
-                        round.delete(Cf::Checkpoints, k);
+                        round.delete(CHECKPOINTS, k);
                     }
                     Ok(n)
                 })
@@ -281,14 +290,14 @@ fn stage_append(
     let mut upper = prefix.clone();
     upper.extend_from_slice(&[0xff; 9]);
     let last = round
-        .last_in_range(Cf::Checkpoints, &prefix, &upper)?
+        .last_in_range(CHECKPOINTS, &prefix, &upper)?
         .map(|(k, v)| decode(channel, &k, &v))
         .transpose()?;
     match &last {
         Some(l) if block.number <= l.number => {
             // Offered again: the same block is a no-op, another one a conflict.
             let k = key(channel, block.number);
-            if let Some(bytes) = round.get(Cf::Checkpoints, &k)? {
+            if let Some(bytes) = round.get(CHECKPOINTS, &k)? {
                 let stored = decode(channel, &k, &bytes)?;
                 if stored.header_hash == block.header_hash
                     && stored.previous_hash == block.previous_hash
@@ -336,11 +345,7 @@ fn stage_append(
         applied_at_ms: ms,
     };
     failpoint_append()?;
-    round.put(
-        Cf::Checkpoints,
-        key(channel, checkpoint.number),
-        encode_v1(&pb),
-    );
+    round.put(CHECKPOINTS, key(channel, checkpoint.number), encode_v1(&pb));
     Ok(AppendOutcome::Appended(checkpoint))
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::outbox::{CommandId, Status};
+use crate::types::{CommandId, Status};
 
 /// What went wrong in `gxd-storage`.
 ///
@@ -146,23 +146,33 @@ pub enum CheckpointRefusal {
     },
 }
 
-/// Coarse classes of [`StorageError`], for mapping onto HTTP statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The class of a [`StorageError`], from [`StorageError::kind`]: the one classification of
+/// storage errors, for the API to map onto HTTP statuses (problem+json) in one place.
+///
+/// Deliberately exhaustive (no `#[non_exhaustive]`): a `match` on it names every class, so
+/// a class added here fails to compile at that mapping instead of falling into a default.
+/// The statuses below are what each class means to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// 404.
+    /// 404: the thing looked up does not exist ([`StorageError::NotFound`]).
     NotFound,
-    /// 409: idempotency conflict, illegal transition, busy partition, refused checkpoint.
+    /// 409: the request contradicts what is stored — an idempotency key reused with another
+    /// request, an illegal transition, a busy partition, a refused checkpoint
+    /// ([`StorageError::Conflict`], [`StorageError::IllegalTransition`],
+    /// [`StorageError::PartitionBusy`], [`StorageError::CheckpointRefused`]).
     Conflict,
-    /// 400/422.
+    /// 400/422: input the storage layer cannot accept ([`StorageError::InvalidInput`]).
     InvalidInput,
-    /// 503: retry later.
+    /// 503: retry later — I/O error, full disk, writer stopped, database locked; nothing
+    /// was half-written ([`StorageError::Unavailable`], [`StorageError::Locked`]).
     Unavailable,
-    /// 500: the database needs an operator.
+    /// 500: the database needs an operator — a corrupt record or a newer on-disk format
+    /// ([`StorageError::Corrupt`], [`StorageError::UnsupportedFormat`]).
     Corrupt,
 }
 
 impl StorageError {
-    /// The class of this error.
+    /// The class of this error (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
             StorageError::NotFound { .. } => ErrorKind::NotFound,

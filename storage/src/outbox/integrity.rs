@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::record::{decode_command, decode_idempotency};
-use super::{CommandId, Status, StatusCounts, due_ms, keys};
-use crate::db::{Cf, RawDb, cf_handle, decode_u64};
+use super::{CommandId, Status, StatusCounts, cf, due_ms, keys};
+use crate::db::{Cf, META, RawDb, cf_handle, decode_u64};
 use crate::error::Result;
 
 /// What [`super::Outbox::verify_integrity`] found.
@@ -74,7 +74,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     // Records.
     let mut commands: HashMap<CommandId, Summary> = HashMap::new();
     let mut decode_problems = Vec::new();
-    scan(raw, &snapshot, Cf::Commands, |k, v| {
+    scan(raw, &snapshot, cf::COMMANDS, |k, v| {
         match decode_command(k, v) {
             Ok(c) => {
                 commands.insert(
@@ -101,7 +101,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     }
 
     // Counters.
-    let meta = cf_handle(raw, Cf::Meta)?;
+    let meta = cf_handle(raw, META)?;
     for s in Status::ALL {
         let key = keys::meta_count(s);
         let stored = match snapshot.get_pinned_cf(meta, &key)? {
@@ -123,7 +123,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     // Status index.
     let mut status_entries: HashSet<(Status, CommandId)> = HashSet::new();
     let mut problems = Vec::new();
-    scan(raw, &snapshot, Cf::Status, |k, _| {
+    scan(raw, &snapshot, cf::STATUS, |k, _| {
         let parsed = keys::status_id(k)
             .ok()
             .and_then(|id| Status::from_code(k[0]).map(|s| (s, id)));
@@ -152,7 +152,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
 
     // Partition queues.
     let mut queues: BTreeMap<String, Vec<(u64, CommandId)>> = BTreeMap::new();
-    scan(raw, &snapshot, Cf::PartitionQueue, |k, v| {
+    scan(raw, &snapshot, cf::PARTITION_QUEUE, |k, v| {
         let Ok((partition, seq)) = keys::split_partition_queue(k) else {
             problems.push(format!("partition queue: bad key {}", hex::encode(k)));
             return;
@@ -216,7 +216,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
         }
     }
     let mut due_entries: HashSet<(u64, CommandId)> = HashSet::new();
-    scan(raw, &snapshot, Cf::Due, |k, _| match keys::split_due(k) {
+    scan(raw, &snapshot, cf::DUE, |k, _| match keys::split_due(k) {
         Ok(entry) => {
             if !expected_due.contains(&entry) {
                 problems.push(format!(
@@ -242,7 +242,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     scan(
         raw,
         &snapshot,
-        Cf::Idempotency,
+        cf::IDEMPOTENCY,
         |k, v| match decode_idempotency(k, v) {
             Ok(e) => {
                 match commands.get(&e.command_id) {
@@ -286,7 +286,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     scan(
         raw,
         &snapshot,
-        Cf::IdemExpiry,
+        cf::IDEM_EXPIRY,
         |k, _| match keys::split_idem_expiry(k) {
             Ok((created, ikey)) => {
                 expiry_seen += 1;

@@ -66,11 +66,12 @@
 //! write round so it never holds up enqueues. FAILED commands are kept until an operator
 //! requeues them.
 
+pub(crate) mod cf;
 mod integrity;
 mod keys;
+mod partitions;
 pub mod record;
 
-use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,136 +79,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
+pub use crate::types::{CommandId, Status};
 pub use integrity::IntegrityReport;
 
-use crate::db::{Cf, Db, Round, cf_handle, decode_u64};
+use crate::db::{Db, META, Registration, Round, Schema, cf_handle, decode_u64};
 use crate::error::{Result, StorageError};
 use record::{IdempotencyEntry, decode_command, decode_idempotency, encode_command};
 
-/// A command id: a UUIDv7, so ids sort by acceptance time (keys are big-endian bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CommandId(Uuid);
-
-impl CommandId {
-    /// A new time-ordered id (monotonic within the process).
-    pub fn new_v7() -> Self {
-        CommandId(Uuid::now_v7())
-    }
-
-    /// The id's 16 bytes.
-    pub fn to_bytes(self) -> [u8; 16] {
-        *self.0.as_bytes()
-    }
-
-    /// An id from 16 bytes; `None` for any other length.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        Uuid::from_slice(bytes).ok().map(CommandId)
-    }
-
-    /// The UUID.
-    pub fn as_uuid(&self) -> &Uuid {
-        &self.0
-    }
-
-    /// The millisecond timestamp of a v7 id (0 for other versions).
-    pub fn timestamp_ms(&self) -> u64 {
-        let b = self.0.as_bytes();
-        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
-    }
-}
-
-impl From<Uuid> for CommandId {
-    fn from(u: Uuid) -> Self {
-        CommandId(u)
-    }
-}
-
-impl fmt::Display for CommandId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for CommandId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(CommandId)
-    }
-}
-
-/// Status of a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    /// Accepted, waiting for (another) attempt.
-    Pending,
-    /// Endorsed and signed: transaction id and signed bytes stored. In flight.
-    Prepared,
-    /// Sent for ordering, waiting for its commit status. In flight.
-    Submitted,
-    /// Committed valid on the ledger (terminal).
-    Committed,
-    /// Dead letter: gave up, with its reason. Requeue sends it again.
-    Failed,
-}
-
-impl Status {
-    /// All statuses.
-    pub const ALL: [Status; 5] = [
-        Status::Pending,
-        Status::Prepared,
-        Status::Submitted,
-        Status::Committed,
-        Status::Failed,
-    ];
-
-    /// Stable on-disk code.
-    pub fn code(self) -> u8 {
-        match self {
-            Status::Pending => 1,
-            Status::Prepared => 2,
-            Status::Submitted => 3,
-            Status::Committed => 4,
-            Status::Failed => 5,
-        }
-    }
-
-    /// The status of an on-disk code.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Status::ALL.into_iter().find(|s| s.code() == code)
-    }
-
-    /// Upper-case name, as in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::Prepared => "PREPARED",
-            Status::Submitted => "SUBMITTED",
-            Status::Committed => "COMMITTED",
-            Status::Failed => "FAILED",
-        }
-    }
-
-    /// PREPARED or SUBMITTED.
-    pub fn is_in_flight(self) -> bool {
-        matches!(self, Status::Prepared | Status::Submitted)
-    }
-
-    /// In its partition's queue: PENDING, PREPARED or SUBMITTED.
-    pub fn is_queued(self) -> bool {
-        matches!(self, Status::Pending | Status::Prepared | Status::Submitted)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
+/// A status by its name, any case (API and CLI input); an unknown one is
+/// [`StorageError::InvalidInput`]. (Here rather than beside [`Status`], which must not
+/// depend on the error type.)
 impl FromStr for Status {
     type Err = StorageError;
     fn from_str(s: &str) -> Result<Self> {
@@ -469,6 +351,13 @@ pub struct PurgeReport {
     pub idempotency_keys_removed: u64,
 }
 
+/// What the outbox keeps in the database: its column families ([`cf`]) and, on the writer
+/// thread, the length of every partition queue ([`partitions`]).
+pub(crate) const SCHEMA: Schema = Schema {
+    families: cf::ALL,
+    extensions: &[Registration::of::<partitions::PartitionLengths>()],
+};
+
 /// Longest tenant, request id (bytes).
 const MAX_ID_BYTES: usize = 256;
 /// Longest command type.
@@ -651,7 +540,7 @@ impl Outbox {
     pub fn get(&self, id: CommandId) -> Result<Command> {
         let raw = self.db.raw();
         let key = keys::command(id);
-        match raw.get_pinned_cf(cf_handle(raw, Cf::Commands)?, key)? {
+        match raw.get_pinned_cf(cf_handle(raw, cf::COMMANDS)?, key)? {
             Some(bytes) => decode_command(&key, &bytes),
             None => Err(not_found(id)),
         }
@@ -662,12 +551,12 @@ impl Outbox {
         let raw = self.db.raw();
         let snapshot = raw.snapshot();
         let ikey = keys::idempotency(tenant, request_id);
-        let Some(bytes) = snapshot.get_pinned_cf(cf_handle(raw, Cf::Idempotency)?, &ikey)? else {
+        let Some(bytes) = snapshot.get_pinned_cf(cf_handle(raw, cf::IDEMPOTENCY)?, &ikey)? else {
             return Ok(None);
         };
         let entry = decode_idempotency(&ikey, &bytes)?;
         let key = keys::command(entry.command_id);
-        match snapshot.get_pinned_cf(cf_handle(raw, Cf::Commands)?, key)? {
+        match snapshot.get_pinned_cf(cf_handle(raw, cf::COMMANDS)?, key)? {
             Some(bytes) => decode_command(&key, &bytes).map(Some),
             None => Err(StorageError::corrupt(
                 "idempotency",
@@ -697,7 +586,7 @@ impl Outbox {
         };
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(upper.to_vec());
-        let mut it = snapshot.raw_iterator_cf_opt(cf_handle(raw, Cf::Status)?, ro);
+        let mut it = snapshot.raw_iterator_cf_opt(cf_handle(raw, cf::STATUS)?, ro);
         it.seek(&start);
         let mut ids = Vec::new();
         // One more than asked tells whether there is a next page.
@@ -722,7 +611,7 @@ impl Outbox {
     /// Counts per status (maintained in the same batches as the changes).
     pub fn counts(&self) -> Result<StatusCounts> {
         let raw = self.db.raw();
-        let meta = cf_handle(raw, Cf::Meta)?;
+        let meta = cf_handle(raw, META)?;
         let snapshot = raw.snapshot();
         let mut counts = StatusCounts::default();
         for s in Status::ALL {
@@ -743,7 +632,7 @@ impl Outbox {
         let now_ms = due_ms(now);
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(now_ms.saturating_add(1).to_be_bytes().to_vec());
-        let mut it = snapshot.raw_iterator_cf_opt(cf_handle(raw, Cf::Due)?, ro);
+        let mut it = snapshot.raw_iterator_cf_opt(cf_handle(raw, cf::DUE)?, ro);
         it.seek_to_first();
         let mut ids = Vec::new();
         while let Some(key) = it.key() {
@@ -777,7 +666,7 @@ fn load_many(
     snapshot: &rocksdb::SnapshotWithThreadMode<'_, crate::db::RawDb>,
     ids: &[CommandId],
 ) -> Result<Vec<Command>> {
-    let cf = cf_handle(raw, Cf::Commands)?;
+    let cf = cf_handle(raw, cf::COMMANDS)?;
     let keys: Vec<[u8; 16]> = ids.iter().map(|id| keys::command(*id)).collect();
     let values = snapshot.multi_get_cf(keys.iter().map(|k| (cf, k)));
     let mut out = Vec::with_capacity(ids.len());
@@ -877,7 +766,7 @@ macro_rules! failpoint {
 
 fn load(round: &Round<'_>, id: CommandId) -> Result<Command> {
     let key = keys::command(id);
-    match round.get(Cf::Commands, &key)? {
+    match round.get(cf::COMMANDS, &key)? {
         Some(bytes) => decode_command(&key, &bytes),
         None => Err(not_found(id)),
     }
@@ -885,7 +774,7 @@ fn load(round: &Round<'_>, id: CommandId) -> Result<Command> {
 
 fn store(round: &mut Round<'_>, c: &Command) {
     round.put(
-        Cf::Commands,
+        cf::COMMANDS,
         keys::command(c.id).to_vec(),
         encode_command(c),
     );
@@ -893,14 +782,14 @@ fn store(round: &mut Round<'_>, c: &Command) {
 
 fn add_count(round: &mut Round<'_>, status: Status, delta: i64) -> Result<()> {
     let key = keys::meta_count(status);
-    let current = match round.get(Cf::Meta, &key)? {
+    let current = match round.get(META, &key)? {
         Some(bytes) => decode_u64("meta", &key, &bytes)?,
         None => 0,
     };
     let next = current
         .checked_add_signed(delta)
         .ok_or_else(|| StorageError::corrupt("meta", &key, "status counter would go negative"))?;
-    round.put(Cf::Meta, key, next.to_be_bytes().to_vec());
+    round.put(META, key, next.to_be_bytes().to_vec());
     Ok(())
 }
 
@@ -908,19 +797,19 @@ fn move_status(round: &mut Round<'_>, id: CommandId, from: Status, to: Status) -
     if from == to {
         return Ok(());
     }
-    round.delete(Cf::Status, keys::status(from, id).to_vec());
-    round.put(Cf::Status, keys::status(to, id).to_vec(), Vec::new());
+    round.delete(cf::STATUS, keys::status(from, id).to_vec());
+    round.put(cf::STATUS, keys::status(to, id).to_vec(), Vec::new());
     add_count(round, from, -1)?;
     add_count(round, to, 1)
 }
 
 fn next_seq(round: &mut Round<'_>) -> Result<u64> {
-    let seq = match round.get(Cf::Meta, keys::META_NEXT_SEQ)? {
+    let seq = match round.get(META, keys::META_NEXT_SEQ)? {
         Some(bytes) => decode_u64("meta", keys::META_NEXT_SEQ, &bytes)?,
         None => 1,
     };
     round.put(
-        Cf::Meta,
+        META,
         keys::META_NEXT_SEQ.to_vec(),
         (seq + 1).to_be_bytes().to_vec(),
     );
@@ -930,7 +819,7 @@ fn next_seq(round: &mut Round<'_>) -> Result<u64> {
 /// The first queued command of a partition: (queue key, id).
 fn partition_head(round: &Round<'_>, partition: &str) -> Result<Option<(Vec<u8>, CommandId)>> {
     let (lower, upper) = keys::partition_range(partition);
-    match round.first_in_range(Cf::PartitionQueue, &lower, &upper)? {
+    match round.first_in_range(cf::PARTITION_QUEUE, &lower, &upper)? {
         Some((key, value)) => {
             let id = CommandId::from_slice(&value).ok_or_else(|| {
                 StorageError::corrupt("partition_queue", &key, "value is not a command id")
@@ -956,7 +845,7 @@ fn promote_head(round: &mut Round<'_>, partition: &str) -> Result<()> {
             ));
         }
         round.put(
-            Cf::Due,
+            cf::DUE,
             keys::due(due_ms(head.next_attempt_at), id).to_vec(),
             Vec::new(),
         );
@@ -970,8 +859,8 @@ fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
     let my_key = keys::partition_queue(&c.partition_key, c.queue_seq);
     // In flight means head; a PENDING command is the head iff it is in the due index.
     let due_key = keys::due(due_ms(c.next_attempt_at), c.id);
-    let is_head = c.status.is_in_flight() || round.contains(Cf::Due, &due_key)?;
-    if !round.contains(Cf::PartitionQueue, &my_key)? {
+    let is_head = c.status.is_in_flight() || round.contains(cf::DUE, &due_key)?;
+    if !round.contains(cf::PARTITION_QUEUE, &my_key)? {
         return Err(StorageError::corrupt(
             "partition_queue",
             &my_key,
@@ -981,11 +870,11 @@ fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
             ),
         ));
     }
-    round.delete(Cf::PartitionQueue, my_key);
-    round.adjust_partition(keys::partition_prefix(&c.partition_key), -1);
+    round.delete(cf::PARTITION_QUEUE, my_key);
+    partitions::adjust(round, keys::partition_prefix(&c.partition_key), -1)?;
     if is_head {
         if c.status == Status::Pending {
-            round.delete(Cf::Due, due_key.to_vec());
+            round.delete(cf::DUE, due_key.to_vec());
         }
         promote_head(round, &c.partition_key)?;
     }
@@ -1006,7 +895,7 @@ fn stage_enqueue(
     digest: [u8; 32],
 ) -> Result<EnqueueOutcome> {
     let ikey = keys::idempotency(&new.tenant, &new.request_id);
-    if let Some(bytes) = round.get(Cf::Idempotency, &ikey)? {
+    if let Some(bytes) = round.get(cf::IDEMPOTENCY, &ikey)? {
         let entry = decode_idempotency(&ikey, &bytes)?;
         if entry.payload_digest != digest {
             return Err(StorageError::Conflict {
@@ -1036,7 +925,7 @@ fn stage_enqueue(
     let id = CommandId::new_v7();
     let seq = next_seq(round)?;
     let partition = keys::partition_prefix(&new.partition_key);
-    let partition_empty = round.partition_len(&partition) == 0;
+    let partition_empty = partitions::len(round, &partition)? == 0;
     let command = Command {
         id,
         tenant: new.tenant,
@@ -1070,24 +959,28 @@ fn stage_enqueue(
         created_at_ms: now.timestamp_millis(),
     };
     round.put(
-        Cf::Idempotency,
+        cf::IDEMPOTENCY,
         ikey.clone(),
         record::encode_idempotency(&entry),
     );
-    round.put(Cf::IdemExpiry, keys::idem_expiry(now_ms, &ikey), Vec::new());
     round.put(
-        Cf::Status,
+        cf::IDEM_EXPIRY,
+        keys::idem_expiry(now_ms, &ikey),
+        Vec::new(),
+    );
+    round.put(
+        cf::STATUS,
         keys::status(Status::Pending, id).to_vec(),
         Vec::new(),
     );
     round.put(
-        Cf::PartitionQueue,
+        cf::PARTITION_QUEUE,
         keys::partition_queue(&command.partition_key, seq),
         id.to_bytes().to_vec(),
     );
-    round.adjust_partition(partition, 1);
+    partitions::adjust(round, partition, 1)?;
     if partition_empty {
-        round.put(Cf::Due, keys::due(now_ms, id).to_vec(), Vec::new());
+        round.put(cf::DUE, keys::due(now_ms, id).to_vec(), Vec::new());
     }
     add_count(round, Status::Pending, 1)?;
     failpoint!("storage::outbox::enqueue::staged");
@@ -1119,7 +1012,7 @@ fn stage_prepared(
         return Err(illegal(&c, Status::Prepared));
     }
     let due_key = keys::due(due_ms(c.next_attempt_at), id);
-    if !round.contains(Cf::Due, &due_key)? {
+    if !round.contains(cf::DUE, &due_key)? {
         let head = partition_head(round, &c.partition_key)?.map(|(_, h)| h);
         return Err(StorageError::PartitionBusy {
             id,
@@ -1127,7 +1020,7 @@ fn stage_prepared(
             head,
         });
     }
-    round.delete(Cf::Due, due_key.to_vec());
+    round.delete(cf::DUE, due_key.to_vec());
     failpoint!("storage::outbox::transition::after_index");
     let now = now();
     c.status = Status::Prepared;
@@ -1195,13 +1088,13 @@ fn stage_retry(
     match from {
         Status::Pending => {
             let old_due = keys::due(due_ms(c.next_attempt_at), id);
-            if round.contains(Cf::Due, &old_due)? {
-                round.delete(Cf::Due, old_due.to_vec());
-                round.put(Cf::Due, new_due, Vec::new());
+            if round.contains(cf::DUE, &old_due)? {
+                round.delete(cf::DUE, old_due.to_vec());
+                round.put(cf::DUE, new_due, Vec::new());
             }
         }
         // In flight, hence the head of its partition: due again at the new time.
-        Status::Prepared | Status::Submitted => round.put(Cf::Due, new_due, Vec::new()),
+        Status::Prepared | Status::Submitted => round.put(cf::DUE, new_due, Vec::new()),
         Status::Committed | Status::Failed => return Err(illegal(&c, Status::Pending)),
     }
     failpoint!("storage::outbox::transition::after_index");
@@ -1272,15 +1165,15 @@ fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Re
     let now = now();
     let seq = next_seq(round)?;
     let partition = keys::partition_prefix(&c.partition_key);
-    let partition_empty = round.partition_len(&partition) == 0;
+    let partition_empty = partitions::len(round, &partition)? == 0;
     round.put(
-        Cf::PartitionQueue,
+        cf::PARTITION_QUEUE,
         keys::partition_queue(&c.partition_key, seq),
         id.to_bytes().to_vec(),
     );
-    round.adjust_partition(partition, 1);
+    partitions::adjust(round, partition, 1)?;
     if partition_empty {
-        round.put(Cf::Due, keys::due(due_ms(now), id).to_vec(), Vec::new());
+        round.put(cf::DUE, keys::due(due_ms(now), id).to_vec(), Vec::new());
     }
     failpoint!("storage::outbox::transition::after_index");
     let entry = AttemptRecord {
@@ -1327,7 +1220,7 @@ fn stage_purge_committed(
     let mut upper = vec![Status::Committed.code()];
     let cutoff_u = u64::try_from(cutoff_ms).unwrap_or(0);
     upper.extend_from_slice(&cutoff_u.to_be_bytes()[2..]);
-    let entries = round.scan_range(Cf::Status, &start, &upper, limit)?;
+    let entries = round.scan_range(cf::STATUS, &start, &upper, limit)?;
     let next = if entries.len() == limit {
         entries
             .last()
@@ -1349,17 +1242,17 @@ fn stage_purge_committed(
         if committed_at.timestamp_millis() >= cutoff_ms {
             continue;
         }
-        round.delete(Cf::Commands, keys::command(id).to_vec());
-        round.delete(Cf::Status, key);
+        round.delete(cf::COMMANDS, keys::command(id).to_vec());
+        round.delete(cf::STATUS, key);
         add_count(round, Status::Committed, -1)?;
         report.commands_removed += 1;
         let ikey = keys::idempotency(&c.tenant, &c.request_id);
-        if let Some(bytes) = round.get(Cf::Idempotency, &ikey)? {
+        if let Some(bytes) = round.get(cf::IDEMPOTENCY, &ikey)? {
             let entry = decode_idempotency(&ikey, &bytes)?;
             if entry.command_id == id {
-                round.delete(Cf::Idempotency, ikey.clone());
+                round.delete(cf::IDEMPOTENCY, ikey.clone());
                 let created = u64::try_from(entry.created_at_ms).unwrap_or(0);
-                round.delete(Cf::IdemExpiry, keys::idem_expiry(created, &ikey));
+                round.delete(cf::IDEM_EXPIRY, keys::idem_expiry(created, &ikey));
                 report.idempotency_keys_removed += 1;
             }
         }
@@ -1382,7 +1275,7 @@ fn stage_expire_idempotency(
         None => Vec::new(),
     };
     let upper = cutoff_ms.to_be_bytes();
-    let entries = round.scan_range(Cf::IdemExpiry, &start, &upper, limit)?;
+    let entries = round.scan_range(cf::IDEM_EXPIRY, &start, &upper, limit)?;
     let next = if entries.len() == limit {
         entries.last().map(|(k, _)| k.clone())
     } else {
@@ -1392,14 +1285,14 @@ fn stage_expire_idempotency(
     for (key, _) in entries {
         let (created, ikey) = keys::split_idem_expiry(&key)?;
         let ikey = ikey.to_vec();
-        let Some(bytes) = round.get(Cf::Idempotency, &ikey)? else {
+        let Some(bytes) = round.get(cf::IDEMPOTENCY, &ikey)? else {
             // Expiry entry without its key: drop it.
-            round.delete(Cf::IdemExpiry, key);
+            round.delete(cf::IDEM_EXPIRY, key);
             continue;
         };
         let entry = decode_idempotency(&ikey, &bytes)?;
         if u64::try_from(entry.created_at_ms).unwrap_or(0) != created {
-            round.delete(Cf::IdemExpiry, key);
+            round.delete(cf::IDEM_EXPIRY, key);
             continue;
         }
         let releasable = match load(round, entry.command_id) {
@@ -1408,8 +1301,8 @@ fn stage_expire_idempotency(
             Err(e) => return Err(e),
         };
         if releasable {
-            round.delete(Cf::Idempotency, ikey);
-            round.delete(Cf::IdemExpiry, key);
+            round.delete(cf::IDEMPOTENCY, ikey);
+            round.delete(cf::IDEM_EXPIRY, key);
             removed += 1;
         }
     }

@@ -1,0 +1,34 @@
+//! The outbox's column families (their key layouts are in [`super::keys`]); the outbox's
+//! counters and sequence numbers live in the database's [`crate::db::META`] family under
+//! `outbox/` keys.
+
+use crate::db::{Cf, Usage};
+
+/// Command id (16 bytes, UUIDv7 big-endian) → command record.
+pub(crate) const COMMANDS: Cf = Cf::new("commands", Usage::Records);
+
+/// (tenant, request id) → idempotency record.
+pub(crate) const IDEMPOTENCY: Cf = Cf::new("idempotency", Usage::Lookups);
+
+/// (created ms, tenant, request id) → empty: idempotency keys in age order, for expiry.
+pub(crate) const IDEM_EXPIRY: Cf = Cf::new("idempotency_expiry", Usage::Queue);
+
+/// (status, command id) → empty: commands by status in id (= time) order.
+pub(crate) const STATUS: Cf = Cf::new("status_index", Usage::Queue);
+
+/// (partition, queue sequence) → command id: the queued (not yet committed or failed)
+/// commands of each partition, in acceptance order.
+pub(crate) const PARTITION_QUEUE: Cf = Cf::new("partition_queue", Usage::Queue);
+
+/// (due ms, command id) → empty: the dispatchable head of each partition.
+pub(crate) const DUE: Cf = Cf::new("due_index", Usage::Queue);
+
+/// The outbox's families, in the order they are registered.
+pub(super) const ALL: &[Cf] = &[
+    COMMANDS,
+    IDEMPOTENCY,
+    IDEM_EXPIRY,
+    STATUS,
+    PARTITION_QUEUE,
+    DUE,
+];
