@@ -3,7 +3,9 @@
 //! tests keep its rules).
 //!
 //! - Crates import downward only ([`LAYERS`]): storage and fabric are leaves and do not
-//!   know each other; the devnet builds on fabric; the API on storage; the daemon on all.
+//!   know each other; GX's domain crate builds on storage (its read models); the devnet on
+//!   fabric and GX; the engine on storage and fabric — and knows no GX; the API on storage
+//!   and GX; the daemon, the composition root, on all.
 //! - Only the crates in [`OWNERS`] may depend on a technology's crates: only `fabric/`
 //!   (and its devnet) knows tonic and Fabric's protos, only `api/` knows axum, only
 //!   `storage/` knows PostgreSQL, only `storage/` knows RocksDB — with the devnet's ledger

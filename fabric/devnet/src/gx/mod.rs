@@ -45,7 +45,7 @@
 //! `GetWallet` reports the attributed `mspId`, and the next write of the wallet (paying into
 //! it counts) stores it. Users and proposals are unchanged in format.
 
-pub mod contract;
+pub use gxd_gx::contract;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,13 @@
+//! gxd's engine: turns accepted commands into ledger transactions (the [`submitter`]) and
+//! ledger blocks into read models (the projector). It knows nothing of GX: a
+//! [`catalog::CommandCatalog`] maps command types to chaincode transactions, and projection
+//! handlers map chaincode events to read-model writes; the daemon plugs GX's in.
+//!
+//! - [`backoff`]: exponential backoff with full jitter, bounded.
+//! - [`catalog`]: the command catalog seam.
+//! - [`submitter`]: claims due commands from the outbox and brings each to the ledger
+//!   exactly once (the resolution rule is documented there).
+
+pub mod backoff;
+pub mod catalog;
+pub mod submitter;

@@ -1,0 +1,11 @@
+//! The GX domain, as gxd's parts share it (../shared/BRIEF.md "The GX domain").
+//!
+//! - [`contract`]: the chaincode's contract — function and event names, one serde type per
+//!   event payload and query result. The chaincode (in the devnet, and served to a real
+//!   network) emits with these types; the projector decodes with them. It is the source of
+//!   truth of the README's "The GX chaincode contract" table.
+//!
+//! The engine (outbox, submitter, projector) knows nothing of GX; everything GX-specific
+//! that plugs into it lives here or depends on this crate.
+
+pub mod contract;
