@@ -21,11 +21,20 @@ use serde_json::Value;
 const LAYERS: &[(&str, &[&str])] = &[
     ("gxd-storage", &[]),
     ("gxd-fabric", &[]),
-    ("gxd-devnet", &["gxd-fabric"]),
-    ("gxd-api", &["gxd-storage"]),
+    ("gxd-gx", &["gxd-storage"]),
+    ("gxd-devnet", &["gxd-fabric", "gxd-gx"]),
+    ("gxd-engine", &["gxd-storage", "gxd-fabric"]),
+    ("gxd-api", &["gxd-storage", "gxd-gx"]),
     (
         "gxd",
-        &["gxd-storage", "gxd-fabric", "gxd-devnet", "gxd-api"],
+        &[
+            "gxd-storage",
+            "gxd-fabric",
+            "gxd-gx",
+            "gxd-devnet",
+            "gxd-engine",
+            "gxd-api",
+        ],
     ),
 ];
 
