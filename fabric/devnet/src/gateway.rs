@@ -10,6 +10,10 @@
 //! | endorser refuses (bad signature, unknown CA, bad tx id, duplicate tx id) | FAILED_PRECONDITION + detail | ABORTED + detail |
 //! | chaincode error | UNKNOWN + detail `chaincode response 500, <message>` | ABORTED + detail `chaincode response 500, <message>` |
 //!
+//! Endorse with `endorsing_organizations`: only those orgs' peers endorse; an org without a
+//! peer for the channel and chaincode → UNAVAILABLE `failed to find any endorsing peers for
+//! org(s): …` (Fabric's `registry.planForOrgs`).
+//!
 //! Submit: unsigned → INVALID_ARGUMENT; refused by the orderer (bad signature or creator:
 //! FORBIDDEN; malformed: BAD_REQUEST; wrong channel: NOT_FOUND; too large:
 //! REQUEST_ENTITY_TOO_LARGE) → ABORTED `received unsuccessful response from orderer: status=…, info=…`.

@@ -243,7 +243,8 @@ async fn malformed_transactions_get_fabric_validation_codes() {
     let read = ["GetWallet", "treasury"];
 
     type Mutation = Box<dyn FnOnce(&mut Payload)>;
-    let header_mut = |f: Box<dyn Fn(&mut ChannelHeader, &mut SignatureHeader)>| -> Mutation {
+    type HeaderEdit = Box<dyn Fn(&mut ChannelHeader, &mut SignatureHeader)>;
+    let header_mut = |f: HeaderEdit| -> Mutation {
         Box::new(move |p: &mut Payload| {
             let h = p.header.as_mut().unwrap();
             let mut chdr = ChannelHeader::decode(h.channel_header.as_slice()).unwrap();
