@@ -1,6 +1,6 @@
 //! Block construction for the devnet's ordering service and committer: the genesis
 //! (channel configuration) block, block headers and hashes, metadata (orderer signature,
-//! last config, transactions filter), and reading transactions and chaincode events back
+//! last config, transactions filter, commit hash), and reading transactions and chaincode events back
 //! out of blocks (for CommitStatus, ChaincodeEvents and DeliverFiltered).
 
 use gxd_fabric::block::{block_data_hash, block_header_bytes};
@@ -97,6 +97,116 @@ pub fn finish_block(
     Ok(())
 }
 
+/// One entry of Fabric's commit-hash update batch (`core/ledger/kvledger/txmgmt/txmgr`
+/// `updates.proto`, message `KVWrite`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct CommitHashKvWrite {
+    #[prost(string, tag = "1")]
+    namespace: String,
+    #[prost(string, tag = "2")]
+    collection: String,
+    #[prost(bytes = "vec", tag = "3")]
+    key: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    is_delete: bool,
+    #[prost(bytes = "vec", tag = "5")]
+    value: Vec<u8>,
+    #[prost(bytes = "vec", tag = "6")]
+    version_bytes: Vec<u8>,
+}
+
+/// Fabric's `Updates` message (`updates.proto`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct CommitHashUpdates {
+    #[prost(message, repeated, tag = "1")]
+    kvwrites: Vec<CommitHashKvWrite>,
+}
+
+/// Fabric's `util.EncodeOrderPreservingVarUint64`: one length byte, then the big-endian
+/// bytes without leading zeros (0 → `[0]`).
+fn order_preserving_varint(n: u64) -> Vec<u8> {
+    let be = n.to_be_bytes();
+    let skip = be.iter().take_while(|b| **b == 0).count();
+    let mut out = Vec::with_capacity(1 + be.len() - skip);
+    out.push(u8::try_from(be.len() - skip).unwrap_or(0));
+    out.extend_from_slice(&be[skip..]);
+    out
+}
+
+/// Fabric's `deterministicBytesForPubAndHashUpdates` for public writes only: the block's
+/// update batch (the last write of each key by a valid transaction) sorted by namespace and
+/// key, the namespace named only on its first entry, each with its version
+/// (`version.Height.ToBytes`: block and tx number, order-preserving varints).
+pub fn update_batch_bytes(writes: &[super::ledger::StateWrite]) -> Vec<u8> {
+    use std::collections::BTreeMap;
+    let mut batch: BTreeMap<&str, BTreeMap<&str, &super::ledger::StateWrite>> = BTreeMap::new();
+    for w in writes {
+        batch
+            .entry(w.namespace.as_str())
+            .or_default()
+            .insert(w.key.as_str(), w);
+    }
+    let mut kvwrites = Vec::new();
+    for (ns, keys) in batch {
+        if ns.is_empty() {
+            continue;
+        }
+        for (i, (key, w)) in keys.into_iter().enumerate() {
+            let mut version_bytes = order_preserving_varint(w.version.block);
+            version_bytes.extend(order_preserving_varint(w.version.tx));
+            kvwrites.push(CommitHashKvWrite {
+                namespace: if i == 0 { ns.to_owned() } else { String::new() },
+                collection: String::new(),
+                key: key.as_bytes().to_vec(),
+                is_delete: w.value.is_none(),
+                value: w.value.clone().unwrap_or_default(),
+                version_bytes,
+            });
+        }
+    }
+    CommitHashUpdates { kvwrites }.encode_to_vec()
+}
+
+/// Fabric's `kvLedger.addBlockCommitHash`: SHA-256 over varint(len(filter)) ‖ the
+/// TRANSACTIONS_FILTER ‖ the update batch bytes ‖ the previous block's commit hash.
+/// The block's COMMIT_HASH metadata is `common.Metadata{value: hash}`.
+pub fn commit_hash(filter: &[u8], update_batch: &[u8], previous: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut len = Vec::new();
+    prost::encoding::encode_varint(filter.len() as u64, &mut len);
+    h.update(len);
+    h.update(filter);
+    h.update(update_batch);
+    h.update(previous);
+    h.finalize().to_vec()
+}
+
+/// Sets COMMIT_HASH metadata to `common.Metadata{value: hash}`.
+pub fn set_commit_hash(block: &mut Block, hash: &[u8]) {
+    let md = block.metadata.get_or_insert_with(BlockMetadata::default);
+    md.metadata.resize(METADATA_ENTRIES, Vec::new());
+    md.metadata[common::BlockMetadataIndex::CommitHash as usize] = Metadata {
+        value: hash.to_vec(),
+        signatures: Vec::new(),
+    }
+    .encode_to_vec();
+}
+
+/// The hash in a block's COMMIT_HASH metadata (empty if it has none, as the genesis block).
+pub fn commit_hash_of(block: &Block) -> Vec<u8> {
+    block
+        .metadata
+        .as_ref()
+        .and_then(|m| {
+            m.metadata
+                .get(common::BlockMetadataIndex::CommitHash as usize)
+        })
+        .and_then(|b| Metadata::decode(b.as_slice()).ok())
+        .map(|m| m.value)
+        .unwrap_or_default()
+}
+
 /// What the committer and the event services need to know about one transaction of a block.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TxSummary {
@@ -180,7 +290,10 @@ pub fn summarize(block: &Block) -> Vec<TxSummary> {
 }
 
 /// The DeliverFiltered view of a block: transaction ids, types, validation codes and
-/// chaincode events without their payloads.
+/// chaincode events without their payloads. As Fabric's `toFilteredActions`
+/// (`core/peer/deliverevents.go`), an endorser transaction's `TransactionActions` holds a
+/// `FilteredChaincodeAction` only for an action that has a chaincode event: a transaction
+/// without an event has empty `chaincode_actions`.
 pub fn filtered_block(channel_id: &str, block: &Block) -> FilteredBlock {
     let number = block.header.as_ref().map(|h| h.number).unwrap_or(0);
     let filtered_transactions = summarize(block)
@@ -188,12 +301,16 @@ pub fn filtered_block(channel_id: &str, block: &Block) -> FilteredBlock {
         .map(|tx| {
             let data = (tx.header_type == HeaderType::EndorserTransaction as i32).then(|| {
                 filtered_transaction::Data::TransactionActions(FilteredTransactionActions {
-                    chaincode_actions: vec![FilteredChaincodeAction {
-                        chaincode_event: tx.event.map(|e| ChaincodeEvent {
-                            payload: Vec::new(),
-                            ..e
-                        }),
-                    }],
+                    chaincode_actions: tx
+                        .event
+                        .map(|e| FilteredChaincodeAction {
+                            chaincode_event: Some(ChaincodeEvent {
+                                payload: Vec::new(),
+                                ..e
+                            }),
+                        })
+                        .into_iter()
+                        .collect(),
                 })
             });
             FilteredTransaction {

@@ -252,7 +252,12 @@ fn current_year() -> i32 {
     1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
 }
 
-fn dn(domain: &str, common_name: &str, ou: Option<&str>, with_org: bool) -> DistinguishedName {
+pub(crate) fn dn(
+    domain: &str,
+    common_name: &str,
+    ou: Option<&str>,
+    with_org: bool,
+) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CountryName, "US");
     dn.push(DnType::StateOrProvinceName, "California");

@@ -10,6 +10,10 @@
 //! | endorser refuses (bad signature, unknown CA, bad tx id, duplicate tx id) | FAILED_PRECONDITION + detail | ABORTED + detail |
 //! | chaincode error | UNKNOWN + detail `chaincode response 500, <message>` | ABORTED + detail `chaincode response 500, <message>` |
 //!
+//! Endorse with `endorsing_organizations`: only those orgs' peers endorse; an org without a
+//! peer for the channel and chaincode → UNAVAILABLE `failed to find any endorsing peers for
+//! org(s): …` (Fabric's `registry.planForOrgs`).
+//!
 //! Submit: unsigned → INVALID_ARGUMENT; refused by the orderer (bad signature or creator:
 //! FORBIDDEN; malformed: BAD_REQUEST; wrong channel: NOT_FOUND; too large:
 //! REQUEST_ENTITY_TOO_LARGE) → ABORTED `received unsuccessful response from orderer: status=…, info=…`.
@@ -27,7 +31,7 @@ use tonic::{Request, Response, Status};
 use super::blocks::summarize;
 use super::faults::{self, Disposition, Rpc};
 use super::node::Node;
-use super::peer::{Endorsed, Endorser, ProposalError, check_envelope};
+use super::peer::{Endorsed, Endorser, ProposalError, check_envelope, unpack};
 use gxd_fabric::proto::common::HeaderType;
 use gxd_fabric::proto::gateway::gateway_server::Gateway;
 use gxd_fabric::proto::gateway::{
@@ -64,12 +68,27 @@ impl GatewayService {
     }
 
     async fn process(&self, signed: SignedProposal) -> Result<Endorsed, ProposalError> {
+        self.process_by(signed, Vec::new()).await
+    }
+
+    /// [`Self::process`] endorsed by the peers of `orgs` only (all peers if empty).
+    async fn process_by(
+        &self,
+        signed: SignedProposal,
+        orgs: Vec<String>,
+    ) -> Result<Endorsed, ProposalError> {
         let node = Arc::clone(&self.node);
         tokio::task::spawn_blocking(move || {
+            let signers: Vec<_> = node
+                .peer_signers
+                .iter()
+                .filter(|s| orgs.is_empty() || orgs.iter().any(|o| o == s.msp_id()))
+                .cloned()
+                .collect();
             let endorser = Endorser {
                 channel: &node.channel,
                 msp: &node.msp,
-                signers: &node.peer_signers,
+                signers: &signers,
                 ledger: &node.ledger,
             };
             let snapshot = node.ledger.snapshot();
@@ -166,6 +185,46 @@ impl GatewayService {
         }
     }
 
+    /// The organizations whose peers endorse (Fabric's `registry.planForOrgs`): the listed
+    /// ones, each of which must have a peer of the channel with the chaincode, else
+    /// UNAVAILABLE `failed to find any endorsing peers for org(s): …`; all peer orgs when
+    /// the list is empty (the devnet's plan: every org endorses, which the MAJORITY policy
+    /// of two orgs needs). A client naming too few orgs gets ENDORSEMENT_POLICY_FAILURE at
+    /// commit, as on Fabric.
+    fn endorsing_orgs(
+        &self,
+        signed: &SignedProposal,
+        requested: Vec<String>,
+    ) -> Result<Vec<String>, Status> {
+        if requested.is_empty() {
+            return Ok(requested);
+        }
+        let up =
+            unpack(signed).map_err(|m| self.proposal_status(ProposalError::Malformed(m), false))?;
+        let channel = &self.node.channel;
+        let serves = up.channel_header.channel_id == channel.channel_id
+            && up.chaincode_name == channel.chaincode;
+        let missing: Vec<&str> = requested
+            .iter()
+            .filter(|org| {
+                !serves
+                    || !self
+                        .node
+                        .peer_signers
+                        .iter()
+                        .any(|s| s.msp_id() == org.as_str())
+            })
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Status::unavailable(format!(
+                "failed to find any endorsing peers for org(s): {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(requested)
+    }
+
     async fn drop_reply<T>(&self) -> Result<T, Status> {
         self.node.shutdown.cancelled().await;
         Err(Status::unavailable("devnet is shutting down"))
@@ -222,8 +281,9 @@ impl Gateway for GatewayService {
                 "the proposed transaction must contain a signed proposal",
             ));
         }
+        let orgs = self.endorsing_orgs(&signed, req.endorsing_organizations)?;
         let endorsed = self
-            .process(signed)
+            .process_by(signed, orgs)
             .await
             .map_err(|e| self.proposal_status(e, false))?;
         let tx_id = endorsed.unpacked.channel_header.tx_id.clone();

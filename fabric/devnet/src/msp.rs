@@ -231,7 +231,39 @@ impl MspManager {
         Ok(id)
     }
 
+    /// Deserializes and validates a `msp.SerializedIdentity` the way Fabric's committer does
+    /// (`creator.Validate()` in `core/common/validation`): the certificate chain is verified
+    /// as of the certificate's own notBefore + 1 s (`getValidityOptsForCert`, FAB-3678), so an
+    /// identity that has expired since it signed still validates.
+    pub fn deserialize_ignoring_expiry(&self, serialized: &[u8]) -> Result<Member, MspError> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(serialized)
+            .cloned();
+        if let Some(id) = cached {
+            return Ok(id);
+        }
+        let id = self.deserialize_at(serialized, None)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(serialized.to_vec(), id.clone());
+        Ok(id)
+    }
+
     fn deserialize_uncached(&self, serialized: &[u8]) -> Result<Member, MspError> {
+        self.deserialize_at(serialized, Some(SystemTime::now()))
+    }
+
+    /// `at`: the time the chain is verified at; `None` = the certificate's notBefore + 1 s.
+    fn deserialize_at(
+        &self,
+        serialized: &[u8],
+        at: Option<SystemTime>,
+    ) -> Result<Member, MspError> {
         let sid =
             SerializedIdentity::decode(serialized).map_err(|_| MspError::MalformedIdentity)?;
         let org = self
@@ -244,7 +276,11 @@ impl MspManager {
             _ => MspError::MalformedIdentity,
         })?;
         let cert = identity.certificate().map_err(bad_certificate)?;
-        cert_chains_to_parsed(&cert, &org.cas, SystemTime::now())
+        let at = at.unwrap_or_else(|| {
+            let not_before = cert.tbs_certificate.validity.not_before.to_unix_duration();
+            UNIX_EPOCH + not_before + std::time::Duration::from_secs(1)
+        });
+        cert_chains_to_parsed(&cert, &org.cas, at)
             .map_err(|e| MspError::from_chain(e, &org.msp_id))?;
         let validity = &cert.tbs_certificate.validity;
         Ok(Member {

@@ -82,6 +82,8 @@ pub struct OrdererParts {
 struct Tip {
     height: u64,
     last_header_hash: Vec<u8>,
+    /// The last block's COMMIT_HASH value (empty before block 1).
+    commit_hash: Vec<u8>,
 }
 
 /// Errors starting or running the node.
@@ -117,6 +119,7 @@ impl Node {
         let mut tip = Tip {
             height: ledger.height()?,
             last_header_hash: Vec::new(),
+            commit_hash: Vec::new(),
         };
         if tip.height == 0 {
             let mut block = genesis_block(genesis, &orderer_signer)?;
@@ -159,6 +162,7 @@ impl Node {
         let last = tip.height - 1;
         let bytes = ledger.block(last)?.ok_or(NodeError::CorruptBlock(last))?;
         let block = Block::decode(bytes.as_slice()).map_err(|_| NodeError::CorruptBlock(last))?;
+        tip.commit_hash = super::blocks::commit_hash_of(&block);
         let header = block.header.ok_or(NodeError::CorruptBlock(last))?;
         tip.last_header_hash = block_header_hash(&header).to_vec();
         let endorsing_orgs = msp
@@ -245,7 +249,16 @@ impl Node {
             let code = validator.validate(number, i as u64, env, &mut state)?;
             filter.push(u8::try_from(code as i32).unwrap_or(u8::MAX));
         }
+        // kvLedger.CommitLegacy: the commit hash chain starts at block 1 (after the genesis
+        // block) and goes on while the previous block had one.
+        let commit_hash = (number == 1 || !tip.commit_hash.is_empty()).then(|| {
+            let updates = super::blocks::update_batch_bytes(&state.writes);
+            super::blocks::commit_hash(&filter, &updates, &tip.commit_hash)
+        });
         finish_block(&mut block, &self.orderer_signer, filter)?;
+        if let Some(hash) = &commit_hash {
+            super::blocks::set_commit_hash(&mut block, hash);
+        }
         let header_hash = block
             .header
             .as_ref()
@@ -259,6 +272,9 @@ impl Node {
         })?;
         tip.height = number + 1;
         tip.last_header_hash = header_hash;
+        if let Some(hash) = commit_hash {
+            tip.commit_hash = hash;
+        }
         self.height_tx.send_replace(tip.height);
         tracing::debug!(block = number, txs = data.len(), "block committed");
         Ok(number)

@@ -486,7 +486,11 @@ pub fn check_envelope(
     Ok((chdr, shdr, payload))
 }
 
-/// Commit-time validation of the transactions of one block.
+/// Commit-time validation of the transactions of one block, in the order of Fabric's
+/// committer (`core/committer/txvalidator/v20/validator.go`): per transaction
+/// `ValidateTransaction` (`core/common/validation/msgvalidation.go`), the ledger duplicate
+/// check (`checkTxIdDupsLedger`) and the chaincode's validation (endorsement policy); then
+/// `markTXIdDuplicates` among the transactions still valid; then MVCC (`core/ledger`).
 pub struct Validator<'a> {
     pub channel: &'a ChannelInfo,
     pub msp: &'a MspManager,
@@ -495,13 +499,50 @@ pub struct Validator<'a> {
     pub endorsing_orgs: &'a [String],
 }
 
-/// Per-block overlay: keys written by earlier valid transactions of the block.
+/// Per-block overlay: transaction ids and keys of earlier transactions of the block.
 #[derive(Default)]
 pub struct BlockState {
-    seen_tx_ids: BTreeSet<String>,
+    /// Ids of the transactions that passed validation up to MVCC (`markTXIdDuplicates`'s map).
+    valid_tx_ids: BTreeSet<String>,
+    /// Ids indexed by this block (the first occurrence of an id is the one indexed).
+    indexed: BTreeSet<String>,
     updated: HashMap<(String, String), Height>,
     pub writes: Vec<StateWrite>,
     pub index: Vec<(String, TxRecord)>,
+}
+
+/// One transaction after the checks before MVCC.
+struct Checked {
+    code: TxValidationCode,
+    /// The channel header's transaction id, when the channel header decodes.
+    tx_id: Option<String>,
+    /// The ledger's index was consulted and holds no transaction with this id.
+    not_in_ledger: bool,
+    /// The read-write sets per namespace (when `code` is VALID).
+    rwsets: Vec<(String, KvrwSet)>,
+}
+
+impl Checked {
+    fn new(code: TxValidationCode, tx_id: Option<String>) -> Self {
+        Self {
+            code,
+            tx_id,
+            not_in_ledger: false,
+            rwsets: Vec::new(),
+        }
+    }
+}
+
+/// Fabric's `protoutil.GetProposalHash2`: SHA-256 over the channel header bytes, the
+/// signature header bytes and the chaincode proposal payload bytes as they are (the gateway
+/// puts the payload without its transient map into the transaction, so this equals the
+/// endorser's `GetProposalHash1`).
+pub fn proposal_hash(channel_header: &[u8], signature_header: &[u8], cpp: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(channel_header);
+    h.update(signature_header);
+    h.update(cpp);
+    h.finalize().to_vec()
 }
 
 impl Validator<'_> {
@@ -513,12 +554,33 @@ impl Validator<'_> {
         envelope_bytes: &[u8],
         state: &mut BlockState,
     ) -> Result<TxValidationCode, LedgerError> {
-        let (code, tx_id, writes) = self.check(envelope_bytes, state)?;
-        if let Some(tx_id) = &tx_id
-            && code != TxValidationCode::DuplicateTxid
+        let mut checked = self.check(envelope_bytes)?;
+        // markTXIdDuplicates: duplicates within a block are counted among the transactions
+        // valid so far only; an invalid first occurrence does not make a later one DUPLICATE.
+        if checked.code == TxValidationCode::Valid
+            && let Some(tx_id) = &checked.tx_id
             && !tx_id.is_empty()
+            && !state.valid_tx_ids.insert(tx_id.clone())
         {
-            state.seen_tx_ids.insert(tx_id.clone());
+            checked.code = TxValidationCode::DuplicateTxid;
+        }
+        let mut writes = Vec::new();
+        if checked.code == TxValidationCode::Valid {
+            match self.mvcc(&checked.rwsets, state)? {
+                Ok(w) => writes = w,
+                Err(code) => checked.code = code,
+            }
+        }
+        let code = checked.code;
+        // The block index records an id's first occurrence in the ledger (Fabric's block
+        // index answers a tx id lookup with the first transaction that carries it).
+        if let Some(tx_id) = &checked.tx_id
+            && !tx_id.is_empty()
+            && code != TxValidationCode::DuplicateTxid
+            && !state.indexed.contains(tx_id)
+            && (checked.not_in_ledger || self.ledger.tx(tx_id)?.is_none())
+        {
+            state.indexed.insert(tx_id.clone());
             state.index.push((
                 tx_id.clone(),
                 TxRecord {
@@ -544,7 +606,7 @@ impl Validator<'_> {
             }
         } else {
             tracing::info!(
-                tx_id = tx_id.as_deref().unwrap_or(""),
+                tx_id = checked.tx_id.as_deref().unwrap_or(""),
                 code = code.as_str_name(),
                 block = block_num,
                 "transaction invalidated"
@@ -553,96 +615,123 @@ impl Validator<'_> {
         Ok(code)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn check(
-        &self,
-        envelope_bytes: &[u8],
-        state: &BlockState,
-    ) -> Result<
-        (
-            TxValidationCode,
-            Option<String>,
-            Vec<(String, String, Vec<u8>)>,
-        ),
-        LedgerError,
-    > {
+    /// Everything before the in-block duplicate check and MVCC.
+    fn check(&self, envelope_bytes: &[u8]) -> Result<Checked, LedgerError> {
         use TxValidationCode as C;
-        let none = |c: C| Ok((c, None, Vec::new()));
         if envelope_bytes.is_empty() {
-            return none(C::NilEnvelope);
+            return Ok(Checked::new(C::NilEnvelope, None));
         }
+        // validateTx: an envelope that does not unmarshal is INVALID_OTHER_REASON.
         let Ok(env) = Envelope::decode(envelope_bytes) else {
-            return none(C::BadPayload);
+            return Ok(Checked::new(C::InvalidOtherReason, None));
         };
-        let (chdr, shdr, payload) = match check_envelope(self.msp, &env) {
-            Ok(v) => v,
-            Err((code, _)) => {
-                // A bad signature still names a transaction id when the header decodes.
-                let tx_id =
-                    super::blocks::envelope_channel_header(envelope_bytes).map(|(_, c)| c.tx_id);
-                return Ok((code, tx_id, Vec::new()));
-            }
+        // ValidateTransaction.
+        let Ok(payload) = Payload::decode(env.payload.as_slice()) else {
+            return Ok(Checked::new(C::BadPayload, None));
+        };
+        let Some(header) = payload.header.as_ref() else {
+            return Ok(Checked::new(C::BadCommonHeader, None));
+        };
+        let Ok(chdr) = ChannelHeader::decode(header.channel_header.as_slice()) else {
+            return Ok(Checked::new(C::BadCommonHeader, None));
         };
         let tx_id = chdr.tx_id.clone();
-        let with_id = |c: C| Ok((c, Some(tx_id.clone()), Vec::new()));
-        if chdr.r#type != HeaderType::EndorserTransaction as i32 {
-            return with_id(C::UnknownTxType);
+        let with_id = |c: C| Ok(Checked::new(c, Some(tx_id.clone())));
+        let Ok(shdr) = SignatureHeader::decode(header.signature_header.as_slice()) else {
+            return with_id(C::BadCommonHeader);
+        };
+        // validateCommonHeader: validateChannelHeader, then validateSignatureHeader.
+        let header_type = HeaderType::try_from(chdr.r#type);
+        if !matches!(
+            header_type,
+            Ok(HeaderType::EndorserTransaction | HeaderType::ConfigUpdate | HeaderType::Config)
+        ) || chdr.epoch != 0
+            || shdr.nonce.is_empty()
+            || shdr.creator.is_empty()
+        {
+            return with_id(C::BadCommonHeader);
         }
-        if chdr.channel_id != self.channel.channel_id {
-            return with_id(C::TargetChainNotFound);
+        // checkSignatureFromCreator: the creator as of its certificate's issuance (an
+        // identity that expired after signing is still valid), then its signature.
+        let signed_by_creator = self
+            .msp
+            .deserialize_ignoring_expiry(&shdr.creator)
+            .and_then(|creator| creator.verify(&env.payload, &env.signature));
+        if signed_by_creator.is_err() {
+            return with_id(C::BadCreatorSignature);
+        }
+        match header_type {
+            Ok(HeaderType::EndorserTransaction) => {}
+            // The devnet's channel configuration is fixed: it orders no config transactions.
+            Ok(HeaderType::Config) => return with_id(C::InvalidConfigTransaction),
+            _ => return with_id(C::UnsupportedTxPayload),
         }
         if tx_id != compute_tx_id(&shdr.nonce, &shdr.creator) {
             return with_id(C::BadProposalTxid);
         }
-        if state.seen_tx_ids.contains(&tx_id) || self.ledger.tx(&tx_id)?.is_some() {
-            return Ok((C::DuplicateTxid, Some(tx_id.clone()), Vec::new()));
+        let Some(cap) = validate_endorser_transaction(&payload.data, &header.channel_header) else {
+            return with_id(C::InvalidEndorserTransaction);
+        };
+        // validateTx.
+        if chdr.channel_id != self.channel.channel_id {
+            return with_id(C::TargetChainNotFound);
         }
-        let Ok(tx) = Transaction::decode(payload.data.as_slice()) else {
-            return with_id(C::BadPayload);
-        };
-        if tx.actions.len() != 1 {
-            return with_id(C::BadPayload);
+        // checkTxIdDupsLedger: any transaction in the ledger with this id, valid or not.
+        if self.ledger.tx(&tx_id)?.is_some() {
+            return with_id(C::DuplicateTxid);
         }
-        let action = &tx.actions[0];
-        let Ok(cap) = ChaincodeActionPayload::decode(action.payload.as_slice()) else {
-            return with_id(C::BadPayload);
+        let mut out = Checked {
+            not_in_ledger: true,
+            ..Checked::new(C::Valid, Some(tx_id.clone()))
         };
-        let Some(endorsed) = cap.action else {
-            return with_id(C::NilTxaction);
-        };
-        let Ok(ext) = ChaincodeHeaderExtension::decode(chdr.extension.as_slice()) else {
-            return with_id(C::BadHeaderExtension);
-        };
+        match self.dispatch(&chdr, cap) {
+            Ok(rwsets) => out.rwsets = rwsets,
+            Err(code) => out.code = code,
+        }
+        Ok(out)
+    }
+
+    /// The chaincode's validation (Fabric's plugin dispatcher and the default VSCC): the
+    /// chaincode action, the endorsement policy, the write set. Returns the read-write sets.
+    fn dispatch(
+        &self,
+        chdr: &ChannelHeader,
+        cap: ChaincodeActionPayload,
+    ) -> Result<Vec<(String, KvrwSet)>, TxValidationCode> {
+        use TxValidationCode as C;
+        let endorsed = cap.action.ok_or(C::InvalidEndorserTransaction)?;
+        let ext = ChaincodeHeaderExtension::decode(chdr.extension.as_slice())
+            .map_err(|_| C::BadHeaderExtension)?;
         let cc_name = ext.chaincode_id.map(|c| c.name).unwrap_or_default();
         if cc_name != self.channel.chaincode {
-            return with_id(C::InvalidChaincode);
+            return Err(C::InvalidChaincode);
         }
-        let Ok(prp) =
-            ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
-        else {
-            return with_id(C::BadResponsePayload);
-        };
-        let Some(header) = payload.header.as_ref() else {
-            return with_id(C::BadCommonHeader);
-        };
-        let mut h = Sha256::new();
-        h.update(&header.channel_header);
-        h.update(&header.signature_header);
-        h.update(&cap.chaincode_proposal_payload);
-        if prp.proposal_hash != h.finalize().as_slice() {
-            return with_id(C::BadResponsePayload);
-        }
-        let Ok(cca) = ChaincodeAction::decode(prp.extension.as_slice()) else {
-            return with_id(C::BadResponsePayload);
-        };
+        let prp = ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
+            .map_err(|_| C::BadResponsePayload)?;
+        let cca =
+            ChaincodeAction::decode(prp.extension.as_slice()).map_err(|_| C::BadResponsePayload)?;
         if cca.chaincode_id.as_ref().map(|c| c.name.as_str()) != Some(cc_name.as_str()) {
-            return with_id(C::InvalidChaincode);
+            return Err(C::InvalidChaincode);
+        }
+        let rwset = TxReadWriteSet::decode(cca.results.as_slice()).map_err(|_| C::BadRwset)?;
+        let mut rwsets = Vec::new();
+        for ns in rwset.ns_rwset {
+            let kv = KvrwSet::decode(ns.rwset.as_slice()).map_err(|_| C::BadRwset)?;
+            if ns.namespace != cc_name && !kv.writes.is_empty() {
+                return Err(C::IllegalWriteset);
+            }
+            if kv.writes.iter().any(|w| w.is_delete) {
+                // The GX chaincode never deletes; refuse rather than mis-apply.
+                return Err(C::InvalidWriteset);
+            }
+            rwsets.push((ns.namespace, kv));
         }
         // Endorsement policy: MAJORITY of the application orgs' Endorsement policies, each
-        // satisfied by a valid signature from a peer of that org.
+        // satisfied by a valid signature from a peer of that org (as of its certificate's
+        // issuance, like the creator).
         let mut orgs = BTreeSet::new();
         for e in &endorsed.endorsements {
-            let Ok(id) = self.msp.deserialize(&e.endorser) else {
+            let Ok(id) = self.msp.deserialize_ignoring_expiry(&e.endorser) else {
                 continue;
             };
             if id.role != Role::Peer || !self.endorsing_orgs.iter().any(|o| o == id.msp_id()) {
@@ -655,49 +744,73 @@ impl Validator<'_> {
             }
         }
         if orgs.len() * 2 <= self.endorsing_orgs.len() {
-            return with_id(C::EndorsementPolicyFailure);
+            return Err(C::EndorsementPolicyFailure);
         }
-        let Ok(rwset) = TxReadWriteSet::decode(cca.results.as_slice()) else {
-            return with_id(C::BadRwset);
-        };
+        Ok(rwsets)
+    }
+
+    /// MVCC: every read must see the committed version, and no earlier valid transaction of
+    /// the block may have written a key this one read. Returns the writes on success.
+    #[allow(clippy::type_complexity)]
+    fn mvcc(
+        &self,
+        rwsets: &[(String, KvrwSet)],
+        state: &BlockState,
+    ) -> Result<Result<Vec<(String, String, Vec<u8>)>, TxValidationCode>, LedgerError> {
+        use TxValidationCode as C;
         let mut writes = Vec::new();
-        for ns in &rwset.ns_rwset {
-            let Ok(kv) = KvrwSet::decode(ns.rwset.as_slice()) else {
-                return with_id(C::BadRwset);
-            };
-            if ns.namespace != cc_name && !kv.writes.is_empty() {
-                return with_id(C::IllegalWriteset);
-            }
+        for (ns, kv) in rwsets {
             if !kv.range_queries_info.is_empty() {
-                return with_id(C::PhantomReadConflict);
+                return Ok(Err(C::PhantomReadConflict));
             }
             for read in &kv.reads {
+                if state.updated.contains_key(&(ns.clone(), read.key.clone())) {
+                    return Ok(Err(C::MvccReadConflict));
+                }
                 let read_version = read.version.as_ref().map(|v| Height {
                     block: v.block_num,
                     tx: v.tx_num,
                 });
-                if state
-                    .updated
-                    .contains_key(&(ns.namespace.clone(), read.key.clone()))
-                {
-                    return with_id(C::MvccReadConflict);
-                }
-                let committed = self
-                    .ledger
-                    .state(&ns.namespace, &read.key)?
-                    .map(|v| v.version);
+                let committed = self.ledger.state(ns, &read.key)?.map(|v| v.version);
                 if committed != read_version {
-                    return with_id(C::MvccReadConflict);
+                    return Ok(Err(C::MvccReadConflict));
                 }
             }
             for w in &kv.writes {
-                if w.is_delete {
-                    // The GX chaincode never deletes; refuse rather than mis-apply.
-                    return with_id(C::InvalidWriteset);
-                }
-                writes.push((ns.namespace.clone(), w.key.clone(), w.value.clone()));
+                writes.push((ns.clone(), w.key.clone(), w.value.clone()));
             }
         }
-        Ok((C::Valid, Some(tx_id.clone()), writes))
+        Ok(Ok(writes))
     }
+}
+
+/// Fabric's `validateEndorserTransaction`: exactly one action, whose signature header has a
+/// nonce and a creator, whose payload and proposal response payload unmarshal, and whose
+/// proposal hash is the hash of the channel header, the action's signature header and the
+/// chaincode proposal payload. `None` → INVALID_ENDORSER_TRANSACTION.
+fn validate_endorser_transaction(
+    data: &[u8],
+    channel_header: &[u8],
+) -> Option<ChaincodeActionPayload> {
+    let tx = Transaction::decode(data).ok()?;
+    let [action] = tx.actions.as_slice() else {
+        return None;
+    };
+    let shdr = SignatureHeader::decode(action.header.as_slice()).ok()?;
+    if shdr.nonce.is_empty() || shdr.creator.is_empty() {
+        return None;
+    }
+    let cap = ChaincodeActionPayload::decode(action.payload.as_slice()).ok()?;
+    let prp_bytes = cap
+        .action
+        .as_ref()
+        .map(|a| a.proposal_response_payload.as_slice())
+        .unwrap_or_default();
+    let prp = ProposalResponsePayload::decode(prp_bytes).ok()?;
+    let hash = proposal_hash(
+        channel_header,
+        &action.header,
+        &cap.chaincode_proposal_payload,
+    );
+    (prp.proposal_hash == hash).then_some(cap)
 }
