@@ -647,6 +647,23 @@ impl Outbox {
         load_many(raw, &snapshot, &ids)
     }
 
+    /// When the earliest dispatchable PENDING head is (or was) due, if there is one: a
+    /// submitter that found nothing due sleeps until then (or until woken by an enqueue).
+    /// One seek.
+    pub fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+        let raw = self.db.raw();
+        let mut it = raw.raw_iterator_cf(cf_handle(raw, cf::DUE)?);
+        it.seek_to_first();
+        let first = match it.key() {
+            Some(key) => Some(keys::split_due(key)?.0),
+            None => None,
+        };
+        it.status()?;
+        Ok(first.and_then(|ms| {
+            DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        }))
+    }
+
     /// Cross-checks every record against every index (and the counters). Reads the whole
     /// outbox under one snapshot: for tests, `gxd` diagnostics and after a crash.
     pub fn verify_integrity(&self) -> Result<IntegrityReport> {
@@ -686,8 +703,8 @@ fn load_many(
 }
 
 fn validate_new(new: &NewCommand, max_payload: usize) -> Result<()> {
-    let check = |what: &str, v: &str, max: usize, allow_empty: bool| {
-        if !allow_empty && v.is_empty() {
+    let check = |what: &str, v: &str, max: usize| {
+        if v.is_empty() {
             return Err(StorageError::InvalidInput(format!("{what} is empty")));
         }
         if v.len() > max {
@@ -697,15 +714,12 @@ fn validate_new(new: &NewCommand, max_payload: usize) -> Result<()> {
         }
         Ok(())
     };
-    check("tenant", &new.tenant, MAX_ID_BYTES, false)?;
-    check("request id", &new.request_id, MAX_ID_BYTES, false)?;
-    check("command type", &new.command_type, MAX_TYPE_BYTES, false)?;
-    check(
-        "partition key",
-        &new.partition_key,
-        MAX_PARTITION_BYTES,
-        true,
-    )?;
+    check("tenant", &new.tenant, MAX_ID_BYTES)?;
+    check("request id", &new.request_id, MAX_ID_BYTES)?;
+    check("command type", &new.command_type, MAX_TYPE_BYTES)?;
+    // An empty partition key would put every such command in one partition and hide a
+    // caller's bug (a missing wallet id): refused.
+    check("partition key", &new.partition_key, MAX_PARTITION_BYTES)?;
     if new.payload.len() > max_payload {
         return Err(StorageError::InvalidInput(format!(
             "payload is larger than {max_payload} bytes"

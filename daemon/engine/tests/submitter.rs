@@ -1,0 +1,554 @@
+//! The submitter against the devnet, in process, with a real RocksDB outbox: partition
+//! order and one VALID transaction per command, a chaincode error dead-lettered after one
+//! attempt, an MVCC conflict retried to success under a new tx id, an endorsement-policy
+//! failure dead-lettered, a lost Submit reply resolved by the stored tx id, and commands a
+//! previous run left PREPARED or SUBMITTED resolved at start without a second transaction.
+//!
+//! The catalog here is a test catalog, not GX's: the command type is the chaincode function
+//! and the payload a JSON array of its arguments (`$ID` stands for the command id), so the
+//! engine is exercised without knowing GX.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gxd_devnet::{DevnetConfig, DevnetHandle, DevnetPaths, Fault, FaultRule, Rpc};
+use gxd_engine::backoff::Backoff;
+use gxd_engine::catalog::{CommandCatalog, InvalidCommand, Invocation};
+use gxd_engine::submitter::{Submitter, SubmitterConfig, Waker};
+use gxd_fabric::block::ParsedBlock;
+use gxd_fabric::client::Gateway;
+use gxd_fabric::identity::SigningIdentity;
+use gxd_fabric::proto::protos::TxValidationCode;
+use gxd_fabric::stream::{BlockStream, BlockStreamConfig};
+use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
+use gxd_storage::outbox::{Command, CommandId, NewCommand, Outbox, OutboxOptions, Status};
+use gxd_storage::{Db, DbOptions};
+use tokio_util::sync::CancellationToken;
+
+const ORG1: &str = "org1.example.com";
+const LIMIT: Duration = Duration::from_secs(90);
+
+struct TestCatalog;
+
+impl CommandCatalog for TestCatalog {
+    fn invocation(
+        &self,
+        command_type: &str,
+        command_id: CommandId,
+        payload: &[u8],
+    ) -> Result<Invocation, InvalidCommand> {
+        let args: Vec<String> = serde_json::from_slice(payload)
+            .map_err(|e| InvalidCommand(format!("payload is not a JSON array of strings: {e}")))?;
+        Ok(Invocation {
+            function: command_type.to_owned(),
+            args: args
+                .into_iter()
+                .map(|a| a.replace("$ID", &command_id.to_string()).into_bytes())
+                .collect(),
+        })
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    devnet: DevnetHandle,
+    outbox: Outbox,
+    /// User1 of Org1 (what gxd signs with).
+    client: Gateway,
+    admin: Gateway,
+}
+
+fn connector(paths: &DevnetPaths, addr: SocketAddr) -> Arc<PeerConnector> {
+    let ca_pem = std::fs::read(paths.tls_ca_cert(ORG1)).unwrap();
+    let endpoint = PeerEndpoint::new(addr.to_string()).with_server_name(gxd_devnet::PEER_HOST);
+    let tls = TlsOptions {
+        ca_pem,
+        ..TlsOptions::default()
+    };
+    Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap())
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet = gxd_devnet::start(
+        DevnetConfig::new(dir.path().join("devnet"))
+            .with_listen("127.0.0.1:0".parse().unwrap())
+            .with_batch(50, Duration::from_millis(20)),
+    )
+    .await
+    .unwrap();
+    let paths = devnet.paths().clone();
+    let c = connector(&paths, devnet.local_addr());
+    let id =
+        |name: &str| SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, name)).unwrap();
+    let client = Gateway::new(c.clone(), id("User1"), gxd_devnet::DEFAULT_CHANNEL);
+    let admin = Gateway::new(c, id("Admin"), gxd_devnet::DEFAULT_CHANNEL);
+    admin
+        .submit_transaction(
+            &admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000000"]),
+        )
+        .await
+        .unwrap();
+    // A wallet to pay into.
+    client
+        .submit_transaction(&client.proposal("gx", "CreateUser").with_args(["r", "{}"]))
+        .await
+        .unwrap();
+    let db = Db::open(dir.path().join("outbox"), &DbOptions::default()).unwrap();
+    let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+    Env {
+        _dir: dir,
+        devnet,
+        outbox,
+        client,
+        admin,
+    }
+}
+
+fn config() -> SubmitterConfig {
+    let mut c = SubmitterConfig::new("gx");
+    c.backoff = Backoff {
+        base: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    c.resolve_backoff = Backoff {
+        base: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    c
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    waker: Waker,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(LIMIT, self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn run(e: &Env, gateway: Gateway, config: SubmitterConfig) -> Running {
+    let waker = Waker::new();
+    let submitter = Submitter::new(
+        e.outbox.clone(),
+        gateway,
+        Arc::new(TestCatalog),
+        config,
+        waker.clone(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move { submitter.run(token).await.unwrap() });
+    Running { stop, task, waker }
+}
+
+async fn enqueue(
+    outbox: &Outbox,
+    request: &str,
+    partition: &str,
+    function: &str,
+    args: &[&str],
+) -> CommandId {
+    outbox
+        .enqueue(NewCommand {
+            tenant: "test".into(),
+            command_type: function.into(),
+            request_id: request.into(),
+            partition_key: partition.into(),
+            payload: serde_json::to_vec(args).unwrap(),
+        })
+        .await
+        .unwrap()
+        .command
+        .id
+}
+
+/// Waits until every command in `ids` is COMMITTED or FAILED.
+async fn settled(outbox: &Outbox, ids: &[CommandId]) -> Vec<Command> {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let cmds: Vec<Command> = ids.iter().map(|id| outbox.get(*id).unwrap()).collect();
+            if cmds
+                .iter()
+                .all(|c| matches!(c.status, Status::Committed | Status::Failed))
+            {
+                return cmds;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("commands settle")
+}
+
+async fn wait_status(outbox: &Outbox, id: CommandId, status: Status) {
+    tokio::time::timeout(LIMIT, async {
+        while outbox.get(id).unwrap().status != status {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("status reached");
+}
+
+/// Every transaction of the ledger, blocks 0..height.
+async fn ledger(e: &Env) -> Vec<ParsedBlock> {
+    let height = e.devnet.height();
+    let cancel = CancellationToken::new();
+    let mut s = BlockStream::new(
+        e.client.connector().clone(),
+        e.client.identity().clone(),
+        BlockStreamConfig::new(e.client.channel(), 0),
+        cancel.clone(),
+    );
+    let mut out = Vec::new();
+    while (out.len() as u64) < height {
+        out.push(s.next().await.unwrap().unwrap());
+    }
+    cancel.cancel();
+    out
+}
+
+/// Validation codes of the transactions whose second chaincode argument (the first after
+/// the function: a user id, a transfer id) is `needle`, in ledger order.
+fn codes_of(blocks: &[ParsedBlock], needle: &str) -> Vec<TxValidationCode> {
+    blocks
+        .iter()
+        .flat_map(|b| b.transactions.iter())
+        .filter(|t| t.args.get(1).is_some_and(|a| a == needle.as_bytes()))
+        .map(|t| t.validation().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_the_ledger_once_in_partition_order() {
+    let e = env().await;
+    let r = run(&e, e.client.clone(), config());
+    // 4 users, then per user 5 transfers from the treasury... the treasury is one partition,
+    // so those 20 transfers go one after another; CreateUser commands run in parallel.
+    let mut ids = Vec::new();
+    for u in 0..4 {
+        let user = format!("u{u}");
+        ids.push(
+            enqueue(
+                &e.outbox,
+                &format!("create-{u}"),
+                &user,
+                "CreateUser",
+                &[&user, "{}"],
+            )
+            .await,
+        );
+    }
+    r.waker.wake();
+    let created = settled(&e.outbox, &ids).await;
+    assert!(
+        created.iter().all(|c| c.status == Status::Committed),
+        "{created:#?}"
+    );
+    let mut transfers = Vec::new();
+    for i in 0..20 {
+        let to = format!("u{}", i % 4);
+        transfers.push(
+            enqueue(
+                &e.outbox,
+                &format!("t-{i}"),
+                "treasury",
+                "TransferTokens",
+                &["$ID", "treasury", &to, &(i + 1).to_string(), ""],
+            )
+            .await,
+        );
+        r.waker.wake();
+    }
+    let done = settled(&e.outbox, &transfers).await;
+    assert!(
+        done.iter().all(|c| c.status == Status::Committed),
+        "{done:#?}"
+    );
+    // Partition order: the treasury's commands committed in acceptance order.
+    let blocks: Vec<u64> = done.iter().map(|c| c.block_number.unwrap()).collect();
+    assert!(
+        blocks.windows(2).all(|w| w[0] < w[1]),
+        "one at a time, in order: {blocks:?}"
+    );
+    r.stop().await;
+
+    let ledger = ledger(&e).await;
+    for c in created.iter().chain(done.iter()) {
+        let needle = if c.command_type == "CreateUser" {
+            serde_json::from_slice::<Vec<String>>(&c.payload).unwrap()[0].clone()
+        } else {
+            c.id.to_string()
+        };
+        assert_eq!(
+            codes_of(&ledger, &needle),
+            [TxValidationCode::Valid],
+            "{needle}"
+        );
+        assert_eq!(c.attempts, 0);
+    }
+    // The ledger's order of the treasury's transfers is the acceptance order.
+    let on_ledger: Vec<String> = ledger
+        .iter()
+        .flat_map(|b| b.transactions.iter())
+        .filter(|t| t.function() == Some("TransferTokens"))
+        .map(|t| String::from_utf8(t.args[1].clone()).unwrap())
+        .collect();
+    let accepted: Vec<String> = transfers.iter().map(ToString::to_string).collect();
+    assert_eq!(on_ledger, accepted);
+    let balance: serde_json::Value = serde_json::from_slice(
+        &e.client
+            .evaluate(&e.client.proposal("gx", "GetWallet").with_args(["treasury"]))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        balance["balance"],
+        (1_000_000 - (1..=20).sum::<u32>()).to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_are_dead_lettered_at_once() {
+    let e = env().await;
+    let r = run(&e, e.client.clone(), config());
+    // A chaincode error at endorsement: not enough funds.
+    let broke = enqueue(
+        &e.outbox,
+        "broke",
+        "treasury",
+        "TransferTokens",
+        &["$ID", "treasury", "r", "999999999", ""],
+    )
+    .await;
+    // The catalog cannot read the payload.
+    let garbled = e
+        .outbox
+        .enqueue(NewCommand {
+            tenant: "test".into(),
+            command_type: "CreateUser".into(),
+            request_id: "garbled".into(),
+            partition_key: "g".into(),
+            payload: b"{not json".to_vec(),
+        })
+        .await
+        .unwrap()
+        .command
+        .id;
+    // And behind the dead one in the treasury's partition, a good command still goes.
+    let after = enqueue(
+        &e.outbox,
+        "after",
+        "treasury",
+        "TransferTokens",
+        &["$ID", "treasury", "r", "1", ""],
+    )
+    .await;
+    r.waker.wake();
+    let cmds = settled(&e.outbox, &[broke, garbled, after]).await;
+    r.stop().await;
+    let (broke, garbled, after) = (&cmds[0], &cmds[1], &cmds[2]);
+    assert_eq!(broke.status, Status::Failed);
+    assert_eq!(broke.attempts, 1, "dead-lettered after one attempt");
+    let err = broke.last_error.as_ref().unwrap();
+    assert_eq!(err.stage, "endorse");
+    assert!(err.message.contains("insufficient funds"), "{err:?}");
+    assert_eq!(garbled.status, Status::Failed);
+    let err = garbled.last_error.as_ref().unwrap();
+    assert_eq!(
+        (err.stage.as_str(), err.code.as_str()),
+        ("validate", "INVALID_COMMAND")
+    );
+    assert_eq!(after.status, Status::Committed);
+    // Nothing of the failed ones reached a block.
+    let ledger = ledger(&e).await;
+    assert!(codes_of(&ledger, &broke.id.to_string()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endorsement_policy_failure_is_dead_lettered() {
+    let e = env().await;
+    // Endorsed by Org1 only where the policy needs both organizations.
+    let one_org = e
+        .client
+        .clone()
+        .with_endorsing_organizations(vec!["Org1MSP".into()]);
+    let r = run(&e, one_org, config());
+    let id = enqueue(&e.outbox, "one-org", "w1", "CreateUser", &["w1", "{}"]).await;
+    r.waker.wake();
+    let cmd = settled(&e.outbox, &[id]).await.remove(0);
+    r.stop().await;
+    assert_eq!(cmd.status, Status::Failed, "{cmd:#?}");
+    let err = cmd.last_error.unwrap();
+    assert_eq!(
+        (err.stage.as_str(), err.code.as_str()),
+        ("commit", "ENDORSEMENT_POLICY_FAILURE")
+    );
+    assert_eq!(cmd.history.len(), 1);
+    let ledger = ledger(&e).await;
+    assert_eq!(
+        codes_of(&ledger, "w1"),
+        [TxValidationCode::EndorsementPolicyFailure]
+    );
+    let on_ledger = ledger
+        .iter()
+        .flat_map(|b| b.transactions.iter())
+        .find(|t| t.args.get(1).is_some_and(|a| a == b"w1"))
+        .map(|t| t.tx_id.clone());
+    assert_eq!(
+        cmd.history[0].txid, on_ledger,
+        "the dead letter keeps the attempt's tx id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mvcc_conflict_is_endorsed_again_and_commits() {
+    let e = env().await;
+    let r = run(&e, e.client.clone(), config());
+    // Hold the submitter's Submit for a moment, and meanwhile change the treasury.
+    e.devnet.faults().add(FaultRule {
+        rpc: Rpc::Submit,
+        fault: Fault::Delay { delay_ms: 1500 },
+        times: Some(1),
+    });
+    let id = enqueue(
+        &e.outbox,
+        "mvcc",
+        "treasury",
+        "TransferTokens",
+        &["$ID", "treasury", "r", "5", ""],
+    )
+    .await;
+    r.waker.wake();
+    wait_status(&e.outbox, id, Status::Prepared).await;
+    let first_tx = e.outbox.get(id).unwrap().txid.unwrap();
+    e.admin
+        .submit_transaction(
+            &e.admin
+                .proposal("gx", "TransferTokens")
+                .with_args(["outside", "treasury", "r", "1", ""]),
+        )
+        .await
+        .unwrap();
+    let cmd = settled(&e.outbox, &[id]).await.remove(0);
+    r.stop().await;
+    assert_eq!(cmd.status, Status::Committed, "{cmd:#?}");
+    assert_eq!(cmd.attempts, 1);
+    assert_eq!(cmd.history[0].txid.as_deref(), Some(first_tx.as_str()));
+    assert_eq!(
+        cmd.history[0].error.as_ref().unwrap().code,
+        "MVCC_READ_CONFLICT"
+    );
+    assert_ne!(cmd.txid.as_deref(), Some(first_tx.as_str()), "a new tx id");
+    let ledger = ledger(&e).await;
+    assert_eq!(
+        codes_of(&ledger, &cmd.id.to_string()),
+        [TxValidationCode::MvccReadConflict, TxValidationCode::Valid]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_submit_reply_is_resolved_by_the_stored_tx_id() {
+    let e = env().await;
+    let r = run(&e, e.client.clone(), config());
+    // The transaction is ordered and commits, but the reply is lost: UNAVAILABLE.
+    e.devnet.faults().add(FaultRule {
+        rpc: Rpc::Submit,
+        fault: Fault::ProcessThenUnavailable,
+        times: Some(1),
+    });
+    let id = enqueue(
+        &e.outbox,
+        "lost",
+        "treasury",
+        "TransferTokens",
+        &["$ID", "treasury", "r", "7", ""],
+    )
+    .await;
+    r.waker.wake();
+    let cmd = settled(&e.outbox, &[id]).await.remove(0);
+    r.stop().await;
+    assert_eq!(cmd.status, Status::Committed, "{cmd:#?}");
+    assert_eq!(
+        cmd.attempts, 0,
+        "an ambiguous outcome is not a failed attempt"
+    );
+    let ledger = ledger(&e).await;
+    let codes = codes_of(&ledger, &cmd.id.to_string());
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == TxValidationCode::Valid)
+            .count(),
+        1,
+        "{codes:?}"
+    );
+    // The resubmission of the same bytes, if it reached a block, is a duplicate.
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, TxValidationCode::Valid | TxValidationCode::DuplicateTxid))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_left_in_flight_are_resolved_at_start() {
+    let e = env().await;
+    let prepare = |request: &'static str, user: &'static str| {
+        let e = &e;
+        async move {
+            let id = enqueue(&e.outbox, request, user, "CreateUser", &[user, "{}"]).await;
+            let proposal = e
+                .client
+                .new_proposal(
+                    &e.client
+                        .proposal("gx", "CreateUser")
+                        .with_args([user, "{}"]),
+                )
+                .unwrap();
+            let tx = e.client.endorse(&proposal).await.unwrap();
+            e.outbox
+                .mark_prepared(id, tx.tx_id().to_owned(), tx.to_bytes())
+                .await
+                .unwrap();
+            (id, tx)
+        }
+    };
+    // Crashed after storing the prepared transaction, before submitting it.
+    let (never_sent, _) = prepare("p1", "p1").await;
+    // Crashed after the submission, which committed, before recording the commit.
+    let (sent, tx) = prepare("p2", "p2").await;
+    e.client.submit(&tx).await.unwrap();
+    e.outbox.mark_submitted(sent).await.unwrap();
+    e.client.wait_for_commit(tx.tx_id()).await.unwrap();
+
+    let r = run(&e, e.client.clone(), config());
+    let cmds = settled(&e.outbox, &[never_sent, sent]).await;
+    r.stop().await;
+    let mut by_user = HashMap::new();
+    for c in &cmds {
+        assert_eq!(c.status, Status::Committed, "{c:#?}");
+        by_user.insert(c.request_id.clone(), c.clone());
+    }
+    assert_eq!(by_user["p2"].txid.as_deref(), Some(tx.tx_id()));
+    let ledger = ledger(&e).await;
+    for user in ["p1", "p2"] {
+        assert_eq!(codes_of(&ledger, user), [TxValidationCode::Valid], "{user}");
+    }
+}
