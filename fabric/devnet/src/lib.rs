@@ -403,3 +403,5 @@ pub async fn start(config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fidelity;
