@@ -5,19 +5,23 @@
 //! | situation | Evaluate | Endorse |
 //! |---|---|---|
 //! | proposal does not unpack | INVALID_ARGUMENT | INVALID_ARGUMENT |
-//! | channel is not the devnet's | NOT_FOUND | NOT_FOUND |
+//! | channel is not the devnet's | UNAVAILABLE (`connectChannelPeers`) | FAILED_PRECONDITION (no endorsement plan) |
 //! | chaincode not on the channel | FAILED_PRECONDITION | FAILED_PRECONDITION |
-//! | endorser refuses (bad signature, unknown CA, bad tx id, duplicate tx id) | FAILED_PRECONDITION + detail | ABORTED + detail |
+//! | endorser refuses (bad signature, unknown CA, bad tx id, duplicate tx id, creator not a Writer) | FAILED_PRECONDITION + detail | ABORTED + detail |
 //! | chaincode error | UNKNOWN + detail `chaincode response 500, <message>` | ABORTED + detail `chaincode response 500, <message>` |
 //!
 //! Endorse with `endorsing_organizations`: only those orgs' peers endorse; an org without a
 //! peer for the channel and chaincode → UNAVAILABLE `failed to find any endorsing peers for
 //! org(s): …` (Fabric's `registry.planForOrgs`).
 //!
-//! Submit: unsigned → INVALID_ARGUMENT; refused by the orderer (bad signature or creator:
+//! Submit: unsigned → INVALID_ARGUMENT; channel not the devnet's → FAILED_PRECONDITION (no
+//! orderers for it); refused by the orderer (bad signature or creator:
 //! FORBIDDEN; malformed: BAD_REQUEST; wrong channel: NOT_FOUND; too large:
 //! REQUEST_ENTITY_TOO_LARGE) → ABORTED `received unsuccessful response from orderer: status=…, info=…`.
-//! CommitStatus / ChaincodeEvents: bad signature or non-member identity → PERMISSION_DENIED.
+//! CommitStatus: no identity, channel or transaction id → INVALID_ARGUMENT. CommitStatus and
+//! ChaincodeEvents: the ACL (`/Channel/Application/Readers`) is checked first, so an unknown
+//! channel, a bad signature, an invalid identity or one that is not a reader of the channel
+//! (the orderer org) → PERMISSION_DENIED.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -109,7 +113,14 @@ impl GatewayService {
                 }
             }
             ProposalError::ChannelNotFound(ch) => {
-                Status::not_found(format!("channel '{ch}' not found"))
+                if evaluate {
+                    Status::unavailable(channel_config_error(&ch))
+                } else {
+                    Status::failed_precondition(format!(
+                        "no peers available to endorse chaincode in channel {ch}: {}",
+                        channel_config_error(&ch)
+                    ))
+                }
             }
             ProposalError::ChaincodeNotFound(cc) => Status::failed_precondition(format!(
                 "no peers available to {} chaincode {cc} in channel {}",
@@ -140,28 +151,53 @@ impl GatewayService {
         }
     }
 
-    /// Decodes and authenticates a signed request whose `identity` must be a channel member.
+    /// The ACL check of a signed CommitStatus / ChaincodeEvents request (Fabric's
+    /// `CheckACL(Gateway_CommitStatus | Gateway_ChaincodeEvents)`, policy
+    /// `/Channel/Application/Readers`): an unknown channel, an invalid identity, a bad
+    /// signature or an identity that is not a reader of the channel → PERMISSION_DENIED.
     fn authenticate(
         &self,
+        channel_id: &str,
         request: &[u8],
         identity: &[u8],
         signature: &[u8],
     ) -> Result<(), Status> {
-        let id = self
-            .node
-            .msp
-            .deserialize(identity)
-            .map_err(|e| Status::permission_denied(format!("access denied: {e}")))?;
-        id.verify(request, signature)
-            .map_err(|e| Status::permission_denied(format!("access denied: {e}")))
+        if channel_id != self.node.channel.channel_id {
+            return Err(Status::permission_denied(format!(
+                "failed to get policy manager for channel [{channel_id}]"
+            )));
+        }
+        let denied = || {
+            Status::permission_denied(format!(
+                "failed evaluating policy on signed data during check policy on channel [{channel_id}] with policy [/Channel/Application/Readers]: [implicit policy evaluation failed - 0 sub-policies were satisfied, but this policy requires 1 of the 'Readers' sub-policies to be satisfied]"
+            ))
+        };
+        let id = self.node.msp.deserialize(identity).map_err(|e| {
+            tracing::warn!(error = %e, "access denied: identity is not valid");
+            denied()
+        })?;
+        id.verify(request, signature).map_err(|e| {
+            tracing::warn!(error = %e, "access denied: signature is not valid");
+            denied()
+        })?;
+        if !id.is_channel_reader() {
+            tracing::warn!(
+                msp_id = id.msp_id(),
+                role = id.role.as_str(),
+                "access denied: not a reader of the channel"
+            );
+            return Err(denied());
+        }
+        Ok(())
     }
 
+    /// Submit's channel check (Fabric's `registry.orderers` fails for an unknown channel).
     fn check_channel(&self, channel_id: &str) -> Result<(), Status> {
         if channel_id == self.node.channel.channel_id {
             Ok(())
         } else {
-            Err(Status::not_found(format!(
-                "channel '{channel_id}' not found"
+            Err(Status::failed_precondition(channel_config_error(
+                channel_id,
             )))
         }
     }
@@ -253,6 +289,13 @@ impl GatewayService {
             _ => Ok(Response::new(reply)),
         }
     }
+}
+
+/// Fabric's gateway registry failing on a channel the peer has not joined.
+fn channel_config_error(channel_id: &str) -> String {
+    format!(
+        "failed to get config for channel [{channel_id}]: could not get last config block for channel {channel_id}"
+    )
 }
 
 fn unavailable() -> Status {
@@ -367,8 +410,23 @@ impl Gateway for GatewayService {
         }
         let req = CommitStatusRequest::decode(signed.request.as_slice())
             .map_err(|e| Status::invalid_argument(format!("invalid status request: {e}")))?;
-        self.authenticate(&signed.request, &req.identity, &signed.signature)?;
-        self.check_channel(&req.channel_id)?;
+        if req.identity.is_empty() {
+            return Err(Status::invalid_argument("no identity provided"));
+        }
+        if req.channel_id.is_empty() {
+            return Err(Status::invalid_argument("no channel ID provided"));
+        }
+        if req.transaction_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "transaction ID should not be empty",
+            ));
+        }
+        self.authenticate(
+            &req.channel_id,
+            &signed.request,
+            &req.identity,
+            &signed.signature,
+        )?;
         let mut rx = self.node.subscribe();
         let reply = loop {
             rx.borrow_and_update();
@@ -431,8 +489,12 @@ impl Gateway for GatewayService {
         let req = ChaincodeEventsRequest::decode(signed.request.as_slice()).map_err(|e| {
             Status::invalid_argument(format!("invalid chaincode events request: {e}"))
         })?;
-        self.authenticate(&signed.request, &req.identity, &signed.signature)?;
-        self.check_channel(&req.channel_id)?;
+        self.authenticate(
+            &req.channel_id,
+            &signed.request,
+            &req.identity,
+            &signed.signature,
+        )?;
         let start = self.events_start_block(&req)?;
         let (tx, rx) = mpsc::channel(16);
         let node = Arc::clone(&self.node);

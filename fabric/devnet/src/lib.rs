@@ -405,3 +405,5 @@ pub async fn start(config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
 mod tests;
 #[cfg(test)]
 mod tests_commit;
+#[cfg(test)]
+mod tests_fidelity;

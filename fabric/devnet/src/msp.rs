@@ -20,6 +20,7 @@ use prost::Message;
 use x509_cert::Certificate;
 
 const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
+const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 #[cfg(test)]
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
@@ -42,6 +43,16 @@ pub enum MspError {
     HighS,
     #[error("signature verification failed")]
     BadSignature,
+    /// Fabric's `getCertificationChainForBCCSPIdentity`: a CA certificate is no identity.
+    #[error(
+        "An X509 certificate with Basic Constraint: Certificate Authority equals true cannot be used as an identity"
+    )]
+    CaCertificate,
+    /// Fabric's `validateIdentityOUsV142` (NodeOUs enabled): exactly one role OU.
+    #[error(
+        "the identity must be a client, a peer, an orderer or an admin identity to be valid, not a combination of them. OUs: {ous:?}, MSP: [{msp_id}]"
+    )]
+    NodeOu { ous: Vec<String>, msp_id: String },
 }
 
 impl MspError {
@@ -76,7 +87,10 @@ pub enum Role {
     Client,
     Peer,
     Orderer,
-    /// A certificate without one of the NodeOU OUs (a "member" only).
+    /// A "member" only: a certificate without a NodeOU role. With NodeOUs enabled (the
+    /// devnet's MSPs, as cryptogen's) such a certificate is refused by [`MspManager`], so no
+    /// validated identity has this role; it remains for exhaustive matches.
+    #[allow(dead_code)]
     Member,
 }
 
@@ -92,22 +106,42 @@ impl Role {
         }
     }
 
-    /// The NodeOU role named by a certificate's OUs.
-    fn of(cert: &Certificate) -> Self {
+    /// The NodeOU role of a certificate: exactly one of the `client`, `peer`, `admin` and
+    /// `orderer` OUs, as Fabric's `validateIdentityOUsV142` demands when NodeOUs are enabled.
+    fn of(cert: &Certificate, msp_id: &str) -> Result<Self, MspError> {
         let ous = attr_strings(cert, OID_OU);
-        let has = |ou: &str| ous.iter().any(|o| o == ou);
-        if has("admin") {
-            Role::Admin
-        } else if has("client") {
-            Role::Client
-        } else if has("peer") {
-            Role::Peer
-        } else if has("orderer") {
-            Role::Orderer
-        } else {
-            Role::Member
+        let roles: Vec<Role> = ous
+            .iter()
+            .filter_map(|ou| match ou.as_str() {
+                "admin" => Some(Role::Admin),
+                "client" => Some(Role::Client),
+                "peer" => Some(Role::Peer),
+                "orderer" => Some(Role::Orderer),
+                _ => None,
+            })
+            .collect();
+        match roles.as_slice() {
+            [role] => Ok(*role),
+            _ => Err(MspError::NodeOu {
+                ous,
+                msp_id: msp_id.to_owned(),
+            }),
         }
     }
+}
+
+/// `true` when the certificate's basicConstraints extension says `cA: TRUE`.
+fn is_ca(cert: &Certificate) -> bool {
+    use der::Decode;
+    cert.tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .filter(|ext| ext.extn_id == OID_BASIC_CONSTRAINTS)
+        .any(|ext| {
+            x509_cert::ext::pkix::BasicConstraints::from_der(ext.extn_value.as_bytes())
+                .is_ok_and(|bc| bc.ca)
+        })
 }
 
 /// A channel member: an identity whose certificate chains to its organization's CA, with
@@ -125,6 +159,26 @@ impl Member {
     /// The MSP id of the member's organization.
     pub fn msp_id(&self) -> &str {
         self.identity.msp_id()
+    }
+
+    /// Satisfies `/Channel/Application/Readers` of the devnet channel: an admin, peer or
+    /// client of an application organization (each org's Readers policy is
+    /// `OR('OrgN.admin', 'OrgN.peer', 'OrgN.client')`; the orderer org is not in the
+    /// Application group).
+    pub fn is_channel_reader(&self) -> bool {
+        self.is_application_org() && matches!(self.role, Role::Admin | Role::Peer | Role::Client)
+    }
+
+    /// Satisfies `/Channel/Application/Writers`: an admin or client of an application
+    /// organization (`OR('OrgN.admin', 'OrgN.client')`).
+    pub fn is_channel_writer(&self) -> bool {
+        self.is_application_org() && matches!(self.role, Role::Admin | Role::Client)
+    }
+
+    fn is_application_org(&self) -> bool {
+        super::crypto::PEER_ORGS
+            .iter()
+            .any(|o| o.msp_id == self.msp_id())
     }
 
     /// Subject common name of the certificate.
@@ -276,6 +330,9 @@ impl MspManager {
             _ => MspError::MalformedIdentity,
         })?;
         let cert = identity.certificate().map_err(bad_certificate)?;
+        if is_ca(&cert) {
+            return Err(MspError::CaCertificate);
+        }
         let at = at.unwrap_or_else(|| {
             let not_before = cert.tbs_certificate.validity.not_before.to_unix_duration();
             UNIX_EPOCH + not_before + std::time::Duration::from_secs(1)
@@ -284,7 +341,7 @@ impl MspManager {
             .map_err(|e| MspError::from_chain(e, &org.msp_id))?;
         let validity = &cert.tbs_certificate.validity;
         Ok(Member {
-            role: Role::of(&cert),
+            role: Role::of(&cert, &org.msp_id)?,
             key: public_key_of(&cert).map_err(bad_certificate)?,
             not_before: validity.not_before.to_unix_duration().as_secs(),
             not_after: validity.not_after.to_unix_duration().as_secs(),

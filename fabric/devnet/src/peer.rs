@@ -312,13 +312,6 @@ impl Endorser<'_> {
                 )),
             }
         })?;
-        if creator.msp_id() == super::crypto::ORDERER_ORG.msp_id {
-            return Err(refuse(format!(
-                "access denied: channel [{}] creator org [{}]",
-                ch.channel_id,
-                creator.msp_id()
-            )));
-        }
         creator
             .verify(&signed.proposal_bytes, &signed.signature)
             .map_err(|e| {
@@ -339,6 +332,19 @@ impl Endorser<'_> {
             }
             Ok(None) => {}
             Err(e) => return Err(ProposalError::Internal(e.to_string())),
+        }
+        // The ACL of `peer/Propose` (`preProcess` → `CheckACL`): /Channel/Application/Writers,
+        // which a peer, an orderer or an orderer-org identity does not satisfy.
+        if !creator.is_channel_writer() {
+            tracing::warn!(
+                msp_id = creator.msp_id(),
+                role = creator.role.as_str(),
+                "access denied: creator does not satisfy /Channel/Application/Writers"
+            );
+            return Err(ProposalError::Refused(policy_failure(
+                "/Channel/Application/Writers",
+                "Writers",
+            )));
         }
         Ok(creator)
     }
@@ -439,6 +445,14 @@ impl Endorser<'_> {
             endorsements,
         })
     }
+}
+
+/// The error of Fabric's `aclmgmtPolicyProviderImpl.CheckACL` when a channel policy
+/// (an implicit ANY over the application orgs' `sub` policies) is not satisfied.
+pub fn policy_failure(policy: &str, sub: &str) -> String {
+    format!(
+        "failed evaluating policy on signed data during check policy [{policy}]: [implicit policy evaluation failed - 0 sub-policies were satisfied, but this policy requires 1 of the '{sub}' sub-policies to be satisfied]"
+    )
 }
 
 fn msp_id_of(serialized: &[u8]) -> String {

@@ -40,7 +40,7 @@ pub(crate) fn signer(paths: &DevnetPaths, domain: &str, user: &str) -> SigningId
 }
 
 /// A signer with `cert_of`'s certificate but `key_of`'s key (a wrong-key signature).
-fn mismatched(paths: &DevnetPaths, cert_of: &str, key_of: &str) -> SigningIdentity {
+pub(crate) fn mismatched(paths: &DevnetPaths, cert_of: &str, key_of: &str) -> SigningIdentity {
     let cert = std::fs::read(paths.user_cert(ORG1, cert_of)).unwrap();
     let key = std::fs::read_to_string(paths.user_key(ORG1, key_of)).unwrap();
     SigningIdentity::new(
@@ -467,7 +467,8 @@ async fn errors_match_fabric_gateway() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound);
+    // Fabric's Evaluate: connectChannelPeers fails for a channel the peer has not joined.
+    assert_eq!(err.code(), tonic::Code::Unavailable);
     let (sp, tx_id) = signed_proposal(&user, DEFAULT_CHANNEL, "nope", &["GetWallet", "alice"]);
     let err = net
         .gw
