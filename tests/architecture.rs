@@ -21,7 +21,7 @@ use serde_json::Value;
 const LAYERS: &[(&str, &[&str])] = &[
     ("gxd-storage", &[]),
     ("gxd-fabric", &[]),
-    ("gxd-gx", &["gxd-storage"]),
+    ("gxd-gx", &["gxd-storage", "gxd-engine"]),
     ("gxd-devnet", &["gxd-fabric", "gxd-gx"]),
     ("gxd-engine", &["gxd-storage", "gxd-fabric"]),
     ("gxd-api", &["gxd-storage", "gxd-gx"]),
