@@ -4,8 +4,11 @@
 //!   event payload and query result. The chaincode (in the devnet, and served to a real
 //!   network) emits with these types; the projector decodes with them. It is the source of
 //!   truth of the README's "The GX chaincode contract" table.
+//! - [`handlers`]: GX's projection handler — each contract event → the read-model writes
+//!   of `gxd_storage::pg::read_models`.
 //!
 //! The engine (outbox, submitter, projector) knows nothing of GX; everything GX-specific
 //! that plugs into it lives here or depends on this crate.
 
 pub mod contract;
+pub mod handlers;

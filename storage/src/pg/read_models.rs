@@ -144,8 +144,10 @@ pub struct NewDecision<'a> {
     pub proposal_id: &'a str,
     pub approver_id: &'a str,
     pub decision: Decision,
-    pub approval_count: u32,
-    pub rejection_count: u32,
+    /// Approvals so far (None: unchanged).
+    pub approval_count: Option<u32>,
+    /// Rejections so far (None: unchanged).
+    pub rejection_count: Option<u32>,
     pub state: ProposalState,
 }
 
@@ -426,7 +428,8 @@ impl BlockTx<'_> {
         let stmt = self
             .tx
             .prepare_cached(
-                "UPDATE proposals SET approval_count = $2, rejection_count = $3, state = $4, \
+                "UPDATE proposals SET approval_count = COALESCE($2, approval_count), \
+                 rejection_count = COALESCE($3, rejection_count), state = $4, \
                  closed_tx_id = CASE WHEN $4 = 'pending' THEN NULL ELSE $5 END, \
                  closed_block = CASE WHEN $4 = 'pending' THEN NULL ELSE $6::int8 END, \
                  closed_at = CASE WHEN $4 = 'pending' THEN NULL ELSE $7::timestamptz END \
@@ -439,8 +442,12 @@ impl BlockTx<'_> {
                 &stmt,
                 &[
                     &d.proposal_id,
-                    &to_i32("approval count", d.approval_count)?,
-                    &to_i32("rejection count", d.rejection_count)?,
+                    &d.approval_count
+                        .map(|n| to_i32("approval count", n))
+                        .transpose()?,
+                    &d.rejection_count
+                        .map(|n| to_i32("rejection count", n))
+                        .transpose()?,
                     &d.state.as_str(),
                     &ctx.tx_id,
                     &block,
