@@ -193,6 +193,8 @@ pub struct ProjectorStatus {
     pub state: ProjectorState,
     /// Last block applied to the read models (PostgreSQL's position).
     pub height: Option<u64>,
+    /// Last block in the checkpoint log (equal to `height` once reconciled).
+    pub checkpoint_height: Option<u64>,
     /// The last block projected by this run, if any.
     pub last_block: Option<ProjectedBlock>,
     /// When this run last projected a block (wall clock).
@@ -295,6 +297,7 @@ impl Projector {
         let (status, _) = watch::channel(ProjectorStatus {
             state: ProjectorState::Starting,
             height: None,
+            checkpoint_height: None,
             last_block: None,
             last_projected_at: None,
             dead_lettered: 0,
@@ -364,11 +367,14 @@ impl Projector {
         self.status
             .send_modify(|s| s.height = position.as_ref().map(|p| p.block_number));
         let last = self.log.last(channel)?;
+        let logged = last.as_ref().map(|l| l.number);
+        self.status.send_modify(|s| s.checkpoint_height = logged);
         // Blocks up to `log_only_until` are already in PostgreSQL: only the log needs them.
         let (start, previous_hash, log_only_until) = match (&position, last) {
             (None, None) => (0, None, None),
             (None, Some(_)) => {
                 let n = self.log.reset(channel).await?;
+                self.status.send_modify(|s| s.checkpoint_height = None);
                 tracing::warn!(channel, removed = n, "checkpoint log ahead of the read models (no position): reset");
                 (0, None, None)
             }
@@ -389,6 +395,8 @@ impl Projector {
                 }
                 if l.number > p.block_number {
                     let n = self.log.truncate_after(channel, p.block_number).await?;
+                self.status
+                    .send_modify(|s| s.checkpoint_height = Some(p.block_number));
                     tracing::warn!(channel, position = p.block_number, removed = n, "checkpoint log ahead of the read models: truncated");
                 }
                 (p.block_number + 1, Some(p.block_hash.clone()), None)
@@ -422,6 +430,8 @@ impl Projector {
                     ))));
                 }
                 self.append(&block).await?;
+                self.status
+                    .send_modify(|s| s.checkpoint_height = Some(block.number));
                 if block.number == until {
                     self.set_state(ProjectorState::Running);
                 }
@@ -437,6 +447,7 @@ impl Projector {
             self.status.send_modify(|s| {
                 s.state = ProjectorState::Running;
                 s.height = Some(block.number);
+                s.checkpoint_height = Some(block.number);
                 s.dead_lettered += projected
                     .transactions
                     .iter()
