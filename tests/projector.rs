@@ -59,9 +59,8 @@ async fn net() -> Net {
     };
     let connector =
         Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap());
-    let id = |name: &str| {
-        SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, name)).unwrap()
-    };
+    let id =
+        |name: &str| SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, name)).unwrap();
     let admin = Gateway::new(connector.clone(), id("Admin"), CHANNEL);
     let client = Gateway::new(connector.clone(), id("User1"), CHANNEL);
     let source = Arc::new(DeliverSource {
@@ -194,13 +193,7 @@ fn spawn(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), ProjectorError>>,
 ) {
-    let p = Projector::new(
-        config,
-        pool.clone(),
-        log.clone(),
-        handler,
-        n.source.clone(),
-    );
+    let p = Projector::new(config, pool.clone(), log.clone(), handler, n.source.clone());
     let status = p.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(p.run(stop.clone()));
@@ -272,7 +265,10 @@ async fn projects_every_gx_transaction_exactly_once_and_rebuilds_identically() {
                 .balance
         }
     };
-    assert_eq!(bal("treasury").await, (1_000_000 - 100 - 500 - 10 - 7).to_string());
+    assert_eq!(
+        bal("treasury").await,
+        (1_000_000 - 100 - 500 - 10 - 7).to_string()
+    );
     assert_eq!(bal("u1").await, "100");
     assert_eq!(bal("u2").await, "10");
     assert_eq!(bal("u3").await, "207");
@@ -308,18 +304,25 @@ async fn projects_every_gx_transaction_exactly_once_and_rebuilds_identically() {
 
     // History: both sides; ms1 credited then debited (newest first).
     let h = read_models::wallet_history(&pool, "ms1").await.unwrap();
-    let dirs: Vec<_> = h.iter().map(|r| (r.direction.as_str(), r.amount.as_str())).collect();
+    let dirs: Vec<_> = h
+        .iter()
+        .map(|r| (r.direction.as_str(), r.amount.as_str()))
+        .collect();
     assert_eq!(dirs, [("debit", "200"), ("credit", "500")]);
     assert_eq!(h[0].memo.as_deref(), Some("rent"));
     let u1 = read_models::wallet_history(&pool, "u1").await.unwrap();
     assert_eq!(u1.len(), 1);
     assert_eq!(u1[0].counterparty_wallet_id.as_deref(), Some("treasury"));
-    let treasury = read_models::wallet_history(&pool, "treasury").await.unwrap();
+    let treasury = read_models::wallet_history(&pool, "treasury")
+        .await
+        .unwrap();
     assert_eq!(treasury.last().unwrap().direction, "credit");
     assert_eq!(treasury.last().unwrap().counterparty_wallet_id, None);
 
     // Every transaction recorded; the invalid ones changed nothing.
-    let applied = read_models::applied_transactions(&pool, CHANNEL).await.unwrap();
+    let applied = read_models::applied_transactions(&pool, CHANNEL)
+        .await
+        .unwrap();
     let mvcc: Vec<_> = applied
         .iter()
         .filter(|a| a.tx_id.as_deref() == Some(mvcc_tx.as_str()))
@@ -336,7 +339,10 @@ async fn projects_every_gx_transaction_exactly_once_and_rebuilds_identically() {
         .collect();
     assert_eq!(dup.len(), 2, "both copies recorded, at their own positions");
     assert_eq!(dup[0].outcome, "applied");
-    assert_eq!(dup[1].validation_code, TxValidationCode::DuplicateTxid as i32);
+    assert_eq!(
+        dup[1].validation_code,
+        TxValidationCode::DuplicateTxid as i32
+    );
     assert_eq!(dup[1].outcome, "invalid");
     assert_eq!(
         read_models::wallet_history(&pool, "u3")
@@ -347,7 +353,10 @@ async fn projects_every_gx_transaction_exactly_once_and_rebuilds_identically() {
             .count(),
         1
     );
-    let events = applied.iter().filter(|a| a.event_name.is_some() && a.outcome == "applied").count();
+    let events = applied
+        .iter()
+        .filter(|a| a.event_name.is_some() && a.outcome == "applied")
+        .count();
     // Bootstrap, 4 users, t1, ms1, t2, propose, 3 decisions, ta, tc.
     assert_eq!(events, 1 + 4 + 1 + 1 + 1 + 1 + 3 + 1 + 1);
 
@@ -377,7 +386,10 @@ async fn projects_every_gx_transaction_exactly_once_and_rebuilds_identically() {
     let pool2 = pg_pool(&db2).await;
     let log2 = open_log(&dir.path().join("b"));
     project_to(&pool2, &log2, gx(), &n, height).await;
-    assert_eq!(read_models::read_model_digest(&pool2).await.unwrap(), digest);
+    assert_eq!(
+        read_models::read_model_digest(&pool2).await.unwrap(),
+        digest
+    );
     n.handle.shutdown().await.unwrap();
 }
 
@@ -473,10 +485,18 @@ async fn poison_halts_by_default_and_is_dead_lettered_under_the_other_policy() {
         panic!("{:?}", status.borrow().state)
     };
     assert!(reason.contains("refusing SystemBootstrapped"), "{reason}");
-    let pos = projection::position(&pool_a, CHANNEL).await.unwrap().unwrap();
+    let pos = projection::position(&pool_a, CHANNEL)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pos.block_number, block - 1);
     assert_eq!(status.borrow().height, Some(block - 1));
-    assert!(read_models::wallet(&pool_a, "treasury").await.unwrap().is_none());
+    assert!(
+        read_models::wallet(&pool_a, "treasury")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(log.last(CHANNEL).unwrap().unwrap().number, block - 1);
 
     // DeadLetter: every event transaction dead-lettered, nothing else written, goes on.
@@ -497,7 +517,9 @@ async fn poison_halts_by_default_and_is_dead_lettered_under_the_other_policy() {
     stop.cancel();
     task.await.unwrap().unwrap();
     let dead = read_models::dead_letters(&pool_b, CHANNEL).await.unwrap();
-    let applied = read_models::applied_transactions(&pool_b, CHANNEL).await.unwrap();
+    let applied = read_models::applied_transactions(&pool_b, CHANNEL)
+        .await
+        .unwrap();
     let valid_events = applied
         .iter()
         .filter(|a| a.validation_code == 0 && a.event_name.is_some())
@@ -509,11 +531,80 @@ async fn poison_halts_by_default_and_is_dead_lettered_under_the_other_policy() {
     assert!(dead[0].payload.as_ref().is_some_and(|p| !p.is_empty()));
     let counts = read_models::row_counts(&pool_b).await.unwrap();
     for (table, rows) in counts {
-        if ["users", "wallets", "wallet_owners", "transfers", "wallet_history", "proposals"]
-            .contains(&table.as_str())
+        if [
+            "users",
+            "wallets",
+            "wallet_owners",
+            "transfers",
+            "wallet_history",
+            "proposals",
+        ]
+        .contains(&table.as_str())
         {
             assert_eq!(rows, 0, "{table}: the handler's writes were undone");
         }
     }
     n.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_applies_on_a_v1_database_with_data() {
+    let db = TestDb::new().await.unwrap();
+    let client = db.connect().await.unwrap();
+    client
+        .batch_execute(include_str!("../migrations/V1__read_models.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO projector_checkpoints VALUES ('ch', 3, '\\x01', now());
+             INSERT INTO applied_transactions (channel, tx_id, block_number, tx_index,
+                 validation_code, event_name, tx_timestamp)
+                 VALUES ('ch', 'tx1', 1, 0, 0, 'UserCreated', now());
+             INSERT INTO wallets (wallet_id, kind, balance, channel, created_tx_id,
+                 created_block, created_at, updated_block, updated_at)
+                 VALUES ('w1', 'user', 5, 'ch', 'tx1', 1, now(), 1, now()),
+                        ('w2', 'user', 0, 'ch', 'tx0', 1, now(), 1, now());
+             INSERT INTO transfers (channel, tx_id, transfer_id, kind, from_wallet_id,
+                 to_wallet_id, amount, block_number, tx_index, tx_timestamp)
+                 VALUES ('ch', 'tx2', 't', 'transfer', 'w1', 'w2', 1, 2, 0, now());
+             INSERT INTO wallet_history (wallet_id, channel, tx_id, direction, amount,
+                 block_number, tx_index, tx_timestamp)
+                 VALUES ('w1', 'ch', 'tx2', 'debit', 1, 2, 0, now()),
+                        ('w2', 'ch', 'tx2', 'credit', 1, 2, 0, now());",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(include_str!("../migrations/V2__projection_keys.sql"))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT tx_id, outcome FROM applied_transactions WHERE channel = 'ch'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("tx1"));
+    assert_eq!(row.get::<_, String>(1), "applied");
+    // Now keyed by position: the same tx id at another position (a DUPLICATE_TXID copy)
+    // and a transaction without id are accepted; the same position twice is not.
+    client
+        .batch_execute(
+            "INSERT INTO applied_transactions (channel, tx_id, block_number, tx_index,
+                 validation_code, outcome) VALUES ('ch', 'tx1', 4, 0, 30, 'invalid'),
+                 ('ch', NULL, 4, 1, 254, 'invalid')",
+        )
+        .await
+        .unwrap();
+    assert!(
+        client
+            .batch_execute(
+                "INSERT INTO applied_transactions (channel, tx_id, block_number, tx_index,
+                     validation_code) VALUES ('ch', 'other', 4, 0, 0)",
+            )
+            .await
+            .is_err()
+    );
 }

@@ -44,8 +44,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use gxd_storage::pg::projection::{
-    BlockTx, ChaincodeEvent, HandlerError, ProjectionError, ProjectionHandler, TxContext,
-    TxOutcome,
+    BlockTx, ChaincodeEvent, HandlerError, ProjectionError, ProjectionHandler, TxContext, TxOutcome,
 };
 
 /// What to do with a poison transaction.
@@ -375,7 +374,11 @@ impl Projector {
             (None, Some(_)) => {
                 let n = self.log.reset(channel).await?;
                 self.status.send_modify(|s| s.checkpoint_height = None);
-                tracing::warn!(channel, removed = n, "checkpoint log ahead of the read models (no position): reset");
+                tracing::warn!(
+                    channel,
+                    removed = n,
+                    "checkpoint log ahead of the read models (no position): reset"
+                );
                 (0, None, None)
             }
             (Some(p), Some(l)) if l.number >= p.block_number => {
@@ -395,9 +398,14 @@ impl Projector {
                 }
                 if l.number > p.block_number {
                     let n = self.log.truncate_after(channel, p.block_number).await?;
-                self.status
-                    .send_modify(|s| s.checkpoint_height = Some(p.block_number));
-                    tracing::warn!(channel, position = p.block_number, removed = n, "checkpoint log ahead of the read models: truncated");
+                    self.status
+                        .send_modify(|s| s.checkpoint_height = Some(p.block_number));
+                    tracing::warn!(
+                        channel,
+                        position = p.block_number,
+                        removed = n,
+                        "checkpoint log ahead of the read models: truncated"
+                    );
                 }
                 (p.block_number + 1, Some(p.block_hash.clone()), None)
             }

@@ -154,7 +154,8 @@ pub(crate) fn to_i32(what: &str, v: u32) -> Result<i32> {
 }
 
 fn to_u64(what: &str, v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| ProjectionError::InvalidInput(format!("stored {what} {v} is negative")))
+    u64::try_from(v)
+        .map_err(|_| ProjectionError::InvalidInput(format!("stored {what} {v} is negative")))
 }
 
 /// The projector's position on `channel` (None: nothing projected yet).
@@ -271,7 +272,9 @@ impl<'a> BlockTx<'a> {
     /// Keeps the writes since [`savepoint`](Self::savepoint).
     pub async fn release_savepoint(&mut self) -> Result<()> {
         if self.in_savepoint {
-            self.tx.batch_execute("RELEASE SAVEPOINT gxd_handler").await?;
+            self.tx
+                .batch_execute("RELEASE SAVEPOINT gxd_handler")
+                .await?;
             self.in_savepoint = false;
         }
         Ok(())

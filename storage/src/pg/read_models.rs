@@ -683,7 +683,11 @@ const DIGEST_TABLES: &[(&str, &str, &str)] = &[
     ("wallets", "*", "wallet_id"),
     ("wallet_owners", "*", "wallet_id, owner_id"),
     ("transfers", "*", "channel, tx_id"),
-    ("wallet_history", "*", "wallet_id, channel, tx_id, direction"),
+    (
+        "wallet_history",
+        "*",
+        "wallet_id, channel, tx_id, direction",
+    ),
     ("proposals", "*", "proposal_id"),
     ("proposal_decisions", "*", "proposal_id, approver_id"),
     (
