@@ -5,9 +5,12 @@
 //!
 //! - [`backoff`]: exponential backoff with full jitter, bounded.
 //! - [`catalog`]: the command catalog seam.
+//! - [`projector`]: follows the block stream and applies each block to the read models
+//!   in one PostgreSQL transaction with its position; the checkpoint log follows.
 //! - [`submitter`]: claims due commands from the outbox and brings each to the ledger
 //!   exactly once (the resolution rule is documented there).
 
 pub mod backoff;
 pub mod catalog;
+pub mod projector;
 pub mod submitter;

@@ -6,9 +6,12 @@
 //!   truth of the README's "The GX chaincode contract" table.
 //! - [`commands`]: the outbox command types, their payloads, and GX's command catalog (how a
 //!   command becomes a chaincode invocation), plugged into the engine's submitter.
+//! - [`handlers`]: GX's projection handler — each contract event → the read-model writes
+//!   of `gxd_storage::pg::read_models`.
 //!
 //! The engine (outbox, submitter, projector) knows nothing of GX; everything GX-specific
 //! that plugs into it lives here or depends on this crate.
 
 pub mod commands;
 pub mod contract;
+pub mod handlers;

@@ -9,6 +9,8 @@
 pub mod cluster;
 pub mod migrate;
 mod pool;
+pub mod projection;
+pub mod read_models;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 

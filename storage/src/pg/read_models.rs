@@ -1,0 +1,723 @@
+//! The read models' typed writes (inside a block's [`BlockTx`]) and reads.
+//!
+//! Storage owns the schema (`migrations/`), so every statement on the read-model
+//! tables is here; a projection handler (GX's, in `gxd-gx`) calls these methods and
+//! never writes SQL. Amounts and balances are decimal strings of non-negative
+//! integers, checked here and cast to `NUMERIC` by PostgreSQL; never floating point.
+//! Every write is keyed so that applying the same transaction twice fails on a unique
+//! key instead of doubling (the position CAS in [`BlockTx::commit`] is the first line).
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use super::Pool;
+use super::projection::{BlockTx, ProjectionError, Result, TxContext, to_i32, to_i64};
+
+/// A wallet's kind (`wallets.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalletKind {
+    Treasury,
+    User,
+    Multisig,
+}
+
+impl WalletKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalletKind::Treasury => "treasury",
+            WalletKind::User => "user",
+            WalletKind::Multisig => "multisig",
+        }
+    }
+}
+
+/// A transfer's kind (`transfers.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    /// The initial supply (no source wallet).
+    Mint,
+    /// A direct transfer.
+    Transfer,
+    /// The execution of a multisig proposal.
+    Multisig,
+}
+
+impl TransferKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Mint => "mint",
+            TransferKind::Transfer => "transfer",
+            TransferKind::Multisig => "multisig",
+        }
+    }
+}
+
+/// A proposal's state (`proposals.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProposalState {
+    Pending,
+    Executed,
+    Rejected,
+}
+
+impl ProposalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProposalState::Pending => "pending",
+            ProposalState::Executed => "executed",
+            ProposalState::Rejected => "rejected",
+        }
+    }
+}
+
+/// An approval or a rejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+        }
+    }
+}
+
+/// A user created on the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser<'a> {
+    pub user_id: &'a str,
+    pub country: Option<&'a str>,
+    pub profile_commitment: Option<&'a str>,
+    pub msp_id: Option<&'a str>,
+}
+
+/// A wallet created on the ledger, with its owners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWallet<'a> {
+    pub wallet_id: &'a str,
+    pub kind: WalletKind,
+    /// Opening balance (decimal string).
+    pub balance: &'a str,
+    /// Multisig wallets only.
+    pub threshold: Option<u32>,
+    pub msp_id: Option<&'a str>,
+    pub owners: &'a [String],
+}
+
+/// Funds moved by a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTransfer<'a> {
+    /// Client transfer id, proposal id (multisig) or treasury wallet id (mint).
+    pub transfer_id: &'a str,
+    pub kind: TransferKind,
+    /// None for a mint.
+    pub from_wallet_id: Option<&'a str>,
+    pub to_wallet_id: &'a str,
+    pub amount: &'a str,
+    /// For a multisig transfer, None takes the proposal's memo.
+    pub memo: Option<&'a str>,
+    pub proposal_id: Option<&'a str>,
+    /// The source's balance after the transfer, as the ledger says (else computed).
+    pub from_balance: Option<&'a str>,
+    /// The destination's balance after the transfer, as the ledger says (else computed).
+    pub to_balance: Option<&'a str>,
+}
+
+/// A multisig proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewProposal<'a> {
+    pub proposal_id: &'a str,
+    pub wallet_id: &'a str,
+    pub to_wallet_id: &'a str,
+    pub amount: &'a str,
+    pub memo: Option<&'a str>,
+    pub threshold: u32,
+}
+
+/// A decision on a proposal and the proposal's counts and state after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDecision<'a> {
+    pub proposal_id: &'a str,
+    pub approver_id: &'a str,
+    pub decision: Decision,
+    /// Approvals so far (None: unchanged).
+    pub approval_count: Option<u32>,
+    /// Rejections so far (None: unchanged).
+    pub rejection_count: Option<u32>,
+    pub state: ProposalState,
+}
+
+/// Checks a decimal amount: 1 to 78 ASCII digits.
+pub fn check_amount<'s>(what: &str, s: &'s str) -> Result<&'s str> {
+    if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProjectionError::InvalidInput(format!(
+            "{what} {s:?} is not a non-negative decimal integer"
+        )));
+    }
+    Ok(s)
+}
+
+fn missing(what: &str, id: &str) -> ProjectionError {
+    ProjectionError::InvalidInput(format!("{what} {id:?} does not exist in the read models"))
+}
+
+impl BlockTx<'_> {
+    /// `UserCreated`: the user row (its wallet is [`create_wallet`](Self::create_wallet)).
+    pub async fn insert_user(&mut self, ctx: &TxContext, user: &NewUser<'_>) -> Result<()> {
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO users (user_id, country, profile_commitment, msp_id, channel, \
+                 created_tx_id, created_block, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await?;
+        self.tx
+            .execute(
+                &stmt,
+                &[
+                    &user.user_id,
+                    &user.country,
+                    &user.profile_commitment,
+                    &user.msp_id,
+                    &ctx.channel,
+                    &ctx.tx_id,
+                    &to_i64("block number", ctx.block_number)?,
+                    &ctx.timestamp,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A new wallet and its owners.
+    pub async fn create_wallet(&mut self, ctx: &TxContext, w: &NewWallet<'_>) -> Result<()> {
+        let balance = check_amount("balance", w.balance)?;
+        let threshold = w.threshold.map(|t| to_i32("threshold", t)).transpose()?;
+        let block = to_i64("block number", ctx.block_number)?;
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO wallets (wallet_id, kind, balance, threshold, msp_id, channel, \
+                 created_tx_id, created_block, created_at, updated_block, updated_at) \
+                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6, $7, $8, $9, $8, $9)",
+            )
+            .await?;
+        self.tx
+            .execute(
+                &stmt,
+                &[
+                    &w.wallet_id,
+                    &w.kind.as_str(),
+                    &balance,
+                    &threshold,
+                    &w.msp_id,
+                    &ctx.channel,
+                    &ctx.tx_id,
+                    &block,
+                    &ctx.timestamp,
+                ],
+            )
+            .await?;
+        if !w.owners.is_empty() {
+            let stmt = self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO wallet_owners (wallet_id, owner_id) \
+                     SELECT $1, o FROM unnest($2::text[]) AS o",
+                )
+                .await?;
+            self.tx.execute(&stmt, &[&w.wallet_id, &w.owners]).await?;
+        }
+        Ok(())
+    }
+
+    /// Funds moved: the transfer, both history rows, both balances.
+    pub async fn apply_transfer(&mut self, ctx: &TxContext, t: &NewTransfer<'_>) -> Result<()> {
+        let amount = check_amount("amount", t.amount)?;
+        let from_balance = t
+            .from_balance
+            .map(|b| check_amount("fromBalance", b))
+            .transpose()?;
+        let to_balance = t
+            .to_balance
+            .map(|b| check_amount("toBalance", b))
+            .transpose()?;
+        let block = to_i64("block number", ctx.block_number)?;
+        let index = to_i32("tx index", ctx.tx_index)?;
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO transfers (channel, tx_id, transfer_id, kind, from_wallet_id, \
+                 to_wallet_id, amount, memo, proposal_id, block_number, tx_index, tx_timestamp) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::numeric, \
+                         COALESCE($8, (SELECT memo FROM proposals WHERE proposal_id = $9)), \
+                         $9, $10, $11, $12) \
+                 RETURNING memo",
+            )
+            .await?;
+        let row = self
+            .tx
+            .query_one(
+                &stmt,
+                &[
+                    &ctx.channel,
+                    &ctx.tx_id,
+                    &t.transfer_id,
+                    &t.kind.as_str(),
+                    &t.from_wallet_id,
+                    &t.to_wallet_id,
+                    &amount,
+                    &t.memo,
+                    &t.proposal_id,
+                    &block,
+                    &index,
+                    &ctx.timestamp,
+                ],
+            )
+            .await?;
+        let memo: Option<String> = row.get(0);
+        // Both sides: (wallet, direction, counterparty).
+        let mut wallets: Vec<&str> = Vec::with_capacity(2);
+        let mut directions: Vec<&str> = Vec::with_capacity(2);
+        let mut counterparties: Vec<Option<&str>> = Vec::with_capacity(2);
+        if let Some(from) = t.from_wallet_id {
+            wallets.push(from);
+            directions.push("debit");
+            counterparties.push(Some(t.to_wallet_id));
+        }
+        wallets.push(t.to_wallet_id);
+        directions.push("credit");
+        counterparties.push(t.from_wallet_id);
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO wallet_history (wallet_id, channel, tx_id, direction, \
+                 counterparty_wallet_id, amount, memo, block_number, tx_index, tx_timestamp) \
+                 SELECT u.w, $1, $2, u.d, u.c, $3::text::numeric, $4, $5, $6, $7 \
+                 FROM unnest($8::text[], $9::text[], $10::text[]) AS u(w, d, c)",
+            )
+            .await?;
+        self.tx
+            .execute(
+                &stmt,
+                &[
+                    &ctx.channel,
+                    &ctx.tx_id,
+                    &amount,
+                    &memo,
+                    &block,
+                    &index,
+                    &ctx.timestamp,
+                    &wallets,
+                    &directions,
+                    &counterparties,
+                ],
+            )
+            .await?;
+        if let Some(from) = t.from_wallet_id {
+            self.set_balance(ctx, from, from_balance, amount, false)
+                .await?;
+        }
+        self.set_balance(ctx, t.to_wallet_id, to_balance, amount, true)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_balance(
+        &mut self,
+        ctx: &TxContext,
+        wallet_id: &str,
+        balance: Option<&str>,
+        amount: &str,
+        credit: bool,
+    ) -> Result<()> {
+        let block = to_i64("block number", ctx.block_number)?;
+        let updated = match balance {
+            Some(b) => {
+                let stmt = self
+                    .tx
+                    .prepare_cached(
+                        "UPDATE wallets SET balance = $2::text::numeric, updated_block = $3, \
+                         updated_at = $4 WHERE wallet_id = $1",
+                    )
+                    .await?;
+                self.tx
+                    .execute(&stmt, &[&wallet_id, &b, &block, &ctx.timestamp])
+                    .await?
+            }
+            None => {
+                let sql = if credit {
+                    "UPDATE wallets SET balance = balance + $2::text::numeric, updated_block = $3, \
+                     updated_at = $4 WHERE wallet_id = $1"
+                } else {
+                    "UPDATE wallets SET balance = balance - $2::text::numeric, updated_block = $3, \
+                     updated_at = $4 WHERE wallet_id = $1"
+                };
+                let stmt = self.tx.prepare_cached(sql).await?;
+                self.tx
+                    .execute(&stmt, &[&wallet_id, &amount, &block, &ctx.timestamp])
+                    .await?
+            }
+        };
+        if updated != 1 {
+            return Err(missing("wallet", wallet_id));
+        }
+        Ok(())
+    }
+
+    /// `TransferProposed`: a pending proposal.
+    pub async fn insert_proposal(&mut self, ctx: &TxContext, p: &NewProposal<'_>) -> Result<()> {
+        let amount = check_amount("amount", p.amount)?;
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO proposals (proposal_id, wallet_id, to_wallet_id, amount, memo, state, \
+                 threshold, channel, created_tx_id, created_block, created_at) \
+                 VALUES ($1, $2, $3, $4::text::numeric, $5, 'pending', $6, $7, $8, $9, $10)",
+            )
+            .await?;
+        self.tx
+            .execute(
+                &stmt,
+                &[
+                    &p.proposal_id,
+                    &p.wallet_id,
+                    &p.to_wallet_id,
+                    &amount,
+                    &p.memo,
+                    &to_i32("threshold", p.threshold)?,
+                    &ctx.channel,
+                    &ctx.tx_id,
+                    &to_i64("block number", ctx.block_number)?,
+                    &ctx.timestamp,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `TransferApproved` / `TransferRejected`: the decision and the proposal's state.
+    pub async fn record_decision(&mut self, ctx: &TxContext, d: &NewDecision<'_>) -> Result<()> {
+        let block = to_i64("block number", ctx.block_number)?;
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO proposal_decisions (proposal_id, approver_id, decision, channel, \
+                 tx_id, block_number, tx_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?;
+        self.tx
+            .execute(
+                &stmt,
+                &[
+                    &d.proposal_id,
+                    &d.approver_id,
+                    &d.decision.as_str(),
+                    &ctx.channel,
+                    &ctx.tx_id,
+                    &block,
+                    &ctx.timestamp,
+                ],
+            )
+            .await?;
+        let stmt = self
+            .tx
+            .prepare_cached(
+                "UPDATE proposals SET approval_count = COALESCE($2, approval_count), \
+                 rejection_count = COALESCE($3, rejection_count), state = $4, \
+                 closed_tx_id = CASE WHEN $4 = 'pending' THEN NULL ELSE $5 END, \
+                 closed_block = CASE WHEN $4 = 'pending' THEN NULL ELSE $6::int8 END, \
+                 closed_at = CASE WHEN $4 = 'pending' THEN NULL ELSE $7::timestamptz END \
+                 WHERE proposal_id = $1 AND state = 'pending'",
+            )
+            .await?;
+        let updated = self
+            .tx
+            .execute(
+                &stmt,
+                &[
+                    &d.proposal_id,
+                    &d.approval_count
+                        .map(|n| to_i32("approval count", n))
+                        .transpose()?,
+                    &d.rejection_count
+                        .map(|n| to_i32("rejection count", n))
+                        .transpose()?,
+                    &d.state.as_str(),
+                    &ctx.tx_id,
+                    &block,
+                    &ctx.timestamp,
+                ],
+            )
+            .await?;
+        if updated != 1 {
+            return Err(missing("pending proposal", d.proposal_id));
+        }
+        Ok(())
+    }
+}
+
+// ---- reads ----
+
+/// A wallet row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletRow {
+    pub wallet_id: String,
+    pub kind: String,
+    pub balance: String,
+    pub threshold: Option<i32>,
+    pub msp_id: Option<String>,
+    pub owners: Vec<String>,
+    pub updated_block: i64,
+}
+
+/// A wallet and its owners.
+pub async fn wallet(pool: &Pool, wallet_id: &str) -> Result<Option<WalletRow>> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT w.wallet_id, w.kind, w.balance::text, w.threshold, w.msp_id, \
+             COALESCE(array_agg(o.owner_id ORDER BY o.owner_id) \
+                      FILTER (WHERE o.owner_id IS NOT NULL), '{}'), w.updated_block \
+             FROM wallets w LEFT JOIN wallet_owners o ON o.wallet_id = w.wallet_id \
+             WHERE w.wallet_id = $1 GROUP BY w.wallet_id",
+            &[&wallet_id],
+        )
+        .await?;
+    Ok(row.map(|r| WalletRow {
+        wallet_id: r.get(0),
+        kind: r.get(1),
+        balance: r.get(2),
+        threshold: r.get(3),
+        msp_id: r.get(4),
+        owners: r.get(5),
+        updated_block: r.get(6),
+    }))
+}
+
+/// A wallet history row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub tx_id: String,
+    pub direction: String,
+    pub counterparty_wallet_id: Option<String>,
+    pub amount: String,
+    pub memo: Option<String>,
+    pub block_number: i64,
+    pub tx_index: i32,
+    pub tx_timestamp: DateTime<Utc>,
+}
+
+/// A wallet's history, newest first (the API's order).
+pub async fn wallet_history(pool: &Pool, wallet_id: &str) -> Result<Vec<HistoryRow>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT tx_id, direction, counterparty_wallet_id, amount::text, memo, block_number, \
+             tx_index, tx_timestamp FROM wallet_history WHERE wallet_id = $1 \
+             ORDER BY block_number DESC, tx_index DESC, direction DESC",
+            &[&wallet_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| HistoryRow {
+            tx_id: r.get(0),
+            direction: r.get(1),
+            counterparty_wallet_id: r.get(2),
+            amount: r.get(3),
+            memo: r.get(4),
+            block_number: r.get(5),
+            tx_index: r.get(6),
+            tx_timestamp: r.get(7),
+        })
+        .collect())
+}
+
+/// A proposal's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposalRow {
+    pub proposal_id: String,
+    pub wallet_id: String,
+    pub state: String,
+    pub approval_count: i32,
+    pub rejection_count: i32,
+    /// (approver, decision) in approver order.
+    pub decisions: Vec<(String, String)>,
+}
+
+pub async fn proposal(pool: &Pool, proposal_id: &str) -> Result<Option<ProposalRow>> {
+    let client = pool.get().await?;
+    let Some(r) = client
+        .query_opt(
+            "SELECT proposal_id, wallet_id, state, approval_count, rejection_count \
+             FROM proposals WHERE proposal_id = $1",
+            &[&proposal_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let decisions = client
+        .query(
+            "SELECT approver_id, decision FROM proposal_decisions WHERE proposal_id = $1 \
+             ORDER BY approver_id",
+            &[&proposal_id],
+        )
+        .await?
+        .iter()
+        .map(|d| (d.get(0), d.get(1)))
+        .collect();
+    Ok(Some(ProposalRow {
+        proposal_id: r.get(0),
+        wallet_id: r.get(1),
+        state: r.get(2),
+        approval_count: r.get(3),
+        rejection_count: r.get(4),
+        decisions,
+    }))
+}
+
+/// A row of `applied_transactions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedTransaction {
+    pub block_number: i64,
+    pub tx_index: i32,
+    pub tx_id: Option<String>,
+    pub validation_code: i32,
+    pub event_name: Option<String>,
+    pub outcome: String,
+}
+
+/// Every recorded transaction of a channel, in block order.
+pub async fn applied_transactions(pool: &Pool, channel: &str) -> Result<Vec<AppliedTransaction>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT block_number, tx_index, tx_id, validation_code, event_name, outcome \
+             FROM applied_transactions WHERE channel = $1 ORDER BY block_number, tx_index",
+            &[&channel],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AppliedTransaction {
+            block_number: r.get(0),
+            tx_index: r.get(1),
+            tx_id: r.get(2),
+            validation_code: r.get(3),
+            event_name: r.get(4),
+            outcome: r.get(5),
+        })
+        .collect())
+}
+
+/// A row of `projection_dead_letters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub block_number: i64,
+    pub tx_index: i32,
+    pub tx_id: Option<String>,
+    pub event_name: Option<String>,
+    pub error: String,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The dead-lettered transactions of a channel, in block order.
+pub async fn dead_letters(pool: &Pool, channel: &str) -> Result<Vec<DeadLetter>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT block_number, tx_index, tx_id, event_name, error, payload \
+             FROM projection_dead_letters WHERE channel = $1 ORDER BY block_number, tx_index",
+            &[&channel],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeadLetter {
+            block_number: r.get(0),
+            tx_index: r.get(1),
+            tx_id: r.get(2),
+            event_name: r.get(3),
+            error: r.get(4),
+            payload: r.get(5),
+        })
+        .collect())
+}
+
+/// Row counts of the projected tables, by name (for tests and diagnostics).
+pub async fn row_counts(pool: &Pool) -> Result<Vec<(String, i64)>> {
+    let client = pool.get().await?;
+    let mut out = Vec::new();
+    for (table, _, _) in DIGEST_TABLES {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await?
+            .get(0);
+        out.push(((*table).to_owned(), n));
+    }
+    Ok(out)
+}
+
+/// Every projected table: (name, columns, order). Wall-clock columns (`applied_at`,
+/// `recorded_at`, `updated_at` of the position) are left out: they differ between runs.
+const DIGEST_TABLES: &[(&str, &str, &str)] = &[
+    (
+        "projector_checkpoints",
+        "channel, block_number, encode(block_hash, 'hex') AS block_hash",
+        "channel",
+    ),
+    (
+        "applied_transactions",
+        "channel, block_number, tx_index, tx_id, validation_code, event_name, tx_timestamp, \
+         outcome",
+        "channel, block_number, tx_index",
+    ),
+    ("users", "*", "user_id"),
+    ("wallets", "*", "wallet_id"),
+    ("wallet_owners", "*", "wallet_id, owner_id"),
+    ("transfers", "*", "channel, tx_id"),
+    (
+        "wallet_history",
+        "*",
+        "wallet_id, channel, tx_id, direction",
+    ),
+    ("proposals", "*", "proposal_id"),
+    ("proposal_decisions", "*", "proposal_id, approver_id"),
+    (
+        "projection_dead_letters",
+        "channel, block_number, tx_index, tx_id, event_name, error, \
+         encode(payload, 'hex') AS payload",
+        "channel, block_number, tx_index",
+    ),
+];
+
+/// SHA-256 (hex) of an ordered dump of every projected table: equal digests mean equal
+/// read models (for rebuild-equals-incremental checks).
+pub async fn read_model_digest(pool: &Pool) -> Result<String> {
+    let client = pool.get().await?;
+    let mut h = Sha256::new();
+    for (table, columns, order) in DIGEST_TABLES {
+        let order_t = order
+            .split(',')
+            .map(|c| format!("t.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT COALESCE(string_agg(row_to_json(t)::text, E'\\n' ORDER BY {order_t}), '') \
+             FROM (SELECT {columns} FROM {table}) t"
+        );
+        let dump: String = client.query_one(&sql, &[]).await?.get(0);
+        h.update(table.as_bytes());
+        h.update(b"\n");
+        h.update(dump.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(hex::encode(h.finalize()))
+}
