@@ -55,7 +55,7 @@ async fn run_becomes_ready_and_stops_on_sigterm_within_its_bound() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["postgres", "migrations"]);
+    assert_eq!(names, ["postgres", "migrations", "outbox"]);
     let got = recv_notify(&notify, "READY=1", Duration::from_secs(10));
     assert!(
         got.iter().any(|m| m == "READY=1"),

@@ -68,8 +68,102 @@ pub struct FileConfig {
     pub api: ApiSection,
     pub database: DatabaseSection,
     pub storage: StorageSection,
+    pub fabric: FabricSection,
+    pub submitter: SubmitterSection,
+    pub projector: ProjectorSection,
     pub log: LogSection,
     pub shutdown: ShutdownSection,
+}
+
+/// The Fabric peer gxd talks to, and the identity it signs with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FabricSection {
+    /// `host:port` of the peer's Gateway (and Deliver) service, tried in order. Empty: the
+    /// engine (submitter and projector) does not run.
+    pub peer_endpoints: Vec<String>,
+    /// The name the peer's TLS certificate carries, when it differs from the endpoint's host.
+    pub peer_tls_server_name: Option<String>,
+    /// TLS to the peer (Fabric peers run TLS). `false` only for a plaintext test peer.
+    pub tls: bool,
+    /// PEM root certificate(s) of the peer's TLS CA (cryptogen: `peers/<peer>/tls/ca.crt`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Mutual TLS: client certificate and key (PEM), when the peer requires them.
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
+    /// MSP id of the organization gxd signs for, e.g. `Org1MSP`.
+    pub msp_id: Option<String>,
+    /// MSP directory of the signing identity (`signcerts/*.pem`, `keystore/*`).
+    pub msp_dir: Option<PathBuf>,
+    pub channel: String,
+    pub chaincode: String,
+    pub evaluate_timeout_seconds: u64,
+    pub endorse_timeout_seconds: u64,
+    pub submit_timeout_seconds: u64,
+    pub commit_status_timeout_seconds: u64,
+}
+
+impl Default for FabricSection {
+    fn default() -> Self {
+        Self {
+            peer_endpoints: Vec::new(),
+            peer_tls_server_name: None,
+            tls: true,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            msp_id: None,
+            msp_dir: None,
+            channel: "gxchannel".to_owned(),
+            chaincode: "gx".to_owned(),
+            evaluate_timeout_seconds: 5,
+            endorse_timeout_seconds: 15,
+            submit_timeout_seconds: 5,
+            commit_status_timeout_seconds: 60,
+        }
+    }
+}
+
+/// The outbox submitter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitterSection {
+    /// Commands (hence partitions) in flight at once.
+    pub max_in_flight: u64,
+    /// Attempts before a command with transient errors is dead-lettered.
+    pub max_attempts: u64,
+    /// Cap of the first retry's delay; it doubles per attempt (full jitter).
+    pub backoff_base_milliseconds: u64,
+    /// No retry waits longer.
+    pub backoff_max_seconds: u64,
+}
+
+impl Default for SubmitterSection {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            max_attempts: 5,
+            backoff_base_milliseconds: 200,
+            backoff_max_seconds: 30,
+        }
+    }
+}
+
+/// The block projector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorSection {
+    /// A transaction whose event the handlers cannot apply: `halt` (stop before its block;
+    /// readiness says why) or `dead_letter` (record it in `projection_dead_letters`, go on).
+    pub poison_policy: String,
+}
+
+impl Default for ProjectorSection {
+    fn default() -> Self {
+        Self {
+            poison_policy: "halt".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,9 +300,60 @@ pub struct Config {
     pub database: PgSettings,
     pub migrate_on_startup: bool,
     pub data_dir: PathBuf,
+    /// The peer and identity; `None` when no peer is configured (API and storage only).
+    pub fabric: Option<FabricConfig>,
+    pub submitter: SubmitterSettings,
+    pub projector: ProjectorSettings,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub shutdown: ShutdownTimeouts,
+}
+
+/// Validated `[fabric]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FabricConfig {
+    pub peer_endpoints: Vec<String>,
+    pub peer_tls_server_name: Option<String>,
+    /// `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+    pub msp_id: String,
+    pub msp_dir: PathBuf,
+    pub channel: String,
+    pub chaincode: String,
+    pub evaluate_timeout: Duration,
+    pub endorse_timeout: Duration,
+    pub submit_timeout: Duration,
+    pub commit_status_timeout: Duration,
+}
+
+/// TLS material files (read when the daemon starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Validated `[submitter]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitterSettings {
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// What the projector does with a transaction its handlers cannot apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoisonPolicySetting {
+    Halt,
+    DeadLetter,
+}
+
+/// Validated `[projector]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectorSettings {
+    pub poison_policy: PoisonPolicySetting,
 }
 
 /// Per-phase shutdown bounds.
@@ -291,6 +436,12 @@ fn type_sample() -> toml::Table {
     sample.database.password = Some(String::new());
     sample.database.password_file = Some(PathBuf::new());
     sample.database.dbname = Some(String::new());
+    sample.fabric.peer_tls_server_name = Some(String::new());
+    sample.fabric.tls_ca_file = Some(PathBuf::new());
+    sample.fabric.tls_client_cert_file = Some(PathBuf::new());
+    sample.fabric.tls_client_key_file = Some(PathBuf::new());
+    sample.fabric.msp_id = Some(String::new());
+    sample.fabric.msp_dir = Some(PathBuf::new());
     match toml::Value::try_from(sample) {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::Table::new(),
@@ -354,6 +505,14 @@ fn coerce(kind: &toml::Value, raw: &str) -> Result<toml::Value, String> {
             "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
             _ => Err(format!("expected true or false, got {raw:?}")),
         },
+        // A list from the environment: comma-separated (GXD_FABRIC__PEER_ENDPOINTS=a:7051,b:7051).
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        )),
         toml::Value::Float(_) => raw
             .trim()
             .parse::<f64>()
@@ -405,11 +564,27 @@ impl FileConfig {
             )?,
         };
 
+        let fabric = self.fabric.validate()?;
+        let submitter = self.submitter.validate()?;
+        let poison_policy = match self.projector.poison_policy.as_str() {
+            "halt" => PoisonPolicySetting::Halt,
+            "dead_letter" => PoisonPolicySetting::DeadLetter,
+            other => {
+                return Err(ConfigError::new(
+                    "projector.poison_policy",
+                    format!("{other:?} is not one of \"halt\", \"dead_letter\""),
+                ));
+            }
+        };
+
         Ok(Config {
             api_listen,
             database,
             migrate_on_startup: self.database.migrate_on_startup,
             data_dir: self.storage.data_dir.clone(),
+            fabric,
+            submitter,
+            projector: ProjectorSettings { poison_policy },
             log_format,
             log_filter: self.log.filter.clone(),
             shutdown,
@@ -425,6 +600,137 @@ fn seconds(field: &str, value: u64) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(Duration::from_secs(value))
+}
+
+impl FabricSection {
+    fn validate(&self) -> Result<Option<FabricConfig>, ConfigError> {
+        if self.peer_endpoints.is_empty() {
+            return Ok(None);
+        }
+        for (i, e) in self.peer_endpoints.iter().enumerate() {
+            let ok = e.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("fabric.peer_endpoints[{i}]"),
+                    format!("{e:?} is not host:port"),
+                ));
+            }
+        }
+        let required = |field: &str, v: &Option<String>| match v {
+            Some(v) if !v.trim().is_empty() => Ok(v.clone()),
+            _ => Err(ConfigError::new(
+                format!("fabric.{field}"),
+                "missing (required when fabric.peer_endpoints is set)",
+            )),
+        };
+        let msp_id = required("msp_id", &self.msp_id)?;
+        let msp_dir = self.msp_dir.clone().ok_or_else(|| {
+            ConfigError::new(
+                "fabric.msp_dir",
+                "missing (required when fabric.peer_endpoints is set)",
+            )
+        })?;
+        if !msp_dir.is_dir() {
+            return Err(ConfigError::new(
+                "fabric.msp_dir",
+                format!("{} is not a directory", msp_dir.display()),
+            ));
+        }
+        let readable = |field: &str, p: &Path| {
+            std::fs::metadata(p).map(|_| ()).map_err(|e| {
+                ConfigError::new(format!("fabric.{field}"), format!("{}: {e}", p.display()))
+            })
+        };
+        let tls = if self.tls {
+            let ca = self.tls_ca_file.clone().ok_or_else(|| {
+                ConfigError::new(
+                    "fabric.tls_ca_file",
+                    "missing (required with fabric.tls = true)",
+                )
+            })?;
+            readable("tls_ca_file", &ca)?;
+            match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+                (Some(c), Some(k)) => {
+                    readable("tls_client_cert_file", c)?;
+                    read_secret_file("fabric.tls_client_key_file", k)?;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        "fabric.tls_client_key_file",
+                        "set both fabric.tls_client_cert_file and fabric.tls_client_key_file, or neither",
+                    ));
+                }
+            }
+            Some(TlsFiles {
+                ca,
+                client_cert: self.tls_client_cert_file.clone(),
+                client_key: self.tls_client_key_file.clone(),
+            })
+        } else {
+            None
+        };
+        if self.channel.trim().is_empty() {
+            return Err(ConfigError::new("fabric.channel", "must not be empty"));
+        }
+        if self.chaincode.trim().is_empty() {
+            return Err(ConfigError::new("fabric.chaincode", "must not be empty"));
+        }
+        Ok(Some(FabricConfig {
+            peer_endpoints: self.peer_endpoints.clone(),
+            peer_tls_server_name: self.peer_tls_server_name.clone(),
+            tls,
+            msp_id,
+            msp_dir,
+            channel: self.channel.clone(),
+            chaincode: self.chaincode.clone(),
+            evaluate_timeout: seconds(
+                "fabric.evaluate_timeout_seconds",
+                self.evaluate_timeout_seconds,
+            )?,
+            endorse_timeout: seconds(
+                "fabric.endorse_timeout_seconds",
+                self.endorse_timeout_seconds,
+            )?,
+            submit_timeout: seconds("fabric.submit_timeout_seconds", self.submit_timeout_seconds)?,
+            commit_status_timeout: seconds(
+                "fabric.commit_status_timeout_seconds",
+                self.commit_status_timeout_seconds,
+            )?,
+        }))
+    }
+}
+
+impl SubmitterSection {
+    fn validate(&self) -> Result<SubmitterSettings, ConfigError> {
+        let range = |field: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::new(
+                    format!("submitter.{field}"),
+                    format!("{v} is out of range {lo}..={hi}"),
+                ))
+            }
+        };
+        let max_in_flight = range("max_in_flight", self.max_in_flight, 1, 100_000)?;
+        let max_attempts = range("max_attempts", self.max_attempts, 1, 1_000)?;
+        let base = range(
+            "backoff_base_milliseconds",
+            self.backoff_base_milliseconds,
+            1,
+            600_000,
+        )?;
+        let max = range("backoff_max_seconds", self.backoff_max_seconds, 1, 86_400)?;
+        Ok(SubmitterSettings {
+            max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+            backoff_base: Duration::from_millis(base),
+            backoff_max: Duration::from_secs(max),
+        })
+    }
 }
 
 impl DatabaseSection {
@@ -574,6 +880,68 @@ dbname = "gxd"
 
     fn check(text: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         parse(text, &env(env_pairs))?.validate()
+    }
+
+    #[test]
+    fn the_fabric_section_is_checked_field_by_field() {
+        let c = check(MINIMAL, &[]).unwrap();
+        assert!(c.fabric.is_none(), "no peer: no engine");
+        assert_eq!(c.submitter.max_attempts, 5);
+        assert_eq!(c.projector.poison_policy, PoisonPolicySetting::Halt);
+
+        let dir = tempfile::tempdir().unwrap();
+        let msp = dir.path().join("msp");
+        std::fs::create_dir_all(&msp).unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "pem").unwrap();
+        let base = format!(
+            "{MINIMAL}\n[fabric]\npeer_endpoints = [\"peer0:7051\"]\nmsp_id = \"Org1MSP\"\nmsp_dir = {:?}\ntls_ca_file = {:?}\n",
+            msp.display().to_string(),
+            ca.display().to_string()
+        );
+        let c = check(&base, &[]).unwrap();
+        let f = c.fabric.unwrap();
+        assert_eq!(f.peer_endpoints, ["peer0:7051"]);
+        assert_eq!(f.tls.unwrap().ca, ca);
+        assert_eq!(f.commit_status_timeout, Duration::from_secs(60));
+
+        // A list from the environment: comma-separated.
+        let c = check(&base, &[("GXD_FABRIC__PEER_ENDPOINTS", "a:7051, b:8051")]).unwrap();
+        assert_eq!(c.fabric.unwrap().peer_endpoints, ["a:7051", "b:8051"]);
+
+        for (env_pairs, field) in [
+            (
+                vec![("GXD_FABRIC__PEER_ENDPOINTS", "nohostport")],
+                "fabric.peer_endpoints[0]",
+            ),
+            (vec![("GXD_FABRIC__MSP_ID", " ")], "fabric.msp_id"),
+            (
+                vec![("GXD_FABRIC__MSP_DIR", "/nonexistent/msp")],
+                "fabric.msp_dir",
+            ),
+            (
+                vec![("GXD_FABRIC__TLS_CA_FILE", "/nonexistent/ca.crt")],
+                "fabric.tls_ca_file",
+            ),
+            (
+                vec![("GXD_FABRIC__TLS_CLIENT_CERT_FILE", "/x")],
+                "fabric.tls_client_key_file",
+            ),
+            (
+                vec![("GXD_SUBMITTER__MAX_ATTEMPTS", "0")],
+                "submitter.max_attempts",
+            ),
+            (
+                vec![("GXD_PROJECTOR__POISON_POLICY", "skip")],
+                "projector.poison_policy",
+            ),
+        ] {
+            let err = check(&base, &env_pairs).unwrap_err();
+            assert!(err.field.starts_with(field), "{field}: {err}");
+        }
+        // tls = false needs no CA.
+        let plain = base.replace("tls_ca_file", "# tls_ca_file") + "tls = false\n";
+        assert!(check(&plain, &[]).unwrap().fabric.unwrap().tls.is_none());
     }
 
     #[test]

@@ -21,13 +21,16 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use gxd_api::{ApiState, ReadinessCheck};
+use gxd_storage::checkpoint::CheckpointLog;
+use gxd_storage::outbox::{Outbox, OutboxOptions};
 use gxd_storage::pg::{self, Pool};
+use gxd_storage::{Db, DbOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::exit::{self, SchemaRefused};
-use crate::readiness::{MigrationsCurrent, PostgresReady};
+use crate::readiness::{MigrationsCurrent, OutboxWritable, PostgresReady, ProjectorReady};
 use crate::sdnotify;
 
 /// Runs the daemon until `shutdown` resolves (or a subsystem fails), then stops
@@ -62,6 +65,8 @@ pub struct Daemon {
     api_state: ApiState,
     api_addr: SocketAddr,
     pool: Pool,
+    /// The outbox's and checkpoint log's RocksDB (closed last).
+    db: Option<Db>,
     /// In shutdown order.
     subsystems: Vec<Subsystem>,
     registry: prometheus::Registry,
@@ -83,13 +88,77 @@ impl Daemon {
             .context("connect to PostgreSQL (database.*)")?;
         prepare_schema(&pool, config.migrate_on_startup).await?;
 
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+        // The local state: outbox and checkpoint log, in one RocksDB.
+        let db_path = Db::path_in(&config.data_dir);
+        let db = {
+            let path = db_path.clone();
+            tokio::task::spawn_blocking(move || Db::open(&path, &DbOptions::default()))
+                .await
+                .context("open storage task")?
+                .with_context(|| format!("open the outbox in {}", db_path.display()))?
+        };
+        let outbox = Outbox::new(db.clone(), OutboxOptions::default())
+            .with_context(|| format!("open the outbox in {}", db_path.display()))?;
+        let checkpoints = CheckpointLog::new(db.clone());
+
+        let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
             Arc::new(PostgresReady::new(pool.clone())),
             Arc::new(MigrationsCurrent::new(pool.clone())),
+            Arc::new(OutboxWritable::new(db.clone())),
         ];
+        let root = CancellationToken::new();
+        let mut engine_subsystems = Vec::new();
+        match &config.fabric {
+            None => tracing::warn!(
+                "no fabric.peer_endpoints configured: the submitter and the projector do not run"
+            ),
+            Some(fabric) => {
+                let engine = crate::engine::build(
+                    &config,
+                    fabric,
+                    outbox.clone(),
+                    checkpoints.clone(),
+                    pool.clone(),
+                    &registry,
+                )?;
+                checks.push(Arc::new(ProjectorReady::new(engine.projector.status())));
+                let submitter_token = root.child_token();
+                let submitter = {
+                    let token = submitter_token.clone();
+                    let submitter = engine.submitter;
+                    tokio::spawn(async move { submitter.run(token).await.context("submitter") })
+                };
+                let projector_token = root.child_token();
+                let projector = {
+                    let token = projector_token.clone();
+                    let projector = engine.projector;
+                    tokio::spawn(async move { projector.run(token).await.context("projector") })
+                };
+                tracing::info!(
+                    peers = ?fabric.peer_endpoints,
+                    msp_id = %fabric.msp_id,
+                    channel = %fabric.channel,
+                    chaincode = %fabric.chaincode,
+                    "engine started"
+                );
+                engine_subsystems.push(Subsystem {
+                    name: "submitter",
+                    token: submitter_token,
+                    handle: submitter,
+                    stop_timeout: config.shutdown.http_drain,
+                    ended: false,
+                });
+                engine_subsystems.push(Subsystem {
+                    name: "projector",
+                    token: projector_token,
+                    handle: projector,
+                    stop_timeout: config.shutdown.http_drain,
+                    ended: false,
+                });
+            }
+        }
         let api_state = ApiState::new(&registry, checks).context("register API metrics")?;
 
-        let root = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("listen on api.listen {}", config.api_listen))?;
@@ -108,19 +177,22 @@ impl Daemon {
         };
         tracing::info!(api = %api_addr, "API listening");
 
-        let subsystems = vec![Subsystem {
+        // Shutdown order: stop accepting (HTTP), then the submitter, then the projector.
+        let mut subsystems = vec![Subsystem {
             name: "http",
             token: http_token,
             handle: http,
             stop_timeout: config.shutdown.http_drain,
             ended: false,
         }];
+        subsystems.extend(engine_subsystems);
         Ok(Daemon {
             config,
             root,
             api_state,
             api_addr,
             pool,
+            db: Some(db),
             subsystems,
             registry,
         })
@@ -172,7 +244,11 @@ impl Daemon {
         self.root.cancel();
 
         let pool = self.pool;
-        let close = tokio::task::spawn_blocking(move || pool.close());
+        let db = self.db;
+        let close = tokio::task::spawn_blocking(move || {
+            pool.close();
+            drop(db);
+        });
         if tokio::time::timeout(self.config.shutdown.storage_close, close)
             .await
             .is_err()

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod readiness;

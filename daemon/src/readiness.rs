@@ -55,3 +55,68 @@ impl ReadinessCheck for MigrationsCurrent {
         }
     }
 }
+
+/// Readiness: the outbox accepts writes (a failed WAL write — a full disk — turns it off
+/// until storage is reopened).
+pub struct OutboxWritable {
+    db: gxd_storage::Db,
+}
+
+impl OutboxWritable {
+    pub fn new(db: gxd_storage::Db) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for OutboxWritable {
+    fn name(&self) -> &'static str {
+        "outbox"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        if self.db.is_writable() {
+            Ok(())
+        } else {
+            Err(
+                "the outbox's last write failed (disk full or I/O error); not accepting commands"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Readiness: the projector follows the ledger (not halted on a poison transaction, not
+/// retrying a lost peer or database).
+pub struct ProjectorReady {
+    status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+}
+
+impl ProjectorReady {
+    pub fn new(
+        status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+    ) -> Self {
+        Self { status }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for ProjectorReady {
+    fn name(&self) -> &'static str {
+        "projector"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        use gxd_engine::projector::ProjectorState;
+        let status = self.status.borrow().clone();
+        match status.state {
+            ProjectorState::Running => Ok(()),
+            ProjectorState::Starting | ProjectorState::Reconciling => {
+                Err("starting: catching up with the ledger".into())
+            }
+            ProjectorState::Retrying { reason } => Err(format!("retrying: {reason}")),
+            ProjectorState::Halted { reason } => Err(format!("halted: {reason}")),
+            ProjectorState::Stopped => Err("stopped".into()),
+        }
+    }
+}

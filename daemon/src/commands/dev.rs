@@ -4,10 +4,11 @@
 //!   superuser password is kept in `DIR/postgres/gxd_superuser_password`); as root, when
 //!   the `postgres` user cannot reach DIR (say, under a 0700 /root), in
 //!   `/var/tmp/gxd-dev-<hash of DIR>/postgres` instead;
-//! - the devnet in `DIR/devnet`, in-process (if it cannot run, a warning, and the
-//!   rest goes on without it);
-//! - the daemon, against database `gxd` of that cluster, with its data in
-//!   `DIR/data` and the API on 127.0.0.1:8080.
+//! - the devnet in `DIR/devnet`, in-process, started first (a busy port is an error: gxd
+//!   dev never runs without one of its parts; the devnet failing later stops everything);
+//! - the daemon, against database `gxd` of that cluster, with its data in `DIR/data`, the
+//!   API on 127.0.0.1:8080, and the engine (submitter, projector) signing as
+//!   `User1@org1.example.com` of Org1MSP against the devnet.
 //!
 //! Ctrl-C (or SIGTERM) stops the daemon, then the devnet, then PostgreSQL.
 
@@ -21,7 +22,10 @@ use gxd_storage::pg::PgSettings;
 use gxd_storage::pg::cluster::{ClusterError, LocalCluster};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat, ShutdownTimeouts};
+use crate::config::{
+    Config, FabricConfig, LogFormat, PoisonPolicySetting, ProjectorSettings, ShutdownTimeouts,
+    SubmitterSettings, TlsFiles,
+};
 
 /// Database the daemon uses in the dev cluster.
 pub const DEV_DATABASE: &str = "gxd";
@@ -101,14 +105,36 @@ async fn with_cluster(
         .await
         .context("create the dev database")?;
 
+    // The devnet first: its port bound and its crypto material in place before the daemon
+    // is configured with them. It never runs without one of its parts.
     let devnet_dir = dir.join("devnet");
+    let devnet = gxd_devnet::start(
+        gxd_devnet::DevnetConfig::new(devnet_dir.clone()).with_listen(opts.devnet_listen),
+    )
+    .await
+    .with_context(|| format!("start the devnet on {}", opts.devnet_listen))?;
+    let devnet_addr = devnet.local_addr();
+    let paths = devnet.paths().clone();
     let devnet_token = CancellationToken::new();
-    let devnet = tokio::spawn({
-        let config =
-            gxd_devnet::DevnetConfig::new(devnet_dir.clone()).with_listen(opts.devnet_listen);
-        let stop = devnet_token.clone().cancelled_owned();
-        async move { gxd_devnet::start(config).await?.run_until(stop).await }
-    });
+    let devnet = tokio::spawn(devnet.run_until(devnet_token.clone().cancelled_owned()));
+    const ORG1: &str = "org1.example.com";
+    let fabric = FabricConfig {
+        peer_endpoints: vec![devnet_addr.to_string()],
+        peer_tls_server_name: Some(gxd_devnet::PEER_HOST.to_owned()),
+        tls: Some(TlsFiles {
+            ca: paths.peer_tls_ca(ORG1),
+            client_cert: None,
+            client_key: None,
+        }),
+        msp_id: "Org1MSP".to_owned(),
+        msp_dir: paths.user_msp(ORG1, "User1"),
+        channel: gxd_devnet::DEFAULT_CHANNEL.to_owned(),
+        chaincode: gxd_devnet::DEFAULT_CHAINCODE.to_owned(),
+        evaluate_timeout: Duration::from_secs(5),
+        endorse_timeout: Duration::from_secs(15),
+        submit_timeout: Duration::from_secs(5),
+        commit_status_timeout: Duration::from_secs(60),
+    };
 
     let config = Config {
         api_listen: opts.api_listen,
@@ -124,6 +150,16 @@ async fn with_cluster(
         },
         migrate_on_startup: true,
         data_dir: dir.join("data"),
+        fabric: Some(fabric),
+        submitter: SubmitterSettings {
+            max_in_flight: 64,
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        },
+        projector: ProjectorSettings {
+            poison_policy: PoisonPolicySetting::Halt,
+        },
         log_format: LogFormat::Pretty,
         log_filter: "info".to_owned(),
         shutdown: ShutdownTimeouts {
@@ -149,8 +185,8 @@ async fn with_cluster(
         cluster.log_file().display()
     );
     println!(
-        "  devnet      {} (state in {})",
-        opts.devnet_listen,
+        "  devnet      {} (state in {}; gxd signs as User1@{ORG1}, Org1MSP)",
+        devnet_addr,
         devnet_dir.display()
     );
     println!(
@@ -160,24 +196,36 @@ async fn with_cluster(
     println!("  daemon data {}", config.data_dir.display());
     println!("Ctrl-C stops everything.");
 
-    // Report the devnet's early end (e.g. not built yet) without stopping the rest.
+    // The devnet ending early (an error) stops everything: never run without it.
+    let devnet_failed = std::sync::Arc::new(tokio::sync::Notify::new());
     let devnet_watch = {
         let token = devnet_token.clone();
+        let failed = devnet_failed.clone();
         tokio::spawn(async move {
             let result = devnet.await;
+            let stopped_early = !token.is_cancelled();
             match &result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if !token.is_cancelled() => tracing::warn!(
-                    error = %e,
-                    "the devnet is not running; continuing without it"
-                ),
-                Ok(Err(e)) => tracing::warn!(error = %e, "the devnet stopped with an error"),
-                Err(e) => tracing::error!(error = %e, "the devnet task failed"),
+                Ok(Ok(())) if !stopped_early => {}
+                Ok(Ok(())) => tracing::error!("the devnet stopped; stopping gxd dev"),
+                Ok(Err(e)) => tracing::error!(error = %e, "the devnet failed; stopping gxd dev"),
+                Err(e) => tracing::error!(error = %e, "the devnet task failed; stopping gxd dev"),
+            }
+            if stopped_early {
+                failed.notify_one();
             }
         })
     };
+    let shutdown = {
+        let failed = devnet_failed.clone();
+        async move {
+            tokio::select! {
+                () = crate::signal::shutdown_signal() => {}
+                () = failed.notified() => {}
+            }
+        }
+    };
 
-    let result = crate::daemon::run(config, crate::signal::shutdown_signal()).await;
+    let result = crate::daemon::run(config, shutdown).await;
 
     devnet_token.cancel();
     if tokio::time::timeout(Duration::from_secs(10), devnet_watch)

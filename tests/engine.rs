@@ -1,0 +1,201 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `gxd run` with the engine, through the real binary: commands already in the outbox are
+//! submitted to the devnet through GX's catalog and committed once, the projector brings the
+//! ledger into PostgreSQL's read models, `/readyz` names the outbox and projector checks,
+//! and `/metrics` counts the submitter's outcomes. The config is the one an operator writes:
+//! peer endpoint, TLS CA, MSP id and MSP directory in the cryptogen layout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gxd_devnet::DevnetConfig;
+use gxd_fabric::client::Gateway;
+use gxd_fabric::identity::SigningIdentity;
+use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
+use gxd_gx::commands::command_type;
+use gxd_storage::outbox::{NewCommand, Outbox, OutboxOptions, Status};
+use gxd_storage::{Db, DbOptions};
+
+const ORG1: &str = "org1.example.com";
+
+fn enqueue_payload(
+    command_type: &str,
+    partition: &str,
+    request: &str,
+    payload: serde_json::Value,
+) -> NewCommand {
+    NewCommand {
+        tenant: "Org1MSP".into(),
+        command_type: command_type.into(),
+        request_id: request.into(),
+        partition_key: partition.into(),
+        payload: serde_json::to_vec(&payload).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_submits_the_outbox_and_projects_the_ledger() {
+    let db = TestDb::new().await.unwrap();
+    let dir = traversable_tempdir();
+    let devnet = gxd_devnet::start(
+        DevnetConfig::new(dir.path().join("devnet"))
+            .with_listen("127.0.0.1:0".parse().unwrap())
+            .with_batch(20, Duration::from_millis(20)),
+    )
+    .await
+    .unwrap();
+    let paths = devnet.paths().clone();
+
+    // The organization's admin bootstraps the system (gxd signs as a client: not an admin).
+    let endpoint =
+        PeerEndpoint::new(devnet.local_addr().to_string()).with_server_name(gxd_devnet::PEER_HOST);
+    let tls = TlsOptions {
+        ca_pem: std::fs::read(paths.peer_tls_ca(ORG1)).unwrap(),
+        ..TlsOptions::default()
+    };
+    let connector = std::sync::Arc::new(
+        PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap(),
+    );
+    let admin = Gateway::new(
+        connector,
+        SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, "Admin")).unwrap(),
+        gxd_devnet::DEFAULT_CHANNEL,
+    );
+    admin
+        .submit_transaction(
+            &admin
+                .proposal("gx", "Bootstrap")
+                .with_args(["treasury", "1000"]),
+        )
+        .await
+        .unwrap();
+    admin
+        .submit_transaction(
+            &admin
+                .proposal("gx", "CreateUser")
+                .with_args(["alice", "{}"]),
+        )
+        .await
+        .unwrap();
+
+    // Commands accepted while the daemon was down (two partitions: they run concurrently).
+    let data = dir.path().join("data");
+    let ids = {
+        let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
+        let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+        let mut ids = Vec::new();
+        for new in [
+            enqueue_payload(
+                command_type::CREATE_USER,
+                "bob",
+                "r1",
+                serde_json::json!({"userId": "bob", "country": "DE", "profileCommitment": "00ff"}),
+            ),
+            enqueue_payload(
+                command_type::TRANSFER_TOKENS,
+                "treasury",
+                "r2",
+                serde_json::json!({"fromWalletId": "treasury", "toWalletId": "alice", "amount": "25"}),
+            ),
+        ] {
+            ids.push(outbox.enqueue(new).await.unwrap().command.id);
+        }
+        ids
+    };
+
+    let mut settings = Settings::new(&db, free_port());
+    settings.extra_toml = format!(
+        "[fabric]\npeer_endpoints = [{}]\npeer_tls_server_name = {}\ntls_ca_file = {}\nmsp_id = \"Org1MSP\"\nmsp_dir = {}\n",
+        toml_string(&devnet.local_addr().to_string()),
+        toml_string(gxd_devnet::PEER_HOST),
+        toml_string(paths.peer_tls_ca(ORG1).to_str().unwrap()),
+        toml_string(paths.user_msp(ORG1, "User1").to_str().unwrap()),
+    );
+    let config = write_config(dir.path(), &settings);
+    let check = run_gxd(
+        &["config", "check", config.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut gxd = Gxd::spawn_with_api(
+        &["run", "--config", config.to_str().unwrap()],
+        &[],
+        settings.api_port,
+    );
+    let body = gxd.wait_ready(Duration::from_secs(90)).unwrap();
+    let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = readiness["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["postgres", "migrations", "outbox", "projector"]);
+
+    // The read models show both commands' effects (the projector follows the ledger).
+    let client = db.connect().await.unwrap();
+    let balance = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT balance::text FROM wallets WHERE wallet_id = 'alice'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                let b: String = row.get(0);
+                if b == "25" {
+                    return b;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("alice's wallet not projected:\n{}", gxd.logs()));
+    assert_eq!(balance, "25");
+    let treasury: String = client
+        .query_one(
+            "SELECT balance::text FROM wallets WHERE wallet_id = 'treasury'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(treasury, "975");
+    let bob = client
+        .query_opt("SELECT 1 FROM users WHERE user_id = 'bob'", &[])
+        .await
+        .unwrap();
+    assert!(bob.is_some(), "bob projected");
+
+    let (code, metrics) = http_get(gxd.api.unwrap(), "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"gxd_submitter_attempts_total{outcome="committed"} 2"#),
+        "{metrics}"
+    );
+
+    gxd.sigterm();
+    let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{}", gxd.logs());
+    assert!(gxd.error_lines().is_empty(), "{:?}", gxd.error_lines());
+
+    let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
+    let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+    for id in ids {
+        let c = outbox.get(id).unwrap();
+        assert_eq!(c.status, Status::Committed, "{c:#?}");
+        assert_eq!(c.attempts, 0);
+    }
+    devnet.shutdown().await.unwrap();
+}
