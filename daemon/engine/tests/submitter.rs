@@ -552,3 +552,52 @@ async fn commands_left_in_flight_are_resolved_at_start() {
         assert_eq!(codes_of(&ledger, user), [TxValidationCode::Valid], "{user}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_partitions_run_concurrently_without_conflicts() {
+    let e = env().await;
+    for u in ["a", "b", "c", "sa", "sb", "sc"] {
+        e.admin
+            .submit_transaction(&e.admin.proposal("gx", "CreateUser").with_args([u, "{}"]))
+            .await
+            .unwrap();
+    }
+    for (i, u) in ["a", "b", "c"].iter().enumerate() {
+        e.admin
+            .submit_transaction(&e.admin.proposal("gx", "TransferTokens").with_args([
+                &format!("f{i}"),
+                "treasury",
+                u,
+                "1000",
+                "",
+            ]))
+            .await
+            .unwrap();
+    }
+    let r = run(&e, e.client.clone(), config());
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        for u in ["a", "b", "c"] {
+            let sink = format!("s{u}");
+            ids.push(
+                enqueue(
+                    &e.outbox,
+                    &format!("{u}-{i}"),
+                    u,
+                    "TransferTokens",
+                    &["$ID", u, &sink, "1", ""],
+                )
+                .await,
+            );
+        }
+        r.waker.wake();
+    }
+    let done = settled(&e.outbox, &ids).await;
+    r.stop().await;
+    let retried: Vec<_> = done.iter().filter(|c| c.attempts > 0).collect();
+    assert!(
+        retried.is_empty(),
+        "no wallet is shared, so no conflicts: {retried:#?}"
+    );
+    assert!(done.iter().all(|c| c.status == Status::Committed));
+}
