@@ -77,7 +77,9 @@ async fn run_level(gateways: &[Gateway], in_flight: usize, secs: u64, tag: &str)
             while Instant::now() < stop_at {
                 seq += 1;
                 let id = format!("{tag}-{seq}");
-                let spec = gw.proposal("gx", "CreateUser").with_args([id.as_str(), "{}"]);
+                let spec = gw
+                    .proposal("gx", "CreateUser")
+                    .with_args([id.as_str(), "{}"]);
                 let t0 = Instant::now();
                 let result = async {
                     let proposal = gw.new_proposal(&spec)?;
