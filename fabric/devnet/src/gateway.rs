@@ -427,26 +427,15 @@ impl Gateway for GatewayService {
             &req.identity,
             &signed.signature,
         )?;
-        let mut rx = self.node.subscribe();
-        let reply = loop {
-            rx.borrow_and_update();
-            let found = self
-                .node
-                .ledger
-                .tx(&req.transaction_id)
-                .map_err(|e| Status::aborted(e.to_string()))?;
-            if let Some(rec) = found {
-                break CommitStatusResponse {
-                    result: rec.code,
-                    block_number: rec.block,
-                };
-            }
-            tokio::select! {
-                _ = self.node.shutdown.cancelled() => return Err(Status::unavailable("devnet is shutting down")),
-                changed = rx.changed() => if changed.is_err() {
-                    return Err(Status::unavailable("devnet is shutting down"));
-                },
-            }
+        let rec = self
+            .node
+            .wait_for_tx(&req.transaction_id)
+            .await
+            .map_err(|e| Status::aborted(e.to_string()))?
+            .ok_or_else(|| Status::unavailable("devnet is shutting down"))?;
+        let reply = CommitStatusResponse {
+            result: rec.code,
+            block_number: rec.block,
         };
         self.reply_after(disposition, reply).await
     }

@@ -1,12 +1,23 @@
 //! The devnet node: shared state of the peer (ledger, MSPs, identities, height) and the
 //! in-process ordering service, which cuts blocks by count, size or timeout and hands each
-//! block to the committer (validate, add metadata, write atomically, publish the height).
+//! block to the committer (validate, add metadata, write atomically, publish the height,
+//! wake the block's CommitStatus waiters).
+//!
+//! The committer is a pipeline: while block N is written, block N+1 is cut and its
+//! transactions checked in parallel ([`pipeline::speculate`]); once N is in the ledger,
+//! N+1's duplicates and read conflicts are resolved in order ([`pipeline::resolve`]) by the
+//! sequential validation's own rules, its commit hash is chained to N's, it is
+//! signed and its write starts.
 
-use std::sync::Arc;
+mod pipeline;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::blocks::{finish_block, new_block};
@@ -14,10 +25,11 @@ use super::faults::Faults;
 use super::genesis::{ChannelConfig, genesis_block};
 use super::ledger::{BlockCommit, Ledger, LedgerError, TxRecord};
 use super::msp::MspManager;
-use super::peer::{BlockState, ChannelInfo, Validator};
+use super::peer::{ChannelInfo, Validator};
 use gxd_fabric::block::block_header_hash;
 use gxd_fabric::identity::{SignError, SigningIdentity};
 use gxd_fabric::proto::common::Block;
+use pipeline::Speculated;
 
 /// Block cutting parameters of the ordering service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +73,7 @@ pub struct Node {
     pub shutdown: CancellationToken,
     height_tx: watch::Sender<u64>,
     submit_tx: mpsc::Sender<Vec<u8>>,
+    waiters: Waiters,
 }
 
 impl std::fmt::Debug for Node {
@@ -185,6 +198,7 @@ impl Node {
             shutdown,
             height_tx,
             submit_tx,
+            waiters: Waiters::default(),
         });
         Ok((node, OrdererParts { submit_rx, tip }))
     }
@@ -218,6 +232,23 @@ impl Node {
         }
     }
 
+    /// Waits until `tx_id` is committed and returns its record (`None` on shutdown). The
+    /// waiter is registered before the ledger is read, and the committer notifies after its
+    /// write, so a commit is never missed; each commit wakes only its own transactions' waiters.
+    pub async fn wait_for_tx(&self, tx_id: &str) -> Result<Option<TxRecord>, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        let _guard = self.waiters.register(tx_id, tx);
+        // Declared after the guard, so dropped before it: the guard then sees it closed.
+        let mut rx = rx;
+        if let Some(rec) = self.ledger.tx(tx_id)? {
+            return Ok(Some(rec));
+        }
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Ok(None),
+            rec = &mut rx => Ok(rec.ok()),
+        }
+    }
+
     /// Reads and decodes committed block `number`.
     pub fn read_block(&self, number: u64) -> Result<Option<Block>, NodeError> {
         match self.ledger.block(number)? {
@@ -228,33 +259,36 @@ impl Node {
         }
     }
 
-    /// Validates and commits one block of envelopes; returns its number.
-    fn commit_block(&self, tip: &mut Tip, envelopes: Vec<Vec<u8>>) -> Result<u64, NodeError> {
-        let number = tip.height;
-        let mut block = new_block(number, tip.last_header_hash.clone(), envelopes);
-        let validator = Validator {
+    fn validator(&self) -> Validator<'_> {
+        Validator {
             channel: &self.channel,
             msp: &self.msp,
             ledger: &self.ledger,
             endorsing_orgs: &self.endorsing_orgs,
-        };
-        let mut state = BlockState::default();
-        let mut filter = Vec::new();
-        let data = block
-            .data
-            .as_ref()
-            .map(|d| d.data.clone())
-            .unwrap_or_default();
-        for (i, env) in data.iter().enumerate() {
-            let code = validator.validate(number, i as u64, env, &mut state)?;
-            filter.push(u8::try_from(code as i32).unwrap_or(u8::MAX));
         }
+    }
+
+    /// Validates block `number`'s envelopes and signs the block (nothing is written yet).
+    /// `previous` is the block being written concurrently, if any: its transactions are
+    /// treated as committed (see [`pipeline`]).
+    fn build_block(
+        &self,
+        tip: &mut Tip,
+        envelopes: Vec<Vec<u8>>,
+        speculated: Vec<Speculated>,
+        previous: Option<&Written>,
+    ) -> Result<Built, NodeError> {
+        let number = tip.height;
+        let (filter, index, writes) =
+            pipeline::resolve(&self.validator(), number, speculated, previous)?;
         // kvLedger.CommitLegacy: the commit hash chain starts at block 1 (after the genesis
-        // block) and goes on while the previous block had one.
+        // block) and goes on while the previous block had one. The previous block's hash is
+        // the tip's, set when that block was built (it may still be being written).
         let commit_hash = (number == 1 || !tip.commit_hash.is_empty()).then(|| {
-            let updates = super::blocks::update_batch_bytes(&state.writes);
+            let updates = super::blocks::update_batch_bytes(&writes);
             super::blocks::commit_hash(&filter, &updates, &tip.commit_hash)
         });
+        let mut block = new_block(number, tip.last_header_hash.clone(), envelopes);
         finish_block(&mut block, &self.orderer_signer, filter)?;
         if let Some(hash) = &commit_hash {
             super::blocks::set_commit_hash(&mut block, hash);
@@ -264,31 +298,123 @@ impl Node {
             .as_ref()
             .map(|h| block_header_hash(h).to_vec())
             .unwrap_or_default();
-        self.ledger.commit(&BlockCommit {
-            number,
-            block_bytes: block.encode_to_vec(),
-            txs: state.index,
-            writes: state.writes,
-        })?;
         tip.height = number + 1;
         tip.last_header_hash = header_hash;
         if let Some(hash) = commit_hash {
             tip.commit_hash = hash;
         }
-        self.height_tx.send_replace(tip.height);
-        tracing::debug!(block = number, txs = data.len(), "block committed");
-        Ok(number)
+        Ok(Built {
+            commit: BlockCommit {
+                number,
+                block_bytes: block.encode_to_vec(),
+                txs: index,
+                writes,
+            },
+        })
+    }
+
+    /// Writes a built block, publishes the height and wakes the waiters of its transactions.
+    fn write_block(&self, built: Built) -> Result<Written, NodeError> {
+        let commit = built.commit;
+        self.ledger.commit(&commit)?;
+        self.height_tx.send_replace(commit.number + 1);
+        self.waiters.notify(&commit.txs);
+        tracing::debug!(
+            block = commit.number,
+            txs = commit.txs.len(),
+            "block committed"
+        );
+        Ok(Written::of(&commit))
+    }
+}
+
+/// A validated, signed block ready to be written.
+struct Built {
+    commit: BlockCommit,
+}
+
+/// What the next block's validation needs of a block written concurrently with it.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub(crate) tx_ids: HashSet<String>,
+    pub(crate) keys: HashSet<(String, String)>,
+}
+
+impl Written {
+    fn of(commit: &BlockCommit) -> Self {
+        Self {
+            tx_ids: commit.txs.iter().map(|(id, _)| id.clone()).collect(),
+            keys: commit
+                .writes
+                .iter()
+                .map(|w| (w.namespace.clone(), w.key.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// CommitStatus waiters by transaction id.
+#[derive(Default)]
+struct Waiters {
+    map: Mutex<HashMap<String, Vec<oneshot::Sender<TxRecord>>>>,
+}
+
+/// Removes a waiter's closed registration when its request ends.
+struct WaiterGuard<'a> {
+    waiters: &'a Waiters,
+    tx_id: String,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<TxRecord>>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, tx_id: &str, tx: oneshot::Sender<TxRecord>) -> WaiterGuard<'_> {
+        self.lock().entry(tx_id.to_owned()).or_default().push(tx);
+        WaiterGuard {
+            waiters: self,
+            tx_id: tx_id.to_owned(),
+        }
+    }
+
+    fn notify(&self, txs: &[(String, TxRecord)]) {
+        let mut map = self.lock();
+        if map.is_empty() {
+            return;
+        }
+        for (tx_id, rec) in txs {
+            if let Some(senders) = map.remove(tx_id) {
+                for s in senders {
+                    let _ = s.send(*rec);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.waiters.lock();
+        if let Some(senders) = map.get_mut(&self.tx_id) {
+            senders.retain(|s| !s.is_closed());
+            if senders.is_empty() {
+                map.remove(&self.tx_id);
+            }
+        }
     }
 }
 
 /// The ordering service: batches envelopes into blocks and commits them, until shutdown;
 /// on shutdown the pending batch is still committed (an acknowledged Submit is never lost).
+/// The write of one block overlaps with cutting and validating the next.
 pub async fn run_orderer(node: Arc<Node>, parts: OrdererParts) -> Result<(), NodeError> {
     let OrdererParts {
         mut submit_rx,
         mut tip,
     } = parts;
     let batch = node.batch;
+    let mut writing: Option<JoinHandle<Result<Written, NodeError>>> = None;
     loop {
         let first = tokio::select! {
             _ = node.shutdown.cancelled() => None,
@@ -301,7 +427,10 @@ pub async fn run_orderer(node: Arc<Node>, parts: OrdererParts) -> Result<(), Nod
                 rest.push(env);
             }
             if !rest.is_empty() {
-                commit(&node, tip, rest).await?;
+                commit(&node, tip, rest, &mut writing).await?;
+            }
+            if let Some(w) = writing.take() {
+                joined(w.await)?;
             }
             return Ok(());
         };
@@ -321,19 +450,47 @@ pub async fn run_orderer(node: Arc<Node>, parts: OrdererParts) -> Result<(), Nod
                 },
             }
         }
-        tip = commit(&node, tip, pending).await?;
+        tip = commit(&node, tip, pending, &mut writing).await?;
     }
 }
 
-async fn commit(node: &Arc<Node>, tip: Tip, envelopes: Vec<Vec<u8>>) -> Result<Tip, NodeError> {
-    let node = Arc::clone(node);
-    let joined = tokio::task::spawn_blocking(move || {
-        let mut tip = tip;
-        node.commit_block(&mut tip, envelopes).map(|_| tip)
-    })
-    .await;
-    match joined {
+fn joined<T>(r: Result<Result<T, NodeError>, tokio::task::JoinError>) -> Result<T, NodeError> {
+    match r {
         Ok(result) => result,
         Err(e) => Err(NodeError::Committer(e.to_string())),
     }
+}
+
+/// Validates the block after `tip` (in parallel, while the previous block is still being
+/// written), then, once that write is done, resolves, signs it and starts its write.
+async fn commit(
+    node: &Arc<Node>,
+    tip: Tip,
+    envelopes: Vec<Vec<u8>>,
+    writing: &mut Option<JoinHandle<Result<Written, NodeError>>>,
+) -> Result<Tip, NodeError> {
+    let n = Arc::clone(node);
+    let (envelopes, speculated) = joined(
+        tokio::task::spawn_blocking(move || {
+            let speculated: Vec<Speculated> = pipeline::speculate(&n.validator(), &envelopes)?;
+            Ok((envelopes, speculated))
+        })
+        .await,
+    )?;
+    let previous = match writing.take() {
+        Some(w) => Some(joined(w.await)?),
+        None => None,
+    };
+    let n = Arc::clone(node);
+    let (tip, built) = joined(
+        tokio::task::spawn_blocking(move || {
+            let mut tip = tip;
+            let built = n.build_block(&mut tip, envelopes, speculated, previous.as_ref())?;
+            Ok((tip, built))
+        })
+        .await,
+    )?;
+    let n = Arc::clone(node);
+    *writing = Some(tokio::task::spawn_blocking(move || n.write_block(built)));
+    Ok(tip)
 }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::gx;
 use super::ledger::{Height, Ledger, LedgerError, StateWrite, TxRecord, VersionedValue};
 use super::msp::{Member, MspManager, Role};
+use super::node::Written;
 use gxd_fabric::identity::{SignError, SigningIdentity};
 use gxd_fabric::proto::common::{
     ChannelHeader, Envelope, Header, HeaderType, Payload, SignatureHeader,
@@ -525,8 +526,12 @@ pub struct BlockState {
     pub index: Vec<(String, TxRecord)>,
 }
 
-/// One transaction after the checks before MVCC.
-struct Checked {
+/// The writes of a transaction that passed MVCC, or the MVCC code.
+pub(crate) type MvccOutcome = Result<Vec<(String, String, Vec<u8>)>, TxValidationCode>;
+
+/// One transaction after the checks before the in-block duplicate check and MVCC (the part
+/// that does not depend on the other transactions of the block).
+pub(crate) struct Checked {
     code: TxValidationCode,
     /// The channel header's transaction id, when the channel header decodes.
     tx_id: Option<String>,
@@ -534,6 +539,9 @@ struct Checked {
     not_in_ledger: bool,
     /// The read-write sets per namespace (when `code` is VALID).
     rwsets: Vec<(String, KvrwSet)>,
+    /// MVCC against the ledger alone (no block overlay), computed ahead by
+    /// [`Validator::check_ahead`]; used only if no read touches a key written since.
+    mvcc_ahead: Option<MvccOutcome>,
 }
 
 impl Checked {
@@ -543,7 +551,15 @@ impl Checked {
             tx_id,
             not_in_ledger: false,
             rwsets: Vec::new(),
+            mvcc_ahead: None,
         }
+    }
+
+    /// Whether no read of this transaction is of a key in `keys`.
+    fn reads_none_of(&self, keys: impl Fn(&(String, String)) -> bool) -> bool {
+        self.rwsets
+            .iter()
+            .all(|(ns, kv)| kv.reads.iter().all(|r| !keys(&(ns.clone(), r.key.clone()))))
     }
 }
 
@@ -560,15 +576,37 @@ pub fn proposal_hash(channel_header: &[u8], signature_header: &[u8], cpp: &[u8])
 }
 
 impl Validator<'_> {
-    /// Validates envelope `tx_num` of block `block_num`, updating `state` when valid.
-    pub fn validate(
+    /// [`Self::check`] and, for a transaction valid so far, its MVCC against the ledger
+    /// alone: the part of the validation that can run for all transactions of a block at
+    /// once, before [`Self::settle`] takes them in order.
+    pub(crate) fn check_ahead(&self, envelope_bytes: &[u8]) -> Result<Checked, LedgerError> {
+        let mut checked = self.check(envelope_bytes)?;
+        if checked.code == TxValidationCode::Valid {
+            checked.mvcc_ahead = Some(self.mvcc(&checked.rwsets, &BlockState::default())?);
+        }
+        Ok(checked)
+    }
+
+    /// The ordered part of the validation of transaction `tx_num`, once checked: the ledger
+    /// duplicate check against `in_flight` (the block written meanwhile, whose ids the
+    /// ledger lookup of [`Self::check`] may not have seen), `markTXIdDuplicates`, MVCC, the
+    /// block index and `state`. The ledger must hold `in_flight` by now.
+    pub(crate) fn settle(
         &self,
         block_num: u64,
         tx_num: u64,
-        envelope_bytes: &[u8],
+        mut checked: Checked,
         state: &mut BlockState,
+        in_flight: Option<&Written>,
     ) -> Result<TxValidationCode, LedgerError> {
-        let mut checked = self.check(envelope_bytes)?;
+        // checkTxIdDupsLedger, for the transactions of the block written meanwhile.
+        if checked.not_in_ledger
+            && let Some(f) = in_flight
+            && let Some(tx_id) = &checked.tx_id
+            && f.tx_ids.contains(tx_id)
+        {
+            checked = Checked::new(TxValidationCode::DuplicateTxid, checked.tx_id.take());
+        }
         // markTXIdDuplicates: duplicates within a block are counted among the transactions
         // valid so far only; an invalid first occurrence does not make a later one DUPLICATE.
         if checked.code == TxValidationCode::Valid
@@ -580,7 +618,18 @@ impl Validator<'_> {
         }
         let mut writes = Vec::new();
         if checked.code == TxValidationCode::Valid {
-            match self.mvcc(&checked.rwsets, state)? {
+            // The MVCC computed ahead holds unless a read is of a key written since: by an
+            // earlier valid transaction of this block or by the block written meanwhile.
+            let ahead = checked.mvcc_ahead.take().filter(|_| {
+                checked.reads_none_of(|k| {
+                    state.updated.contains_key(k) || in_flight.is_some_and(|f| f.keys.contains(k))
+                })
+            });
+            let outcome = match ahead {
+                Some(outcome) => outcome,
+                None => self.mvcc(&checked.rwsets, state)?,
+            };
+            match outcome {
                 Ok(w) => writes = w,
                 Err(code) => checked.code = code,
             }
@@ -630,7 +679,7 @@ impl Validator<'_> {
     }
 
     /// Everything before the in-block duplicate check and MVCC.
-    fn check(&self, envelope_bytes: &[u8]) -> Result<Checked, LedgerError> {
+    pub(crate) fn check(&self, envelope_bytes: &[u8]) -> Result<Checked, LedgerError> {
         use TxValidationCode as C;
         if envelope_bytes.is_empty() {
             return Ok(Checked::new(C::NilEnvelope, None));
@@ -765,12 +814,11 @@ impl Validator<'_> {
 
     /// MVCC: every read must see the committed version, and no earlier valid transaction of
     /// the block may have written a key this one read. Returns the writes on success.
-    #[allow(clippy::type_complexity)]
     fn mvcc(
         &self,
         rwsets: &[(String, KvrwSet)],
         state: &BlockState,
-    ) -> Result<Result<Vec<(String, String, Vec<u8>)>, TxValidationCode>, LedgerError> {
+    ) -> Result<MvccOutcome, LedgerError> {
         use TxValidationCode as C;
         let mut writes = Vec::new();
         for (ns, kv) in rwsets {

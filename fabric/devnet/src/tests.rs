@@ -1029,3 +1029,49 @@ mod decoding {
         }
     }
 }
+
+/// One block validated in parallel gives the sequential validation's codes: an in-block read
+/// conflict and an in-block duplicate among independent transactions.
+#[tokio::test]
+async fn parallel_validation_keeps_in_block_conflicts_and_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_net(local(dir.path()).with_batch(12, Duration::from_millis(500))).await;
+    let (_, user) = bootstrap(&mut net).await;
+    let height = net.handle.height();
+    let mut envs = Vec::new();
+    for (id, to) in [("ta", "alice"), ("tb", "bob")] {
+        envs.push(
+            net.endorse(&user, &["TransferTokens", id, "treasury", to, "1", ""])
+                .await
+                .unwrap(),
+        );
+    }
+    envs.push(envs[0].clone());
+    for i in 0..9 {
+        let u = format!("p{i}");
+        envs.push(net.endorse(&user, &["CreateUser", &u, "{}"]).await.unwrap());
+    }
+    for (env, tx_id) in &envs {
+        net.submit(env, tx_id).await.unwrap();
+    }
+    assert!(
+        net.handle
+            .wait_for_height(height + 1, Duration::from_secs(30))
+            .await
+    );
+    let blocks = net.blocks(&user, height, height).await;
+    use TxValidationCode as C;
+    let mut expected = vec![
+        C::Valid as u8,
+        C::MvccReadConflict as u8,
+        C::DuplicateTxid as u8,
+    ];
+    expected.extend([C::Valid as u8; 9]);
+    assert_eq!(filter_of(&blocks[0]), expected);
+    assert_eq!(
+        net.status(&user, &envs[0].1).await,
+        (C::Valid as i32, height)
+    );
+    assert_eq!(net.balance(&user, "bob").await, "0");
+    net.handle.shutdown().await.unwrap();
+}

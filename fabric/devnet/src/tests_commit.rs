@@ -611,3 +611,63 @@ async fn filtered_blocks_leave_out_actions_without_events() {
     assert!(event.payload.is_empty(), "filtered events have no payload");
     net.handle.shutdown().await.unwrap();
 }
+
+/// Blocks cut back to back (one transaction each), so that block N+1 is validated while N is
+/// being written: a read of a key N wrote is an MVCC conflict, a copy of N's transaction
+/// (VALID or not) is DUPLICATE_TXID, CommitStatus reports the first occurrence, and the
+/// commit hashes still chain.
+#[tokio::test]
+async fn pipelined_blocks_see_the_block_in_flight() {
+    use super::blocks::{commit_hash, update_batch_bytes};
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_net(local(dir.path()).with_batch(1, Duration::from_millis(20))).await;
+    let (_, user) = bootstrap(&mut net).await;
+    let height = net.handle.height();
+    let (a, a_id) = net
+        .endorse(
+            &user,
+            &["TransferTokens", "ta", "treasury", "alice", "1", ""],
+        )
+        .await
+        .unwrap();
+    let (b, b_id) = net
+        .endorse(&user, &["TransferTokens", "tb", "treasury", "bob", "1", ""])
+        .await
+        .unwrap();
+    for (env, id) in [(&a, &a_id), (&a, &a_id), (&b, &b_id), (&b, &b_id)] {
+        net.submit(env, id).await.unwrap();
+    }
+    assert!(
+        net.handle
+            .wait_for_height(height + 4, Duration::from_secs(30))
+            .await
+    );
+    use TxValidationCode as C;
+    let blocks = net.blocks(&user, 0, height + 3).await;
+    let filters: Vec<Vec<u8>> = blocks[height as usize..].iter().map(filter_of).collect();
+    assert_eq!(
+        filters,
+        vec![
+            vec![C::Valid as u8],
+            vec![C::DuplicateTxid as u8],
+            vec![C::MvccReadConflict as u8],
+            vec![C::DuplicateTxid as u8],
+        ]
+    );
+    assert_eq!(net.status(&user, &a_id).await, (V, height));
+    assert_eq!(
+        net.status(&user, &b_id).await,
+        (C::MvccReadConflict as i32, height + 2)
+    );
+    let mut previous = Vec::new();
+    for block in &blocks[1..] {
+        let expected = commit_hash(
+            &filter_of(block),
+            &update_batch_bytes(&valid_writes(block)),
+            &previous,
+        );
+        assert_eq!(super::blocks::commit_hash_of(block), expected);
+        previous = expected;
+    }
+    net.handle.shutdown().await.unwrap();
+}
