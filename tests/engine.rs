@@ -178,12 +178,21 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
         .unwrap();
     assert!(bob.is_some(), "bob projected");
 
-    let (code, metrics) = http_get(gxd.api.unwrap(), "/metrics").unwrap();
-    assert_eq!(code, 200);
-    assert!(
-        metrics.contains(r#"gxd_submitter_attempts_total{outcome="committed"} 2"#),
-        "{metrics}"
-    );
+    // The submitter records each commit once the peer reports it (the projector may have
+    // seen the block first).
+    let api = gxd.api.unwrap();
+    let want = r#"gxd_submitter_attempts_total{outcome="committed"} 2"#;
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        let (code, m) = http_get(api, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        metrics = m;
+        if metrics.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metrics.contains(want), "{metrics}");
 
     gxd.sigterm();
     let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();
