@@ -11,9 +11,6 @@ use std::time::Duration;
 
 use common::*;
 use gxd_devnet::DevnetConfig;
-use gxd_fabric::client::Gateway;
-use gxd_fabric::identity::SigningIdentity;
-use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
 use gxd_gx::commands::command_type;
 use gxd_storage::outbox::{NewCommand, Outbox, OutboxOptions, Status};
 use gxd_storage::{Db, DbOptions};
@@ -49,20 +46,7 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
     let paths = devnet.paths().clone();
 
     // The organization's admin bootstraps the system (gxd signs as a client: not an admin).
-    let endpoint =
-        PeerEndpoint::new(devnet.local_addr().to_string()).with_server_name(gxd_devnet::PEER_HOST);
-    let tls = TlsOptions {
-        ca_pem: std::fs::read(paths.peer_tls_ca(ORG1)).unwrap(),
-        ..TlsOptions::default()
-    };
-    let connector = std::sync::Arc::new(
-        PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap(),
-    );
-    let admin = Gateway::new(
-        connector,
-        SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, "Admin")).unwrap(),
-        gxd_devnet::DEFAULT_CHANNEL,
-    );
+    let admin = devnet.gateway("Admin").unwrap();
     admin
         .submit_transaction(
             &admin

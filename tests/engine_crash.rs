@@ -21,13 +21,11 @@ use gxd_devnet::{DevnetConfig, Fault, FaultRule, Rpc};
 use gxd_engine::projector::{DeliverSource, Projector, ProjectorConfig, ProjectorState};
 use gxd_fabric::block::ParsedBlock;
 use gxd_fabric::client::Gateway;
-use gxd_fabric::identity::SigningIdentity;
 use gxd_fabric::stream::{Backoff, BlockStream, BlockStreamConfig};
-use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
 use gxd_gx::commands::command_type;
 use gxd_storage::checkpoint::CheckpointLog;
 use gxd_storage::outbox::{CommandId, NewCommand, Outbox, OutboxOptions, Status};
-use gxd_storage::pg::{self, PgSettings, read_models};
+use gxd_storage::pg::{self, read_models};
 use gxd_storage::{Db, DbOptions};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -40,19 +38,6 @@ const WALLETS: [&str; 5] = ["treasury", "u0", "u1", "u2", "u3"];
 /// payee's wallet), which this test is not about.
 fn sink(payer: &str) -> String {
     format!("sink-{payer}")
-}
-
-fn settings_of(db: &TestDb) -> PgSettings {
-    PgSettings {
-        host: db.host().to_owned(),
-        port: db.port(),
-        user: db.user().to_owned(),
-        password: db.password().map(str::to_owned),
-        dbname: db.dbname().to_owned(),
-        pool_max_size: 4,
-        connect_timeout: Duration::from_secs(10),
-        application_name: "gxd-crash-test".to_owned(),
-    }
 }
 
 async fn ledger(gw: &Gateway, height: u64) -> Vec<ParsedBlock> {
@@ -94,18 +79,10 @@ async fn run_killed_at_random_keeps_exactly_once_and_order() {
     .await
     .unwrap();
     let paths = devnet.paths().clone();
-    let endpoint =
-        PeerEndpoint::new(devnet.local_addr().to_string()).with_server_name(gxd_devnet::PEER_HOST);
-    let tls = TlsOptions {
-        ca_pem: std::fs::read(paths.peer_tls_ca(ORG1)).unwrap(),
-        ..TlsOptions::default()
-    };
-    let connector =
-        Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap());
-    let id =
-        |name: &str| SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, name)).unwrap();
-    let admin = Gateway::new(connector.clone(), id("Admin"), gxd_devnet::DEFAULT_CHANNEL);
-    let client = Gateway::new(connector.clone(), id("User1"), gxd_devnet::DEFAULT_CHANNEL);
+    let connector = devnet.connector().unwrap();
+    let id = |name: &str| devnet.identity(name).unwrap();
+    let admin = devnet.gateway("Admin").unwrap();
+    let client = devnet.gateway("User1").unwrap();
     admin
         .submit_transaction(
             &admin
@@ -207,7 +184,9 @@ async fn run_killed_at_random_keeps_exactly_once_and_order() {
     // The last run drains the outbox: wait until the read models hold every transfer.
     let mut gxd = Gxd::spawn_with_api(&args, &[], settings.api_port);
     gxd.wait_ready(Duration::from_secs(120)).unwrap();
-    let pool = pg::connect_pool(&settings_of(&db)).await.unwrap();
+    let pool = pg::connect_pool(&db.settings("gxd-crash-test"))
+        .await
+        .unwrap();
     let want = i64::try_from(accepted.len() + WALLETS.len() - 1).unwrap();
     let drained = tokio::time::timeout(Duration::from_secs(300), async {
         loop {
@@ -330,7 +309,9 @@ async fn run_killed_at_random_keeps_exactly_once_and_order() {
     }
     let digest = read_models::read_model_digest(&pool).await.unwrap();
     let fresh = TestDb::new().await.unwrap();
-    let fresh_pool = pg::connect_pool(&settings_of(&fresh)).await.unwrap();
+    let fresh_pool = pg::connect_pool(&fresh.settings("gxd-crash-test"))
+        .await
+        .unwrap();
     pg::migrate::migrate_pool(&fresh_pool).await.unwrap();
     let log = CheckpointLog::new(
         Db::open(dir.path().join("rebuild-log"), &DbOptions::default()).unwrap(),

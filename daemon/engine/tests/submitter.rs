@@ -10,25 +10,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gxd_devnet::{DevnetConfig, DevnetHandle, DevnetPaths, Fault, FaultRule, Rpc};
+use gxd_devnet::{DevnetConfig, DevnetHandle, Fault, FaultRule, Rpc};
 use gxd_engine::backoff::Backoff;
 use gxd_engine::catalog::{CommandCatalog, InvalidCommand, Invocation};
 use gxd_engine::submitter::{Submitter, SubmitterConfig, Waker};
 use gxd_fabric::block::ParsedBlock;
 use gxd_fabric::client::Gateway;
-use gxd_fabric::identity::SigningIdentity;
 use gxd_fabric::proto::protos::TxValidationCode;
 use gxd_fabric::stream::{BlockStream, BlockStreamConfig};
-use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
 use gxd_storage::outbox::{Command, CommandId, NewCommand, Outbox, OutboxOptions, Status};
 use gxd_storage::{Db, DbOptions};
 use tokio_util::sync::CancellationToken;
 
-const ORG1: &str = "org1.example.com";
 const LIMIT: Duration = Duration::from_secs(90);
 
 struct TestCatalog;
@@ -61,16 +57,6 @@ struct Env {
     admin: Gateway,
 }
 
-fn connector(paths: &DevnetPaths, addr: SocketAddr) -> Arc<PeerConnector> {
-    let ca_pem = std::fs::read(paths.tls_ca_cert(ORG1)).unwrap();
-    let endpoint = PeerEndpoint::new(addr.to_string()).with_server_name(gxd_devnet::PEER_HOST);
-    let tls = TlsOptions {
-        ca_pem,
-        ..TlsOptions::default()
-    };
-    Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap())
-}
-
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let devnet = gxd_devnet::start(
@@ -80,12 +66,8 @@ async fn env() -> Env {
     )
     .await
     .unwrap();
-    let paths = devnet.paths().clone();
-    let c = connector(&paths, devnet.local_addr());
-    let id =
-        |name: &str| SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, name)).unwrap();
-    let client = Gateway::new(c.clone(), id("User1"), gxd_devnet::DEFAULT_CHANNEL);
-    let admin = Gateway::new(c, id("Admin"), gxd_devnet::DEFAULT_CHANNEL);
+    let client = devnet.gateway("User1").unwrap();
+    let admin = devnet.gateway("Admin").unwrap();
     admin
         .submit_transaction(
             &admin

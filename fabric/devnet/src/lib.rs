@@ -168,6 +168,7 @@ pub enum DevnetError {
 #[derive(Debug)]
 pub struct DevnetHandle {
     addr: SocketAddr,
+    tls: bool,
     paths: DevnetPaths,
     node: Arc<node::Node>,
     shutdown: CancellationToken,
@@ -175,6 +176,52 @@ pub struct DevnetHandle {
 }
 
 impl DevnetHandle {
+    /// A connector to this devnet as its clients reach it: TLS with
+    /// `peer0.org1.example.com`'s TLS CA and server name (plaintext if TLS is off).
+    pub fn connector(&self) -> Result<Arc<gxd_fabric::tls::PeerConnector>, DevnetError> {
+        use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
+        let endpoint = PeerEndpoint::new(self.addr.to_string()).with_server_name(PEER_HOST);
+        let tls = if self.tls {
+            let path = self.paths.peer_tls_ca(crypto::PEER_ORGS[0].domain);
+            let ca_pem =
+                std::fs::read(&path).map_err(|source| DevnetError::Dir { path, source })?;
+            Some(TlsOptions {
+                ca_pem,
+                ..TlsOptions::default()
+            })
+        } else {
+            None
+        };
+        PeerConnector::new(ConnectionConfig::new(vec![endpoint], tls))
+            .map(Arc::new)
+            .map_err(|e| DevnetError::Tls(e.to_string()))
+    }
+
+    /// The signing identity of `user` (`Admin`, `User1`) of Org1MSP, from the devnet's
+    /// cryptogen-layout material.
+    pub fn identity(
+        &self,
+        user: &str,
+    ) -> Result<gxd_fabric::identity::SigningIdentity, gxd_fabric::identity::IdentityError> {
+        let org = &crypto::PEER_ORGS[0];
+        gxd_fabric::identity::SigningIdentity::from_msp_dir(
+            org.msp_id,
+            &self.paths.user(org.domain, user),
+        )
+    }
+
+    /// A Gateway client of this devnet's channel, signing as `user` of Org1MSP.
+    pub fn gateway(&self, user: &str) -> Result<gxd_fabric::client::Gateway, DevnetError> {
+        let identity = self
+            .identity(user)
+            .map_err(|e| DevnetError::Tls(format!("identity {user}: {e}")))?;
+        Ok(gxd_fabric::client::Gateway::new(
+            self.connector()?,
+            identity,
+            self.channel().to_owned(),
+        ))
+    }
+
     /// The address the devnet listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -394,6 +441,7 @@ pub async fn start(config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
     });
     Ok(DevnetHandle {
         addr,
+        tls: config.tls,
         paths,
         node,
         shutdown,

@@ -164,6 +164,21 @@ impl TestDb {
         config
     }
 
+    /// [`PgSettings`](crate::pg::PgSettings) for this database, for a pool
+    /// ([`crate::pg::connect_pool`]) or a daemon's configuration.
+    pub fn settings(&self, application_name: &str) -> crate::pg::PgSettings {
+        crate::pg::PgSettings {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            dbname: self.dbname.clone(),
+            pool_max_size: 4,
+            connect_timeout: std::time::Duration::from_secs(10),
+            application_name: application_name.to_owned(),
+        }
+    }
+
     /// Connects to this database; the connection is driven by a spawned task.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, TestDbError> {
         Ok(connect(&self.config()).await?)
