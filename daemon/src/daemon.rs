@@ -108,6 +108,22 @@ impl Daemon {
         ];
         let root = CancellationToken::new();
         let mut engine_subsystems = Vec::new();
+        // Outbox retention and gauges, with or without a peer.
+        let maintenance_token = root.child_token();
+        let maintenance = {
+            let m = gxd_engine::maintenance::Maintenance::new(
+                outbox.clone(),
+                &registry,
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+            )
+            .context("register outbox metrics")?;
+            let token = maintenance_token.clone();
+            tokio::spawn(async move {
+                m.run(token).await;
+                Ok(())
+            })
+        };
         match &config.fabric {
             None => tracing::warn!(
                 "no fabric.peer_endpoints configured: the submitter and the projector do not run"
@@ -186,6 +202,13 @@ impl Daemon {
             ended: false,
         }];
         subsystems.extend(engine_subsystems);
+        subsystems.push(Subsystem {
+            name: "outbox-maintenance",
+            token: maintenance_token,
+            handle: maintenance,
+            stop_timeout: config.shutdown.storage_close,
+            ended: false,
+        });
         Ok(Daemon {
             config,
             root,

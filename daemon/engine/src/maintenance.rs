@@ -1,0 +1,212 @@
+//! Outbox housekeeping in the background: retention (COMMITTED commands past
+//! `committed_retention`, idempotency keys past `idempotency_window`, in bounded chunks per
+//! write round so enqueues are never held up) and the outbox gauges
+//! (`gxd_outbox_commands{status}`, `gxd_outbox_oldest_due_age_seconds`).
+//! Dead letters are kept until an operator requeues them.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use gxd_storage::outbox::{Outbox, Status};
+use tokio_util::sync::CancellationToken;
+
+/// Gauges over the outbox.
+#[derive(Clone)]
+struct Gauges {
+    by_status: prometheus::IntGaugeVec,
+    oldest_due_age: prometheus::Gauge,
+    purged: prometheus::IntCounter,
+}
+
+impl Gauges {
+    fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let by_status = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "gxd_outbox_commands",
+                "Commands in the outbox, by status (pending, prepared, submitted, committed, failed).",
+            ),
+            &["status"],
+        )?;
+        let oldest_due_age = prometheus::Gauge::new(
+            "gxd_outbox_oldest_due_age_seconds",
+            "How long the earliest due command has been due (0 when none is).",
+        )?;
+        let purged = prometheus::IntCounter::new(
+            "gxd_outbox_purged_commands_total",
+            "COMMITTED commands removed by retention.",
+        )?;
+        registry.register(Box::new(by_status.clone()))?;
+        registry.register(Box::new(oldest_due_age.clone()))?;
+        registry.register(Box::new(purged.clone()))?;
+        Ok(Self {
+            by_status,
+            oldest_due_age,
+            purged,
+        })
+    }
+
+    fn refresh(&self, outbox: &Outbox) {
+        match outbox.counts() {
+            Ok(counts) => {
+                for s in Status::ALL {
+                    self.by_status
+                        .with_label_values(&[s.as_str().to_ascii_lowercase().as_str()])
+                        .set(i64::try_from(counts.get(s)).unwrap_or(i64::MAX));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
+        }
+        let age = match outbox.next_due_at() {
+            Ok(Some(at)) => (Utc::now() - at)
+                .to_std()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            Ok(None) => 0.0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the due index");
+                0.0
+            }
+        };
+        self.oldest_due_age.set(age);
+    }
+}
+
+/// Outbox housekeeping; see the module documentation.
+pub struct Maintenance {
+    outbox: Outbox,
+    gauges: Gauges,
+    /// Between two rounds of gauges (and purges every `purge_every` rounds).
+    interval: Duration,
+    purge_every: u32,
+}
+
+impl Maintenance {
+    /// Gauges every `interval`, retention every `purge_interval` (at least one interval).
+    pub fn new(
+        outbox: Outbox,
+        registry: &prometheus::Registry,
+        interval: Duration,
+        purge_interval: Duration,
+    ) -> Result<Self, prometheus::Error> {
+        let interval = interval.max(Duration::from_millis(100));
+        let rounds = (purge_interval.as_millis() / interval.as_millis()).max(1);
+        Ok(Self {
+            outbox,
+            gauges: Gauges::new(registry)?,
+            interval,
+            purge_every: u32::try_from(rounds).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Runs until `shutdown`. Storage errors are logged and retried next round: retention
+    /// waits, it never stops the daemon.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut round: u32 = 0;
+        loop {
+            self.gauges.refresh(&self.outbox);
+            if round.is_multiple_of(self.purge_every) {
+                match self.outbox.purge(Utc::now()).await {
+                    Ok(report) => self.gauges.purged.inc_by(report.commands_removed),
+                    Err(e) => tracing::warn!(error = %e, "outbox retention failed; retrying later"),
+                }
+            }
+            round = round.wrapping_add(1);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gxd_storage::outbox::{NewCommand, OutboxOptions};
+    use gxd_storage::{Db, DbOptions};
+
+    #[tokio::test]
+    async fn gauges_count_the_outbox_and_retention_purges_old_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let opts = OutboxOptions {
+            idempotency_window: Duration::from_millis(1),
+            committed_retention: Duration::from_millis(1),
+            ..OutboxOptions::default()
+        };
+        let outbox = Outbox::new(db, opts).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let c = outbox
+                .enqueue(NewCommand {
+                    tenant: "t".into(),
+                    command_type: "X".into(),
+                    request_id: format!("r{i}"),
+                    partition_key: format!("p{i}"),
+                    payload: Vec::new(),
+                })
+                .await
+                .unwrap();
+            ids.push(c.command.id);
+        }
+        outbox
+            .mark_prepared(ids[0], "tx0".into(), vec![1])
+            .await
+            .unwrap();
+        outbox.mark_committed(ids[0], 7).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let registry = prometheus::Registry::new();
+        let m = Maintenance::new(
+            outbox.clone(),
+            &registry,
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(m.run(stop.clone()));
+        let purged = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if outbox.get(ids[0]).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(purged.is_ok(), "the committed command is purged");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let text = {
+            let mut buf = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &registry.gather(),
+                &mut buf,
+            )
+            .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(
+            text.contains(r#"gxd_outbox_commands{status="pending"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gxd_outbox_commands{status="committed"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("gxd_outbox_purged_commands_total 1"),
+            "{text}"
+        );
+        // The two PENDING ones are due: their age is positive.
+        assert!(
+            !text.contains("gxd_outbox_oldest_due_age_seconds 0\n"),
+            "{text}"
+        );
+        // Pending ones keep their idempotency keys and records.
+        assert!(outbox.get(ids[1]).is_ok() && outbox.get(ids[2]).is_ok());
+    }
+}
