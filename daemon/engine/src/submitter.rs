@@ -284,7 +284,17 @@ impl Submitter {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 Some(done) = tasks.join_next() => match done {
-                    Ok(id) => { claimed.remove(&id); }
+                    Ok(id) => {
+                        claimed.remove(&id);
+                        // A worker that could not record its outcome (a storage error) leaves
+                        // its command PREPARED or SUBMITTED: resolve it again by its tx id.
+                        if let Ok(c) = ctx.outbox.get(id)
+                            && c.status.is_in_flight()
+                            && !shutdown.is_cancelled()
+                        {
+                            recovered.push_back(c);
+                        }
+                    }
                     Err(e) => {
                         // A worker panicked: its claim cannot be released safely (its command
                         // may be mid-flight); stop, so supervision restarts a clean process.
@@ -324,6 +334,7 @@ async fn work(ctx: &Ctx, cmd: Command) {
         Status::Prepared | Status::Submitted => {
             let Some(bytes) = cmd.signed_tx.as_deref() else {
                 tracing::error!(status = %cmd.status.as_str(), "in-flight command without its prepared transaction");
+                let _ = pause(ctx, 8).await;
                 return;
             };
             match PreparedTransaction::from_bytes(bytes) {
@@ -336,6 +347,7 @@ async fn work(ctx: &Ctx, cmd: Command) {
                     // The stored envelope does not decode (disk corruption): nobody can say
                     // whether it committed. Leave it for an operator, loudly.
                     tracing::error!(error = %e, "stored prepared transaction does not decode");
+                    let _ = pause(ctx, 8).await;
                 }
             }
         }
@@ -529,7 +541,11 @@ async fn retry_or_dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
             // The dispatcher sleeps until the earliest due time; make it recompute that.
             ctx.waker.wake();
         }
-        Err(e) => tracing::warn!(error = %e, "cannot schedule the retry"),
+        Err(e) => {
+            // The command keeps its state on disk; the dispatcher resolves it again.
+            tracing::warn!(error = %e, "cannot schedule the retry");
+            let _ = pause(ctx, 4).await;
+        }
     }
 }
 
@@ -541,7 +557,10 @@ async fn dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
             // The partition's next command became due.
             ctx.waker.wake();
         }
-        Err(e) => tracing::warn!(error = %e, "cannot dead-letter the command"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot dead-letter the command");
+            let _ = pause(ctx, 4).await;
+        }
     }
 }
 
@@ -557,9 +576,10 @@ async fn committed(ctx: &Ctx, cmd: &Command, block: u64) {
             ctx.waker.wake();
         }
         Err(e) => {
-            // Committed on the ledger whatever the outbox says; the next run (or the next
-            // resolution) records it by its tx id.
+            // Committed on the ledger whatever the outbox says; the dispatcher resolves it
+            // again by its tx id (after a pause, so a broken disk is not hammered).
             tracing::warn!(error = %e, block, "cannot record the commit");
+            let _ = pause(ctx, 4).await;
         }
     }
 }
