@@ -177,6 +177,8 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(metrics.contains(want), "{metrics}");
+    assert!(metrics.contains("gxd_projector_running 1"), "{metrics}");
+    assert!(!metrics.contains("gxd_projector_block -1"), "{metrics}");
 
     gxd.sigterm();
     let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();

@@ -138,6 +138,10 @@ impl Daemon {
                     &registry,
                 )?;
                 checks.push(Arc::new(ProjectorReady::new(engine.projector.status())));
+                let projector_metrics =
+                    gxd_engine::projector_metrics::ProjectorMetrics::new(&registry)
+                        .context("register projector metrics")?;
+                let projector_status = engine.projector.status();
                 let submitter_token = root.child_token();
                 let submitter = {
                     let token = submitter_token.clone();
@@ -148,7 +152,18 @@ impl Daemon {
                 let projector = {
                     let token = projector_token.clone();
                     let projector = engine.projector;
-                    tokio::spawn(async move { projector.run(token).await.context("projector") })
+                    tokio::spawn(async move {
+                        let metrics =
+                            tokio::spawn(projector_metrics.run(projector_status, token.clone()));
+                        if let Err(e) = projector.run(token.clone()).await {
+                            // Halted (a poison transaction, a broken chain): the daemon stays
+                            // up — the API serves, /readyz says why — until an operator acts.
+                            tracing::error!(error = %e, "the projector halted; /readyz reports it");
+                            token.cancelled().await;
+                        }
+                        let _ = metrics.await;
+                        Ok(())
+                    })
                 };
                 tracing::info!(
                     peers = ?fabric.peer_endpoints,

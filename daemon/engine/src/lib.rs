@@ -6,6 +6,7 @@
 //! - [`backoff`]: exponential backoff with full jitter, bounded.
 //! - [`catalog`]: the command catalog seam.
 //! - [`maintenance`]: outbox retention and gauges, in the background.
+//! - [`projector_metrics`]: the projector's status as `gxd_projector_*` gauges.
 //! - [`projector`]: follows the block stream and applies each block to the read models
 //!   in one PostgreSQL transaction with its position; the checkpoint log follows.
 //! - [`submitter`]: claims due commands from the outbox and brings each to the ledger
@@ -15,4 +16,5 @@ pub mod backoff;
 pub mod catalog;
 pub mod maintenance;
 pub mod projector;
+pub mod projector_metrics;
 pub mod submitter;
