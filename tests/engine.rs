@@ -15,8 +15,6 @@ use gxd_gx::commands::command_type;
 use gxd_storage::outbox::{NewCommand, Outbox, OutboxOptions, Status};
 use gxd_storage::{Db, DbOptions};
 
-const ORG1: &str = "org1.example.com";
-
 fn enqueue_payload(
     command_type: &str,
     partition: &str,
@@ -43,7 +41,6 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
     )
     .await
     .unwrap();
-    let paths = devnet.paths().clone();
 
     // The organization's admin bootstraps the system (gxd signs as a client: not an admin).
     let admin = devnet.gateway("Admin").unwrap();
@@ -90,13 +87,7 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
     };
 
     let mut settings = Settings::new(&db, free_port());
-    settings.extra_toml = format!(
-        "[fabric]\npeer_endpoints = [{}]\npeer_tls_server_name = {}\ntls_ca_file = {}\nmsp_id = \"Org1MSP\"\nmsp_dir = {}\n",
-        toml_string(&devnet.local_addr().to_string()),
-        toml_string(gxd_devnet::PEER_HOST),
-        toml_string(paths.peer_tls_ca(ORG1).to_str().unwrap()),
-        toml_string(paths.user_msp(ORG1, "User1").to_str().unwrap()),
-    );
+    settings.extra_toml = devnet_fabric_toml(&devnet);
     let config = write_config(dir.path(), &settings);
     let check = run_gxd(
         &["config", "check", config.to_str().unwrap()],

@@ -30,7 +30,6 @@ use gxd_storage::{Db, DbOptions};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-const ORG1: &str = "org1.example.com";
 /// The paying wallets (one partition each).
 const WALLETS: [&str; 5] = ["treasury", "u0", "u1", "u2", "u3"];
 /// Each payer pays into its own sink, so no wallet is touched by two partitions: a wallet
@@ -78,7 +77,6 @@ async fn run_killed_at_random_keeps_exactly_once_and_order() {
     )
     .await
     .unwrap();
-    let paths = devnet.paths().clone();
     let connector = devnet.connector().unwrap();
     let id = |name: &str| devnet.identity(name).unwrap();
     let admin = devnet.gateway("Admin").unwrap();
@@ -119,13 +117,15 @@ async fn run_killed_at_random_keeps_exactly_once_and_order() {
     }
 
     let mut settings = Settings::new(&db, free_port());
-    settings.extra_toml = format!(
-        "[fabric]\npeer_endpoints = [{}]\npeer_tls_server_name = {}\ntls_ca_file = {}\nmsp_id = \"Org1MSP\"\nmsp_dir = {}\nsubmit_timeout_seconds = 2\ncommit_status_timeout_seconds = 10\n\n[submitter]\nbackoff_base_milliseconds = 20\nbackoff_max_seconds = 1\n",
-        toml_string(&devnet.local_addr().to_string()),
-        toml_string(gxd_devnet::PEER_HOST),
-        toml_string(paths.peer_tls_ca(ORG1).to_str().unwrap()),
-        toml_string(paths.user_msp(ORG1, "User1").to_str().unwrap()),
-    );
+    settings.extra_toml = devnet_fabric_toml(&devnet)
+        + "submit_timeout_seconds = 2
+commit_status_timeout_seconds = 10
+
+\
+           [submitter]
+backoff_base_milliseconds = 20
+backoff_max_seconds = 1
+";
     let config = write_config(dir.path(), &settings);
     let data = dir.path().join("data");
     let args = ["run", "--config", config.to_str().unwrap()];

@@ -603,7 +603,7 @@ fn seconds(field: &str, value: u64) -> Result<Duration, ConfigError> {
 }
 
 impl FabricSection {
-    fn validate(&self) -> Result<Option<FabricConfig>, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<Option<FabricConfig>, ConfigError> {
         if self.peer_endpoints.is_empty() {
             return Ok(None);
         }
@@ -704,7 +704,7 @@ impl FabricSection {
 }
 
 impl SubmitterSection {
-    fn validate(&self) -> Result<SubmitterSettings, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<SubmitterSettings, ConfigError> {
         let range = |field: &str, v: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&v) {
                 Ok(v)

@@ -3,7 +3,6 @@
 //! GX is plugged in here, in the composition root; the engine itself knows no GX.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use gxd_engine::backoff::Backoff;
@@ -115,13 +114,7 @@ pub fn build(
     let source = DeliverSource {
         connector,
         signer: identity,
-        backoff: gxd_fabric::stream::Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            multiplier: 2.0,
-            jitter: 0.2,
-            max_attempts: None,
-        },
+        backoff: gxd_fabric::stream::Backoff::default(),
     };
     let projector = Projector::new(
         projector_config,

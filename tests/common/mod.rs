@@ -439,3 +439,17 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// The `[fabric]` section pointing `gxd run` at an in-process devnet, signing as
+/// `User1@org1.example.com` (more `[fabric]` fields may follow it).
+pub fn devnet_fabric_toml(devnet: &gxd_devnet::DevnetHandle) -> String {
+    let paths = devnet.paths();
+    let org1 = "org1.example.com";
+    format!(
+        "[fabric]\npeer_endpoints = [{}]\npeer_tls_server_name = {}\ntls_ca_file = {}\nmsp_id = \"Org1MSP\"\nmsp_dir = {}\n",
+        toml_string(&devnet.local_addr().to_string()),
+        toml_string(gxd_devnet::PEER_HOST),
+        toml_string(paths.peer_tls_ca(org1).to_str().unwrap()),
+        toml_string(paths.user_msp(org1, "User1").to_str().unwrap()),
+    )
+}

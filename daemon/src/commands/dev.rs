@@ -23,8 +23,8 @@ use gxd_storage::pg::cluster::{ClusterError, LocalCluster};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    Config, FabricConfig, LogFormat, PoisonPolicySetting, ProjectorSettings, ShutdownTimeouts,
-    SubmitterSettings, TlsFiles,
+    Config, FabricSection, LogFormat, PoisonPolicySetting, ProjectorSettings, ShutdownTimeouts,
+    SubmitterSection,
 };
 
 /// Database the daemon uses in the dev cluster.
@@ -118,23 +118,18 @@ async fn with_cluster(
     let devnet_token = CancellationToken::new();
     let devnet = tokio::spawn(devnet.run_until(devnet_token.clone().cancelled_owned()));
     const ORG1: &str = "org1.example.com";
-    let fabric = FabricConfig {
+    // Through the same validation (and defaults) as a [fabric] section in a config file.
+    let fabric = FabricSection {
         peer_endpoints: vec![devnet_addr.to_string()],
         peer_tls_server_name: Some(gxd_devnet::PEER_HOST.to_owned()),
-        tls: Some(TlsFiles {
-            ca: paths.peer_tls_ca(ORG1),
-            client_cert: None,
-            client_key: None,
-        }),
-        msp_id: "Org1MSP".to_owned(),
-        msp_dir: paths.user_msp(ORG1, "User1"),
+        tls_ca_file: Some(paths.peer_tls_ca(ORG1)),
+        msp_id: Some("Org1MSP".to_owned()),
+        msp_dir: Some(paths.user_msp(ORG1, "User1")),
         channel: gxd_devnet::DEFAULT_CHANNEL.to_owned(),
         chaincode: gxd_devnet::DEFAULT_CHAINCODE.to_owned(),
-        evaluate_timeout: Duration::from_secs(5),
-        endorse_timeout: Duration::from_secs(15),
-        submit_timeout: Duration::from_secs(5),
-        commit_status_timeout: Duration::from_secs(60),
-    };
+        ..FabricSection::default()
+    }
+    .validate()?;
 
     let config = Config {
         api_listen: opts.api_listen,
@@ -150,13 +145,8 @@ async fn with_cluster(
         },
         migrate_on_startup: true,
         data_dir: dir.join("data"),
-        fabric: Some(fabric),
-        submitter: SubmitterSettings {
-            max_in_flight: 64,
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
-        },
+        fabric,
+        submitter: SubmitterSection::default().validate()?,
         projector: ProjectorSettings {
             poison_policy: PoisonPolicySetting::Halt,
         },
