@@ -1,8 +1,9 @@
 //! Startup, supervision and ordered shutdown of the daemon.
 //!
 //! Startup: local state directory → PostgreSQL pool → schema check (refuse a
-//! diverged database; apply pending migrations when `migrate_on_startup`) → HTTP
-//! listener → `READY=1` to systemd.
+//! diverged database; apply pending migrations when `migrate_on_startup`) → the
+//! RocksDB outbox and checkpoint log → outbox maintenance → the engine (submitter,
+//! projector) when `[fabric]` names a peer → HTTP listener → `READY=1` to systemd.
 //!
 //! Supervision: every long-running subsystem is a spawned task with a child of
 //! the root `CancellationToken`. If one ends on its own — error, or panic — the
@@ -10,9 +11,11 @@
 //!
 //! Shutdown (on the shutdown future, i.e. SIGTERM/SIGINT, or a failed task):
 //! `/readyz` turns 503, then the subsystems stop in order — HTTP (stop accepting,
-//! finish in-flight requests), then (later issues) the submitter and the
-//! projector — each bounded by its configured timeout and aborted past it; every
-//! `JoinHandle` is awaited; finally storage is closed, also bounded.
+//! finish in-flight requests), the submitter, the projector, outbox maintenance —
+//! each bounded by its configured timeout and aborted past it; every `JoinHandle`
+//! is awaited; finally storage (PostgreSQL pool, RocksDB) is closed, also bounded.
+//! A halted projector is not a failed subsystem: it waits for shutdown while
+//! `/readyz` reports why it halted.
 
 use std::future::Future;
 use std::net::SocketAddr;
