@@ -12,6 +12,7 @@
 //! `gxd_api_request_duration_seconds{route}`, labelled by the matched route
 //! template (never the raw path), `unmatched` for unknown routes.
 
+pub mod auth;
 mod health;
 mod metrics;
 pub mod problem;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 
+pub use auth::{AdminPrincipal, AuthError, Authenticator, Principal, Role};
 pub use health::{CheckOutcome, Readiness, ReadinessCheck};
 pub use problem::{ErrorCode, PROBLEM_JSON, Problem};
 
@@ -42,6 +44,8 @@ struct Inner {
     checks: Vec<Arc<dyn ReadinessCheck>>,
     check_timeout: Duration,
     draining: AtomicBool,
+    /// Verifies bearer tokens; `None` closes every authenticated route (401).
+    authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 impl ApiState {
@@ -58,8 +62,24 @@ impl ApiState {
                 checks,
                 check_timeout: DEFAULT_CHECK_TIMEOUT,
                 draining: AtomicBool::new(false),
+                authenticator: None,
             }),
         })
+    }
+
+    /// Sets the bearer-token verifier of the authenticated routes. Call before the state
+    /// is cloned into a router.
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.authenticator = Some(authenticator),
+            None => tracing::error!("with_authenticator called on a shared ApiState; ignored"),
+        }
+        self
+    }
+
+    /// The bearer-token verifier, if one is configured.
+    pub fn authenticator(&self) -> Option<&dyn Authenticator> {
+        self.inner.authenticator.as_deref()
     }
 
     /// Marks the daemon as shutting down: `/readyz` answers 503 from now on, so

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The body's media type is not supported.
     UnsupportedMediaType,
+    /// The caller exceeded its rate limit; retry after `Retry-After`.
+    RateLimited,
     /// A dependency is not available (database down, disk full); retry later.
     Unavailable,
     /// A dependency did not answer in time.
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload-too-large",
             ErrorCode::UnsupportedMediaType => "unsupported-media-type",
+            ErrorCode::RateLimited => "rate-limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "Conflict",
             ErrorCode::PayloadTooLarge => "Payload too large",
             ErrorCode::UnsupportedMediaType => "Unsupported media type",
+            ErrorCode::RateLimited => "Too many requests",
             ErrorCode::Unavailable => "Service unavailable",
             ErrorCode::Timeout => "Timeout",
             ErrorCode::Internal => "Internal error",
