@@ -51,6 +51,18 @@ enum Kill {
     LostReply,
 }
 
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn cycle() -> Vec<Kill> {
     let mut kinds = vec![Kill::Random];
     kinds.extend(failpoints::POINTS.iter().map(|p| Kill::Point(p)));
@@ -104,6 +116,7 @@ backoff_max_seconds = 1
     let kinds = cycle();
     let mut kills: BTreeMap<Kill, u32> = BTreeMap::new();
     let mut lost_reply_faults = 0u32;
+    let mut lost_replies_hit = 0u32;
     for round in 0..rounds {
         {
             let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
@@ -130,6 +143,23 @@ backoff_max_seconds = 1
                     lost_reply_faults += 2;
                 }
                 let mut gxd = Gxd::spawn(&args, &[]);
+                if kind == Kill::LostReply {
+                    // Both replies really lost before the kill (so each such round exercises
+                    // the resolution of an ambiguous submission).
+                    let lost = wait_until(Duration::from_secs(30), || {
+                        !devnet
+                            .faults()
+                            .rules()
+                            .iter()
+                            .any(|r| r.times.is_some_and(|n| n > 0))
+                    });
+                    assert!(
+                        lost,
+                        "round {round}: the lost-reply faults were not hit:\n{}",
+                        gxd.logs()
+                    );
+                    lost_replies_hit += 2;
+                }
                 // The random moment of the kill: sleeping is the point here.
                 std::thread::sleep(Duration::from_millis(rng.gen_range(150..1500)));
                 gxd.signal(nix::sys::signal::Signal::SIGKILL);
@@ -232,7 +262,7 @@ backoff_max_seconds = 1
     let v = verdict::exactly_once(&blocks, &accepted);
     eprintln!(
         "engine crash test: rounds={rounds} kills={} by kind={kills:?} commands={} \
-         lost-reply faults={lost_reply_faults} blocks={height} invalid copies on the ledger={} \
+         lost-reply faults armed={lost_reply_faults} hit before the kill={lost_replies_hit} blocks={height} invalid copies on the ledger={} \
          lost={} duplicated={} partitions out of order={} ({:.1}s)",
         kills.values().sum::<u32>(),
         v.commands,
