@@ -6,7 +6,8 @@
 #   scripts/test.sh -E 'test(foo)'  # extra arguments go to cargo nextest
 #
 # Env knobs: GXD_TEST_DATABASE_URL (use that server instead of a throwaway one),
-# GXD_CRASH_ROUNDS (kill -9 rounds of the outbox crash test, default 100).
+# GXD_CRASH_ROUNDS (kill -9 rounds of the outbox crash test, default 100),
+# GXD_ENGINE_CRASH_ROUNDS (kill rounds of `gxd run` in tests/engine_crash.rs, default 35).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -32,11 +33,15 @@ trap cleanup EXIT
 
 # Every cargo invocation selects the whole workspace: features are unified over the
 # selected packages, and a different selection means a different (~12 min) RocksDB build.
+failpoint_features=gxd-storage/failpoints,gxd/failpoints
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
-  # Failpoints are process-global: their tests live in their own binary, behind a feature.
-  cargo nextest run --workspace --locked --features gxd-storage/failpoints -E 'binary(failpoints)'
+  # Failpoints are process-global: their tests live in their own binaries, behind features
+  # (storage's fail points; the engine's kill points in the gxd binary for the crash loop).
+  cargo nextest run --workspace --locked --no-fail-fast --features "$failpoint_features" \
+    -E 'binary(failpoints) | binary(engine_crash)'
 else
   cargo test --workspace --locked --no-fail-fast "$@"
-  cargo test --workspace --locked --features gxd-storage/failpoints --test failpoints
+  cargo test --workspace --locked --no-fail-fast --features "$failpoint_features" \
+    --test failpoints --test engine_crash
 fi

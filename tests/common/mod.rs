@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 
 pub use gxd_storage::pg::testing::TestDb;
 
+pub mod verdict;
+
 /// The `gxd` binary under test.
 pub fn gxd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gxd"))

@@ -5,6 +5,7 @@
 //!
 //! - [`backoff`]: exponential backoff with full jitter, bounded.
 //! - [`catalog`]: the command catalog seam.
+//! - [`failpoints`]: kill points at each durability step (feature `failpoints`, tests only).
 //! - [`maintenance`]: outbox retention and gauges, in the background.
 //! - [`projector_metrics`]: the projector's status as `gxd_projector_*` gauges.
 //! - [`projector`]: follows the block stream and applies each block to the read models
@@ -14,6 +15,7 @@
 
 pub mod backoff;
 pub mod catalog;
+pub mod failpoints;
 pub mod maintenance;
 pub mod projector;
 pub mod projector_metrics;

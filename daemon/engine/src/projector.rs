@@ -446,6 +446,7 @@ impl Projector {
                 continue;
             }
             let projected = self.apply_block(&block, position.as_ref()).await?;
+            crate::kill_point!(crate::failpoints::PROJECTOR_AFTER_PG_COMMIT);
             self.append(&block).await?;
             position = Some(Position {
                 block_number: block.number,

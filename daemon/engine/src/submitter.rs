@@ -389,6 +389,7 @@ async fn attempt(ctx: &Ctx, cmd: Command) {
         Ok(tx) => tx,
         Err(e) => return attempt_failed(ctx, &cmd, &e).await,
     };
+    crate::kill_point!(crate::failpoints::AFTER_ENDORSE);
     // The prepared transaction is on disk before it can reach the orderer.
     if let Err(e) = ctx
         .outbox
@@ -401,6 +402,7 @@ async fn attempt(ctx: &Ctx, cmd: Command) {
         return;
     }
     tracing::debug!(tx_id = prepared.tx_id(), "prepared");
+    crate::kill_point!(crate::failpoints::AFTER_PREPARE);
     resolve(ctx, &cmd, &prepared, Submission::First).await;
 }
 
@@ -417,6 +419,7 @@ async fn resolve(ctx: &Ctx, cmd: &Command, tx: &PreparedTransaction, mut submiss
         if need_submit {
             match ctx.gateway.submit(tx).await {
                 Ok(()) => {
+                    crate::kill_point!(crate::failpoints::AFTER_SUBMIT);
                     need_submit = false;
                     if let Err(e) = ctx.outbox.mark_submitted(cmd.id).await
                         && !matches!(e, StorageError::IllegalTransition { .. })
@@ -565,6 +568,7 @@ async fn dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
 }
 
 async fn committed(ctx: &Ctx, cmd: &Command, block: u64) {
+    crate::kill_point!(crate::failpoints::BEFORE_MARK_COMMITTED);
     match ctx.outbox.mark_committed(cmd.id, block).await {
         Ok(c) => {
             ctx.metrics.outcome("committed");

@@ -20,6 +20,11 @@ use crate::exit;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    if let Err(e) = gxd_engine::failpoints::configure_from_env() {
+        eprintln!("gxd: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
