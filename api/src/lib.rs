@@ -157,17 +157,17 @@ pub fn router(state: ApiState) -> Router {
     let app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .fallback(metrics::not_found)
-        .method_not_allowed_fallback(metrics::method_not_allowed);
-    // Request limits (body size, timeout) around every route and fallback above: keep
-    // this after the last route.
+        .route("/metrics", get(metrics::metrics));
+    // Request limits (body size, timeout) on every route above: keep this after the last
+    // route and inside the metrics layer, so a 413 or a timeout is counted by route.
     let app = limits::apply(app, &state);
-    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+    app.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
+    .fallback(metrics::not_found)
+    .method_not_allowed_fallback(metrics::method_not_allowed)
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
         metrics::panic_response,
     ))
     .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -199,13 +199,14 @@ async fn request_timeout(State(state): State<ApiState>, req: Request, next: Next
     }
 }
 
-/// Adds the body-size and timeout layers to every route (and fallback) of `router`
-/// added so far: call it after the routes. The timeout is outside the body limit, so a
-/// slow upload counts against it.
+/// Adds the body-size and timeout layers to every route of `router` added so far (route
+/// layers: unknown routes get their 404 without reading the body). Call it after the last
+/// route and before the metrics route layer, so their answers are counted. The timeout is
+/// outside the body limit, so a slow upload counts against it.
 pub fn apply(router: Router<ApiState>, state: &ApiState) -> Router<ApiState> {
     router
-        .layer(from_fn_with_state(state.clone(), body_limit))
-        .layer(from_fn_with_state(state.clone(), request_timeout))
+        .route_layer(from_fn_with_state(state.clone(), body_limit))
+        .route_layer(from_fn_with_state(state.clone(), request_timeout))
 }
 
 #[cfg(test)]

@@ -125,16 +125,42 @@ async fn an_oversize_body_is_413_declared_or_streamed() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
-    // The API's own router applies it too, before routing (here: an unknown route).
+    // Unknown routes are 404 without reading the body.
     let router = gxd_api::router(state(limits));
     let (status, _, _) = send(
-        router,
+        router.clone(),
         Request::post("/api/v1/nowhere")
             .body(Body::from(vec![b'x'; 4096]))
             .unwrap(),
     )
     .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The API's own routes are behind the limit too: a declared oversize body on /healthz
+    // is 413 before its handler runs.
+    let (status, _, _) = send(
+        router.clone(),
+        Request::get("/healthz")
+            .header(header::CONTENT_LENGTH, "4096")
+            .body(Body::from(vec![b'x'; 4096]))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // ... and counted by route and status.
+    let (status, _, metrics) = send(
+        router,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("gxd_api_requests_total")
+            && l.contains("route=\"/healthz\"")
+            && l.contains("status=\"413\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
