@@ -36,6 +36,9 @@ pub const DEFAULT_ROLE_CLAIM: &str = "role";
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's 256 bits).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
+/// Registered claims (RFC 7519 §4.1), which cannot hold the role.
+const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
 /// The algorithms a key can be bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JwtAlgorithm {
@@ -170,6 +173,12 @@ impl JwtAuthenticator {
         }
         if settings.role_claim.trim().is_empty() {
             return Err(JwtConfigError::new("the role claim must not be empty"));
+        }
+        if RESERVED_CLAIMS.contains(&settings.role_claim.as_str()) {
+            return Err(JwtConfigError::new(format!(
+                "the role claim cannot be the registered claim {:?}",
+                settings.role_claim
+            )));
         }
         if settings.keys.is_empty() {
             return Err(JwtConfigError::new("no keys configured"));

@@ -347,8 +347,19 @@ fn bad_key_configuration_is_refused_naming_the_file() {
             "twice",
         ),
         (vec![], "no keys"),
+        (
+            vec![key(Some("a"), JwtAlgorithm::Hs256, HS_SECRET)],
+            "__role_sub__",
+        ),
     ] {
-        let e = JwtAuthenticator::new(&settings(keys)).unwrap_err();
+        let mut s = settings(keys);
+        let needle = if needle == "__role_sub__" {
+            s.role_claim = "sub".into();
+            "registered claim"
+        } else {
+            needle
+        };
+        let e = JwtAuthenticator::new(&s).unwrap_err();
         assert!(
             e.to_string().contains(needle),
             "{e} should mention {needle:?}"
