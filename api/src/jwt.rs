@@ -295,19 +295,89 @@ fn decoding_key(key: &JwtKey) -> Result<DecodingKey, JwtConfigError> {
             }
             Ok(DecodingKey::from_secret(&key.material))
         }
-        JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&key.material).map_err(|e| {
-            JwtConfigError::new(format!(
-                "{}: not an RSA public key in PEM ({e})",
-                describe(key)
-            ))
-        }),
-        JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&key.material).map_err(|e| {
-            JwtConfigError::new(format!(
-                "{}: not a P-256 public key in PEM ({e})",
-                describe(key)
-            ))
-        }),
+        JwtAlgorithm::Rs256 => {
+            check_public_pem(key, &[RSA_ENCRYPTION_OID], "RSA PUBLIC KEY")?;
+            rsa_decoding_key(key)
+        }
+        JwtAlgorithm::Es256 => {
+            check_public_pem(key, &[EC_PUBLIC_KEY_OID, PRIME256V1_OID], "")?;
+            ec_decoding_key(key)
+        }
     }
+}
+
+/// DER of `id-ecPublicKey` (1.2.840.10045.2.1), `prime256v1` (1.2.840.10045.3.1.7) and
+/// `rsaEncryption` (1.2.840.113549.1.1.1), tag and length included.
+const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const PRIME256V1_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const RSA_ENCRYPTION_OID: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+
+/// Checks, before `jsonwebtoken` parses it, that the PEM is a public key of the key's
+/// kind: a `PUBLIC KEY` (SPKI) naming every OID in `oids` (so a P-384 key cannot pass as
+/// ES256, where it would refuse every token at run time), or a block labelled
+/// `alt_label` (PKCS#1 `RSA PUBLIC KEY`).
+fn check_public_pem(key: &JwtKey, oids: &[&[u8]], alt_label: &str) -> Result<(), JwtConfigError> {
+    use base64::Engine as _;
+    let fail = |why: &str| {
+        JwtConfigError::new(format!(
+            "{}: not a {} public key in PEM ({why})",
+            describe(key),
+            if key.algorithm == JwtAlgorithm::Es256 {
+                "P-256"
+            } else {
+                "RSA"
+            }
+        ))
+    };
+    let text = std::str::from_utf8(&key.material).map_err(|_| fail("not text"))?;
+    let begin = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .ok_or_else(|| fail("no -----BEGIN line"))?;
+    if !alt_label.is_empty() && begin == alt_label {
+        return Ok(());
+    }
+    if begin != "PUBLIC KEY" {
+        return Err(fail(&format!("a {begin:?} block; expected \"PUBLIC KEY\"")));
+    }
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("-----BEGIN "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END "))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| fail("bad base64"))?;
+    if oids
+        .iter()
+        .all(|oid| der.windows(oid.len()).any(|w| w == *oid))
+    {
+        Ok(())
+    } else {
+        Err(fail("another key type or curve"))
+    }
+}
+
+fn rsa_decoding_key(key: &JwtKey) -> Result<DecodingKey, JwtConfigError> {
+    DecodingKey::from_rsa_pem(&key.material).map_err(|e| {
+        JwtConfigError::new(format!(
+            "{}: not an RSA public key in PEM ({e})",
+            describe(key)
+        ))
+    })
+}
+
+fn ec_decoding_key(key: &JwtKey) -> Result<DecodingKey, JwtConfigError> {
+    DecodingKey::from_ec_pem(&key.material).map_err(|e| {
+        JwtConfigError::new(format!(
+            "{}: not a P-256 public key in PEM ({e})",
+            describe(key)
+        ))
+    })
 }
 
 /// Why `jsonwebtoken` refused a token, in words safe to show the caller.

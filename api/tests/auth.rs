@@ -333,6 +333,22 @@ fn bad_key_configuration_is_refused_naming_the_file() {
         ),
         (vec![key(Some("a"), JwtAlgorithm::Es256, RSA_PUB)], "P-256"),
         (
+            vec![key(
+                Some("a"),
+                JwtAlgorithm::Es256,
+                include_bytes!("fixtures/p384.pub.pem"),
+            )],
+            "another key type or curve",
+        ),
+        (
+            vec![key(Some("a"), JwtAlgorithm::Rs256, EC_PUB)],
+            "another key type",
+        ),
+        (
+            vec![key(Some("a"), JwtAlgorithm::Es256, EC_PRIV)],
+            "\"PRIVATE KEY\" block",
+        ),
+        (
             vec![
                 key(Some("a"), JwtAlgorithm::Hs256, HS_SECRET),
                 key(None, JwtAlgorithm::Es256, EC_PUB),
