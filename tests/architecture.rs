@@ -48,6 +48,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("fabric-sdk", &["gxd-fabric", "gxd-devnet"]),
     ("axum", &["gxd-api"]),
     ("tower-http", &["gxd-api"]),
+    ("jsonwebtoken", &["gxd-api"]),
     ("rocksdb", &["gxd-storage", "gxd-devnet"]),
     ("librocksdb-sys", &["gxd-storage", "gxd-devnet"]),
     ("tokio-postgres", &["gxd-storage"]),

@@ -218,3 +218,121 @@ fn password_file_must_be_private() {
         assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     }
 }
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../api/tests/fixtures")
+        .join(name)
+}
+
+/// Copies a fixture key into `dir` with `mode`.
+fn key_file(dir: &std::path::Path, name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::copy(fixture(name), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn issue(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["token", "issue", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_gxd(&args, &[], DEADLINE)
+}
+
+/// `gxd token issue`: mints with each configured algorithm; the token alone on stdout
+/// verifies with the daemon's authenticator for the same configuration; clear errors.
+#[test]
+fn token_issue_mints_tokens_that_verify() {
+    use gxd_api::Authenticator as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = d.join("hs.secret");
+    write_secret(&secret, "a-shared-secret-of-at-least-32-bytes\n");
+    let rsa_pub = fixture("rsa.pub.pem");
+    let rsa_key = key_file(d, "rsa.key.pem", 0o600);
+    let ec_pub = fixture("ec.pub.pem");
+    let ec_key = key_file(d, "ec.key.pem", 0o600);
+    let q = |p: &std::path::Path| toml_string(p.to_str().unwrap());
+    let text = format!(
+        "{VALID}\n[auth]\nissuer = \"https://login.test\"\naudience = \"gxd\"\nrole_claim = \"https://gxd/role\"\n\
+         [[auth.keys]]\nkid = \"hs\"\nalgorithm = \"HS256\"\nsecret_file = {}\n\
+         [[auth.keys]]\nkid = \"rs\"\nalgorithm = \"RS256\"\npublic_key_file = {}\nprivate_key_file = {}\n\
+         [[auth.keys]]\nkid = \"es\"\nalgorithm = \"ES256\"\npublic_key_file = {}\nprivate_key_file = {}\n\
+         [[auth.keys]]\nkid = \"verify-only\"\nalgorithm = \"ES256\"\npublic_key_file = {}\n",
+        q(&secret),
+        q(&rsa_pub),
+        q(&rsa_key),
+        q(&ec_pub),
+        q(&ec_key),
+        q(&fixture("ec2.pub.pem")),
+    );
+    let config = write(d, &text);
+    let auth = gxd::config::load(Some(&config), &Default::default())
+        .unwrap()
+        .auth
+        .unwrap();
+    for (kid, role) in [("hs", "user"), ("rs", "admin"), ("es", "user")] {
+        let out = issue(
+            &config,
+            &[
+                "--sub",
+                "alice",
+                "--role",
+                role,
+                "--kid",
+                kid,
+                "--ttl-seconds",
+                "120",
+            ],
+        );
+        assert!(out.status.success(), "{kid}: {}", stderr(&out));
+        let token = stdout(&out);
+        assert_eq!(token.lines().count(), 1, "the token alone: {token}");
+        let p = auth.authenticator.authenticate(token.trim()).unwrap();
+        assert_eq!(
+            (p.subject.as_str(), p.role.as_str()),
+            ("alice", role),
+            "{kid}"
+        );
+    }
+
+    // Errors: exit 64 with one clear line.
+    let several = issue(&config, &["--sub", "alice", "--role", "user"]);
+    assert_config_error(&several, "--kid");
+    let unknown = issue(&config, &["--sub", "a", "--role", "user", "--kid", "nope"]);
+    assert_config_error(&unknown, "nope");
+    let no_private = issue(
+        &config,
+        &["--sub", "a", "--role", "user", "--kid", "verify-only"],
+    );
+    assert_config_error(&no_private, "private_key_file");
+    let bad_role = issue(&config, &["--sub", "a", "--role", "root", "--kid", "hs"]);
+    assert_eq!(bad_role.status.code(), Some(64), "{}", stderr(&bad_role));
+    assert!(
+        stderr(&bad_role).contains("possible values: user, admin"),
+        "{}",
+        stderr(&bad_role)
+    );
+    let no_auth = issue(&write(d, VALID), &["--sub", "a", "--role", "user"]);
+    assert_config_error(&no_auth, "[auth]");
+
+    // A private key readable by others is refused, naming the file.
+    let open_key = key_file(d, "ec2.key.pem", 0o644);
+    let text = format!(
+        "{VALID}\n[auth]\nissuer = \"i\"\naudience = \"a\"\n[[auth.keys]]\nalgorithm = \"ES256\"\npublic_key_file = {}\nprivate_key_file = {}\n",
+        q(&fixture("ec2.pub.pem")),
+        q(&open_key)
+    );
+    let out = issue(&write(d, &text), &["--sub", "a", "--role", "user"]);
+    assert_config_error(&out, "chmod 600");
+    // A private key that does not match the public key: refused before printing.
+    let text = format!(
+        "{VALID}\n[auth]\nissuer = \"i\"\naudience = \"a\"\n[[auth.keys]]\nalgorithm = \"ES256\"\npublic_key_file = {}\nprivate_key_file = {}\n",
+        q(&ec_pub),
+        q(&key_file(d, "ec2.key.pem", 0o600))
+    );
+    let out = issue(&write(d, &text), &["--sub", "a", "--role", "user"]);
+    assert_config_error(&out, "does not verify");
+    assert!(stdout(&out).is_empty());
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
@@ -198,15 +199,174 @@ async fn the_daemon_runs_in_process() {
     assert!(refused.is_err(), "the listener is closed after shutdown");
 }
 
-/// `gxd dev`: a private PostgreSQL, the devnet (if built) and the daemon; SIGINT
-/// stops all of it, PostgreSQL included.
+/// The value of metric line `name` (exact series text, e.g. `m{status="committed"}`).
+fn metric(api: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let (code, body) = http_get(api, "/metrics").ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Polls `f` until it is `Some`, up to `deadline`.
+fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The text after `prefix` on the first stdout line holding it.
+fn printed(gxd: &Gxd, prefix: &str) -> Option<String> {
+    gxd.stdout().lines().find_map(|l| {
+        l.trim_start()
+            .strip_prefix(prefix)
+            .map(|r| r.trim().to_owned())
+    })
+}
+
+fn outbox(api: std::net::SocketAddr, status: &str) -> Option<f64> {
+    metric(api, &format!("gxd_outbox_commands{{status=\"{status}\"}}"))
+}
+
+/// `gxd dev`: a private PostgreSQL, the devnet and the daemon; busy default ports fall
+/// back to free ones; it writes DIR/gxd.toml with an [auth] section; the printed tokens
+/// verify with it; the GX bootstrap is enqueued once and committed; SIGINT stops all of
+/// it, PostgreSQL included; a second start reuses the data and does not bootstrap again.
 #[test]
-fn dev_runs_everything_and_stops_cleanly() {
+fn dev_runs_everything_bootstraps_once_and_stops_cleanly() {
     let dir = traversable_tempdir();
     let state = dir.path().join("dev");
+    // The default ports busy (held here, or by someone else already): gxd dev falls back.
+    let _hold_api = std::net::TcpListener::bind("127.0.0.1:8080");
+    let _hold_devnet = std::net::TcpListener::bind("127.0.0.1:7051");
+    let mut gxd = Gxd::spawn(
+        &[
+            "dev",
+            "--dir",
+            state.to_str().unwrap(),
+            "--treasury-wallet",
+            "vault",
+            "--initial-supply",
+            "5000",
+        ],
+        &[],
+    );
+    let api = wait_for(Duration::from_secs(120), || {
+        printed(&gxd, "API         http://")
+    })
+    .unwrap_or_else(|| panic!("no API line:\n{}", gxd.logs()));
+    let api: std::net::SocketAddr = api.split_whitespace().next().unwrap().parse().unwrap();
+    assert_ne!(api.port(), 8080, "{}", gxd.logs());
+    let devnet = printed(&gxd, "devnet      ").unwrap();
+    assert!(!devnet.starts_with("127.0.0.1:7051 "), "{devnet}");
+    assert!(
+        gxd.stdout().contains("is busy; the API uses"),
+        "{}",
+        gxd.logs()
+    );
+    gxd.api = Some(api);
+    gxd.wait_ready(Duration::from_secs(120)).unwrap();
+
+    // DIR/gxd.toml: the configuration it runs with, [auth] included; the printed tokens
+    // verify with the keys it names.
+    let config_path = state.join("gxd.toml");
+    let config = gxd::config::load(Some(&config_path), &Default::default()).unwrap();
+    assert_eq!(config.api_listen, api);
+    let auth = config.auth.as_ref().expect("an [auth] section");
+    let secret = state.join("auth/hs256.secret");
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    use gxd_api::Authenticator as _;
+    let admin = printed(&gxd, "admin (admin):").unwrap();
+    let user = printed(&gxd, "user  (alice):").unwrap();
+    let p = auth.authenticator.authenticate(&admin).unwrap();
+    assert_eq!(
+        (p.subject.as_str(), p.role),
+        ("admin", gxd_api::Role::Admin)
+    );
+    let p = auth.authenticator.authenticate(&user).unwrap();
+    assert_eq!((p.subject.as_str(), p.role), ("alice", gxd_api::Role::User));
+    let curl = printed(&gxd, "curl ").unwrap();
+    assert!(
+        curl.contains(&format!("Bearer {admin}"))
+            && curl.contains(&format!("http://{api}/api/v1/wallets/vault")),
+        "{curl}"
+    );
+    // `gxd token issue --config DIR/gxd.toml` works with it.
+    let out = run_gxd(
+        &[
+            "token",
+            "issue",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--sub",
+            "bob",
+            "--role",
+            "user",
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issued = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        auth.authenticator
+            .authenticate(issued.trim())
+            .unwrap()
+            .subject,
+        "bob"
+    );
+
+    // The bootstrap: enqueued now, then committed on the devnet.
+    let bootstrap = printed(&gxd, "bootstrap   ").unwrap();
+    assert!(
+        bootstrap.contains("treasury wallet vault with initial supply 5000")
+            && bootstrap.contains("enqueued now"),
+        "{bootstrap}"
+    );
+    wait_for(Duration::from_secs(60), || {
+        (outbox(api, "committed")? == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the bootstrap did not commit:\n{}", gxd.logs()));
+    let record = std::fs::read_to_string(state.join("bootstrap.json")).unwrap();
+
+    let pid_file = state.join("postgres/postmaster.pid");
+    assert!(
+        pid_file.exists(),
+        "PostgreSQL runs from {}",
+        state.display()
+    );
+    gxd.sigint();
+    let status = gxd
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("gxd dev did not stop:\n{}", gxd.logs()));
+    assert_eq!(status.code(), Some(0), "{}", gxd.logs());
+    assert!(
+        !pid_file.exists(),
+        "PostgreSQL was stopped:\n{}",
+        gxd.logs()
+    );
+    // (No check for ERROR lines: tower-http's trace layer logs the 503s of /readyz
+    // while the daemon starts at ERROR.)
+
+    // Second start, explicit free ports: the same data, no second bootstrap.
     let api_port = free_port();
     let devnet_port = free_port();
-    let mut gxd = Gxd::spawn_with_api(
+    let mut again = Gxd::spawn_with_api(
         &[
             "dev",
             "--dir",
@@ -219,28 +379,71 @@ fn dev_runs_everything_and_stops_cleanly() {
         &[],
         api_port,
     );
-    gxd.wait_ready(Duration::from_secs(120)).unwrap();
+    again.wait_ready(Duration::from_secs(120)).unwrap();
+    let api = again.api.unwrap();
+    let bootstrap2 = printed(&again, "bootstrap   ").unwrap();
     assert!(
-        gxd.stdout()
-            .contains(&format!("http://127.0.0.1:{api_port}")),
-        "{}",
-        gxd.logs()
+        bootstrap2.contains("done on an earlier start"),
+        "{bootstrap2}"
     );
-    let pid_file = state.join("postgres/postmaster.pid");
     assert!(
-        pid_file.exists(),
-        "PostgreSQL runs from {}",
-        state.display()
+        again
+            .stdout()
+            .contains("--treasury-wallet and --initial-supply apply to a new DIR only"),
+        "the default flags differ from the recorded bootstrap:\n{}",
+        again.logs()
     );
+    assert_eq!(
+        std::fs::read_to_string(state.join("bootstrap.json")).unwrap(),
+        record
+    );
+    // Still exactly one command in the outbox, committed.
+    let counts = wait_for(Duration::from_secs(30), || {
+        let c = ["pending", "prepared", "submitted", "committed", "failed"].map(|s| outbox(api, s));
+        c.iter().all(Option::is_some).then(|| c.map(Option::unwrap))
+    })
+    .unwrap_or_else(|| panic!("no outbox gauges:\n{}", again.logs()));
+    assert_eq!(counts, [0.0, 0.0, 0.0, 1.0, 0.0], "{}", again.logs());
+    let reloaded = gxd::config::load(Some(&config_path), &Default::default()).unwrap();
+    assert_eq!(
+        reloaded.api_listen.port(),
+        api_port,
+        "DIR/gxd.toml is rewritten"
+    );
+    // The first start's tokens still verify (the secret is kept).
+    reloaded
+        .auth
+        .unwrap()
+        .authenticator
+        .authenticate(&admin)
+        .unwrap();
 
-    gxd.sigint();
-    let status = gxd
+    again.sigint();
+    let status = again
         .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("gxd dev did not stop:\n{}", gxd.logs()));
-    assert_eq!(status.code(), Some(0), "{}", gxd.logs());
-    assert!(
-        !pid_file.exists(),
-        "PostgreSQL was stopped:\n{}",
-        gxd.logs()
-    );
+        .unwrap_or_else(|| panic!("gxd dev did not stop:\n{}", again.logs()));
+    assert_eq!(status.code(), Some(0), "{}", again.logs());
+}
+
+/// An address given explicitly and busy: a clear error, non-zero exit, nothing started.
+#[test]
+fn dev_refuses_a_busy_explicit_port() {
+    let dir = traversable_tempdir();
+    let state = dir.path().join("dev");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    for flag in ["--api-listen", "--devnet-listen"] {
+        let out = run_gxd(
+            &["dev", "--dir", state.to_str().unwrap(), flag, &addr],
+            &[],
+            Duration::from_secs(30),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(&addr),
+            "{flag}: {stderr}"
+        );
+        assert!(!state.join("postgres").exists(), "nothing started");
+    }
 }

@@ -4,7 +4,9 @@
 //! extractor reads `Authorization: Bearer <token>` and hands the token to the
 //! [`Authenticator`] in the [`ApiState`]; the JWT verifier (`jwt.rs`) is the production
 //! one. A request without a valid token is answered 401 `problem+json` before the handler
-//! runs, so a handler never sees an unauthenticated request.
+//! runs, so a handler never sees an unauthenticated request. After the token verifies,
+//! the extractor takes one token of the subject's rate-limit bucket
+//! ([`crate::limits::RateLimiter`], when configured): past it, 429 with `Retry-After`.
 
 use std::fmt;
 
@@ -117,6 +119,12 @@ impl FromRequestParts<ApiState> for Principal {
                 .with_detail("authentication is not configured on this server"));
         };
         let principal = auth.authenticate(bearer(parts)?)?;
+        // The per-subject rate limit, once per request (the principal is cached below).
+        if let Some(limiter) = state.rate_limiter() {
+            limiter
+                .check(&principal.subject)
+                .map_err(crate::limits::rate_limited)?;
+        }
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

@@ -14,6 +14,8 @@
 
 pub mod auth;
 mod health;
+pub mod jwt;
+pub mod limits;
 mod metrics;
 pub mod problem;
 
@@ -26,6 +28,8 @@ use axum::routing::get;
 
 pub use auth::{AdminPrincipal, AuthError, Authenticator, Principal, Role};
 pub use health::{CheckOutcome, Readiness, ReadinessCheck};
+pub use jwt::{JwtAuthenticator, JwtSettings};
+pub use limits::{ApiLimits, RateLimit, RateLimiter};
 pub use problem::{ErrorCode, PROBLEM_JSON, Problem};
 
 /// How long one readiness check may take before it counts as failing.
@@ -46,6 +50,9 @@ struct Inner {
     draining: AtomicBool,
     /// Verifies bearer tokens; `None` closes every authenticated route (401).
     authenticator: Option<Arc<dyn Authenticator>>,
+    /// Body size, request timeout (router layers) and rate limit (the `Principal` extractor).
+    limits: ApiLimits,
+    rate_limiter: Option<RateLimiter>,
 }
 
 impl ApiState {
@@ -63,6 +70,8 @@ impl ApiState {
                 check_timeout: DEFAULT_CHECK_TIMEOUT,
                 draining: AtomicBool::new(false),
                 authenticator: None,
+                limits: ApiLimits::default(),
+                rate_limiter: None,
             }),
         })
     }
@@ -75,6 +84,29 @@ impl ApiState {
             None => tracing::error!("with_authenticator called on a shared ApiState; ignored"),
         }
         self
+    }
+
+    /// Sets the request limits (body size, timeout, rate per subject). Call before the
+    /// state is cloned into a router.
+    pub fn with_limits(mut self, limits: ApiLimits) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.rate_limiter = limits.rate_limit.map(RateLimiter::new);
+                inner.limits = limits;
+            }
+            None => tracing::error!("with_limits called on a shared ApiState; ignored"),
+        }
+        self
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &ApiLimits {
+        &self.inner.limits
+    }
+
+    /// The per-subject rate limiter, when a rate limit is configured.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.inner.rate_limiter.as_ref()
     }
 
     /// The bearer-token verifier, if one is configured.
@@ -122,19 +154,22 @@ pub async fn serve(
 
 /// The API router. Serve it with [`serve`].
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .fallback(metrics::not_found)
-        .method_not_allowed_fallback(metrics::method_not_allowed)
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            metrics::panic_response,
-        ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .route("/metrics", get(metrics::metrics));
+    // Request limits (body size, timeout) on every route above: keep this after the last
+    // route and inside the metrics layer, so a 413 or a timeout is counted by route.
+    let app = limits::apply(app, &state);
+    app.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
+    .fallback(metrics::not_found)
+    .method_not_allowed_fallback(metrics::method_not_allowed)
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        metrics::panic_response,
+    ))
+    .layer(tower_http::trace::TraceLayer::new_for_http())
+    .with_state(state)
 }

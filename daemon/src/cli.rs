@@ -77,12 +77,50 @@ pub enum Command {
         /// State directory (PostgreSQL cluster, devnet, daemon data).
         #[arg(long, default_value = "./.gxd-dev", value_name = "DIR")]
         dir: PathBuf,
-        /// API listen address.
-        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-        api_listen: SocketAddr,
-        /// Devnet gRPC listen address.
-        #[arg(long, default_value = "127.0.0.1:7051", value_name = "ADDR")]
-        devnet_listen: SocketAddr,
+        /// API listen address. Default 127.0.0.1:8080, or a free port when that is busy;
+        /// given and busy: an error.
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<SocketAddr>,
+        /// Devnet gRPC listen address. Default 127.0.0.1:7051, or a free port when that is
+        /// busy; given and busy: an error.
+        #[arg(long, value_name = "ADDR")]
+        devnet_listen: Option<SocketAddr>,
+        /// Wallet id of the treasury the GX system is bootstrapped with (first start only).
+        #[arg(long, default_value = "treasury", value_name = "ID")]
+        treasury_wallet: String,
+        /// Initial supply minted into the treasury (minor units; first start only).
+        #[arg(long, default_value = "1000000000", value_name = "AMOUNT")]
+        initial_supply: String,
+    },
+    /// Bearer tokens for the API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a JWT with the configured signing key ([auth] of the configuration): iss and
+    /// aud from the configuration, iat = nbf = now, exp = now + TTL. Prints the token
+    /// alone on stdout.
+    Issue {
+        /// Configuration file (its [auth] section and keys).
+        #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Subject: the user id.
+        #[arg(long, value_name = "ID")]
+        sub: String,
+        /// Role.
+        #[arg(long, value_name = "ROLE", value_parser = ["user", "admin"])]
+        role: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+        ttl_seconds: u64,
+        /// Key to sign with (its kid); needed when several keys can sign.
+        #[arg(long, value_name = "KID")]
+        kid: Option<String>,
     },
 }
 
@@ -165,13 +203,40 @@ mod tests {
         let c = Cli::try_parse_from(["gxd", "dev"]).unwrap();
         match c.command {
             Command::Dev {
-                dir, api_listen, ..
+                dir,
+                api_listen,
+                treasury_wallet,
+                ..
             } => {
                 assert_eq!(dir, PathBuf::from("./.gxd-dev"));
-                assert_eq!(api_listen.port(), 8080);
+                assert_eq!(api_listen, None);
+                assert_eq!(treasury_wallet, "treasury");
             }
             other => panic!("{other:?}"),
         }
+        let c = Cli::try_parse_from([
+            "gxd", "token", "issue", "--config", "/c", "--sub", "alice", "--role", "user",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Token {
+                command:
+                    TokenCommand::Issue {
+                        sub,
+                        role,
+                        ttl_seconds,
+                        kid,
+                        ..
+                    },
+            } => assert_eq!(
+                (sub.as_str(), role.as_str(), ttl_seconds, kid),
+                ("alice", "user", 3600, None)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["gxd", "token", "issue", "--sub", "a", "--role", "root"]).is_err()
+        );
         assert!(Cli::try_parse_from(["gxd", "devnet"]).is_err());
     }
 }

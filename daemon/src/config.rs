@@ -66,6 +66,10 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub api: ApiSection,
+    /// JWT bearer authentication; `None` (no `[auth]` section): the authenticated routes
+    /// answer 401 "not configured".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSection>,
     pub database: DatabaseSection,
     pub storage: StorageSection,
     pub fabric: FabricSection,
@@ -171,14 +175,70 @@ impl Default for ProjectorSection {
 pub struct ApiSection {
     /// `ip:port` the REST API listens on.
     pub listen: String,
+    /// Largest request body accepted; larger: 413.
+    pub max_body_bytes: u64,
+    /// A request not answered within this: 503 with `Retry-After`.
+    pub request_timeout_seconds: u64,
+    /// Requests per second per authenticated subject (token bucket); 0: no rate limit.
+    pub rate_limit_per_second: u64,
+    /// Bucket size (requests in a burst); 0: the same as `rate_limit_per_second`.
+    pub rate_limit_burst: u64,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: gxd_api::limits::DEFAULT_MAX_BODY_BYTES as u64,
+            request_timeout_seconds: gxd_api::limits::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
         }
     }
+}
+
+/// `[auth]`: JWT bearer tokens (see `gxd_api::jwt`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Required `iss` of every token.
+    pub issuer: Option<String>,
+    /// Required `aud` of every token.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// The claim holding the role (`user`, `admin`, or an array of them).
+    pub role_claim: String,
+    /// `[[auth.keys]]`: the verification keys, chosen by the token's `kid`.
+    pub keys: Vec<AuthKeySection>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            leeway_seconds: gxd_api::jwt::DEFAULT_LEEWAY.as_secs(),
+            role_claim: gxd_api::jwt::DEFAULT_ROLE_CLAIM.to_owned(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthKeySection {
+    /// Key id (the token header's `kid`); required when several keys are configured.
+    pub kid: Option<String>,
+    /// `HS256`, `RS256` or `ES256`: the only algorithm this key accepts.
+    pub algorithm: String,
+    /// HS256: the shared secret (>= 32 bytes; mode 0600).
+    pub secret_file: Option<PathBuf>,
+    /// RS256 / ES256: the PEM public key.
+    pub public_key_file: Option<PathBuf>,
+    /// RS256 / ES256: the PEM private key, read only by `gxd token issue` (mode 0600).
+    pub private_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -297,6 +357,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub api_listen: SocketAddr,
+    /// Body size, request timeout and rate limit of the API.
+    pub api_limits: gxd_api::ApiLimits,
+    /// JWT authentication; `None`: the authenticated routes answer 401.
+    pub auth: Option<AuthConfig>,
     pub database: PgSettings,
     pub migrate_on_startup: bool,
     pub data_dir: PathBuf,
@@ -307,6 +371,25 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub shutdown: ShutdownTimeouts,
+}
+
+/// Validated `[auth]`: the authenticator (keys loaded) and what `gxd token issue` needs.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub leeway: Duration,
+    pub role_claim: String,
+    pub keys: Vec<AuthKey>,
+    pub authenticator: std::sync::Arc<gxd_api::JwtAuthenticator>,
+}
+
+/// One validated key: its verification material and, for RS256/ES256, where its private
+/// key is (for `gxd token issue`).
+#[derive(Debug, Clone)]
+pub struct AuthKey {
+    pub key: gxd_api::jwt::JwtKey,
+    pub private_key_file: Option<PathBuf>,
 }
 
 /// Validated `[fabric]`.
@@ -442,6 +525,11 @@ fn type_sample() -> toml::Table {
     sample.fabric.tls_client_key_file = Some(PathBuf::new());
     sample.fabric.msp_id = Some(String::new());
     sample.fabric.msp_dir = Some(PathBuf::new());
+    sample.auth = Some(AuthSection {
+        issuer: Some(String::new()),
+        audience: Some(String::new()),
+        ..AuthSection::default()
+    });
     match toml::Value::try_from(sample) {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::Table::new(),
@@ -535,6 +623,8 @@ impl FileConfig {
             )
         })?;
         let database = self.database.validate()?;
+        let api_limits = self.api.validate_limits()?;
+        let auth = self.auth.as_ref().map(AuthSection::validate).transpose()?;
 
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.data_dir", "must not be empty"));
@@ -579,6 +669,8 @@ impl FileConfig {
 
         Ok(Config {
             api_listen,
+            api_limits,
+            auth,
             database,
             migrate_on_startup: self.database.migrate_on_startup,
             data_dir: self.storage.data_dir.clone(),
@@ -700,6 +792,170 @@ impl FabricSection {
                 self.commit_status_timeout_seconds,
             )?,
         }))
+    }
+}
+
+impl ApiSection {
+    fn validate_limits(&self) -> Result<gxd_api::ApiLimits, ConfigError> {
+        const MAX_BODY: u64 = 64 * 1024 * 1024;
+        if !(1..=MAX_BODY).contains(&self.max_body_bytes) {
+            return Err(ConfigError::new(
+                "api.max_body_bytes",
+                format!("{} is out of range 1..={MAX_BODY}", self.max_body_bytes),
+            ));
+        }
+        let request_timeout = seconds("api.request_timeout_seconds", self.request_timeout_seconds)?;
+        let rate = |field: &str, v: u64| {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| *v <= 1_000_000)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("api.{field}"),
+                        format!("{v} is out of range 0..=1000000"),
+                    )
+                })
+        };
+        let per_second = rate("rate_limit_per_second", self.rate_limit_per_second)?;
+        let burst = rate("rate_limit_burst", self.rate_limit_burst)?;
+        let rate_limit = (per_second > 0).then_some(gxd_api::RateLimit {
+            per_second,
+            burst: if burst == 0 { per_second } else { burst },
+        });
+        if rate_limit.is_none() && burst > 0 {
+            return Err(ConfigError::new(
+                "api.rate_limit_burst",
+                "set api.rate_limit_per_second too (0 turns the rate limit off)",
+            ));
+        }
+        Ok(gxd_api::ApiLimits {
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            request_timeout,
+            rate_limit,
+        })
+    }
+}
+
+impl AuthSection {
+    /// Reads every key file (secrets permission-checked) and builds the authenticator.
+    pub(crate) fn validate(&self) -> Result<AuthConfig, ConfigError> {
+        use gxd_api::jwt::{JwtAlgorithm, JwtKey};
+        let required = |field: &str, v: &Option<String>| match v {
+            Some(v) if !v.trim().is_empty() => Ok(v.clone()),
+            Some(_) => Err(ConfigError::new(
+                format!("auth.{field}"),
+                "must not be empty",
+            )),
+            None => Err(ConfigError::new(
+                format!("auth.{field}"),
+                "missing (required in [auth])",
+            )),
+        };
+        let issuer = required("issuer", &self.issuer)?;
+        let audience = required("audience", &self.audience)?;
+        if self.leeway_seconds > 300 {
+            return Err(ConfigError::new(
+                "auth.leeway_seconds",
+                format!("{} is out of range 0..=300", self.leeway_seconds),
+            ));
+        }
+        if self.role_claim.trim().is_empty() {
+            return Err(ConfigError::new("auth.role_claim", "must not be empty"));
+        }
+        if self.keys.is_empty() {
+            return Err(ConfigError::new(
+                "auth.keys",
+                "no [[auth.keys]] entry (remove [auth] to run without authentication)",
+            ));
+        }
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            let field = |name: &str| format!("auth.keys[{i}].{name}");
+            let algorithm = JwtAlgorithm::parse(&k.algorithm).ok_or_else(|| {
+                ConfigError::new(
+                    field("algorithm"),
+                    format!(
+                        "{:?} is not one of \"HS256\", \"RS256\", \"ES256\"",
+                        k.algorithm
+                    ),
+                )
+            })?;
+            if k.kid.as_deref().is_some_and(|kid| kid.trim().is_empty()) {
+                return Err(ConfigError::new(field("kid"), "must not be empty"));
+            }
+            let (material, source) = match algorithm {
+                JwtAlgorithm::Hs256 => {
+                    if k.public_key_file.is_some() || k.private_key_file.is_some() {
+                        return Err(ConfigError::new(
+                            field("secret_file"),
+                            "an HS256 key has a secret_file only (no public_key_file or private_key_file)",
+                        ));
+                    }
+                    let path = k.secret_file.clone().ok_or_else(|| {
+                        ConfigError::new(field("secret_file"), "missing (required for HS256)")
+                    })?;
+                    let secret = read_secret_file(&field("secret_file"), &path)?;
+                    if secret.len() < gxd_api::jwt::MIN_HS256_SECRET_BYTES {
+                        return Err(ConfigError::new(
+                            field("secret_file"),
+                            format!(
+                                "{}: an HS256 secret must be at least {} bytes",
+                                path.display(),
+                                gxd_api::jwt::MIN_HS256_SECRET_BYTES
+                            ),
+                        ));
+                    }
+                    (secret.into_bytes(), path)
+                }
+                JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                    if k.secret_file.is_some() {
+                        return Err(ConfigError::new(
+                            field("secret_file"),
+                            format!("a {algorithm} key has a public_key_file, not a secret_file"),
+                        ));
+                    }
+                    let path = k.public_key_file.clone().ok_or_else(|| {
+                        ConfigError::new(
+                            field("public_key_file"),
+                            format!("missing (required for {algorithm})"),
+                        )
+                    })?;
+                    let pem = std::fs::read(&path).map_err(|e| {
+                        ConfigError::new(
+                            field("public_key_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    (pem, path)
+                }
+            };
+            keys.push(AuthKey {
+                key: JwtKey {
+                    kid: k.kid.clone(),
+                    algorithm,
+                    material,
+                    source,
+                },
+                private_key_file: k.private_key_file.clone(),
+            });
+        }
+        let leeway = Duration::from_secs(self.leeway_seconds);
+        let authenticator = gxd_api::JwtAuthenticator::new(&gxd_api::JwtSettings {
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            leeway,
+            role_claim: self.role_claim.clone(),
+            keys: keys.iter().map(|k| k.key.clone()).collect(),
+        })
+        .map_err(|e| ConfigError::new("auth.keys", e.message))?;
+        Ok(AuthConfig {
+            issuer,
+            audience,
+            leeway,
+            role_claim: self.role_claim.clone(),
+            keys,
+            authenticator: std::sync::Arc::new(authenticator),
+        })
     }
 }
 
@@ -944,6 +1200,168 @@ dbname = "gxd"
         assert!(check(&plain, &[]).unwrap().fabric.unwrap().tls.is_none());
     }
 
+    fn secret(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_auth_section_loads_its_keys_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = secret(
+            dir.path(),
+            "hs",
+            "0123456789abcdef0123456789abcdef\n",
+            0o600,
+        );
+        let open = secret(
+            dir.path(),
+            "open",
+            "0123456789abcdef0123456789abcdef",
+            0o644,
+        );
+        let short = secret(dir.path(), "short", "too-short", 0o600);
+        let pem = dir.path().join("ec.pub.pem");
+        std::fs::write(&pem, include_str!("../../api/tests/fixtures/ec.pub.pem")).unwrap();
+        let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+        let auth = format!(
+            "{MINIMAL}\n[auth]\nissuer = \"https://iss\"\naudience = \"gxd\"\n\
+             [[auth.keys]]\nkid = \"a\"\nalgorithm = \"HS256\"\nsecret_file = {}\n\
+             [[auth.keys]]\nkid = \"b\"\nalgorithm = \"ES256\"\npublic_key_file = {}\n",
+            q(&hs),
+            q(&pem)
+        );
+        let c = check(&auth, &[]).unwrap();
+        let a = c.auth.unwrap();
+        assert_eq!(a.authenticator.kids(), ["a", "b"]);
+        assert_eq!(a.leeway, Duration::from_secs(30));
+        assert_eq!(a.role_claim, "role");
+        // The trailing newline of the secret file is not part of the secret.
+        assert_eq!(a.keys[0].key.material.len(), 32);
+        assert!(!format!("{:?}", a.keys).contains("0123456789abcdef"));
+        // Scalar fields from the environment.
+        let c = check(&auth, &[("GXD_AUTH__LEEWAY_SECONDS", "5")]).unwrap();
+        assert_eq!(c.auth.unwrap().leeway, Duration::from_secs(5));
+        // No [auth]: none.
+        assert!(check(MINIMAL, &[]).unwrap().auth.is_none());
+
+        for (text, field, needle) in [
+            (
+                auth.replace("issuer = \"https://iss\"\n", ""),
+                "auth.issuer",
+                "missing",
+            ),
+            (
+                auth.replace("audience = \"gxd\"", "audience = \"\""),
+                "auth.audience",
+                "empty",
+            ),
+            (
+                auth.replace("\"HS256\"", "\"none\""),
+                "auth.keys[0].algorithm",
+                "none",
+            ),
+            (
+                auth.replace(&q(&hs), &q(&open)),
+                "auth.keys[0].secret_file",
+                "chmod 600",
+            ),
+            (
+                auth.replace(&q(&hs), &q(&short)),
+                "auth.keys[0].secret_file",
+                "32 bytes",
+            ),
+            (
+                auth.replace(&q(&pem), "\"/nonexistent/k.pem\""),
+                "auth.keys[1].public_key_file",
+                "/nonexistent/k.pem",
+            ),
+            (
+                auth.replace("public_key_file", "secret_file"),
+                "auth.keys[1].secret_file",
+                "public_key_file",
+            ),
+            (
+                auth.replace("kid = \"b\"", "kid = \"a\""),
+                "auth.keys",
+                "twice",
+            ),
+            (
+                auth.replace("kid = \"b\"\n", ""),
+                "auth.keys",
+                "needs a kid",
+            ),
+            (
+                format!("{MINIMAL}\n[auth]\nissuer = \"i\"\naudience = \"a\"\n"),
+                "auth.keys",
+                "no [[auth.keys]]",
+            ),
+            (
+                auth.replace(
+                    "audience = \"gxd\"",
+                    "audience = \"gxd\"\nleeway_seconds = 301",
+                ),
+                "auth.leeway_seconds",
+                "0..=300",
+            ),
+        ] {
+            let e = check(&text, &[]).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(
+                e.to_string().contains(needle),
+                "{e} should mention {needle:?}"
+            );
+        }
+        // A public PEM that is not P-256 names its file.
+        std::fs::write(&pem, include_str!("../../api/tests/fixtures/rsa.pub.pem")).unwrap();
+        let e = check(&auth, &[]).unwrap_err();
+        assert!(e.to_string().contains("ec.pub.pem"), "{e}");
+    }
+
+    #[test]
+    fn api_limits_have_defaults_and_bounds() {
+        let c = check(MINIMAL, &[]).unwrap();
+        assert_eq!(c.api_limits, gxd_api::ApiLimits::default());
+        assert_eq!(c.api_limits.max_body_bytes, 65536);
+        assert_eq!(c.api_limits.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.api_limits.rate_limit, None);
+        let c = check(
+            MINIMAL,
+            &[
+                ("GXD_API__RATE_LIMIT_PER_SECOND", "50"),
+                ("GXD_API__MAX_BODY_BYTES", "1024"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.api_limits.rate_limit,
+            Some(gxd_api::RateLimit {
+                per_second: 50,
+                burst: 50
+            })
+        );
+        assert_eq!(c.api_limits.max_body_bytes, 1024);
+        for (var, value, field) in [
+            ("GXD_API__MAX_BODY_BYTES", "0", "api.max_body_bytes"),
+            (
+                "GXD_API__REQUEST_TIMEOUT_SECONDS",
+                "0",
+                "api.request_timeout_seconds",
+            ),
+            ("GXD_API__RATE_LIMIT_BURST", "5", "api.rate_limit_burst"),
+            (
+                "GXD_API__RATE_LIMIT_PER_SECOND",
+                "2000000",
+                "api.rate_limit_per_second",
+            ),
+        ] {
+            let e = check(MINIMAL, &[(var, value)]).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = check(MINIMAL, &[]).unwrap();
@@ -1145,12 +1563,23 @@ dbname = "gxd"
         }
     }
 
-    /// The example shows optional fields commented out as `# field = value`:
-    /// uncomment those lines to see every field.
+    /// The example shows optional fields commented out as `# field = value` (and
+    /// optional sections as `# [section]`, `# [[section.table]]`): uncomment those
+    /// lines to see every field.
     fn uncomment(text: &str) -> String {
         text.lines()
             .map(|l| {
                 let t = l.trim_start();
+                let is_header = |h: &str| {
+                    h.starts_with('[')
+                        && h.ends_with(']')
+                        && h.trim_matches(|c| c == '[' || c == ']')
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+                };
+                if let Some(h) = t.strip_prefix("# ").filter(|h| is_header(h)) {
+                    return h.to_owned();
+                }
                 match t.strip_prefix("# ") {
                     Some(rest)
                         if rest.split_once(" = ").is_some_and(|(k, _)| {

@@ -191,7 +191,19 @@ impl Daemon {
                 });
             }
         }
-        let api_state = ApiState::new(&registry, checks).context("register API metrics")?;
+        let mut api_state = ApiState::new(&registry, checks)
+            .context("register API metrics")?
+            .with_limits(config.api_limits);
+        match &config.auth {
+            Some(auth) => {
+                tracing::info!(issuer = %auth.issuer, audience = %auth.audience,
+                    kids = ?auth.authenticator.kids(), "JWT authentication configured");
+                api_state = api_state.with_authenticator(auth.authenticator.clone());
+            }
+            None => tracing::warn!(
+                "no [auth] section: the authenticated API routes answer 401 until one is configured"
+            ),
+        }
 
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await

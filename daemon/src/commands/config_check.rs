@@ -15,8 +15,12 @@ pub fn execute(file: Option<&Path>) -> anyhow::Result<ExitCode> {
         .into());
     };
     let config = super::load(Some(file))?;
+    let auth = match &config.auth {
+        Some(a) => format!("auth: {} key(s)", a.keys.len()),
+        None => "no [auth]: authenticated routes closed".to_owned(),
+    };
     println!(
-        "{}: ok (api {}, database {}, data_dir {})",
+        "{}: ok (api {}, database {}, data_dir {}, {auth})",
         file.display(),
         config.api_listen,
         config.database.target(),

@@ -6,6 +6,7 @@ pub mod dev;
 pub mod devnet;
 pub mod migrate;
 pub mod run;
+pub mod token;
 pub mod version;
 
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
 use crate::config::{self, Config};
 use crate::exit;
 
@@ -70,11 +71,33 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             api_listen,
             devnet_listen,
+            treasury_wallet,
+            initial_supply,
         } => dev::execute(dev::DevOptions {
             dir,
             api_listen,
             devnet_listen,
+            treasury_wallet,
+            initial_supply,
         }),
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    config,
+                    sub,
+                    role,
+                    ttl_seconds,
+                    kid,
+                },
+        } => token::issue(
+            &load(config.as_deref())?,
+            &token::IssueArgs {
+                sub,
+                role,
+                ttl: std::time::Duration::from_secs(ttl_seconds),
+                kid,
+            },
+        ),
     }
 }
 
