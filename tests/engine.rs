@@ -113,7 +113,16 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["postgres", "migrations", "outbox", "projector"]);
+    assert_eq!(
+        names,
+        [
+            "postgres",
+            "migrations",
+            "outbox",
+            "projector",
+            "projector_lag"
+        ]
+    );
 
     // The read models show both commands' effects (the projector follows the ledger).
     let client = db.connect().await.unwrap();
@@ -170,6 +179,21 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
     assert!(metrics.contains(want), "{metrics}");
     assert!(metrics.contains("gxd_projector_running 1"), "{metrics}");
     assert!(!metrics.contains("gxd_projector_block -1"), "{metrics}");
+    // The ledger height is known (genesis, bootstrap and the two commands' blocks at least)
+    // and the projector is not behind it.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(gauge("gxd_projector_ledger_height") >= 3.0, "{metrics}");
+    assert!(gauge("gxd_projector_lag_blocks") >= 0.0, "{metrics}");
+    assert!(gauge("gxd_projector_lag_seconds") < 60.0, "{metrics}");
+    assert!(
+        gauge("gxd_outbox_oldest_in_flight_age_seconds") >= 0.0,
+        "{metrics}"
+    );
 
     gxd.sigterm();
     let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();
@@ -178,10 +202,19 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
 
     let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
     let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+    // The projector moved each command on to PROJECTED with its block, index and result.
     for id in ids {
         let c = outbox.get(id).unwrap();
-        assert_eq!(c.status, Status::Committed, "{c:#?}");
+        assert_eq!(c.status, Status::Projected, "{c:#?}");
         assert_eq!(c.attempts, 0);
+        assert!(c.block_number.is_some() && c.tx_index.is_some(), "{c:#?}");
+        assert_eq!(
+            c.result.as_ref().and_then(|r| r.status),
+            Some(200),
+            "{c:#?}"
+        );
+        let txid = c.txid.clone().unwrap();
+        assert_eq!(outbox.command_by_txid(&txid).unwrap().unwrap().id, id);
     }
     devnet.shutdown().await.unwrap();
 }

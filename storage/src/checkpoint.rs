@@ -144,7 +144,7 @@ fn decode(channel: &str, key: &[u8], bytes: &[u8]) -> Result<Checkpoint> {
     })
 }
 
-fn validate_channel(channel: &str) -> Result<()> {
+pub(crate) fn validate_channel(channel: &str) -> Result<()> {
     if channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES {
         return Err(StorageError::InvalidInput(format!(
             "channel name must be 1..={MAX_CHANNEL_BYTES} bytes"
@@ -277,7 +277,7 @@ impl CheckpointLog {
     }
 }
 
-fn stage_append(
+pub(crate) fn stage_append(
     round: &mut Round<'_>,
     channel: &str,
     block: NewCheckpoint,

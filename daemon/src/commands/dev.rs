@@ -23,8 +23,8 @@ use gxd_storage::pg::cluster::{ClusterError, LocalCluster};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    Config, FabricSection, LogFormat, PoisonPolicySetting, ProjectorSettings, ShutdownTimeouts,
-    SubmitterSection,
+    Config, FabricSection, LogFormat, PoisonPolicySetting, ProjectorSection, ProjectorSettings,
+    ShutdownTimeouts, SubmitterSection,
 };
 
 /// Database the daemon uses in the dev cluster.
@@ -149,6 +149,7 @@ async fn with_cluster(
         submitter: SubmitterSection::default().validate()?,
         projector: ProjectorSettings {
             poison_policy: PoisonPolicySetting::Halt,
+            max_lag: Duration::from_secs(ProjectorSection::default().max_lag_seconds),
         },
         log_format: LogFormat::Pretty,
         log_filter: "info".to_owned(),
