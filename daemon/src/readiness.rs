@@ -121,6 +121,10 @@ impl ReadinessCheck for ProjectorReady {
     }
 }
 
+fn chrono_now() -> gxd_engine::projector::Timestamp {
+    gxd_engine::projector::now()
+}
+
 /// Readiness: the projector is not behind the ledger by more than `max_lag` (the time since
 /// it first learned of a block it has not applied; see the projector's module docs). Named
 /// `projector_lag`; its reason says by how many blocks and seconds.
@@ -138,30 +142,6 @@ impl ProjectorLag {
     }
 }
 
-/// The lag verdict for a status whose lag is `lag` (separate for tests).
-pub fn lag_verdict(
-    status: &gxd_engine::projector::ProjectorStatus,
-    max_lag: std::time::Duration,
-    lag: std::time::Duration,
-) -> Result<(), String> {
-    if lag <= max_lag {
-        return Ok(());
-    }
-    Err(format!(
-        "behind the ledger: {} block(s) not projected (projected block {}, ledger height {}) \
-         for {:.1} s, more than max_lag_seconds = {}",
-        status.lag_blocks.unwrap_or(0),
-        status
-            .height
-            .map_or_else(|| "none".to_owned(), |h| h.to_string()),
-        status
-            .ledger_height
-            .map_or_else(|| "unknown".to_owned(), |h| h.to_string()),
-        lag.as_secs_f64(),
-        max_lag.as_secs()
-    ))
-}
-
 #[async_trait::async_trait]
 impl ReadinessCheck for ProjectorLag {
     fn name(&self) -> &'static str {
@@ -170,6 +150,9 @@ impl ReadinessCheck for ProjectorLag {
 
     async fn check(&self) -> Result<(), String> {
         let status = self.status.borrow().clone();
-        lag_verdict(&status, self.max_lag, status.lag_now())
+        match status.lag_problem(self.max_lag, chrono_now()) {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        }
     }
 }

@@ -165,6 +165,45 @@ mod tests {
     use gxd_storage::{Db, DbOptions};
 
     #[tokio::test]
+    async fn oldest_in_flight_age_is_the_longest_running_prepared_or_submitted_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+        assert_eq!(oldest_in_flight_age(&outbox, Utc::now()).unwrap(), 0.0);
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let c = outbox
+                .enqueue(NewCommand {
+                    tenant: "t".into(),
+                    command_type: "X".into(),
+                    request_id: format!("r{i}"),
+                    partition_key: format!("p{i}"),
+                    payload: Vec::new(),
+                })
+                .await
+                .unwrap();
+            ids.push(c.command.id);
+        }
+        // The younger command goes in flight first: age counts from prepared_at.
+        let first = outbox
+            .mark_prepared(ids[1], "tx1".into(), vec![1])
+            .await
+            .unwrap();
+        outbox.mark_submitted(ids[1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox
+            .mark_prepared(ids[0], "tx0".into(), vec![1])
+            .await
+            .unwrap();
+        let at = first.prepared_at.unwrap() + chrono::Duration::seconds(10);
+        let age = oldest_in_flight_age(&outbox, at).unwrap();
+        assert!((age - 10.0).abs() < 1e-9, "{age}");
+        outbox.mark_committed(ids[1], 3).await.unwrap();
+        outbox.mark_committed(ids[0], 3).await.unwrap();
+        assert_eq!(oldest_in_flight_age(&outbox, at).unwrap(), 0.0);
+    }
+
+    #[tokio::test]
     async fn gauges_count_the_outbox_and_retention_purges_old_commits() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &DbOptions::default()).unwrap();

@@ -277,6 +277,34 @@ impl ProjectorStatus {
     pub fn lag_now(&self) -> Duration {
         self.lag(Utc::now())
     }
+
+    /// The readiness input (`/readyz` check `projector_lag`): why the projector counts as
+    /// behind the ledger at `now` — lag above `max_lag` — or `None`.
+    pub fn lag_problem(&self, max_lag: Duration, now: DateTime<Utc>) -> Option<String> {
+        let lag = self.lag(now);
+        if lag <= max_lag {
+            return None;
+        }
+        Some(format!(
+            "behind the ledger: {} block(s) not projected (projected block {}, ledger height \
+             {}) for {:.1} s, more than max_lag_seconds = {}",
+            self.lag_blocks.unwrap_or(0),
+            self.height
+                .map_or_else(|| "none".to_owned(), |h| h.to_string()),
+            self.ledger_height
+                .map_or_else(|| "unknown".to_owned(), |h| h.to_string()),
+            lag.as_secs_f64(),
+            max_lag.as_secs()
+        ))
+    }
+}
+
+/// A wall-clock time as the projector's status carries it.
+pub type Timestamp = DateTime<Utc>;
+
+/// The wall clock, as the projector reads it.
+pub fn now() -> Timestamp {
+    Utc::now()
 }
 
 /// What the projector knows of the ledger's height over time, for the lag.
