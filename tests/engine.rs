@@ -195,6 +195,22 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
         "{metrics}"
     );
 
+    // `gxd projections status` while the daemon holds the data dir: PostgreSQL only.
+    let cfg = config.to_str().unwrap();
+    let out = run_gxd(
+        &["projections", "status", "--config", cfg],
+        &[],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("locked by a running gxd"), "{text}");
+    assert!(text.contains("position:"), "{text}");
+
     gxd.sigterm();
     let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{}", gxd.logs());
@@ -216,5 +232,26 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
         let txid = c.txid.clone().unwrap();
         assert_eq!(outbox.command_by_txid(&txid).unwrap().unwrap().id, id);
     }
+    drop(outbox);
+
+    // With the daemon stopped, the data dir is read too; the peer says its height.
+    let out = run_gxd(
+        &["projections", "status", "--json", "--config", cfg],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let height = devnet.height();
+    assert_eq!(st["position"], serde_json::json!(height - 1), "{st}");
+    assert_eq!(st["checkpointHeight"], st["position"], "{st}");
+    assert_eq!(st["projectedCommands"], 2, "{st}");
+    assert_eq!(st["ledgerHeight"], serde_json::json!(height), "{st}");
+    assert_eq!(st["lagBlocks"], 0, "{st}");
+    assert!(st["dataDirNote"].is_null(), "{st}");
     devnet.shutdown().await.unwrap();
 }
