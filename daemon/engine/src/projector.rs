@@ -40,7 +40,8 @@
 //! The ledger height is what the projector knows of the peer's: the highest block the
 //! stream delivered + 1, and every [`ProjectorConfig::height_probe_interval`] a probe
 //! ([`BlockSourceFactory::ledger_height`]: for Deliver, one DeliverFiltered request for the
-//! newest block), which keeps working while the projector is stalled or halted. **Lag** is
+//! newest block), which keeps working while the projector is stalled (retrying, or waiting
+//! on a stream that delivers nothing) — as long as [`Projector::run`] runs. **Lag** is
 //! the age of the oldest committed-but-unprojected block as observed: the time since the
 //! projector first learned of a block it has not yet applied (`ProjectorStatus::behind_since`);
 //! none when it has applied every block it knows of. Lag in blocks is the ledger height −
@@ -486,15 +487,19 @@ impl Projector {
 
     /// Projects until `shutdown` is cancelled (`Ok`) or a fatal error (`Err`, also in the
     /// status as `Halted`). Transient failures are retried by themselves. The ledger-height
-    /// probe runs until `shutdown`, also after a halt (the lag keeps growing then).
+    /// probe runs as long as this does: while the projector retries or waits on a stalled
+    /// stream the lag keeps being measured; a halted or stopped projector is not ready
+    /// anyway (and leaves the peer alone).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        let probe_stop = shutdown.child_token();
+        let _stop_probe = probe_stop.clone().drop_guard();
         tokio::spawn(probe_heights(
             self.source.clone(),
             self.config.channel.clone(),
             self.config.height_probe_interval,
             self.lag.clone(),
             self.status.clone(),
-            shutdown.clone(),
+            probe_stop,
         ));
         let mut attempt: u32 = 0;
         loop {
