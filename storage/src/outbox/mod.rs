@@ -670,7 +670,16 @@ impl Outbox {
                     let Some(id) = lookup_txid(round, &commit.txid)? else {
                         continue;
                     };
-                    let current = load(round, id)?;
+                    let current = match load(round, id) {
+                        Ok(c) => c,
+                        Err(StorageError::NotFound { .. }) => {
+                            // A dangling index entry (integrity reports it) must not stop
+                            // the read models.
+                            tracing::error!(txid = %commit.txid, command_id = %id, "tx index points to a missing command; not marked");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let (c, did) = stage_ledger_commit(
                         round,
                         current,
