@@ -113,7 +113,16 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["postgres", "migrations", "outbox", "projector"]);
+    assert_eq!(
+        names,
+        [
+            "postgres",
+            "migrations",
+            "outbox",
+            "projector",
+            "projector_lag"
+        ]
+    );
 
     // The read models show both commands' effects (the projector follows the ledger).
     let client = db.connect().await.unwrap();
@@ -170,18 +179,86 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
     assert!(metrics.contains(want), "{metrics}");
     assert!(metrics.contains("gxd_projector_running 1"), "{metrics}");
     assert!(!metrics.contains("gxd_projector_block -1"), "{metrics}");
+    // The ledger height is known (genesis, bootstrap and the two commands' blocks at least)
+    // and the projector is not behind it.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(gauge("gxd_projector_ledger_height") >= 3.0, "{metrics}");
+    assert!(gauge("gxd_projector_lag_blocks") >= 0.0, "{metrics}");
+    assert!(gauge("gxd_projector_lag_seconds") < 60.0, "{metrics}");
+    assert!(
+        gauge("gxd_outbox_oldest_in_flight_age_seconds") >= 0.0,
+        "{metrics}"
+    );
+
+    // `gxd projections status` while the daemon holds the data dir: PostgreSQL only.
+    let cfg = config.to_str().unwrap();
+    let out = run_gxd(
+        &["projections", "status", "--config", cfg],
+        &[],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("locked by a running gxd"), "{text}");
+    assert!(text.contains("position:"), "{text}");
 
     gxd.sigterm();
     let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{}", gxd.logs());
-    assert!(gxd.error_lines().is_empty(), "{:?}", gxd.error_lines());
+    // tower-http's trace layer logs every 5xx at ERROR, so the 503s of /readyz while the
+    // daemon was starting (what wait_ready polls through) are not errors of the daemon.
+    let errors: Vec<String> = gxd
+        .error_lines()
+        .into_iter()
+        .filter(|l| !(l.contains("tower_http::trace::on_failure") && l.contains("503")))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
 
     let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
     let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+    // The projector moved each command on to PROJECTED with its block, index and result.
     for id in ids {
         let c = outbox.get(id).unwrap();
-        assert_eq!(c.status, Status::Committed, "{c:#?}");
+        assert_eq!(c.status, Status::Projected, "{c:#?}");
         assert_eq!(c.attempts, 0);
+        assert!(c.block_number.is_some() && c.tx_index.is_some(), "{c:#?}");
+        assert_eq!(
+            c.result.as_ref().and_then(|r| r.status),
+            Some(200),
+            "{c:#?}"
+        );
+        let txid = c.txid.clone().unwrap();
+        assert_eq!(outbox.command_by_txid(&txid).unwrap().unwrap().id, id);
     }
+    drop(outbox);
+
+    // With the daemon stopped, the data dir is read too; the peer says its height.
+    let out = run_gxd(
+        &["projections", "status", "--json", "--config", cfg],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let height = devnet.height();
+    assert_eq!(st["position"], serde_json::json!(height - 1), "{st}");
+    assert_eq!(st["checkpointHeight"], st["position"], "{st}");
+    assert_eq!(st["projectedCommands"], 2, "{st}");
+    assert_eq!(st["ledgerHeight"], serde_json::json!(height), "{st}");
+    assert_eq!(st["lagBlocks"], 0, "{st}");
+    assert!(st["dataDirNote"].is_null(), "{st}");
     devnet.shutdown().await.unwrap();
 }

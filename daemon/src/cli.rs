@@ -44,6 +44,11 @@ pub enum Command {
         #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Projection (read model) commands.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -121,6 +126,22 @@ pub enum TokenCommand {
         /// Key to sign with (its kid); needed when several keys can sign.
         #[arg(long, value_name = "KID")]
         kid: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Where the projector is: PostgreSQL's position, the checkpoint log's last block and
+    /// the outbox's committed/projected counts (only when no running gxd holds the data
+    /// dir's lock; else PostgreSQL only, and it says so), and the peer's ledger height
+    /// when a peer is configured and answers.
+    Status {
+        /// Configuration file (without one: defaults plus GXD_* overrides).
+        #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

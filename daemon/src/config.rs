@@ -160,12 +160,16 @@ pub struct ProjectorSection {
     /// A transaction whose event the handlers cannot apply: `halt` (stop before its block;
     /// readiness says why) or `dead_letter` (record it in `projection_dead_letters`, go on).
     pub poison_policy: String,
+    /// Readiness fails while the projector has been behind the ledger for longer than this
+    /// (the age of the oldest block it knows of and has not applied), seconds.
+    pub max_lag_seconds: u64,
 }
 
 impl Default for ProjectorSection {
     fn default() -> Self {
         Self {
             poison_policy: "halt".to_owned(),
+            max_lag_seconds: 5,
         }
     }
 }
@@ -437,6 +441,8 @@ pub enum PoisonPolicySetting {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProjectorSettings {
     pub poison_policy: PoisonPolicySetting,
+    /// Readiness threshold on the projector's lag.
+    pub max_lag: Duration,
 }
 
 /// Per-phase shutdown bounds.
@@ -676,7 +682,10 @@ impl FileConfig {
             data_dir: self.storage.data_dir.clone(),
             fabric,
             submitter,
-            projector: ProjectorSettings { poison_policy },
+            projector: ProjectorSettings {
+                poison_policy,
+                max_lag: seconds("projector.max_lag_seconds", self.projector.max_lag_seconds)?,
+            },
             log_format,
             log_filter: self.log.filter.clone(),
             shutdown,

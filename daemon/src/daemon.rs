@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::exit::{self, SchemaRefused};
-use crate::readiness::{MigrationsCurrent, OutboxWritable, PostgresReady, ProjectorReady};
+use crate::readiness::{
+    MigrationsCurrent, OutboxWritable, PostgresReady, ProjectorLag, ProjectorReady,
+};
 use crate::sdnotify;
 
 /// Runs the daemon until `shutdown` resolves (or a subsystem fails), then stops
@@ -141,6 +143,10 @@ impl Daemon {
                     &registry,
                 )?;
                 checks.push(Arc::new(ProjectorReady::new(engine.projector.status())));
+                checks.push(Arc::new(ProjectorLag::new(
+                    engine.projector.status(),
+                    config.projector.max_lag,
+                )));
                 let projector_metrics =
                     gxd_engine::projector_metrics::ProjectorMetrics::new(&registry)
                         .context("register projector metrics")?;

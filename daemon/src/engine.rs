@@ -96,6 +96,7 @@ pub fn build(
         max: config.submitter.backoff_max,
     };
     let waker = Waker::new();
+    let outbox_for_projector = outbox.clone();
     let submitter = Submitter::new(
         outbox,
         gateway,
@@ -124,7 +125,8 @@ pub fn build(
             fabric.chaincode.clone(),
         )),
         Arc::new(source),
-    );
+    )
+    .with_outbox(outbox_for_projector);
     Ok(Engine {
         submitter,
         projector,

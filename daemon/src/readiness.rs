@@ -120,3 +120,39 @@ impl ReadinessCheck for ProjectorReady {
         }
     }
 }
+
+fn chrono_now() -> gxd_engine::projector::Timestamp {
+    gxd_engine::projector::now()
+}
+
+/// Readiness: the projector is not behind the ledger by more than `max_lag` (the time since
+/// it first learned of a block it has not applied; see the projector's module docs). Named
+/// `projector_lag`; its reason says by how many blocks and seconds.
+pub struct ProjectorLag {
+    status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+    max_lag: std::time::Duration,
+}
+
+impl ProjectorLag {
+    pub fn new(
+        status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+        max_lag: std::time::Duration,
+    ) -> Self {
+        Self { status, max_lag }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for ProjectorLag {
+    fn name(&self) -> &'static str {
+        "projector_lag"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let status = self.status.borrow().clone();
+        match status.lag_problem(self.max_lag, chrono_now()) {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        }
+    }
+}

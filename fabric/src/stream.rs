@@ -370,6 +370,48 @@ impl BlockStream {
     }
 }
 
+/// The channel's ledger height as the peer reports it: one DeliverFiltered request for
+/// the newest block (filtered, so a few bytes whatever the block's size), whose number + 1
+/// is the height. Errors as [`StreamError`]; the caller bounds it with a timeout.
+pub async fn ledger_height(
+    connector: &PeerConnector,
+    signer: &SigningIdentity,
+    channel: &str,
+) -> Result<u64, StreamError> {
+    let envelope = tx::seek_newest_envelope(channel, signer, connector.tls_cert_hash())?;
+    let result = connector
+        .call(|ch| {
+            let envelope = envelope.clone();
+            async move {
+                let mut client =
+                    DeliverClient::new(ch).max_decoding_message_size(MAX_BLOCK_MESSAGE_BYTES);
+                let mut responses = client
+                    .deliver_filtered(tokio_stream::iter([envelope]))
+                    .await?
+                    .into_inner();
+                Ok(match responses.message().await?.and_then(|r| r.r#type) {
+                    Some(deliver_response::Type::FilteredBlock(b)) => Ok(b.number),
+                    Some(deliver_response::Type::Status(code)) => {
+                        Err(format!("deliver status {code}"))
+                    }
+                    Some(_) => Err("unexpected deliver response".to_owned()),
+                    None => Err("deliver stream ended without a block".to_owned()),
+                })
+            }
+        })
+        .await;
+    match result {
+        Ok(Ok(number)) => Ok(number.saturating_add(1)),
+        Ok(Err(msg)) => Err(StreamError::Refused(msg)),
+        Err(CallError::Connect(e)) => Err(StreamError::Config(e)),
+        Err(CallError::Status { status, .. }) => Err(StreamError::Refused(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        ))),
+    }
+}
+
 fn classify_status(status: &tonic::Status) -> Failure {
     use tonic::Code;
     let msg = format!("{:?}: {}", status.code(), status.message());

@@ -398,6 +398,42 @@ pub fn seek_envelope(
     signer: &SigningIdentity,
     tls_cert_hash: &[u8],
 ) -> Result<common::Envelope, TxError> {
+    let seek = orderer::SeekInfo {
+        start: Some(seek_specified(start)),
+        stop: Some(seek_specified(u64::MAX)),
+        behavior: orderer::seek_info::SeekBehavior::BlockUntilReady as i32,
+        ..Default::default()
+    };
+    seek_info_envelope(channel, seek, signer, tls_cert_hash)
+}
+
+/// The signed DELIVER_SEEK_INFO envelope asking for the newest block only (start = stop
+/// = Newest, FAIL_IF_NOT_READY): what a ledger-height probe sends.
+pub fn seek_newest_envelope(
+    channel: &str,
+    signer: &SigningIdentity,
+    tls_cert_hash: &[u8],
+) -> Result<common::Envelope, TxError> {
+    let newest = || orderer::SeekPosition {
+        r#type: Some(orderer::seek_position::Type::Newest(
+            orderer::SeekNewest::default(),
+        )),
+    };
+    let seek = orderer::SeekInfo {
+        start: Some(newest()),
+        stop: Some(newest()),
+        behavior: orderer::seek_info::SeekBehavior::FailIfNotReady as i32,
+        ..Default::default()
+    };
+    seek_info_envelope(channel, seek, signer, tls_cert_hash)
+}
+
+fn seek_info_envelope(
+    channel: &str,
+    seek: orderer::SeekInfo,
+    signer: &SigningIdentity,
+    tls_cert_hash: &[u8],
+) -> Result<common::Envelope, TxError> {
     let nonce = new_nonce();
     let tx_id = compute_tx_id(&nonce, signer.creator());
     let channel_header = common::ChannelHeader {
@@ -413,12 +449,6 @@ pub fn seek_envelope(
     let signature_header = common::SignatureHeader {
         creator: signer.creator().to_vec(),
         nonce,
-    };
-    let seek = orderer::SeekInfo {
-        start: Some(seek_specified(start)),
-        stop: Some(seek_specified(u64::MAX)),
-        behavior: orderer::seek_info::SeekBehavior::BlockUntilReady as i32,
-        ..Default::default()
     };
     let payload = common::Payload {
         header: Some(common::Header {

@@ -144,7 +144,7 @@ fn decode(channel: &str, key: &[u8], bytes: &[u8]) -> Result<Checkpoint> {
     })
 }
 
-fn validate_channel(channel: &str) -> Result<()> {
+pub(crate) fn validate_channel(channel: &str) -> Result<()> {
     if channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES {
         return Err(StorageError::InvalidInput(format!(
             "channel name must be 1..={MAX_CHANNEL_BYTES} bytes"
@@ -251,33 +251,60 @@ impl CheckpointLog {
         self.remove_from(channel, 0).await
     }
 
+    /// Removes blocks `from..` **from the top down**, a bounded chunk per durable round:
+    /// whatever round a crash interrupts, what is left is a contiguous chain ending lower
+    /// (never a hole under the tip), and running it again finishes the job.
     async fn remove_from(&self, channel: &str, from: u64) -> Result<u64> {
         const CHUNK: usize = 4096;
         let mut removed = 0;
         loop {
-            let lower = key(channel, from);
-            let mut upper = channel_prefix(channel);
-            upper.extend_from_slice(&[0xff; 9]);
-            let n = self
-                .db
-                .write(move |round| {
-                    let entries = round.scan_range(CHECKPOINTS, &lower, &upper, CHUNK)?;
-                    let n = entries.len() as u64;
-                    for (k, _) in entries {
-                        round.delete(CHECKPOINTS, k);
-                    }
-                    Ok(n)
-                })
-                .await?;
+            let n = self.remove_top_chunk(channel, from, CHUNK).await?;
             removed += n;
-            if n < CHUNK as u64 {
+            if n == 0 {
                 return Ok(removed);
             }
         }
     }
+
+    /// One round: deletes the highest `chunk` blocks at or above `from`.
+    async fn remove_top_chunk(&self, channel: &str, from: u64, chunk: usize) -> Result<u64> {
+        let channel = channel.to_owned();
+        self.db
+            .write(move |round| {
+                let lower = key(&channel, from);
+                let mut upper = channel_prefix(&channel);
+                upper.extend_from_slice(&[0xff; 9]);
+                let Some((last_key, _)) = round.last_in_range(CHECKPOINTS, &lower, &upper)? else {
+                    return Ok(0);
+                };
+                let last = number_of(&last_key)?;
+                let span = u64::try_from(chunk.saturating_sub(1)).unwrap_or(u64::MAX);
+                let low = last.saturating_sub(span).max(from);
+                let end = match last.checked_add(1) {
+                    Some(next) => key(&channel, next),
+                    None => upper,
+                };
+                let entries = round.scan_range(CHECKPOINTS, &key(&channel, low), &end, chunk)?;
+                let n = entries.len() as u64;
+                for (k, _) in entries {
+                    round.delete(CHECKPOINTS, k);
+                }
+                Ok(n)
+            })
+            .await
+    }
 }
 
-fn stage_append(
+/// The block number at the end of a checkpoint key.
+fn number_of(key: &[u8]) -> Result<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StorageError::corrupt("checkpoints", key, "key too short"))
+}
+
+pub(crate) fn stage_append(
     round: &mut Round<'_>,
     channel: &str,
     block: NewCheckpoint,
@@ -359,4 +386,57 @@ fn failpoint_append() -> Result<()> {
         }
     ));
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::DbOptions;
+
+    fn block(number: u64) -> NewCheckpoint {
+        let hash = |n: u64| vec![u8::try_from(n % 251).unwrap() + 1; 32];
+        NewCheckpoint {
+            number,
+            header_hash: hash(number),
+            previous_hash: if number == 0 {
+                Vec::new()
+            } else {
+                hash(number - 1)
+            },
+            tx_count: 0,
+        }
+    }
+
+    fn numbers(log: &CheckpointLog) -> Vec<u64> {
+        log.range("ch", 0, u64::MAX, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.number)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn truncation_deletes_from_the_top_down_leaving_no_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CheckpointLog::new(Db::open(dir.path(), &DbOptions::default()).unwrap());
+        for n in 0..10 {
+            log.append("ch", block(n)).await.unwrap();
+        }
+        // One round of a truncation to block 1 (a crash after it): the top three went,
+        // the rest is still a chain from 0.
+        assert_eq!(log.remove_top_chunk("ch", 2, 3).await.unwrap(), 3);
+        assert_eq!(numbers(&log), (0..7).collect::<Vec<_>>());
+        // The log still accepts the next block of what is left.
+        assert_eq!(log.last("ch").unwrap().unwrap().number, 6);
+        // Running it again finishes the job.
+        while log.remove_top_chunk("ch", 2, 3).await.unwrap() > 0 {
+            let left = numbers(&log);
+            assert_eq!(left, (0..=*left.last().unwrap()).collect::<Vec<_>>());
+        }
+        assert_eq!(numbers(&log), vec![0, 1]);
+        assert_eq!(log.reset("ch").await.unwrap(), 2);
+        assert!(numbers(&log).is_empty());
+        log.append("ch", block(0)).await.unwrap();
+    }
 }

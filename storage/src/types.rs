@@ -76,16 +76,20 @@ pub enum Status {
     Committed,
     /// Dead letter: gave up, with its reason. Requeue sends it again.
     Failed,
+    /// Committed valid and applied to the read models by the projector (terminal): what a
+    /// client waits for to read its own write.
+    Projected,
 }
 
 impl Status {
     /// All statuses.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Pending,
         Status::Prepared,
         Status::Submitted,
         Status::Committed,
         Status::Failed,
+        Status::Projected,
     ];
 
     /// Stable on-disk code.
@@ -96,6 +100,7 @@ impl Status {
             Status::Submitted => 3,
             Status::Committed => 4,
             Status::Failed => 5,
+            Status::Projected => 6,
         }
     }
 
@@ -112,12 +117,18 @@ impl Status {
             Status::Submitted => "SUBMITTED",
             Status::Committed => "COMMITTED",
             Status::Failed => "FAILED",
+            Status::Projected => "PROJECTED",
         }
     }
 
     /// PREPARED or SUBMITTED.
     pub fn is_in_flight(self) -> bool {
         matches!(self, Status::Prepared | Status::Submitted)
+    }
+
+    /// On the ledger: COMMITTED or PROJECTED (terminal; retention purges both alike).
+    pub fn is_committed(self) -> bool {
+        matches!(self, Status::Committed | Status::Projected)
     }
 
     /// In its partition's queue: PENDING, PREPARED or SUBMITTED.

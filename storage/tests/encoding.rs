@@ -7,7 +7,7 @@ use gxd_storage::outbox::record::{
     CommandRecordPb, RECORD_FORMAT_V1, decode_command, encode_command, encode_v1,
 };
 use gxd_storage::outbox::{
-    AttemptOutcome, AttemptRecord, Command, CommandError, CommandId, Status,
+    AttemptOutcome, AttemptRecord, ChaincodeResult, Command, CommandError, CommandId, Status,
 };
 use proptest::prelude::*;
 
@@ -47,6 +47,9 @@ fn fixture_command() -> Command {
         submitted_at: Some(ts(1_720_000_000_500)),
         committed_at: None,
         failed_at: None,
+        tx_index: None,
+        result: None,
+        projected_at: None,
         requeues: 1,
         history: vec![AttemptRecord {
             attempt: 1,
@@ -66,6 +69,53 @@ fn v1_fixture_still_decodes() {
     assert_eq!(bytes[0], RECORD_FORMAT_V1);
     let decoded = decode_command(&key, &bytes).unwrap();
     assert_eq!(decoded, fixture_command());
+}
+
+/// A PROJECTED record with the fields added for late commits and projection (tx index,
+/// chaincode result, projected_at, a SUPERSEDED attempt), frozen like [`V1_FIXTURE`].
+const V1_PROJECTED_FIXTURE: &str = "010a100190f3b6a0007000800000000000002a12046f7267311a0f5452414e534645525f544f4b454e5322057265712d312a0877616c6c65742d6132107b22616d6f756e74223a22313030227d3a200707070707070707070707070707070707070707070707070707070707070707400648025080e0f4bf87325a210a07656e646f727365120b554e415641494c41424c451a097065657220646f776e620461623132700c7880e0f4bf87328001f4e3f4bf8732880190e3f4bf87329001f4e3f4bf87329801d8e4f4bf8732a80109b00101ba0111080110011a046161303028e4e0f4bf8732ba0111080210041a046262303128d8e4f4bf8732c00103ca011008c801120b7b226f6b223a747275657dd001bce5f4bf8732";
+
+fn projected_fixture_command() -> Command {
+    let mut c = fixture_command();
+    c.status = Status::Projected;
+    c.signed_tx = None;
+    c.block_number = Some(12);
+    c.tx_index = Some(3);
+    c.result = Some(ChaincodeResult {
+        status: Some(200),
+        payload: br#"{"ok":true}"#.to_vec(),
+        truncated: false,
+    });
+    c.committed_at = Some(ts(1_720_000_000_600));
+    c.projected_at = Some(ts(1_720_000_000_700));
+    c.history.push(AttemptRecord {
+        attempt: 2,
+        outcome: AttemptOutcome::Superseded,
+        txid: Some("bb01".into()),
+        error: None,
+        at: ts(1_720_000_000_600),
+    });
+    c
+}
+
+#[test]
+fn the_v1_fixture_has_no_commit_details() {
+    // Written before tx index, result and projected_at existed: they decode as absent.
+    let key = hex::decode(V1_FIXTURE_KEY).unwrap();
+    let decoded = decode_command(&key, &hex::decode(V1_FIXTURE).unwrap()).unwrap();
+    assert_eq!(
+        (decoded.tx_index, decoded.result, decoded.projected_at),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn projected_fixture_decodes_and_is_stable() {
+    let c = projected_fixture_command();
+    let key = c.id.to_bytes();
+    assert_eq!(hex::encode(encode_command(&c)), V1_PROJECTED_FIXTURE);
+    let decoded = decode_command(&key, &hex::decode(V1_PROJECTED_FIXTURE).unwrap()).unwrap();
+    assert_eq!(decoded, c);
 }
 
 #[test]
@@ -203,8 +253,11 @@ prop_compose! {
         block_number in proptest::option::of(any::<u64>()),
         requeues in any::<u32>(),
         queue_seq in any::<u64>(),
+        tx_index in proptest::option::of(any::<u32>()),
+        result in proptest::option::of((proptest::option::of(any::<i32>()), proptest::collection::vec(any::<u8>(), 0..50), any::<bool>())),
+        projected_at in proptest::option::of(arb_time()),
         history in proptest::collection::vec(
-            (any::<u32>(), prop::sample::select(vec![AttemptOutcome::Retried, AttemptOutcome::Failed, AttemptOutcome::Requeued]),
+            (any::<u32>(), prop::sample::select(vec![AttemptOutcome::Retried, AttemptOutcome::Failed, AttemptOutcome::Requeued, AttemptOutcome::Superseded]),
              proptest::option::of("[0-9a-f]{0,8}"), proptest::option::of(arb_error()), arb_time()),
             0..5),
     ) -> Command {
@@ -220,6 +273,9 @@ prop_compose! {
             submitted_at: opt_times[1],
             committed_at: opt_times[2],
             failed_at: opt_times[3],
+            tx_index,
+            result: result.map(|(status, payload, truncated)| ChaincodeResult { status, payload, truncated }),
+            projected_at,
             requeues,
             history: history.into_iter().map(|(attempt, outcome, txid, error, at)| AttemptRecord { attempt, outcome, txid, error, at }).collect(),
             queue_seq,

@@ -1,7 +1,8 @@
 //! Outbox housekeeping in the background: retention (COMMITTED commands past
 //! `committed_retention`, idempotency keys past `idempotency_window`, in bounded chunks per
 //! write round so enqueues are never held up) and the outbox gauges
-//! (`gxd_outbox_commands{status}`, `gxd_outbox_oldest_due_age_seconds`).
+//! (`gxd_outbox_commands{status}`, `gxd_outbox_oldest_due_age_seconds`,
+//! `gxd_outbox_oldest_in_flight_age_seconds`).
 //! Dead letters are kept until an operator requeues them.
 
 use std::time::Duration;
@@ -15,7 +16,33 @@ use tokio_util::sync::CancellationToken;
 struct Gauges {
     by_status: prometheus::IntGaugeVec,
     oldest_due_age: prometheus::Gauge,
+    oldest_in_flight_age: prometheus::Gauge,
     purged: prometheus::IntCounter,
+}
+
+/// In-flight commands examined per status for the oldest (the submitter keeps at most
+/// `max_in_flight`, default 64, in flight).
+const IN_FLIGHT_SCAN: usize = 1024;
+
+/// Seconds the longest-running in-flight (PREPARED or SUBMITTED) command has been in
+/// flight, i.e. since its `prepared_at` (0 when none is).
+pub fn oldest_in_flight_age(
+    outbox: &Outbox,
+    now: chrono::DateTime<Utc>,
+) -> Result<f64, gxd_storage::StorageError> {
+    let mut oldest: Option<chrono::DateTime<Utc>> = None;
+    for status in [Status::Prepared, Status::Submitted] {
+        for c in outbox
+            .list_by_status(status, None, IN_FLIGHT_SCAN)?
+            .commands
+        {
+            let since = c.prepared_at.unwrap_or(c.updated_at);
+            oldest = Some(oldest.map_or(since, |o| o.min(since)));
+        }
+    }
+    Ok(oldest
+        .and_then(|t| (now - t).to_std().ok())
+        .map_or(0.0, |d| d.as_secs_f64()))
 }
 
 impl Gauges {
@@ -23,7 +50,8 @@ impl Gauges {
         let by_status = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
                 "gxd_outbox_commands",
-                "Commands in the outbox, by status (pending, prepared, submitted, committed, failed).",
+                "Commands in the outbox, by status (pending, prepared, submitted, committed, failed, \
+                 projected).",
             ),
             &["status"],
         )?;
@@ -31,16 +59,23 @@ impl Gauges {
             "gxd_outbox_oldest_due_age_seconds",
             "How long the earliest due command has been due (0 when none is).",
         )?;
+        let oldest_in_flight_age = prometheus::Gauge::new(
+            "gxd_outbox_oldest_in_flight_age_seconds",
+            "How long the longest-running PREPARED or SUBMITTED command has been in flight \
+             (0 when none is).",
+        )?;
         let purged = prometheus::IntCounter::new(
             "gxd_outbox_purged_commands_total",
-            "COMMITTED commands removed by retention.",
+            "COMMITTED and PROJECTED commands removed by retention.",
         )?;
         registry.register(Box::new(by_status.clone()))?;
         registry.register(Box::new(oldest_due_age.clone()))?;
+        registry.register(Box::new(oldest_in_flight_age.clone()))?;
         registry.register(Box::new(purged.clone()))?;
         Ok(Self {
             by_status,
             oldest_due_age,
+            oldest_in_flight_age,
             purged,
         })
     }
@@ -68,6 +103,10 @@ impl Gauges {
             }
         };
         self.oldest_due_age.set(age);
+        match oldest_in_flight_age(outbox, Utc::now()) {
+            Ok(age) => self.oldest_in_flight_age.set(age),
+            Err(e) => tracing::warn!(error = %e, "cannot read the in-flight commands"),
+        }
     }
 }
 
@@ -124,6 +163,45 @@ mod tests {
     use super::*;
     use gxd_storage::outbox::{NewCommand, OutboxOptions};
     use gxd_storage::{Db, DbOptions};
+
+    #[tokio::test]
+    async fn oldest_in_flight_age_is_the_longest_running_prepared_or_submitted_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+        assert_eq!(oldest_in_flight_age(&outbox, Utc::now()).unwrap(), 0.0);
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let c = outbox
+                .enqueue(NewCommand {
+                    tenant: "t".into(),
+                    command_type: "X".into(),
+                    request_id: format!("r{i}"),
+                    partition_key: format!("p{i}"),
+                    payload: Vec::new(),
+                })
+                .await
+                .unwrap();
+            ids.push(c.command.id);
+        }
+        // The younger command goes in flight first: age counts from prepared_at.
+        let first = outbox
+            .mark_prepared(ids[1], "tx1".into(), vec![1])
+            .await
+            .unwrap();
+        outbox.mark_submitted(ids[1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox
+            .mark_prepared(ids[0], "tx0".into(), vec![1])
+            .await
+            .unwrap();
+        let at = first.prepared_at.unwrap() + chrono::Duration::seconds(10);
+        let age = oldest_in_flight_age(&outbox, at).unwrap();
+        assert!((age - 10.0).abs() < 1e-9, "{age}");
+        outbox.mark_committed(ids[1], 3).await.unwrap();
+        outbox.mark_committed(ids[0], 3).await.unwrap();
+        assert_eq!(oldest_in_flight_age(&outbox, at).unwrap(), 0.0);
+    }
 
     #[tokio::test]
     async fn gauges_count_the_outbox_and_retention_purges_old_commits() {

@@ -25,10 +25,35 @@
 //! Other storage errors (PostgreSQL down, connections killed) are transient: the block is
 //! abandoned, and the projector waits (bounded, jittered backoff), reconciles and resumes.
 //!
-//! Status: a `watch` channel of [`ProjectorStatus`] (state, projected height, the last
-//! block's time and transactions), for readiness, metrics and the submitter.
+//! # Command statuses (with [`Projector::with_outbox`])
+//! The checkpoint-log append is [`Outbox::record_projected_block`]: in the same RocksDB
+//! write batch as the block's checkpoint, the commands of its VALID transactions (found by
+//! tx id in the outbox's tx index, whatever attempt used it) move to PROJECTED, from any
+//! state (the ledger is the truth; a late commit of an earlier attempt is recorded there).
+//! So "block N is in the checkpoint log" and "block N's commands are PROJECTED" are one
+//! fact, and the startup reconciliation that re-appends blocks missing from the log after
+//! a crash between the PostgreSQL commit and the append (re-read from the stream) re-marks
+//! their commands too. Marking is idempotent. Blocks appended before the outbox was
+//! attached (an older gxd) are not re-marked: their commands stay COMMITTED.
+//!
+//! # Lag
+//! The ledger height is what the projector knows of the peer's: the highest block the
+//! stream delivered + 1, and every [`ProjectorConfig::height_probe_interval`] a probe
+//! ([`BlockSourceFactory::ledger_height`]: for Deliver, one DeliverFiltered request for the
+//! newest block), which keeps working while the projector is stalled (retrying, or waiting
+//! on a stream that delivers nothing) — as long as [`Projector::run`] runs. **Lag** is
+//! the age of the oldest committed-but-unprojected block as observed: the time since the
+//! projector first learned of a block it has not yet applied (`ProjectorStatus::behind_since`);
+//! none when it has applied every block it knows of. Lag in blocks is the ledger height −
+//! (projected block + 1).
+//!
+//! Status: a `watch` channel of [`ProjectorStatus`] (state, projected height, ledger height,
+//! lag, the last block's time and transactions), for readiness, metrics and the API.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -38,6 +63,7 @@ use gxd_fabric::stream::{Backoff, BlockStream, BlockStreamConfig, StreamError};
 use gxd_fabric::tls::PeerConnector;
 use gxd_storage::StorageError;
 use gxd_storage::checkpoint::{CheckpointLog, NewCheckpoint};
+use gxd_storage::outbox::{ChaincodeResult, LedgerCommit, Outbox};
 use gxd_storage::pg::Pool;
 use gxd_storage::pg::projection::{self, Position};
 use tokio::sync::watch;
@@ -65,6 +91,8 @@ pub struct ProjectorConfig {
     pub poison: PoisonPolicy,
     /// Wait between attempts after a transient failure.
     pub retry: Backoff,
+    /// How often the ledger height is asked of the peer (lag). Default 1 s.
+    pub height_probe_interval: Duration,
 }
 
 impl ProjectorConfig {
@@ -79,6 +107,7 @@ impl ProjectorConfig {
                 jitter: 0.2,
                 max_attempts: None,
             },
+            height_probe_interval: Duration::from_secs(1),
         }
     }
 
@@ -113,6 +142,15 @@ pub trait BlockSourceFactory: Send + Sync {
         previous_hash: Option<Vec<u8>>,
         cancel: CancellationToken,
     ) -> Box<dyn BlockSource>;
+
+    /// The channel's ledger height as the peer reports it now, if this source can ask
+    /// (the default cannot: the lag then rests on the blocks the stream delivers).
+    fn ledger_height<'a>(
+        &'a self,
+        _channel: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + 'a>> {
+        Box::pin(async { None })
+    }
 }
 
 /// The peer's Deliver service as a [`BlockSourceFactory`] ([`BlockStream`]).
@@ -146,6 +184,23 @@ impl BlockSourceFactory for DeliverSource {
             config,
             cancel,
         ))
+    }
+
+    fn ledger_height<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<u64>> + Send + 'a>> {
+        Box::pin(async move {
+            let probe = gxd_fabric::stream::ledger_height(&self.connector, &self.signer, channel);
+            match tokio::time::timeout(Duration::from_secs(5), probe).await {
+                Ok(Ok(h)) => Some(h),
+                Ok(Err(e)) => {
+                    tracing::debug!(channel, error = %e, "ledger height probe failed");
+                    None
+                }
+                Err(_) => None,
+            }
+        })
     }
 }
 
@@ -200,6 +255,96 @@ pub struct ProjectorStatus {
     pub last_projected_at: Option<DateTime<Utc>>,
     /// Transactions dead-lettered by this run.
     pub dead_lettered: u64,
+    /// The ledger's height as last known (blocks 0..height exist): the stream's latest
+    /// block + 1, or the peer's answer to the height probe, whichever is higher.
+    pub ledger_height: Option<u64>,
+    /// Blocks on the ledger not yet applied: `ledger_height − (height + 1)`.
+    pub lag_blocks: Option<u64>,
+    /// Since when the projector has known of a block it has not applied yet (the oldest
+    /// committed-but-unprojected block, as observed); `None` when caught up. See the
+    /// module docs, "Lag".
+    pub behind_since: Option<DateTime<Utc>>,
+}
+
+impl ProjectorStatus {
+    /// How long the projector has been behind the ledger at `now` (zero when caught up).
+    pub fn lag(&self, now: DateTime<Utc>) -> Duration {
+        self.behind_since
+            .and_then(|t| (now - t).to_std().ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// [`ProjectorStatus::lag`] now.
+    pub fn lag_now(&self) -> Duration {
+        self.lag(Utc::now())
+    }
+
+    /// The readiness input (`/readyz` check `projector_lag`): why the projector counts as
+    /// behind the ledger at `now` — lag above `max_lag` — or `None`.
+    pub fn lag_problem(&self, max_lag: Duration, now: DateTime<Utc>) -> Option<String> {
+        let lag = self.lag(now);
+        if lag <= max_lag {
+            return None;
+        }
+        Some(format!(
+            "behind the ledger: {} block(s) not projected (projected block {}, ledger height \
+             {}) for {:.1} s, more than max_lag_seconds = {}",
+            self.lag_blocks.unwrap_or(0),
+            self.height
+                .map_or_else(|| "none".to_owned(), |h| h.to_string()),
+            self.ledger_height
+                .map_or_else(|| "unknown".to_owned(), |h| h.to_string()),
+            lag.as_secs_f64(),
+            max_lag.as_secs()
+        ))
+    }
+}
+
+/// A wall-clock time as the projector's status carries it.
+pub type Timestamp = DateTime<Utc>;
+
+/// The wall clock, as the projector reads it.
+pub fn now() -> Timestamp {
+    Utc::now()
+}
+
+/// What the projector knows of the ledger's height over time, for the lag.
+#[derive(Debug, Default)]
+struct LagTracker {
+    /// (height, when first known), heights increasing: each says "blocks below `height`
+    /// existed at that time". Entries wholly projected are dropped.
+    seen: VecDeque<(u64, DateTime<Utc>)>,
+    max_height: Option<u64>,
+}
+
+/// Height observations kept (a stalled projector adds one per probe).
+const MAX_HEIGHT_OBSERVATIONS: usize = 4096;
+
+impl LagTracker {
+    fn observe(&mut self, height: u64, at: DateTime<Utc>) {
+        if self.max_height.is_some_and(|m| height <= m) {
+            return;
+        }
+        self.max_height = Some(height);
+        if self.seen.len() < MAX_HEIGHT_OBSERVATIONS {
+            self.seen.push_back((height, at));
+        } else if let Some(last) = self.seen.back_mut() {
+            // Full: the newest entry stands for the higher height (its time is earlier
+            // than the truth, so the lag is overstated rather than hidden).
+            last.0 = height;
+        }
+    }
+
+    /// Publishes the lag for projected block `projected` into `s`.
+    fn publish(&mut self, projected: Option<u64>, s: &mut ProjectorStatus) {
+        let next = projected.map_or(0, |h| h.saturating_add(1));
+        while self.seen.front().is_some_and(|(h, _)| *h <= next) {
+            self.seen.pop_front();
+        }
+        s.ledger_height = self.max_height;
+        s.lag_blocks = self.max_height.map(|h| h.saturating_sub(next));
+        s.behind_since = self.seen.front().map(|(_, t)| *t);
+    }
 }
 
 /// Why the projector stopped.
@@ -270,7 +415,9 @@ pub struct Projector {
     log: CheckpointLog,
     handler: Arc<dyn ProjectionHandler>,
     source: Arc<dyn BlockSourceFactory>,
-    status: watch::Sender<ProjectorStatus>,
+    status: Arc<watch::Sender<ProjectorStatus>>,
+    lag: Arc<Mutex<LagTracker>>,
+    outbox: Option<Outbox>,
 }
 
 impl std::fmt::Debug for Projector {
@@ -300,6 +447,9 @@ impl Projector {
             last_block: None,
             last_projected_at: None,
             dead_lettered: 0,
+            ledger_height: None,
+            lag_blocks: None,
+            behind_since: None,
         });
         Projector {
             config,
@@ -307,8 +457,18 @@ impl Projector {
             log: checkpoint_log,
             handler,
             source,
-            status,
+            status: Arc::new(status),
+            lag: Arc::new(Mutex::new(LagTracker::default())),
+            outbox: None,
         }
+    }
+
+    /// Records command statuses in `outbox` (module docs): each block's checkpoint append
+    /// moves its commands to PROJECTED in the same batch. `outbox` must be on the same
+    /// database as the checkpoint log (the daemon's one RocksDB).
+    pub fn with_outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// The projector's status, updated as it goes (also after `run` returned).
@@ -320,9 +480,27 @@ impl Projector {
         self.status.send_modify(|s| s.state = state);
     }
 
+    /// Notes a ledger height learned now and republishes the lag.
+    fn observe_height(&self, height: u64) {
+        observe(&self.lag, &self.status, height);
+    }
+
     /// Projects until `shutdown` is cancelled (`Ok`) or a fatal error (`Err`, also in the
-    /// status as `Halted`). Transient failures are retried by themselves.
+    /// status as `Halted`). Transient failures are retried by themselves. The ledger-height
+    /// probe runs as long as this does: while the projector retries or waits on a stalled
+    /// stream the lag keeps being measured; a halted or stopped projector is not ready
+    /// anyway (and leaves the peer alone).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        let probe_stop = shutdown.child_token();
+        let _stop_probe = probe_stop.clone().drop_guard();
+        tokio::spawn(probe_heights(
+            self.source.clone(),
+            self.config.channel.clone(),
+            self.config.height_probe_interval,
+            self.lag.clone(),
+            self.status.clone(),
+            probe_stop,
+        ));
         let mut attempt: u32 = 0;
         loop {
             match self.run_once(&shutdown, &mut attempt).await {
@@ -425,6 +603,7 @@ impl Projector {
             let Some(block) = source.next_block().await? else {
                 return Ok(());
             };
+            self.observe_height(block.number.saturating_add(1));
             if let Some(until) = log_only_until
                 && block.number <= until
             {
@@ -453,7 +632,11 @@ impl Projector {
                 block_hash: block.header_hash.to_vec(),
             });
             *attempt = 0;
+            let lag = self.lag.clone();
             self.status.send_modify(|s| {
+                if let Ok(mut lag) = lag.lock() {
+                    lag.publish(Some(block.number), s);
+                }
                 s.state = ProjectorState::Running;
                 s.height = Some(block.number);
                 s.checkpoint_height = Some(block.number);
@@ -469,17 +652,40 @@ impl Projector {
     }
 
     async fn append(&self, block: &ParsedBlock) -> Result<(), Failure> {
-        self.log
-            .append(
-                &self.config.channel,
-                NewCheckpoint {
-                    number: block.number,
-                    header_hash: block.header_hash.to_vec(),
-                    previous_hash: block.previous_hash.clone(),
-                    tx_count: block.transactions.len() as u64,
-                },
-            )
+        let checkpoint = NewCheckpoint {
+            number: block.number,
+            header_hash: block.header_hash.to_vec(),
+            previous_hash: block.previous_hash.clone(),
+            tx_count: block.transactions.len() as u64,
+        };
+        let Some(outbox) = &self.outbox else {
+            self.log.append(&self.config.channel, checkpoint).await?;
+            return Ok(());
+        };
+        let valid = block
+            .transactions
+            .iter()
+            .filter(|t| t.is_valid() && !t.tx_id.is_empty() && t.tx_id.len() <= 256)
+            .map(|t| LedgerCommit {
+                txid: t.tx_id.clone(),
+                block_number: block.number,
+                tx_index: u32::try_from(t.index).ok(),
+                result: t
+                    .response
+                    .as_ref()
+                    .map(|r| ChaincodeResult::new(Some(r.status), &r.payload)),
+            })
+            .collect();
+        let out = outbox
+            .record_projected_block(&self.config.channel, checkpoint, valid)
             .await?;
+        if !out.changed.is_empty() {
+            tracing::debug!(
+                block = block.number,
+                commands = out.changed.len(),
+                "commands projected"
+            );
+        }
         Ok(())
     }
 
@@ -590,5 +796,108 @@ impl Projector {
         btx.dead_letter(ctx, Some(&event.name), &reason, Some(&event.payload))
             .await?;
         Ok(TxOutcome::DeadLettered)
+    }
+}
+
+fn observe(lag: &Mutex<LagTracker>, status: &watch::Sender<ProjectorStatus>, height: u64) {
+    let now = Utc::now();
+    status.send_if_modified(|s| {
+        let Ok(mut lag) = lag.lock() else {
+            return false;
+        };
+        lag.observe(height, now);
+        let before = (s.ledger_height, s.lag_blocks, s.behind_since);
+        lag.publish(s.height, s);
+        before != (s.ledger_height, s.lag_blocks, s.behind_since)
+    });
+}
+
+/// Asks the source for the ledger height every `interval` until `shutdown`.
+async fn probe_heights(
+    source: Arc<dyn BlockSourceFactory>,
+    channel: String,
+    interval: Duration,
+    lag: Arc<Mutex<LagTracker>>,
+    status: Arc<watch::Sender<ProjectorStatus>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let height = tokio::select! {
+            () = shutdown.cancelled() => return,
+            h = source.ledger_height(&channel) => h,
+        };
+        if let Some(h) = height {
+            observe(&lag, &status, h);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> ProjectorStatus {
+        ProjectorStatus {
+            state: ProjectorState::Running,
+            height: None,
+            checkpoint_height: None,
+            last_block: None,
+            last_projected_at: None,
+            dead_lettered: 0,
+            ledger_height: None,
+            lag_blocks: None,
+            behind_since: None,
+        }
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_unprojected_block_known() {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(1000);
+        let mut lag = LagTracker::default();
+        let mut s = status();
+        // Caught up: height 5 means blocks 0..=4; block 4 projected.
+        lag.observe(5, t0);
+        lag.publish(Some(4), &mut s);
+        assert_eq!(
+            (s.ledger_height, s.lag_blocks, s.behind_since),
+            (Some(5), Some(0), None)
+        );
+        // The ledger moves while we stay: behind since the first sighting.
+        lag.observe(7, t0 + chrono::Duration::seconds(1));
+        lag.observe(9, t0 + chrono::Duration::seconds(2));
+        lag.observe(8, t0 + chrono::Duration::seconds(3)); // lower: ignored
+        lag.publish(Some(4), &mut s);
+        assert_eq!(s.lag_blocks, Some(4));
+        assert_eq!(s.behind_since, Some(t0 + chrono::Duration::seconds(1)));
+        assert_eq!(
+            s.lag(t0 + chrono::Duration::seconds(6)),
+            Duration::from_secs(5)
+        );
+        // Blocks 5 and 6 applied: what was known at t0+1 is done; t0+2's height 9 is not.
+        lag.publish(Some(6), &mut s);
+        assert_eq!(s.behind_since, Some(t0 + chrono::Duration::seconds(2)));
+        assert_eq!(s.lag_blocks, Some(2));
+        // All applied.
+        lag.publish(Some(8), &mut s);
+        assert_eq!((s.lag_blocks, s.behind_since), (Some(0), None));
+        assert_eq!(s.lag(t0 + chrono::Duration::seconds(60)), Duration::ZERO);
+    }
+
+    #[test]
+    fn lag_tracker_is_bounded() {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let mut lag = LagTracker::default();
+        for h in 1..=(MAX_HEIGHT_OBSERVATIONS as u64 + 100) {
+            lag.observe(h, t0 + chrono::Duration::seconds(h as i64));
+        }
+        assert_eq!(lag.seen.len(), MAX_HEIGHT_OBSERVATIONS);
+        let mut s = status();
+        lag.publish(None, &mut s);
+        assert_eq!(s.ledger_height, Some(MAX_HEIGHT_OBSERVATIONS as u64 + 100));
+        assert_eq!(s.behind_since, Some(t0 + chrono::Duration::seconds(1)));
     }
 }

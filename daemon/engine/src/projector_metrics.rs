@@ -1,6 +1,8 @@
 //! The projector's state as Prometheus metrics (`gxd_projector_*`), read from its status
 //! watch: the last projected block, the checkpoint log's, seconds since the last projected
-//! block, whether it follows the ledger, and the transactions it dead-lettered.
+//! block, whether it follows the ledger, the transactions it dead-lettered, and the lag:
+//! the ledger height, blocks behind it, and seconds behind it (the readiness input; see
+//! the projector's module docs, "Lag").
 
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ pub struct ProjectorMetrics {
     last_block_age: prometheus::Gauge,
     running: prometheus::IntGauge,
     dead_lettered: prometheus::IntGauge,
+    ledger_height: prometheus::IntGauge,
+    lag_blocks: prometheus::IntGauge,
+    lag_seconds: prometheus::Gauge,
 }
 
 impl ProjectorMetrics {
@@ -44,13 +49,36 @@ impl ProjectorMetrics {
                 "gxd_projector_dead_lettered_transactions",
                 "Transactions this run recorded in projection_dead_letters.",
             )?,
+            ledger_height: gauge(
+                "gxd_projector_ledger_height",
+                "The ledger's height as last known (blocks 0..height exist; -1 before known).",
+            )?,
+            lag_blocks: gauge(
+                "gxd_projector_lag_blocks",
+                "Blocks on the ledger not yet applied to the read models (-1 before known).",
+            )?,
+            lag_seconds: prometheus::Gauge::new(
+                "gxd_projector_lag_seconds",
+                "Seconds since the projector first knew of a block it has not applied yet \
+                 (0 when caught up); readiness fails above [projector] max_lag_seconds.",
+            )?,
         };
-        for g in [&m.block, &m.checkpoint_block, &m.running, &m.dead_lettered] {
+        for g in [
+            &m.block,
+            &m.checkpoint_block,
+            &m.running,
+            &m.dead_lettered,
+            &m.ledger_height,
+            &m.lag_blocks,
+        ] {
             registry.register(Box::new(g.clone()))?;
         }
         registry.register(Box::new(m.last_block_age.clone()))?;
+        registry.register(Box::new(m.lag_seconds.clone()))?;
         m.block.set(-1);
         m.checkpoint_block.set(-1);
+        m.ledger_height.set(-1);
+        m.lag_blocks.set(-1);
         Ok(m)
     }
 
@@ -67,6 +95,9 @@ impl ProjectorMetrics {
             .and_then(|t| (Utc::now() - t).to_std().ok())
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_block_age.set(age);
+        self.ledger_height.set(block(s.ledger_height));
+        self.lag_blocks.set(block(s.lag_blocks));
+        self.lag_seconds.set(s.lag(Utc::now()).as_secs_f64());
     }
 
     /// Follows `status` until `shutdown` (the age gauge is refreshed every second).

@@ -42,6 +42,27 @@
 //! the task keeps resolving it (resubmit, ask again, with backoff) until the ledger answers,
 //! or the daemon stops — and the next start resolves it again from disk. Dead-lettering and
 //! requeueing keep the tx ids an attempt used (in the command's history).
+//!
+//! # Late commits
+//! Every tx id an attempt used is in the outbox's tx index from `mark_prepared` on (before
+//! it can reach the orderer). When a transaction of an *earlier* attempt commits VALID
+//! after all — seen by the projector in a block, or by this submitter's commit status —
+//! the outbox records it on its command whatever the state (PENDING retry, FAILED, or a
+//! later attempt in flight): the command becomes COMMITTED (PROJECTED) with that tx id and
+//! block. By the rule above a retry is scheduled only when its tx id certainly did not
+//! commit, so this is the safety net for what the rule cannot see (an orderer that took a
+//! transaction whose first submission it reported refused, an operator's requeue of a
+//! command whose outcome was in doubt). What keeps it exactly-once:
+//! - the late commit takes the command out of its partition queue and the due index in the
+//!   same batch, and `mark_prepared` refuses a COMMITTED command: a retry not yet prepared
+//!   is never submitted (its endorsement is discarded);
+//! - a retry already prepared when the late commit lands is superseded (its tx id goes to
+//!   the history); this worker notices the command settled elsewhere (it re-reads it
+//!   between resolution rounds, and its own transitions are refused) and stops. That tx
+//!   may still reach a block, but it cannot commit VALID for a chaincode whose ids derive
+//!   from the command id (GX's transfer and proposal ids): it read the id as unused, the
+//!   earlier transaction wrote it → MVCC_READ_CONFLICT. A second VALID transaction of one
+//!   command is logged as an error and not recorded.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -52,7 +73,9 @@ use gxd_fabric::client::{ErrorClass, Gateway, GatewayError, PreparedTransaction}
 use gxd_fabric::proto::protos::TxValidationCode;
 use gxd_fabric::tx::ProposalSpec;
 use gxd_storage::StorageError;
-use gxd_storage::outbox::{Command, CommandError, CommandId, Outbox, Status};
+use gxd_storage::outbox::{
+    ChaincodeResult, Command, CommandError, CommandId, LedgerCommit, Outbox, Status,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -351,7 +374,7 @@ async fn work(ctx: &Ctx, cmd: Command) {
                 }
             }
         }
-        Status::Committed | Status::Failed => {}
+        Status::Committed | Status::Failed | Status::Projected => {}
     }
 }
 
@@ -396,6 +419,11 @@ async fn attempt(ctx: &Ctx, cmd: Command) {
         .mark_prepared(cmd.id, prepared.tx_id().to_owned(), prepared.to_bytes())
         .await
     {
+        if moved_on(&e) {
+            // A late commit of an earlier attempt settled the command meanwhile.
+            tracing::info!(error = %e, "command settled elsewhere; not submitting");
+            return;
+        }
         // Nothing was submitted: the command is still a PENDING head; the dispatcher
         // hands it out again (a fresh endorsement) once storage works.
         tracing::warn!(error = %e, "cannot store the prepared transaction; not submitting");
@@ -414,6 +442,9 @@ async fn resolve(ctx: &Ctx, cmd: &Command, tx: &PreparedTransaction, mut submiss
     let mut round: u32 = 0;
     loop {
         if ctx.shutdown.is_cancelled() {
+            return;
+        }
+        if round > 0 && settled_elsewhere(ctx, cmd, tx_id) {
             return;
         }
         if need_submit {
@@ -453,7 +484,7 @@ async fn resolve(ctx: &Ctx, cmd: &Command, tx: &PreparedTransaction, mut submiss
                 let code = TxValidationCode::try_from(status.code).ok();
                 match code {
                     Some(TxValidationCode::Valid) => {
-                        return committed(ctx, cmd, status.block_number).await;
+                        return committed(ctx, cmd, tx, status.block_number).await;
                     }
                     Some(
                         TxValidationCode::MvccReadConflict | TxValidationCode::PhantomReadConflict,
@@ -502,6 +533,24 @@ async fn resolve(ctx: &Ctx, cmd: &Command, tx: &PreparedTransaction, mut submiss
     }
 }
 
+/// Whether the command no longer waits on `tx_id`: a late commit of another of its tx ids,
+/// or the projector, recorded it (COMMITTED, PROJECTED, FAILED, or another tx id).
+fn settled_elsewhere(ctx: &Ctx, cmd: &Command, tx_id: &str) -> bool {
+    match ctx.outbox.get(cmd.id) {
+        Ok(now) if !now.status.is_in_flight() || now.txid.as_deref() != Some(tx_id) => {
+            tracing::info!(status = %now.status, txid = ?now.txid, "command settled elsewhere; stop resolving {tx_id}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A transition refused because the command moved on meanwhile (a late commit recorded
+/// by the projector): nothing to retry.
+fn moved_on(e: &StorageError) -> bool {
+    matches!(e, StorageError::IllegalTransition { .. })
+}
+
 /// Waits out round `round` of resolving; false when the submitter stops meanwhile.
 async fn pause(ctx: &Ctx, round: u32) -> bool {
     let delay = ctx.config.resolve_backoff.delay(round);
@@ -544,6 +593,9 @@ async fn retry_or_dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
             // The dispatcher sleeps until the earliest due time; make it recompute that.
             ctx.waker.wake();
         }
+        Err(e) if moved_on(&e) => {
+            tracing::info!(error = %e, "command settled elsewhere; no retry");
+        }
         Err(e) => {
             // The command keeps its state on disk; the dispatcher resolves it again.
             tracing::warn!(error = %e, "cannot schedule the retry");
@@ -560,6 +612,9 @@ async fn dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
             // The partition's next command became due.
             ctx.waker.wake();
         }
+        Err(e) if moved_on(&e) => {
+            tracing::info!(error = %e, "command settled elsewhere; not dead-lettered");
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot dead-letter the command");
             let _ = pause(ctx, 4).await;
@@ -567,9 +622,17 @@ async fn dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
     }
 }
 
-async fn committed(ctx: &Ctx, cmd: &Command, block: u64) {
+async fn committed(ctx: &Ctx, cmd: &Command, tx: &PreparedTransaction, block: u64) {
     crate::kill_point!(crate::failpoints::BEFORE_MARK_COMMITTED);
-    match ctx.outbox.mark_committed(cmd.id, block).await {
+    // Fabric's commit status says the block, not the index in it (the projector records
+    // that); the chaincode's response is the endorsed one, carried in the envelope.
+    let commit = LedgerCommit {
+        txid: tx.tx_id().to_owned(),
+        block_number: block,
+        tx_index: None,
+        result: Some(ChaincodeResult::new(None, tx.result())),
+    };
+    match ctx.outbox.mark_committed_tx(cmd.id, commit).await {
         Ok(c) => {
             ctx.metrics.outcome("committed");
             if let Ok(latency) = (Utc::now() - c.created_at).to_std() {

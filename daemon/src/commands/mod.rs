@@ -5,6 +5,7 @@ pub mod config_check;
 pub mod dev;
 pub mod devnet;
 pub mod migrate;
+pub mod projections;
 pub mod run;
 pub mod token;
 pub mod version;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
+use crate::cli::{Cli, Command, ConfigCommand, ProjectionsCommand, TokenCommand};
 use crate::config::{self, Config};
 use crate::exit;
 
@@ -54,6 +55,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => config_check::execute(file.as_deref()),
         Command::Run { config } => run::execute(load(config.as_deref())?),
         Command::Migrate { check, config } => migrate::execute(load(config.as_deref())?, check),
+        Command::Projections {
+            command: ProjectionsCommand::Status { config, json },
+        } => projections::execute(load(config.as_deref())?, json),
         Command::Devnet {
             dir,
             listen,

@@ -23,6 +23,15 @@ pub(crate) const PARTITION_QUEUE: Cf = Cf::new("partition_queue", Usage::Queue);
 /// (due ms, command id) → empty: the dispatchable head of each partition.
 pub(crate) const DUE: Cf = Cf::new("due_index", Usage::Queue);
 
+/// Transaction id → command id (record [`super::record::TxIndexPb`]): every tx id any
+/// attempt of a command used, written with `mark_prepared`, removed with the command.
+/// Late commits and the projector find a transaction's command through it.
+pub(crate) const TXIDS: Cf = Cf::new("txids", Usage::Lookups);
+
+/// (command id, tx id) → empty: the same index from the command's side, so that
+/// retention finds every tx id of a command it purges (the history is bounded; this is not).
+pub(crate) const COMMAND_TXIDS: Cf = Cf::new("command_txids", Usage::Queue);
+
 /// The outbox's families, in the order they are registered.
 pub(super) const ALL: &[Cf] = &[
     COMMANDS,
@@ -31,4 +40,6 @@ pub(super) const ALL: &[Cf] = &[
     STATUS,
     PARTITION_QUEUE,
     DUE,
+    TXIDS,
+    COMMAND_TXIDS,
 ];

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::record::{decode_command, decode_idempotency};
+use super::record::{decode_command, decode_idempotency, decode_tx_index};
 use super::{CommandId, Status, StatusCounts, cf, due_ms, keys};
 use crate::db::{Cf, META, RawDb, cf_handle, decode_u64};
 use crate::error::Result;
@@ -20,6 +20,8 @@ pub struct IntegrityReport {
     pub due: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
+    /// Transaction ids in the tx index.
+    pub txids: u64,
     /// Everything inconsistent (at most 100 listed), empty when all is well.
     pub problems: Vec<String>,
     /// Problems found, including those not listed.
@@ -275,7 +277,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     )?;
     for (id, c) in &commands {
         let pointed = idem.get(&c.idem_key).map(|(cid, _)| *cid);
-        if pointed != Some(*id) && c.status != Status::Committed {
+        if pointed != Some(*id) && !c.status.is_committed() {
             problems.push(format!(
                 "live command {id} ({}) has no idempotency key (key points to {pointed:?})",
                 c.status
@@ -308,6 +310,49 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
         ));
     }
     r.idempotency_keys = idem.len() as u64;
+
+    // Transaction-id index: both sides agree and point to existing commands.
+    let mut by_txid: HashMap<String, CommandId> = HashMap::new();
+    scan(raw, &snapshot, cf::TXIDS, |k, v| {
+        match decode_tx_index(k, v) {
+            Ok(id) => {
+                if !commands.contains_key(&id) {
+                    problems.push(format!("txid index {}: no command {id}", hex::encode(k)));
+                }
+                match String::from_utf8(k.to_vec()) {
+                    Ok(t) => {
+                        by_txid.insert(t, id);
+                    }
+                    Err(_) => problems.push(format!("txid index {}: not UTF-8", hex::encode(k))),
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    })?;
+    let mut reverse = 0u64;
+    scan(
+        raw,
+        &snapshot,
+        cf::COMMAND_TXIDS,
+        |k, _| match keys::split_command_txid(k) {
+            Ok((id, txid)) => {
+                reverse += 1;
+                if by_txid.get(&txid) != Some(&id) {
+                    problems.push(format!(
+                        "command txid {id}/{txid}: the txid index does not point back"
+                    ));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        },
+    )?;
+    if reverse != by_txid.len() as u64 {
+        problems.push(format!(
+            "{} txid index entries but {reverse} command-txid entries",
+            by_txid.len()
+        ));
+    }
+    r.txids = by_txid.len() as u64;
 
     for p in problems {
         r.problem(p);

@@ -146,3 +146,43 @@ pub(crate) fn split_due(key: &[u8]) -> Result<(u64, CommandId)> {
     let id = CommandId::from_slice(&key[8..]).ok_or_else(|| bad("bad command id"))?;
     Ok((ms, id))
 }
+
+/// `txids`: the transaction id's bytes (non-empty, at most 256 bytes).
+pub(crate) fn txid(txid: &str) -> Vec<u8> {
+    txid.as_bytes().to_vec()
+}
+
+/// `command_txids`: (command id, transaction id).
+pub(crate) fn command_txid(id: CommandId, txid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + txid.len());
+    k.extend_from_slice(&id.to_bytes());
+    k.extend_from_slice(txid.as_bytes());
+    k
+}
+
+/// The range of a command's `command_txids` keys: [lower, upper).
+pub(crate) fn command_txids_range(id: CommandId) -> (Vec<u8>, Vec<u8>) {
+    let lower = id.to_bytes().to_vec();
+    // The next id's prefix; the all-ones id has no successor, so pad instead.
+    let upper = match u128::from_be_bytes(id.to_bytes()).checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => {
+            let mut u = lower.clone();
+            u.extend_from_slice(&[0xff; 257]);
+            u
+        }
+    };
+    (lower, upper)
+}
+
+/// Splits a `command_txids` key into (command id, transaction id).
+pub(crate) fn split_command_txid(key: &[u8]) -> Result<(CommandId, String)> {
+    let bad = |why: &str| StorageError::corrupt("command_txids", key, why.to_owned());
+    if key.len() <= 16 {
+        return Err(bad("key too short"));
+    }
+    let (id, txid) = key.split_at(16);
+    let id = CommandId::from_slice(id).ok_or_else(|| bad("bad command id"))?;
+    let txid = std::str::from_utf8(txid).map_err(|_| bad("transaction id is not UTF-8"))?;
+    Ok((id, txid.to_owned()))
+}

@@ -17,9 +17,26 @@
 //!   │            │  └─────────────────────────────────────────────────┘  │
 //!   │            │                             ▼                         ▼
 //!   │ requeue    │ mark_failed             COMMITTED ◀───────────────────┘
-//!   │            ▼
-//!   └─────── FAILED ◀── mark_failed (from PENDING, PREPARED or SUBMITTED)
+//!   │            ▼                             │ record_projected_block
+//!   └─────── FAILED ◀── mark_failed            ▼
+//!            (from PENDING, PREPARED      PROJECTED
+//!             or SUBMITTED)
 //! ```
+//! - **Late commits** ([`Outbox::record_ledger_commit`], [`Outbox::mark_committed_tx`],
+//!   [`Outbox::record_projected_block`]): a VALID transaction of *any* attempt of a command
+//!   — found through the tx index below — is recorded on the command whatever its state:
+//!   PENDING (a retry waiting), PREPARED/SUBMITTED (a later attempt in flight, whose tx id
+//!   goes to the history as `SUPERSEDED`) and FAILED all become COMMITTED (or PROJECTED)
+//!   with that tx id and block. The ledger is the truth. A command that is COMMITTED leaves
+//!   its partition queue and the due index in the same batch, and `mark_prepared` refuses
+//!   it, so a retry that was not yet prepared is never submitted. A COMMITTED or PROJECTED
+//!   command is never re-pointed to a second VALID tx id (logged as an error; the first
+//!   stays).
+//! - **PROJECTED** (terminal, like COMMITTED for counts, lists and retention): the
+//!   projector applied the block of the command's VALID transaction to the read models.
+//!   [`Outbox::record_projected_block`] marks a block's commands in the same write batch as
+//!   the block's checkpoint-log append, from any state (if the submitter has not recorded
+//!   the commit yet, the ledger says it anyway), idempotently.
 //! - `schedule_retry` (from PENDING, PREPARED or SUBMITTED → PENDING) is for an attempt that
 //!   certainly did **not** commit (endorsement refused, MVCC conflict reported in a block,
 //!   submit refused before ordering): it clears the prepared transaction, so the next
@@ -60,8 +77,21 @@
 //! committed (a dead-lettered or stuck command keeps its key); it is removed at the latest
 //! with its command.
 //!
+//! # Transaction-id index
+//! `txids` (tx id → command) and `command_txids` ((command, tx id) → empty) hold every tx
+//! id any attempt of a command used. They are written in the same batch as
+//! [`Outbox::mark_prepared`] stores the tx id — before that tx id can reach the orderer —
+//! and removed with the command by retention. [`Outbox::command_by_txid`] reads them.
+//!
+//! # Change notifications
+//! [`Outbox::subscribe`] gives a `broadcast` receiver of [`CommandChange`] (command id, new
+//! status), sent after the durable write of every state change (enqueue, each transition,
+//! late commits, projection). It is a hint for waiters (an SSE stream, a long poll): a slow
+//! receiver may miss changes (`RecvError::Lagged`) and must then re-read the commands it
+//! waits for; the outbox stays the truth.
+//!
 //! # Retention
-//! [`Outbox::purge`] removes COMMITTED commands older than
+//! [`Outbox::purge`] removes COMMITTED and PROJECTED commands older than
 //! [`OutboxOptions::committed_retention`] and expired idempotency keys, a bounded chunk per
 //! write round so it never holds up enqueues. FAILED commands are kept until an operator
 //! requeues them.
@@ -79,13 +109,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
 
 pub use crate::types::{CommandId, Status};
 pub use integrity::IntegrityReport;
 
+use crate::checkpoint::{self, AppendOutcome, NewCheckpoint};
 use crate::db::{Db, META, Registration, Round, Schema, cf_handle, decode_u64};
 use crate::error::{Result, StorageError};
-use record::{IdempotencyEntry, decode_command, decode_idempotency, encode_command};
+use record::{
+    IdempotencyEntry, decode_command, decode_idempotency, decode_tx_index, encode_command,
+    encode_tx_index,
+};
 
 /// A status by its name, any case (API and CLI input); an unknown one is
 /// [`StorageError::InvalidInput`]. (Here rather than beside [`Status`], which must not
@@ -136,6 +171,9 @@ pub enum AttemptOutcome {
     Failed,
     /// Requeued from the dead letter by an operator.
     Requeued,
+    /// Abandoned in flight because an earlier tx id of the command committed (a late
+    /// commit); its tx id is recorded here.
+    Superseded,
 }
 
 impl AttemptOutcome {
@@ -145,6 +183,7 @@ impl AttemptOutcome {
             AttemptOutcome::Retried => 1,
             AttemptOutcome::Failed => 2,
             AttemptOutcome::Requeued => 3,
+            AttemptOutcome::Superseded => 4,
         }
     }
 
@@ -154,6 +193,7 @@ impl AttemptOutcome {
             AttemptOutcome::Retried,
             AttemptOutcome::Failed,
             AttemptOutcome::Requeued,
+            AttemptOutcome::Superseded,
         ]
         .into_iter()
         .find(|o| o.code() == code)
@@ -209,8 +249,13 @@ pub struct Command {
     /// Signed transaction envelope (PREPARED, SUBMITTED; dropped at commit).
     #[serde(skip)]
     pub signed_tx: Option<Vec<u8>>,
-    /// Block number (COMMITTED).
+    /// Block number (COMMITTED, PROJECTED).
     pub block_number: Option<u64>,
+    /// Index of the transaction in its block, once known (the projector records it; a
+    /// commit recorded by the submitter alone does not know it).
+    pub tx_index: Option<u32>,
+    /// The chaincode's response (COMMITTED, PROJECTED; bounded to 16 KiB).
+    pub result: Option<ChaincodeResult>,
     /// Accepted at.
     pub created_at: DateTime<Utc>,
     /// Last changed at.
@@ -223,6 +268,8 @@ pub struct Command {
     pub committed_at: Option<DateTime<Utc>>,
     /// Dead-lettered at.
     pub failed_at: Option<DateTime<Utc>>,
+    /// Applied to the read models at (PROJECTED).
+    pub projected_at: Option<DateTime<Utc>>,
     /// Times requeued.
     pub requeues: u32,
     /// Past attempts, oldest first (the last [`OutboxOptions::max_history`]).
@@ -230,6 +277,65 @@ pub struct Command {
     /// Position in the partition queue.
     #[serde(skip)]
     pub queue_seq: u64,
+}
+
+/// The chaincode's response to a transaction, as endorsed (bounded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChaincodeResult {
+    /// Response status (200 = OK), when known.
+    pub status: Option<i32>,
+    /// Response payload, at most [`MAX_RESULT_BYTES`] (hex in JSON).
+    #[serde(with = "crate::db::hex_bytes")]
+    pub payload: Vec<u8>,
+    /// The payload was longer and was cut at [`MAX_RESULT_BYTES`].
+    pub truncated: bool,
+}
+
+/// Longest stored chaincode response payload.
+pub const MAX_RESULT_BYTES: usize = 16 * 1024;
+
+impl ChaincodeResult {
+    /// A result, its payload cut at [`MAX_RESULT_BYTES`].
+    pub fn new(status: Option<i32>, payload: &[u8]) -> Self {
+        let truncated = payload.len() > MAX_RESULT_BYTES;
+        ChaincodeResult {
+            status,
+            payload: payload[..payload.len().min(MAX_RESULT_BYTES)].to_vec(),
+            truncated,
+        }
+    }
+}
+
+/// A transaction the ledger has committed VALID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerCommit {
+    /// Its transaction id.
+    pub txid: String,
+    /// Its block.
+    pub block_number: u64,
+    /// Its index in the block, when known.
+    pub tx_index: Option<u32>,
+    /// The chaincode's response, when known.
+    pub result: Option<ChaincodeResult>,
+}
+
+/// A command changed (sent by [`Outbox::subscribe`] after the change is durable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandChange {
+    /// The command.
+    pub id: CommandId,
+    /// Its status now.
+    pub status: Status,
+}
+
+/// Result of [`Outbox::record_projected_block`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectedBlockOutcome {
+    /// The checkpoint-log append.
+    pub checkpoint: AppendOutcome,
+    /// Commands that changed (to PROJECTED), in block order.
+    pub changed: Vec<CommandChange>,
 }
 
 /// Result of [`Outbox::enqueue`].
@@ -265,6 +371,9 @@ pub struct StatusCounts {
     pub committed: u64,
     /// FAILED.
     pub failed: u64,
+    /// PROJECTED (not yet purged).
+    #[serde(default)]
+    pub projected: u64,
 }
 
 impl StatusCounts {
@@ -276,6 +385,7 @@ impl StatusCounts {
             Status::Submitted => self.submitted,
             Status::Committed => self.committed,
             Status::Failed => self.failed,
+            Status::Projected => self.projected,
         }
     }
 
@@ -286,6 +396,7 @@ impl StatusCounts {
             Status::Submitted => &mut self.submitted,
             Status::Committed => &mut self.committed,
             Status::Failed => &mut self.failed,
+            Status::Projected => &mut self.projected,
         }
     }
 
@@ -301,7 +412,7 @@ pub struct OutboxOptions {
     /// Minimum time an idempotency key is remembered. Default 24 h (what payment APIs
     /// promise). Must not exceed `committed_retention`.
     pub idempotency_window: Duration,
-    /// COMMITTED commands older than this are purged. Default 7 days.
+    /// COMMITTED and PROJECTED commands older than this are purged. Default 7 days.
     pub committed_retention: Duration,
     /// Largest payload accepted. Default 1 MiB.
     pub max_payload_bytes: usize,
@@ -345,8 +456,10 @@ impl OutboxOptions {
 /// What a purge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeReport {
-    /// COMMITTED commands removed.
+    /// COMMITTED and PROJECTED commands removed.
     pub commands_removed: u64,
+    /// Transaction-id index entries removed with them.
+    pub txids_removed: u64,
     /// Idempotency keys expired (those of removed commands included).
     pub idempotency_keys_removed: u64,
 }
@@ -372,15 +485,21 @@ const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 pub struct Outbox {
     db: Db,
     opts: Arc<OutboxOptions>,
+    changes: broadcast::Sender<CommandChange>,
 }
+
+/// Buffered change notifications per subscriber before it lags.
+const CHANGE_CAPACITY: usize = 4096;
 
 impl Outbox {
     /// The outbox in `db`. Logs the counts per status.
     pub fn new(db: Db, opts: OutboxOptions) -> Result<Outbox> {
         opts.validate()?;
+        let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         let outbox = Outbox {
             db,
             opts: Arc::new(opts),
+            changes,
         };
         let c = outbox.counts()?;
         tracing::info!(
@@ -389,6 +508,7 @@ impl Outbox {
             submitted = c.submitted,
             committed = c.committed,
             failed = c.failed,
+            projected = c.projected,
             "outbox opened"
         );
         Ok(outbox)
@@ -409,9 +529,35 @@ impl Outbox {
     pub async fn enqueue(&self, new: NewCommand) -> Result<EnqueueOutcome> {
         validate_new(&new, self.opts.max_payload_bytes)?;
         let digest = payload_digest(&new);
-        self.db
+        let out = self
+            .db
             .write(move |round| stage_enqueue(round, new, digest))
-            .await
+            .await?;
+        if out.created {
+            self.notify(&out.command);
+        }
+        Ok(out)
+    }
+
+    /// Notifications of command changes, each sent after its change is durable (see the
+    /// module docs: a hint for waiters; a lagging receiver must re-read).
+    pub fn subscribe(&self) -> broadcast::Receiver<CommandChange> {
+        self.changes.subscribe()
+    }
+
+    fn notify(&self, c: &Command) {
+        // No receiver is not an error.
+        let _ = self.changes.send(CommandChange {
+            id: c.id,
+            status: c.status,
+        });
+    }
+
+    fn notified(&self, c: Result<Command>) -> Result<Command> {
+        if let Ok(c) = &c {
+            self.notify(c);
+        }
+        c
     }
 
     /// PENDING head → PREPARED, storing the transaction id and signed envelope.
@@ -421,25 +567,181 @@ impl Outbox {
         txid: String,
         signed_tx: Vec<u8>,
     ) -> Result<Command> {
-        if txid.is_empty() {
-            return Err(StorageError::InvalidInput("empty txid".to_owned()));
-        }
-        self.db
+        validate_txid(&txid)?;
+        let c = self
+            .db
             .write(move |round| stage_prepared(round, id, txid, signed_tx))
-            .await
+            .await;
+        self.notified(c)
     }
 
     /// PREPARED → SUBMITTED.
     pub async fn mark_submitted(&self, id: CommandId) -> Result<Command> {
-        self.db.write(move |round| stage_submitted(round, id)).await
+        let c = self.db.write(move |round| stage_submitted(round, id)).await;
+        self.notified(c)
     }
 
-    /// PREPARED or SUBMITTED → COMMITTED in `block`. The next command of the partition
-    /// becomes due.
+    /// PREPARED or SUBMITTED → COMMITTED in `block`, for the command's current tx id
+    /// (tx index and result unknown). The next command of the partition becomes due.
+    /// Repeating it, or calling it on a command already PROJECTED in that block, returns
+    /// the command unchanged.
     pub async fn mark_committed(&self, id: CommandId, block: u64) -> Result<Command> {
-        self.db
-            .write(move |round| stage_committed(round, id, block))
-            .await
+        let max_history = self.opts.max_history;
+        let c = self
+            .db
+            .write(move |round| stage_committed(round, id, block, max_history))
+            .await;
+        self.notified(c)
+    }
+
+    /// Records that `commit.txid`, a tx id of command `id` (its current one or an earlier
+    /// attempt's), committed VALID: → COMMITTED from any state (a late commit, module
+    /// docs), with block, tx index and result. A tx id not used by `id` is
+    /// [`StorageError::InvalidInput`]. Idempotent; PROJECTED stays PROJECTED.
+    pub async fn mark_committed_tx(&self, id: CommandId, commit: LedgerCommit) -> Result<Command> {
+        validate_txid(&commit.txid)?;
+        let max_history = self.opts.max_history;
+        let c = self
+            .db
+            .write(move |round| {
+                let owner = lookup_txid(round, &commit.txid)?;
+                let current = load(round, id)?;
+                if owner != Some(id) && current.txid.as_deref() != Some(commit.txid.as_str()) {
+                    return Err(StorageError::InvalidInput(format!(
+                        "transaction {} is not one of command {id}'s",
+                        commit.txid
+                    )));
+                }
+                stage_ledger_commit(round, current, commit, Status::Committed, max_history)
+                    .map(|(c, _)| c)
+            })
+            .await;
+        self.notified(c)
+    }
+
+    /// A VALID transaction seen on the ledger: if its tx id is in the index, records it on
+    /// its command as [`Outbox::mark_committed_tx`] does. `None` for a tx id no command of
+    /// this outbox used (another organization's, or purged).
+    pub async fn record_ledger_commit(&self, commit: LedgerCommit) -> Result<Option<Command>> {
+        validate_txid(&commit.txid)?;
+        let max_history = self.opts.max_history;
+        let c = self
+            .db
+            .write(move |round| {
+                let Some(id) = lookup_txid(round, &commit.txid)? else {
+                    return Ok(None);
+                };
+                let current = load(round, id)?;
+                stage_ledger_commit(round, current, commit, Status::Committed, max_history)
+                    .map(|(c, _)| Some(c))
+            })
+            .await?;
+        if let Some(c) = &c {
+            self.notify(c);
+        }
+        Ok(c)
+    }
+
+    /// The projector's step after a block's PostgreSQL commit, in **one** durable write
+    /// batch: appends `block` to `channel`'s checkpoint log (as
+    /// [`crate::checkpoint::CheckpointLog::append`], same checks) and moves the commands of
+    /// the block's VALID transactions (`valid`, found through the tx index; unknown tx ids
+    /// are skipped) to PROJECTED from any state. Idempotent: offering the same block again
+    /// appends nothing and changes no command already PROJECTED, so a replay after a crash
+    /// repairs what a crash between the PostgreSQL commit and this batch left undone.
+    pub async fn record_projected_block(
+        &self,
+        channel: &str,
+        block: NewCheckpoint,
+        valid: Vec<LedgerCommit>,
+    ) -> Result<ProjectedBlockOutcome> {
+        checkpoint::validate_channel(channel)?;
+        for v in &valid {
+            validate_txid(&v.txid)?;
+        }
+        let channel = channel.to_owned();
+        let max_history = self.opts.max_history;
+        let out = self
+            .db
+            .write(move |round| {
+                let checkpoint = checkpoint::stage_append(round, &channel, block)?;
+                let mut changed = Vec::new();
+                for commit in valid {
+                    let Some(id) = lookup_txid(round, &commit.txid)? else {
+                        continue;
+                    };
+                    let current = match load(round, id) {
+                        Ok(c) => c,
+                        Err(StorageError::NotFound { .. }) => {
+                            // A dangling index entry (integrity reports it) must not stop
+                            // the read models.
+                            tracing::error!(txid = %commit.txid, command_id = %id, "tx index points to a missing command; not marked");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let (c, did) = stage_ledger_commit(
+                        round,
+                        current,
+                        commit,
+                        Status::Projected,
+                        max_history,
+                    )?;
+                    if did {
+                        changed.push(CommandChange {
+                            id: c.id,
+                            status: c.status,
+                        });
+                    }
+                }
+                Ok(ProjectedBlockOutcome {
+                    checkpoint,
+                    changed,
+                })
+            })
+            .await?;
+        for change in &out.changed {
+            let _ = self.changes.send(*change);
+        }
+        Ok(out)
+    }
+
+    /// The command that used transaction id `txid` in any of its attempts, if it is still
+    /// kept.
+    pub fn command_by_txid(&self, txid: &str) -> Result<Option<Command>> {
+        let raw = self.db.raw();
+        let snapshot = raw.snapshot();
+        let key = keys::txid(txid);
+        let Some(bytes) = snapshot.get_pinned_cf(cf_handle(raw, cf::TXIDS)?, &key)? else {
+            return Ok(None);
+        };
+        let id = decode_tx_index(&key, &bytes)?;
+        let ckey = keys::command(id);
+        match snapshot.get_pinned_cf(cf_handle(raw, cf::COMMANDS)?, ckey)? {
+            Some(bytes) => decode_command(&ckey, &bytes).map(Some),
+            None => Err(StorageError::corrupt(
+                "txids",
+                &key,
+                format!("points to missing command {id}"),
+            )),
+        }
+    }
+
+    /// Every tx id command `id` used (from the index), in byte order.
+    pub fn txids_of(&self, id: CommandId) -> Result<Vec<String>> {
+        let raw = self.db.raw();
+        let (lower, upper) = keys::command_txids_range(id);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let mut it = raw.raw_iterator_cf_opt(cf_handle(raw, cf::COMMAND_TXIDS)?, ro);
+        it.seek(&lower);
+        let mut out = Vec::new();
+        while let Some(key) = it.key() {
+            out.push(keys::split_command_txid(key)?.1);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     /// PENDING, PREPARED or SUBMITTED → PENDING, due at `next_attempt_at`; counts an attempt
@@ -452,45 +754,54 @@ impl Outbox {
         next_attempt_at: DateTime<Utc>,
     ) -> Result<Command> {
         let max_history = self.opts.max_history;
-        self.db
+        let c = self
+            .db
             .write(move |round| stage_retry(round, id, clip(error), next_attempt_at, max_history))
-            .await
+            .await;
+        self.notified(c)
     }
 
     /// PENDING, PREPARED or SUBMITTED → FAILED (dead letter) with its reason. The next
     /// command of the partition becomes due.
     pub async fn mark_failed(&self, id: CommandId, error: CommandError) -> Result<Command> {
         let max_history = self.opts.max_history;
-        self.db
+        let c = self
+            .db
             .write(move |round| stage_failed(round, id, clip(error), max_history))
-            .await
+            .await;
+        self.notified(c)
     }
 
     /// FAILED → PENDING at the tail of its partition, attempts reset, history kept.
     pub async fn requeue(&self, id: CommandId) -> Result<Command> {
         let max_history = self.opts.max_history;
-        self.db
+        let c = self
+            .db
             .write(move |round| stage_requeue(round, id, max_history))
-            .await
+            .await;
+        self.notified(c)
     }
 
-    /// Removes COMMITTED commands committed before `older_than` (with their idempotency
-    /// keys), in bounded chunks. Returns how many.
+    /// Removes COMMITTED and PROJECTED commands committed before `older_than` (with their
+    /// idempotency keys and tx-index entries), in bounded chunks. Returns how many.
     pub async fn purge_committed(&self, older_than: DateTime<Utc>) -> Result<PurgeReport> {
         let mut report = PurgeReport::default();
-        let mut cursor: Option<CommandId> = None;
         let limit = self.opts.purge_chunk;
         let cutoff = older_than.timestamp_millis();
-        loop {
-            let (chunk, next) = self
-                .db
-                .write(move |round| stage_purge_committed(round, cutoff, cursor, limit))
-                .await?;
-            report.commands_removed += chunk.commands_removed;
-            report.idempotency_keys_removed += chunk.idempotency_keys_removed;
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
+        for status in [Status::Committed, Status::Projected] {
+            let mut cursor: Option<CommandId> = None;
+            loop {
+                let (chunk, next) = self
+                    .db
+                    .write(move |round| stage_purge_committed(round, status, cutoff, cursor, limit))
+                    .await?;
+                report.commands_removed += chunk.commands_removed;
+                report.txids_removed += chunk.txids_removed;
+                report.idempotency_keys_removed += chunk.idempotency_keys_removed;
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
             }
         }
         Ok(report)
@@ -517,7 +828,7 @@ impl Outbox {
         Ok(removed)
     }
 
-    /// Retention as configured: purges COMMITTED commands older than
+    /// Retention as configured: purges COMMITTED and PROJECTED commands older than
     /// `committed_retention` and idempotency keys older than `idempotency_window`.
     pub async fn purge(&self, now: DateTime<Utc>) -> Result<PurgeReport> {
         let retention = chrono::Duration::from_std(self.opts.committed_retention)
@@ -955,12 +1266,15 @@ fn stage_enqueue(
         txid: None,
         signed_tx: None,
         block_number: None,
+        tx_index: None,
+        result: None,
         created_at: now,
         updated_at: now,
         prepared_at: None,
         submitted_at: None,
         committed_at: None,
         failed_at: None,
+        projected_at: None,
         requeues: 0,
         history: Vec::new(),
         queue_seq: seq,
@@ -1035,6 +1349,9 @@ fn stage_prepared(
         });
     }
     round.delete(cf::DUE, due_key.to_vec());
+    // The tx id is indexed before it can reach the orderer, so a late commit of it always
+    // finds its command.
+    index_txid(round, id, &txid)?;
     failpoint!("storage::outbox::transition::after_index");
     let now = now();
     c.status = Status::Prepared;
@@ -1066,27 +1383,154 @@ fn stage_submitted(round: &mut Round<'_>, id: CommandId) -> Result<Command> {
     Ok(c)
 }
 
-fn stage_committed(round: &mut Round<'_>, id: CommandId, block: u64) -> Result<Command> {
+fn stage_committed(
+    round: &mut Round<'_>,
+    id: CommandId,
+    block: u64,
+    max_history: usize,
+) -> Result<Command> {
     let old = load(round, id)?;
-    match old.status {
-        Status::Committed if old.block_number == Some(block) => return Ok(old),
-        Status::Prepared | Status::Submitted => {}
+    let txid = match (&old.status, &old.txid) {
+        (Status::Prepared | Status::Submitted | Status::Committed | Status::Projected, Some(t)) => {
+            t.clone()
+        }
         _ => return Err(illegal(&old, Status::Committed)),
+    };
+    let commit = LedgerCommit {
+        txid,
+        block_number: block,
+        tx_index: None,
+        result: None,
+    };
+    stage_ledger_commit(round, old, commit, Status::Committed, max_history).map(|(c, _)| c)
+}
+
+/// The command of an indexed tx id.
+fn lookup_txid(round: &Round<'_>, txid: &str) -> Result<Option<CommandId>> {
+    let key = keys::txid(txid);
+    round
+        .get(cf::TXIDS, &key)?
+        .map(|bytes| decode_tx_index(&key, &bytes))
+        .transpose()
+}
+
+/// Indexes `txid` as command `id`'s (idempotent); a tx id of another command is refused.
+fn index_txid(round: &mut Round<'_>, id: CommandId, txid: &str) -> Result<()> {
+    match lookup_txid(round, txid)? {
+        Some(owner) if owner == id => Ok(()),
+        Some(owner) => Err(StorageError::InvalidInput(format!(
+            "transaction id {txid} already belongs to command {owner}"
+        ))),
+        None => {
+            round.put(cf::TXIDS, keys::txid(txid), encode_tx_index(id));
+            round.put(cf::COMMAND_TXIDS, keys::command_txid(id, txid), Vec::new());
+            Ok(())
+        }
     }
-    leave_partition(round, &old)?;
-    failpoint!("storage::outbox::transition::after_index");
+}
+
+/// Records a VALID transaction of command `old` (its current tx id or an earlier
+/// attempt's) as `target` (COMMITTED or PROJECTED), from any state: the late-commit rule of
+/// the module docs. Returns the command and whether anything changed.
+///
+/// - A command already COMMITTED/PROJECTED with the same tx id only gains what it lacked
+///   (tx index, result, COMMITTED → PROJECTED); the same tx id in another block is
+///   refused (a tx id commits once).
+/// - A command already COMMITTED/PROJECTED with **another** tx id keeps its first commit:
+///   a second VALID transaction of one command is an error worth an operator's look (GX
+///   makes it impossible: its ids derive from the command id), logged, not recorded.
+/// - Otherwise the command leaves its partition queue (if queued; the next one becomes
+///   due), an in-flight attempt with another tx id goes to the history as SUPERSEDED, and
+///   the command takes the commit's tx id, block, index and result.
+fn stage_ledger_commit(
+    round: &mut Round<'_>,
+    old: Command,
+    commit: LedgerCommit,
+    target: Status,
+    max_history: usize,
+) -> Result<(Command, bool)> {
+    let id = old.id;
+    let same_tx = old.txid.as_deref() == Some(commit.txid.as_str());
     let now = now();
+    if old.status.is_committed() {
+        if !same_tx {
+            tracing::error!(
+                command_id = %id,
+                recorded_txid = ?old.txid,
+                txid = %commit.txid,
+                block = commit.block_number,
+                "a second VALID transaction for one command; keeping the first"
+            );
+            return Ok((old, false));
+        }
+        if old.block_number != Some(commit.block_number) {
+            return Err(illegal(&old, target));
+        }
+        let mut c = old.clone();
+        if c.tx_index.is_none() {
+            c.tx_index = commit.tx_index;
+        }
+        // The block's response (with its status) is better than the endorsed payload alone.
+        let known = |r: &Option<ChaincodeResult>| r.as_ref().map(|r| r.status.is_some());
+        if commit.result.is_some()
+            && known(&c.result) != Some(true)
+            && known(&commit.result) >= known(&c.result)
+        {
+            c.result = commit.result;
+        }
+        if target == Status::Projected && c.status == Status::Committed {
+            c.status = Status::Projected;
+            c.projected_at = Some(now);
+        }
+        if c == old {
+            return Ok((old, false));
+        }
+        c.updated_at = now;
+        store(round, &c);
+        move_status(round, id, old.status, c.status)?;
+        return Ok((c, true));
+    }
+    if old.status.is_queued() {
+        leave_partition(round, &old)?;
+    }
+    index_txid(round, id, &commit.txid)?;
+    failpoint!("storage::outbox::transition::after_index");
+    let from = old.status;
     let mut c = old;
-    let from = c.status;
-    c.status = Status::Committed;
-    c.block_number = Some(block);
+    if !same_tx && let Some(previous) = c.txid.take() {
+        let entry = AttemptRecord {
+            attempt: c.attempts,
+            outcome: AttemptOutcome::Superseded,
+            txid: Some(previous),
+            error: None,
+            at: now,
+        };
+        push_history(&mut c, entry, max_history);
+    }
+    if !same_tx || !from.is_in_flight() {
+        tracing::info!(
+            command_id = %id,
+            from = %from,
+            txid = %commit.txid,
+            block = commit.block_number,
+            "late commit recorded: the ledger committed an earlier attempt's transaction"
+        );
+    }
+    c.status = target;
+    c.txid = Some(commit.txid);
+    c.block_number = Some(commit.block_number);
+    c.tx_index = commit.tx_index;
+    c.result = commit.result;
     c.committed_at = Some(now);
+    if target == Status::Projected {
+        c.projected_at = Some(now);
+    }
     c.updated_at = now;
     c.signed_tx = None;
     store(round, &c);
-    move_status(round, id, from, Status::Committed)?;
+    move_status(round, id, from, target)?;
     failpoint!("storage::outbox::transition::staged");
-    Ok(c)
+    Ok((c, true))
 }
 
 fn stage_retry(
@@ -1109,7 +1553,9 @@ fn stage_retry(
         }
         // In flight, hence the head of its partition: due again at the new time.
         Status::Prepared | Status::Submitted => round.put(cf::DUE, new_due, Vec::new()),
-        Status::Committed | Status::Failed => return Err(illegal(&c, Status::Pending)),
+        Status::Committed | Status::Failed | Status::Projected => {
+            return Err(illegal(&c, Status::Pending));
+        }
     }
     failpoint!("storage::outbox::transition::after_index");
     let now = now();
@@ -1215,15 +1661,16 @@ fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Re
 /// One chunk of `purge_committed`: returns what it removed and where to go on.
 fn stage_purge_committed(
     round: &mut Round<'_>,
+    status: Status,
     cutoff_ms: i64,
     cursor: Option<CommandId>,
     limit: usize,
 ) -> Result<(PurgeReport, Option<CommandId>)> {
     let mut report = PurgeReport::default();
-    let (lower, _) = keys::status_range(Status::Committed);
+    let (lower, _) = keys::status_range(status);
     let start = match cursor {
         Some(c) => {
-            let mut k = keys::status(Status::Committed, c).to_vec();
+            let mut k = keys::status(status, c).to_vec();
             k.push(0);
             k
         }
@@ -1231,7 +1678,7 @@ fn stage_purge_committed(
     };
     // A command committed before the cutoff was created before it, and ids are created-at
     // ordered: scan only ids older than the cutoff.
-    let mut upper = vec![Status::Committed.code()];
+    let mut upper = vec![status.code()];
     let cutoff_u = u64::try_from(cutoff_ms).unwrap_or(0);
     upper.extend_from_slice(&cutoff_u.to_be_bytes()[2..]);
     let entries = round.scan_range(cf::STATUS, &start, &upper, limit)?;
@@ -1250,7 +1697,7 @@ fn stage_purge_committed(
             return Err(StorageError::corrupt(
                 "commands",
                 &keys::command(id),
-                "COMMITTED without committed_at",
+                format!("{status} without committed_at"),
             ));
         };
         if committed_at.timestamp_millis() >= cutoff_ms {
@@ -1258,8 +1705,9 @@ fn stage_purge_committed(
         }
         round.delete(cf::COMMANDS, keys::command(id).to_vec());
         round.delete(cf::STATUS, key);
-        add_count(round, Status::Committed, -1)?;
+        add_count(round, status, -1)?;
         report.commands_removed += 1;
+        report.txids_removed += unindex_command(round, id)?;
         let ikey = keys::idempotency(&c.tenant, &c.request_id);
         if let Some(bytes) = round.get(cf::IDEMPOTENCY, &ikey)? {
             let entry = decode_idempotency(&ikey, &bytes)?;
@@ -1310,7 +1758,7 @@ fn stage_expire_idempotency(
             continue;
         }
         let releasable = match load(round, entry.command_id) {
-            Ok(c) => c.status == Status::Committed,
+            Ok(c) => c.status.is_committed(),
             Err(StorageError::NotFound { .. }) => true,
             Err(e) => return Err(e),
         };
@@ -1321,4 +1769,39 @@ fn stage_expire_idempotency(
         }
     }
     Ok((removed, next))
+}
+
+/// Bound on one command's tx ids read in one go (attempts × requeues; far above any real
+/// count, so a corrupt index cannot make a purge round unbounded).
+const MAX_TXIDS_PER_COMMAND: usize = 4096;
+
+/// Removes every tx-index entry of command `id`; returns how many tx ids.
+fn unindex_command(round: &mut Round<'_>, id: CommandId) -> Result<u64> {
+    let (lower, upper) = keys::command_txids_range(id);
+    let entries = round.scan_range(cf::COMMAND_TXIDS, &lower, &upper, MAX_TXIDS_PER_COMMAND)?;
+    let mut removed = 0;
+    for (key, _) in entries {
+        let (_, txid) = keys::split_command_txid(&key)?;
+        if lookup_txid(round, &txid)? == Some(id) {
+            round.delete(cf::TXIDS, keys::txid(&txid));
+        }
+        round.delete(cf::COMMAND_TXIDS, key);
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Longest transaction id (Fabric's are 64 hex digits).
+const MAX_TXID_BYTES: usize = 256;
+
+fn validate_txid(txid: &str) -> Result<()> {
+    if txid.is_empty() {
+        return Err(StorageError::InvalidInput("empty txid".to_owned()));
+    }
+    if txid.len() > MAX_TXID_BYTES {
+        return Err(StorageError::InvalidInput(format!(
+            "txid is longer than {MAX_TXID_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //!
 //! | format byte | message |
 //! |---|---|
-//! | `0x01` | [`CommandRecordPb`] (commands), [`IdempotencyPb`] (idempotency) |
+//! | `0x01` | [`CommandRecordPb`] (commands), [`IdempotencyPb`] (idempotency), [`TxIndexPb`] (txids) |
 //!
 //! Evolution rules, which keep "a newer gxd reads an older gxd's outbox" true:
 //! - New information is a **new field with a new tag**. Its protobuf default (empty, 0,
@@ -28,7 +28,9 @@
 use chrono::{DateTime, Utc};
 use prost::Message;
 
-use super::{AttemptOutcome, AttemptRecord, Command, CommandError, CommandId, Status};
+use super::{
+    AttemptOutcome, AttemptRecord, ChaincodeResult, Command, CommandError, CommandId, Status,
+};
 use crate::error::{Result, StorageError};
 
 /// The format byte written by this version.
@@ -106,6 +108,39 @@ pub struct CommandRecordPb {
     /// Past attempts, oldest first (bounded).
     #[prost(message, repeated, tag = "23")]
     pub history: Vec<AttemptPb>,
+    /// Index of the committed transaction in its block, once known (the projector learns
+    /// it; Fabric's commit status does not say). Added after format 1's first release:
+    /// absent = not known.
+    #[prost(uint32, optional, tag = "24")]
+    pub tx_index: Option<u32>,
+    /// The chaincode's response to the committed transaction (bounded). Absent = not known.
+    #[prost(message, optional, tag = "25")]
+    pub result: Option<ChaincodeResultPb>,
+    /// Projected (applied to the read models) at, ms. Absent = not projected.
+    #[prost(int64, optional, tag = "26")]
+    pub projected_at_ms: Option<i64>,
+}
+
+/// A chaincode response as recorded.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChaincodeResultPb {
+    /// The response status (200 = OK), when known.
+    #[prost(int32, optional, tag = "1")]
+    pub status: Option<i32>,
+    /// The response payload, at most [`super::MAX_RESULT_BYTES`].
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: Vec<u8>,
+    /// The payload was longer and was cut.
+    #[prost(bool, tag = "3")]
+    pub truncated: bool,
+}
+
+/// A transaction-id index entry (format 1): which command used the tx id.
+#[derive(Clone, PartialEq, Message)]
+pub struct TxIndexPb {
+    /// The command, 16 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub command_id: Vec<u8>,
 }
 
 /// An error as recorded.
@@ -257,6 +292,13 @@ pub fn to_pb(c: &Command) -> CommandRecordPb {
                 at_ms: ms(h.at),
             })
             .collect(),
+        tx_index: c.tx_index,
+        result: c.result.as_ref().map(|r| ChaincodeResultPb {
+            status: r.status,
+            payload: r.payload.clone(),
+            truncated: r.truncated,
+        }),
+        projected_at_ms: c.projected_at.map(ms),
     }
 }
 
@@ -320,7 +362,26 @@ pub fn from_pb(key: &[u8], pb: CommandRecordPb) -> Result<Command> {
         queue_seq: pb.queue_seq,
         requeues: pb.requeues,
         history,
+        tx_index: pb.tx_index,
+        result: pb.result.map(|r| ChaincodeResult {
+            status: r.status,
+            payload: r.payload,
+            truncated: r.truncated,
+        }),
+        projected_at: opt_time(key, "projected_at", pb.projected_at_ms)?,
     })
+}
+
+pub(crate) fn encode_tx_index(id: CommandId) -> Vec<u8> {
+    encode_v1(&TxIndexPb {
+        command_id: id.to_bytes().to_vec(),
+    })
+}
+
+pub(crate) fn decode_tx_index(key: &[u8], bytes: &[u8]) -> Result<CommandId> {
+    let pb: TxIndexPb = decode_versioned("txids", key, bytes)?;
+    CommandId::from_slice(&pb.command_id)
+        .ok_or_else(|| StorageError::corrupt("txids", key, "bad command id"))
 }
 
 /// An idempotency entry, decoded.
