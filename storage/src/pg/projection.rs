@@ -21,6 +21,7 @@
 use chrono::{DateTime, Utc};
 
 use super::Pool;
+use super::batch::{Batch, Marks};
 
 /// Errors of the projection writer and the read models.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,10 @@ pub enum ProjectionError {
     /// A PostgreSQL error.
     #[error("PostgreSQL error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// A batched block that must be applied one transaction at a time instead (see
+    /// [`BlockTx::begin_batched`]); nothing of it was kept.
+    #[error("block not batched: {0}")]
+    BatchRefused(String),
 }
 
 impl ProjectionError {
@@ -54,7 +59,7 @@ impl ProjectionError {
     /// data exception, class 22; input refused before PostgreSQL).
     pub fn is_data_error(&self) -> bool {
         match self {
-            ProjectionError::InvalidInput(_) => true,
+            ProjectionError::InvalidInput(_) | ProjectionError::BatchRefused(_) => true,
             ProjectionError::Postgres(e) => e.code().is_some_and(|c| {
                 let code = c.code();
                 code.starts_with("23") || code.starts_with("22")
@@ -193,6 +198,10 @@ pub struct BlockTx<'a> {
     block_number: u64,
     recorded: Vec<Recorded>,
     in_savepoint: bool,
+    /// Batched mode: the typed writes, buffered until commit.
+    pub(crate) batch: Option<Box<Batch>>,
+    /// Batched mode: the buffers' fill at the savepoint.
+    batch_mark: Option<Marks>,
 }
 
 impl std::fmt::Debug for BlockTx<'_> {
@@ -201,6 +210,7 @@ impl std::fmt::Debug for BlockTx<'_> {
             .field("channel", &self.channel)
             .field("block_number", &self.block_number)
             .field("recorded", &self.recorded.len())
+            .field("batched", &self.batch.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -220,7 +230,32 @@ impl<'a> BlockTx<'a> {
             block_number,
             recorded: Vec::new(),
             in_savepoint: false,
+            batch: None,
+            batch_mark: None,
         })
+    }
+
+    /// Like [`begin`](Self::begin), in batched mode: the typed writes of
+    /// [`read_models`](super::read_models) check their input as in direct mode but are
+    /// buffered and written at [`commit`](Self::commit) in a few multi-row statements
+    /// (`pg::batch`); savepoints are marks in the buffers. The read models end exactly
+    /// as in direct mode. A commit that fails with a data error
+    /// ([`ProjectionError::is_data_error`], including [`ProjectionError::BatchRefused`])
+    /// kept nothing: apply the block again in direct mode, where the offending
+    /// transaction is identified.
+    pub async fn begin_batched(
+        client: &'a mut deadpool_postgres::Object,
+        channel: &str,
+        block_number: u64,
+    ) -> Result<BlockTx<'a>> {
+        let mut tx = Self::begin(client, channel, block_number).await?;
+        tx.batch = Some(Box::default());
+        Ok(tx)
+    }
+
+    /// Whether the typed writes are buffered until commit.
+    pub fn is_batched(&self) -> bool {
+        self.batch.is_some()
     }
 
     pub fn channel(&self) -> &str {
@@ -264,6 +299,11 @@ impl<'a> BlockTx<'a> {
     /// Marks a point the next handler's writes can be undone to
     /// ([`rollback_to_savepoint`](Self::rollback_to_savepoint)).
     pub async fn savepoint(&mut self) -> Result<()> {
+        if let Some(b) = &self.batch {
+            self.batch_mark = Some(b.mark());
+            self.in_savepoint = true;
+            return Ok(());
+        }
         self.tx.batch_execute("SAVEPOINT gxd_handler").await?;
         self.in_savepoint = true;
         Ok(())
@@ -271,6 +311,11 @@ impl<'a> BlockTx<'a> {
 
     /// Keeps the writes since [`savepoint`](Self::savepoint).
     pub async fn release_savepoint(&mut self) -> Result<()> {
+        if self.batch.is_some() {
+            self.in_savepoint = false;
+            self.batch_mark = None;
+            return Ok(());
+        }
         if self.in_savepoint {
             self.tx
                 .batch_execute("RELEASE SAVEPOINT gxd_handler")
@@ -283,6 +328,13 @@ impl<'a> BlockTx<'a> {
     /// Undoes the writes since [`savepoint`](Self::savepoint) (also after a failed
     /// statement, which aborts the transaction until then).
     pub async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        if let Some(b) = &mut self.batch {
+            if let Some(m) = self.batch_mark.take() {
+                b.truncate(m);
+            }
+            self.in_savepoint = false;
+            return Ok(());
+        }
         if self.in_savepoint {
             self.tx
                 .batch_execute("ROLLBACK TO SAVEPOINT gxd_handler; RELEASE SAVEPOINT gxd_handler")
@@ -339,6 +391,9 @@ impl<'a> BlockTx<'a> {
                 "block {} cannot follow block {prev}",
                 self.block_number
             )));
+        }
+        if let Some(batch) = &self.batch {
+            super::batch::flush(&self.tx, &self.channel, number, batch).await?;
         }
         if !self.recorded.is_empty() {
             let n = self.recorded.len();
