@@ -607,7 +607,7 @@ mod batched {
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, ProjectionError::InvalidInput(m) if m.contains("do not exist")),
+            matches!(&err, ProjectionError::InvalidInput(m) if m.contains("does not exist")),
             "{err}"
         );
         // A unique key (a transfer id used before).

@@ -26,6 +26,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 
 use super::projection::{ProjectionError, Result};
 
@@ -344,279 +345,376 @@ pub(crate) struct ProposalUpdateRef<'a> {
     pub at: DateTime<Utc>,
 }
 
-/// Writes a batch inside `tx` (the block's transaction).
-pub(crate) async fn flush(
-    tx: &deadpool_postgres::Transaction<'_>,
-    channel: &str,
+/// A statement on its way, borrowing its parameters.
+pub(crate) type Pending<'a> = BoxFuture<'a, Result<u64, tokio_postgres::Error>>;
+
+const USERS: &str = "INSERT INTO users (user_id, country, profile_commitment, msp_id, channel, \
+     created_tx_id, created_block, created_at) \
+     SELECT u.id, u.country, u.commitment, u.msp, $1, u.tx, $2, u.at \
+     FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::timestamptz[]) AS u(id, country, commitment, msp, tx, at)";
+
+const WALLETS: &str = "INSERT INTO wallets (wallet_id, kind, balance, threshold, msp_id, channel, \
+     created_tx_id, created_block, created_at, updated_block, updated_at) \
+     SELECT u.id, u.kind, u.balance::numeric, u.threshold, u.msp, $1, u.tx, $2, \
+            u.at, $2, u.at \
+     FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], \
+                 $8::text[], $9::timestamptz[]) \
+          AS u(id, kind, balance, threshold, msp, tx, at)";
+
+const OWNERS: &str = "INSERT INTO wallet_owners (wallet_id, owner_id) \
+     SELECT u.w, u.o FROM unnest($1::text[], $2::text[]) AS u(w, o)";
+
+const PROPOSALS: &str = "INSERT INTO proposals (proposal_id, wallet_id, to_wallet_id, amount, memo, \
+     state, threshold, channel, created_tx_id, created_block, created_at) \
+     SELECT u.id, u.w, u.to_w, u.amount::numeric, u.memo, 'pending', u.threshold, \
+            $1, u.tx, $2, u.at \
+     FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::int4[], $9::text[], $10::timestamptz[]) \
+          AS u(id, w, to_w, amount, memo, threshold, tx, at)";
+
+/// The transfers, and their history rows with the memo each transfer got (a multisig
+/// transfer takes its proposal's): one statement, the CTE's `RETURNING` feeding the rows.
+const TRANSFERS: &str = "WITH t AS ( \
+       INSERT INTO transfers (channel, tx_id, transfer_id, kind, from_wallet_id, \
+         to_wallet_id, amount, memo, proposal_id, block_number, tx_index, tx_timestamp) \
+       SELECT $1, u.tx, u.id, u.kind, u.from_w, u.to_w, u.amount::numeric, \
+              COALESCE(u.memo, (SELECT p.memo FROM proposals p \
+                                WHERE p.proposal_id = u.proposal)), \
+              u.proposal, $2, u.idx, u.at \
+       FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                   $8::text[], $9::text[], $10::text[], $11::int4[], $12::timestamptz[]) \
+            AS u(tx, id, kind, from_w, to_w, amount, memo, proposal, idx, at) \
+       RETURNING tx_id, memo) \
+     INSERT INTO wallet_history (wallet_id, channel, tx_id, direction, \
+       counterparty_wallet_id, amount, memo, block_number, tx_index, tx_timestamp) \
+     SELECT h.w, $1, h.tx, h.d, h.c, h.amount::numeric, t.memo, $2, h.idx, h.at \
+     FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
+                 $18::int4[], $19::timestamptz[]) AS h(w, tx, d, c, amount, idx, at) \
+     JOIN t ON t.tx_id = h.tx";
+
+const DECISIONS: &str = "INSERT INTO proposal_decisions (proposal_id, approver_id, decision, channel, \
+     tx_id, block_number, tx_timestamp) \
+     SELECT u.p, u.a, u.d, $1, u.tx, $2, u.at \
+     FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) \
+          AS u(p, a, d, tx, at)";
+
+const DECIDE: &str = "UPDATE proposals p SET \
+       approval_count = COALESCE(u.approvals, p.approval_count), \
+       rejection_count = COALESCE(u.rejections, p.rejection_count), \
+       state = u.state, \
+       closed_tx_id = CASE WHEN u.state = 'pending' THEN NULL ELSE u.tx END, \
+       closed_block = CASE WHEN u.state = 'pending' THEN NULL ELSE $1::int8 END, \
+       closed_at = CASE WHEN u.state = 'pending' THEN NULL ELSE u.at END \
+     FROM unnest($2::text[], $3::int4[], $4::int4[], $5::text[], $6::text[], \
+                 $7::timestamptz[]) AS u(id, approvals, rejections, state, tx, at) \
+     WHERE p.proposal_id = u.id AND p.state = 'pending'";
+
+/// The last ledger balance per wallet, plus the credits after it.
+const BALANCES: &str = "WITH c AS (SELECT c.w, sum(c.amount::numeric) AS s \
+                FROM unnest($5::text[], $6::text[]) AS c(w, amount) GROUP BY c.w) \
+     UPDATE wallets w SET \
+       balance = COALESCE(u.base::numeric, w.balance) + COALESCE(c.s, 0), \
+       updated_block = $1, updated_at = u.at \
+     FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS u(id, base, at) \
+          LEFT JOIN c ON c.w = u.id \
+     WHERE w.wallet_id = u.id";
+
+/// Writes a batch inside `tx` (the block's transaction), then the statements of `tail`
+/// (the recorded transactions and the position), all pipelined: every statement is sent
+/// before the first reply is awaited, and PostgreSQL runs them in the order sent (the
+/// dependency order above). The first failing statement's error is returned (those
+/// after it fail only because the transaction is aborted). Returns the results of `tail`.
+pub(crate) async fn flush<'f>(
+    tx: &'f deadpool_postgres::Transaction<'_>,
+    channel: &'f str,
     block: i64,
-    b: &Batch,
-) -> Result<()> {
+    b: &'f Batch,
+    tail: Vec<Pending<'f>>,
+) -> Result<Vec<u64>> {
     if let Some(why) = b.refused() {
         return Err(ProjectionError::BatchRefused(why));
     }
-    if !b.users.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO users (user_id, country, profile_commitment, msp_id, channel, \
-                 created_tx_id, created_block, created_at) \
-                 SELECT u.id, u.country, u.commitment, u.msp, $1, u.tx, $2, u.at \
-                 FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                             $8::timestamptz[]) AS u(id, country, commitment, msp, tx, at)",
-            )
-            .await?;
-        let ids: Vec<&str> = b.users.iter().map(|u| u.user_id.as_str()).collect();
-        let countries: Vec<Option<&str>> = b.users.iter().map(|u| u.country.as_deref()).collect();
-        let commitments: Vec<Option<&str>> =
-            b.users.iter().map(|u| u.commitment.as_deref()).collect();
-        let msps: Vec<Option<&str>> = b.users.iter().map(|u| u.msp_id.as_deref()).collect();
-        let txs: Vec<&str> = b.users.iter().map(|u| u.tx_id.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = b.users.iter().map(|u| u.at).collect();
-        tx.execute(
-            &stmt,
-            &[
-                &channel,
-                &block,
-                &ids,
-                &countries,
-                &commitments,
-                &msps,
-                &txs,
-                &ats,
-            ],
-        )
-        .await?;
+    // Prepared before anything is sent (a first prepare would otherwise reorder the pipe).
+    let mut sql = Vec::new();
+    for (nonempty, text) in [
+        (!b.users.is_empty(), USERS),
+        (!b.wallets.is_empty(), WALLETS),
+        (!b.owners.is_empty(), OWNERS),
+        (!b.proposals.is_empty(), PROPOSALS),
+        (!b.transfers.is_empty(), TRANSFERS),
+        (!b.decisions.is_empty(), DECISIONS),
+        (!b.proposal_updates.is_empty(), DECIDE),
+        (!b.balances.is_empty(), BALANCES),
+    ] {
+        if nonempty {
+            sql.push(text);
+        }
     }
-    if !b.wallets.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO wallets (wallet_id, kind, balance, threshold, msp_id, channel, \
-                 created_tx_id, created_block, created_at, updated_block, updated_at) \
-                 SELECT u.id, u.kind, u.balance::numeric, u.threshold, u.msp, $1, u.tx, $2, \
-                        u.at, $2, u.at \
-                 FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], \
-                             $8::text[], $9::timestamptz[]) \
-                      AS u(id, kind, balance, threshold, msp, tx, at)",
-            )
-            .await?;
-        let ids: Vec<&str> = b.wallets.iter().map(|w| w.wallet_id.as_str()).collect();
-        let kinds: Vec<&str> = b.wallets.iter().map(|w| w.kind).collect();
-        let balances: Vec<&str> = b.wallets.iter().map(|w| w.balance.as_str()).collect();
-        let thresholds: Vec<Option<i32>> = b.wallets.iter().map(|w| w.threshold).collect();
-        let msps: Vec<Option<&str>> = b.wallets.iter().map(|w| w.msp_id.as_deref()).collect();
-        let txs: Vec<&str> = b.wallets.iter().map(|w| w.tx_id.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = b.wallets.iter().map(|w| w.at).collect();
-        tx.execute(
-            &stmt,
-            &[
-                &channel,
-                &block,
-                &ids,
-                &kinds,
-                &balances,
-                &thresholds,
-                &msps,
-                &txs,
-                &ats,
-            ],
-        )
-        .await?;
+    let prepared = futures::future::try_join_all(sql.iter().map(|s| tx.prepare_cached(s))).await?;
+    let mut stmt = prepared.into_iter();
+    let mut next = || {
+        stmt.next()
+            .ok_or_else(|| ProjectionError::InvalidInput("batch statements out of step".to_owned()))
+    };
+
+    let u = &b.users;
+    let u_ids: Vec<&str> = u.iter().map(|u| u.user_id.as_str()).collect();
+    let u_countries: Vec<Option<&str>> = u.iter().map(|u| u.country.as_deref()).collect();
+    let u_commitments: Vec<Option<&str>> = u.iter().map(|u| u.commitment.as_deref()).collect();
+    let u_msps: Vec<Option<&str>> = u.iter().map(|u| u.msp_id.as_deref()).collect();
+    let u_txs: Vec<&str> = u.iter().map(|u| u.tx_id.as_str()).collect();
+    let u_ats: Vec<DateTime<Utc>> = u.iter().map(|u| u.at).collect();
+
+    let w = &b.wallets;
+    let w_ids: Vec<&str> = w.iter().map(|w| w.wallet_id.as_str()).collect();
+    let w_kinds: Vec<&str> = w.iter().map(|w| w.kind).collect();
+    let w_balances: Vec<&str> = w.iter().map(|w| w.balance.as_str()).collect();
+    let w_thresholds: Vec<Option<i32>> = w.iter().map(|w| w.threshold).collect();
+    let w_msps: Vec<Option<&str>> = w.iter().map(|w| w.msp_id.as_deref()).collect();
+    let w_txs: Vec<&str> = w.iter().map(|w| w.tx_id.as_str()).collect();
+    let w_ats: Vec<DateTime<Utc>> = w.iter().map(|w| w.at).collect();
+
+    let o_wallets: Vec<&str> = b.owners.iter().map(|(w, _)| w.as_str()).collect();
+    let o_owners: Vec<&str> = b.owners.iter().map(|(_, o)| o.as_str()).collect();
+
+    let p = &b.proposals;
+    let p_ids: Vec<&str> = p.iter().map(|p| p.proposal_id.as_str()).collect();
+    let p_wallets: Vec<&str> = p.iter().map(|p| p.wallet_id.as_str()).collect();
+    let p_to: Vec<&str> = p.iter().map(|p| p.to_wallet_id.as_str()).collect();
+    let p_amounts: Vec<&str> = p.iter().map(|p| p.amount.as_str()).collect();
+    let p_memos: Vec<Option<&str>> = p.iter().map(|p| p.memo.as_deref()).collect();
+    let p_thresholds: Vec<i32> = p.iter().map(|p| p.threshold).collect();
+    let p_txs: Vec<&str> = p.iter().map(|p| p.tx_id.as_str()).collect();
+    let p_ats: Vec<DateTime<Utc>> = p.iter().map(|p| p.at).collect();
+
+    let t = &b.transfers;
+    let t_txs: Vec<&str> = t.iter().map(|t| t.tx_id.as_str()).collect();
+    let t_ids: Vec<&str> = t.iter().map(|t| t.transfer_id.as_str()).collect();
+    let t_kinds: Vec<&str> = t.iter().map(|t| t.kind).collect();
+    let t_from: Vec<Option<&str>> = t.iter().map(|t| t.from_wallet_id.as_deref()).collect();
+    let t_to: Vec<&str> = t.iter().map(|t| t.to_wallet_id.as_str()).collect();
+    let t_amounts: Vec<&str> = t.iter().map(|t| t.amount.as_str()).collect();
+    let t_memos: Vec<Option<&str>> = t.iter().map(|t| t.memo.as_deref()).collect();
+    let t_proposals: Vec<Option<&str>> = t.iter().map(|t| t.proposal_id.as_deref()).collect();
+    let t_idxs: Vec<i32> = t.iter().map(|t| t.tx_index).collect();
+    let t_ats: Vec<DateTime<Utc>> = t.iter().map(|t| t.at).collect();
+    let h = &b.history;
+    let h_wallets: Vec<&str> = h.iter().map(|h| h.wallet_id.as_str()).collect();
+    let h_txs: Vec<&str> = h.iter().map(|h| h.tx_id.as_str()).collect();
+    let h_dirs: Vec<&str> = h.iter().map(|h| h.direction).collect();
+    let h_counter: Vec<Option<&str>> = h.iter().map(|h| h.counterparty.as_deref()).collect();
+    let h_amounts: Vec<&str> = h.iter().map(|h| h.amount.as_str()).collect();
+    let h_idxs: Vec<i32> = h.iter().map(|h| h.tx_index).collect();
+    let h_ats: Vec<DateTime<Utc>> = h.iter().map(|h| h.at).collect();
+
+    let d = &b.decisions;
+    let d_ps: Vec<&str> = d.iter().map(|d| d.proposal_id.as_str()).collect();
+    let d_approvers: Vec<&str> = d.iter().map(|d| d.approver_id.as_str()).collect();
+    let d_decisions: Vec<&str> = d.iter().map(|d| d.decision).collect();
+    let d_txs: Vec<&str> = d.iter().map(|d| d.tx_id.as_str()).collect();
+    let d_ats: Vec<DateTime<Utc>> = d.iter().map(|d| d.at).collect();
+
+    let finals = b.proposal_finals();
+    let f_ids: Vec<&str> = finals.iter().map(|f| f.proposal_id).collect();
+    let f_approvals: Vec<Option<i32>> = finals.iter().map(|f| f.approvals).collect();
+    let f_rejections: Vec<Option<i32>> = finals.iter().map(|f| f.rejections).collect();
+    let f_states: Vec<&str> = finals.iter().map(|f| f.state).collect();
+    let f_txs: Vec<&str> = finals.iter().map(|f| f.tx_id).collect();
+    let f_ats: Vec<DateTime<Utc>> = finals.iter().map(|f| f.at).collect();
+
+    let (b_ids, b_bases, b_ats, c_ids, c_amounts) = b.balance_updates();
+
+    // (statement, rows it must change, what they are) in dependency order.
+    let mut pipe: Vec<(Pending<'_>, Option<(u64, &str)>)> = Vec::new();
+    if !u.is_empty() {
+        let s = next()?;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(
+                    &s,
+                    &[
+                        &channel,
+                        &block,
+                        &u_ids,
+                        &u_countries,
+                        &u_commitments,
+                        &u_msps,
+                        &u_txs,
+                        &u_ats,
+                    ],
+                )
+                .await
+            }),
+            None,
+        ));
+    }
+    if !w.is_empty() {
+        let s = next()?;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(
+                    &s,
+                    &[
+                        &channel,
+                        &block,
+                        &w_ids,
+                        &w_kinds,
+                        &w_balances,
+                        &w_thresholds,
+                        &w_msps,
+                        &w_txs,
+                        &w_ats,
+                    ],
+                )
+                .await
+            }),
+            None,
+        ));
     }
     if !b.owners.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO wallet_owners (wallet_id, owner_id) \
-                 SELECT u.w, u.o FROM unnest($1::text[], $2::text[]) AS u(w, o)",
-            )
-            .await?;
-        let wallets: Vec<&str> = b.owners.iter().map(|(w, _)| w.as_str()).collect();
-        let owners: Vec<&str> = b.owners.iter().map(|(_, o)| o.as_str()).collect();
-        tx.execute(&stmt, &[&wallets, &owners]).await?;
+        let s = next()?;
+        pipe.push((
+            Box::pin(async move { tx.execute(&s, &[&o_wallets, &o_owners]).await }),
+            None,
+        ));
     }
-    if !b.proposals.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO proposals (proposal_id, wallet_id, to_wallet_id, amount, memo, \
-                 state, threshold, channel, created_tx_id, created_block, created_at) \
-                 SELECT u.id, u.w, u.to_w, u.amount::numeric, u.memo, 'pending', u.threshold, \
-                        $1, u.tx, $2, u.at \
-                 FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                             $8::int4[], $9::text[], $10::timestamptz[]) \
-                      AS u(id, w, to_w, amount, memo, threshold, tx, at)",
-            )
-            .await?;
-        let p = &b.proposals;
-        let ids: Vec<&str> = p.iter().map(|p| p.proposal_id.as_str()).collect();
-        let wallets: Vec<&str> = p.iter().map(|p| p.wallet_id.as_str()).collect();
-        let to: Vec<&str> = p.iter().map(|p| p.to_wallet_id.as_str()).collect();
-        let amounts: Vec<&str> = p.iter().map(|p| p.amount.as_str()).collect();
-        let memos: Vec<Option<&str>> = p.iter().map(|p| p.memo.as_deref()).collect();
-        let thresholds: Vec<i32> = p.iter().map(|p| p.threshold).collect();
-        let txs: Vec<&str> = p.iter().map(|p| p.tx_id.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = p.iter().map(|p| p.at).collect();
-        tx.execute(
-            &stmt,
-            &[
-                &channel,
-                &block,
-                &ids,
-                &wallets,
-                &to,
-                &amounts,
-                &memos,
-                &thresholds,
-                &txs,
-                &ats,
-            ],
-        )
-        .await?;
+    if !p.is_empty() {
+        let s = next()?;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(
+                    &s,
+                    &[
+                        &channel,
+                        &block,
+                        &p_ids,
+                        &p_wallets,
+                        &p_to,
+                        &p_amounts,
+                        &p_memos,
+                        &p_thresholds,
+                        &p_txs,
+                        &p_ats,
+                    ],
+                )
+                .await
+            }),
+            None,
+        ));
     }
-    if !b.transfers.is_empty() {
-        // The transfers, and their history rows with the memo each transfer got
-        // (a multisig transfer takes its proposal's).
-        let stmt = tx
-            .prepare_cached(
-                "WITH t AS ( \
-                   INSERT INTO transfers (channel, tx_id, transfer_id, kind, from_wallet_id, \
-                     to_wallet_id, amount, memo, proposal_id, block_number, tx_index, \
-                     tx_timestamp) \
-                   SELECT $1, u.tx, u.id, u.kind, u.from_w, u.to_w, u.amount::numeric, \
-                          COALESCE(u.memo, (SELECT p.memo FROM proposals p \
-                                            WHERE p.proposal_id = u.proposal)), \
-                          u.proposal, $2, u.idx, u.at \
-                   FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                               $8::text[], $9::text[], $10::text[], $11::int4[], \
-                               $12::timestamptz[]) \
-                        AS u(tx, id, kind, from_w, to_w, amount, memo, proposal, idx, at) \
-                   RETURNING tx_id, memo) \
-                 INSERT INTO wallet_history (wallet_id, channel, tx_id, direction, \
-                   counterparty_wallet_id, amount, memo, block_number, tx_index, tx_timestamp) \
-                 SELECT h.w, $1, h.tx, h.d, h.c, h.amount::numeric, t.memo, $2, h.idx, h.at \
-                 FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
-                             $18::int4[], $19::timestamptz[]) \
-                      AS h(w, tx, d, c, amount, idx, at) \
-                 JOIN t ON t.tx_id = h.tx",
-            )
-            .await?;
-        let t = &b.transfers;
-        let txs: Vec<&str> = t.iter().map(|t| t.tx_id.as_str()).collect();
-        let ids: Vec<&str> = t.iter().map(|t| t.transfer_id.as_str()).collect();
-        let kinds: Vec<&str> = t.iter().map(|t| t.kind).collect();
-        let from: Vec<Option<&str>> = t.iter().map(|t| t.from_wallet_id.as_deref()).collect();
-        let to: Vec<&str> = t.iter().map(|t| t.to_wallet_id.as_str()).collect();
-        let amounts: Vec<&str> = t.iter().map(|t| t.amount.as_str()).collect();
-        let memos: Vec<Option<&str>> = t.iter().map(|t| t.memo.as_deref()).collect();
-        let proposals: Vec<Option<&str>> = t.iter().map(|t| t.proposal_id.as_deref()).collect();
-        let idxs: Vec<i32> = t.iter().map(|t| t.tx_index).collect();
-        let ats: Vec<DateTime<Utc>> = t.iter().map(|t| t.at).collect();
-        let h = &b.history;
-        let h_wallets: Vec<&str> = h.iter().map(|h| h.wallet_id.as_str()).collect();
-        let h_txs: Vec<&str> = h.iter().map(|h| h.tx_id.as_str()).collect();
-        let h_dirs: Vec<&str> = h.iter().map(|h| h.direction).collect();
-        let h_counter: Vec<Option<&str>> = h.iter().map(|h| h.counterparty.as_deref()).collect();
-        let h_amounts: Vec<&str> = h.iter().map(|h| h.amount.as_str()).collect();
-        let h_idxs: Vec<i32> = h.iter().map(|h| h.tx_index).collect();
-        let h_ats: Vec<DateTime<Utc>> = h.iter().map(|h| h.at).collect();
-        let n = tx
-            .execute(
-                &stmt,
-                &[
-                    &channel, &block, &txs, &ids, &kinds, &from, &to, &amounts, &memos, &proposals,
-                    &idxs, &ats, &h_wallets, &h_txs, &h_dirs, &h_counter, &h_amounts, &h_idxs,
-                    &h_ats,
-                ],
-            )
-            .await?;
-        if n != h.len() as u64 {
+    if !t.is_empty() {
+        let s = next()?;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(
+                    &s,
+                    &[
+                        &channel,
+                        &block,
+                        &t_txs,
+                        &t_ids,
+                        &t_kinds,
+                        &t_from,
+                        &t_to,
+                        &t_amounts,
+                        &t_memos,
+                        &t_proposals,
+                        &t_idxs,
+                        &t_ats,
+                        &h_wallets,
+                        &h_txs,
+                        &h_dirs,
+                        &h_counter,
+                        &h_amounts,
+                        &h_idxs,
+                        &h_ats,
+                    ],
+                )
+                .await
+            }),
+            Some((
+                h.len() as u64,
+                "history rows lost (two transfers with one tx id)",
+            )),
+        ));
+    }
+    if !d.is_empty() {
+        let s = next()?;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(
+                    &s,
+                    &[
+                        &channel,
+                        &block,
+                        &d_ps,
+                        &d_approvers,
+                        &d_decisions,
+                        &d_txs,
+                        &d_ats,
+                    ],
+                )
+                .await
+            }),
+            None,
+        ));
+    }
+    if !finals.is_empty() {
+        let s = next()?;
+        let n = finals.len() as u64;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(
+                    &s,
+                    &[
+                        &block,
+                        &f_ids,
+                        &f_approvals,
+                        &f_rejections,
+                        &f_states,
+                        &f_txs,
+                        &f_ats,
+                    ],
+                )
+                .await
+            }),
+            Some((
+                n,
+                "a proposal decided on does not exist or is not pending in the read models",
+            )),
+        ));
+    }
+    if !b_ids.is_empty() {
+        let s = next()?;
+        let n = b_ids.len() as u64;
+        pipe.push((
+            Box::pin(async move {
+                tx.execute(&s, &[&block, &b_ids, &b_bases, &b_ats, &c_ids, &c_amounts])
+                    .await
+            }),
+            Some((
+                n,
+                "a wallet whose balance changes does not exist in the read models",
+            )),
+        ));
+    }
+    let ours = pipe.len();
+    let (futures, expected): (Vec<_>, Vec<_>) = pipe.into_iter().unzip();
+    let results = futures::future::join_all(futures.into_iter().chain(tail)).await;
+    let mut out = Vec::with_capacity(results.len() - ours);
+    for (i, r) in results.into_iter().enumerate() {
+        let n = r?;
+        if let Some(Some((want, what))) = expected.get(i)
+            && n != *want
+        {
             return Err(ProjectionError::InvalidInput(format!(
-                "{n} history rows written for {} (two transfers with one tx id)",
-                h.len()
+                "block {block}: {what} ({n} rows changed, {want} expected)"
             )));
         }
-    }
-    if !b.decisions.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO proposal_decisions (proposal_id, approver_id, decision, channel, \
-                 tx_id, block_number, tx_timestamp) \
-                 SELECT u.p, u.a, u.d, $1, u.tx, $2, u.at \
-                 FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], \
-                             $7::timestamptz[]) AS u(p, a, d, tx, at)",
-            )
-            .await?;
-        let d = &b.decisions;
-        let ps: Vec<&str> = d.iter().map(|d| d.proposal_id.as_str()).collect();
-        let approvers: Vec<&str> = d.iter().map(|d| d.approver_id.as_str()).collect();
-        let decisions: Vec<&str> = d.iter().map(|d| d.decision).collect();
-        let txs: Vec<&str> = d.iter().map(|d| d.tx_id.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = d.iter().map(|d| d.at).collect();
-        tx.execute(
-            &stmt,
-            &[&channel, &block, &ps, &approvers, &decisions, &txs, &ats],
-        )
-        .await?;
-    }
-    if !b.proposal_updates.is_empty() {
-        let finals = b.proposal_finals();
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE proposals p SET \
-                   approval_count = COALESCE(u.approvals, p.approval_count), \
-                   rejection_count = COALESCE(u.rejections, p.rejection_count), \
-                   state = u.state, \
-                   closed_tx_id = CASE WHEN u.state = 'pending' THEN NULL ELSE u.tx END, \
-                   closed_block = CASE WHEN u.state = 'pending' THEN NULL ELSE $1::int8 END, \
-                   closed_at = CASE WHEN u.state = 'pending' THEN NULL ELSE u.at END \
-                 FROM unnest($2::text[], $3::int4[], $4::int4[], $5::text[], $6::text[], \
-                             $7::timestamptz[]) AS u(id, approvals, rejections, state, tx, at) \
-                 WHERE p.proposal_id = u.id AND p.state = 'pending'",
-            )
-            .await?;
-        let ids: Vec<&str> = finals.iter().map(|f| f.proposal_id).collect();
-        let approvals: Vec<Option<i32>> = finals.iter().map(|f| f.approvals).collect();
-        let rejections: Vec<Option<i32>> = finals.iter().map(|f| f.rejections).collect();
-        let states: Vec<&str> = finals.iter().map(|f| f.state).collect();
-        let txs: Vec<&str> = finals.iter().map(|f| f.tx_id).collect();
-        let ats: Vec<DateTime<Utc>> = finals.iter().map(|f| f.at).collect();
-        let n = tx
-            .execute(
-                &stmt,
-                &[&block, &ids, &approvals, &rejections, &states, &txs, &ats],
-            )
-            .await?;
-        if n != ids.len() as u64 {
-            return Err(ProjectionError::InvalidInput(format!(
-                "{} of {} proposals decided on in block {block} are not pending in the read \
-                 models",
-                ids.len() as u64 - n.min(ids.len() as u64),
-                ids.len()
-            )));
+        if i >= ours {
+            out.push(n);
         }
     }
-    if !b.balances.is_empty() {
-        let (ids, bases, ats, credit_ids, credits) = b.balance_updates();
-        let stmt = tx
-            .prepare_cached(
-                "WITH c AS (SELECT c.w, sum(c.amount::numeric) AS s \
-                            FROM unnest($5::text[], $6::text[]) AS c(w, amount) GROUP BY c.w) \
-                 UPDATE wallets w SET \
-                   balance = COALESCE(u.base::numeric, w.balance) + COALESCE(c.s, 0), \
-                   updated_block = $1, updated_at = u.at \
-                 FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS u(id, base, at) \
-                      LEFT JOIN c ON c.w = u.id \
-                 WHERE w.wallet_id = u.id",
-            )
-            .await?;
-        let n = tx
-            .execute(&stmt, &[&block, &ids, &bases, &ats, &credit_ids, &credits])
-            .await?;
-        if n != ids.len() as u64 {
-            return Err(ProjectionError::InvalidInput(format!(
-                "{} of {} wallets whose balance block {block} changes do not exist in the read \
-                 models",
-                ids.len() as u64 - n.min(ids.len() as u64),
-                ids.len()
-            )));
-        }
-    }
-    Ok(())
+    Ok(out)
 }

@@ -392,89 +392,102 @@ impl<'a> BlockTx<'a> {
                 self.block_number
             )));
         }
-        if let Some(batch) = &self.batch {
-            super::batch::flush(&self.tx, &self.channel, number, batch).await?;
+        let n = self.recorded.len();
+        let mut tx_ids = Vec::with_capacity(n);
+        let mut indexes = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut stamps = Vec::with_capacity(n);
+        let mut outcomes = Vec::with_capacity(n);
+        for r in &self.recorded {
+            tx_ids.push(r.tx_id.as_deref());
+            indexes.push(r.tx_index);
+            codes.push(r.validation_code);
+            names.push(r.event_name.as_deref());
+            stamps.push(r.timestamp);
+            outcomes.push(r.outcome);
         }
-        if !self.recorded.is_empty() {
-            let n = self.recorded.len();
-            let mut tx_ids = Vec::with_capacity(n);
-            let mut indexes = Vec::with_capacity(n);
-            let mut codes = Vec::with_capacity(n);
-            let mut names = Vec::with_capacity(n);
-            let mut stamps = Vec::with_capacity(n);
-            let mut outcomes = Vec::with_capacity(n);
-            for r in &self.recorded {
-                tx_ids.push(r.tx_id.as_deref());
-                indexes.push(r.tx_index);
-                codes.push(r.validation_code);
-                names.push(r.event_name.as_deref());
-                stamps.push(r.timestamp);
-                outcomes.push(r.outcome);
-            }
-            let stmt = self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO applied_transactions \
-                     (channel, block_number, tx_id, tx_index, validation_code, event_name, \
-                      tx_timestamp, outcome) \
-                     SELECT $1, $2, u.tx_id, u.tx_index, u.code, u.event_name, u.ts, u.outcome \
-                     FROM unnest($3::text[], $4::int4[], $5::int4[], $6::text[], \
-                                 $7::timestamptz[], $8::text[]) \
-                          AS u(tx_id, tx_index, code, event_name, ts, outcome)",
-                )
-                .await?;
-            self.tx
-                .execute(
-                    &stmt,
-                    &[
-                        &self.channel,
-                        &number,
-                        &tx_ids,
-                        &indexes,
-                        &codes,
-                        &names,
-                        &stamps,
-                        &outcomes,
-                    ],
-                )
-                .await?;
-        }
-        let updated = match previous {
+        let record = if n > 0 {
+            Some(
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO applied_transactions \
+                         (channel, block_number, tx_id, tx_index, validation_code, event_name, \
+                          tx_timestamp, outcome) \
+                         SELECT $1, $2, u.tx_id, u.tx_index, u.code, u.event_name, u.ts, u.outcome \
+                         FROM unnest($3::text[], $4::int4[], $5::int4[], $6::text[], \
+                                     $7::timestamptz[], $8::text[]) \
+                              AS u(tx_id, tx_index, code, event_name, ts, outcome)",
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let position = match previous {
             None => {
-                let stmt = self
-                    .tx
+                self.tx
                     .prepare_cached(
                         "INSERT INTO projector_checkpoints (channel, block_number, block_hash) \
                          VALUES ($1, $2, $3) ON CONFLICT (channel) DO NOTHING",
                     )
-                    .await?;
-                self.tx
-                    .execute(&stmt, &[&self.channel, &number, &block_hash])
                     .await?
             }
-            Some((prev, prev_hash)) => {
-                let stmt = self
-                    .tx
+            Some(_) => {
+                self.tx
                     .prepare_cached(
                         "UPDATE projector_checkpoints \
                          SET block_number = $2, block_hash = $3, updated_at = now() \
                          WHERE channel = $1 AND block_number = $4 AND block_hash = $5",
                     )
-                    .await?;
-                self.tx
-                    .execute(
-                        &stmt,
-                        &[
-                            &self.channel,
-                            &number,
-                            &block_hash,
-                            &to_i64("block number", prev)?,
-                            &prev_hash,
-                        ],
-                    )
                     .await?
             }
         };
+        let prev_number = previous
+            .map(|(prev, _)| to_i64("block number", prev))
+            .transpose()?;
+        let prev_hash = previous.map(|(_, h)| h);
+        let tx = &self.tx;
+        let channel = self.channel.as_str();
+        // The recorded transactions, then the position (a CAS on the previous block).
+        let mut tail: Vec<super::batch::Pending<'_>> = Vec::with_capacity(2);
+        if let Some(stmt) = &record {
+            tail.push(Box::pin(async move {
+                tx.execute(
+                    stmt,
+                    &[
+                        &channel, &number, &tx_ids, &indexes, &codes, &names, &stamps, &outcomes,
+                    ],
+                )
+                .await
+            }));
+        }
+        let position = &position;
+        tail.push(match (prev_number, prev_hash) {
+            (Some(prev), Some(prev_hash)) => Box::pin(async move {
+                tx.execute(
+                    position,
+                    &[&channel, &number, &block_hash, &prev, &prev_hash],
+                )
+                .await
+            }),
+            _ => Box::pin(async move {
+                tx.execute(position, &[&channel, &number, &block_hash])
+                    .await
+            }),
+        });
+        let updated = match &self.batch {
+            // Batched: the read-model statements and these, pipelined.
+            Some(batch) => super::batch::flush(tx, channel, number, batch, tail).await?,
+            None => {
+                let mut out = Vec::with_capacity(tail.len());
+                for pending in tail {
+                    out.push(pending.await?);
+                }
+                out
+            }
+        };
+        let updated = updated.last().copied().unwrap_or(0);
         if updated != 1 {
             let expected = match previous {
                 None => "empty".to_owned(),
