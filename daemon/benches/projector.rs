@@ -27,8 +27,9 @@
 //! ```
 //!
 //! Knobs: `GXD_BENCH_PROJECTOR_TXS` (ledger size, default 100,000; 5,000 quick),
-//! `GXD_BENCH_INFLIGHT` (submitters, default 256), `GXD_BENCH_BATCH` /
-//! `GXD_BENCH_TIMEOUT_MS` (the devnet's block cutting, default 500 tx / 50 ms),
+//! `GXD_BENCH_INFLIGHT` (submitters, default 512; 128 quick), `GXD_BENCH_BATCH` /
+//! `GXD_BENCH_TIMEOUT_MS` (the devnet's block cutting, default 500 tx / 200 ms: a ledger
+//! written under load has full blocks; Fabric's sample orderer cuts at 500 tx / 2 s),
 //! `GXD_BENCH_SKIP_DIRECT=1` (leave out the direct projector).
 //!
 //! Memory: `VmHWM` of this process (devnet and projector together), reset through
@@ -892,9 +893,9 @@ fn main() {
         "GXD_BENCH_PROJECTOR_TXS",
         if quick { 5_000 } else { 100_000 },
     );
-    let in_flight = env_u64("GXD_BENCH_INFLIGHT", if quick { 64 } else { 256 }).max(1) as usize;
+    let in_flight = env_u64("GXD_BENCH_INFLIGHT", if quick { 128 } else { 512 }).max(1) as usize;
     let batch = env_u64("GXD_BENCH_BATCH", 500) as usize;
-    let timeout = Duration::from_millis(env_u64("GXD_BENCH_TIMEOUT_MS", 50));
+    let timeout = Duration::from_millis(env_u64("GXD_BENCH_TIMEOUT_MS", 200));
     let skip_direct = std::env::var("GXD_BENCH_SKIP_DIRECT").is_ok_and(|v| v == "1");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
