@@ -18,7 +18,8 @@
 //! propose, approve, reject and execute transfers.
 //!
 //! Run (needs a PostgreSQL that may `CREATE DATABASE`: `GXD_TEST_DATABASE_URL`, as the
-//! tests use):
+//! tests use; or `GXD_BENCH_LOCAL_PG=1` for a private throwaway cluster, as the tests
+//! start without the URL):
 //!
 //! ```text
 //! GXD_TEST_DATABASE_URL=postgres://gxd_test@127.0.0.1:5432/postgres \
@@ -27,7 +28,7 @@
 //! ```
 //!
 //! Knobs: `GXD_BENCH_PROJECTOR_TXS` (ledger size, default 100,000; 5,000 quick),
-//! `GXD_BENCH_INFLIGHT` (submitters, default 512; 128 quick), `GXD_BENCH_BATCH` /
+//! `GXD_BENCH_INFLIGHT` (submitters, default 256; 64 quick), `GXD_BENCH_BATCH` /
 //! `GXD_BENCH_TIMEOUT_MS` (the devnet's block cutting, default 500 tx / 200 ms: a ledger
 //! written under load has full blocks; Fabric's sample orderer cuts at 500 tx / 2 s),
 //! `GXD_BENCH_SKIP_DIRECT=1` (leave out the direct projector).
@@ -91,24 +92,50 @@ fn reset_peak_rss() -> bool {
 // ---- the ledger ----
 
 struct Ledger {
-    submitted: AtomicU64,
+    committed: AtomicU64,
     failed: AtomicU64,
     budget: u64,
 }
 
 impl Ledger {
-    /// Claims one transaction of the budget.
+    /// Whether the ledger still needs transactions (committed ones count).
     fn claim(&self) -> bool {
-        self.submitted.fetch_add(1, Ordering::Relaxed) < self.budget
+        self.committed.load(Ordering::Relaxed) < self.budget
     }
 
-    async fn submit(&self, gw: &Gateway, function: &str, args: &[&str]) {
+    /// Submits and waits for the commit; false if it failed (counted, a few printed).
+    async fn submit(&self, gw: &Gateway, function: &str, args: &[&str]) -> bool {
         let spec = gw.proposal("gx", function).with_args(args.iter().copied());
-        if let Err(e) = gw.submit_transaction(&spec).await
-            && self.failed.fetch_add(1, Ordering::Relaxed) < 3
-        {
-            eprintln!("{function} {args:?} failed: {e}");
+        match gw.submit_transaction(&spec).await {
+            Ok(_) => {
+                self.committed.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("{function} {args:?} failed: {e}");
+                }
+                false
+            }
         }
+    }
+
+    /// A step the rest depends on: retried (a deadline under load) up to 10 times; a
+    /// refusal because the id exists means an earlier attempt committed after all.
+    async fn must(&self, gw: &Gateway, function: &str, args: &[&str]) {
+        let spec = gw.proposal("gx", function).with_args(args.iter().copied());
+        let mut last = String::new();
+        for _ in 0..10 {
+            match gw.submit_transaction(&spec).await {
+                Ok(_) => {
+                    self.committed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) if e.to_string().contains("already") => return,
+                Err(e) => last = e.to_string(),
+            }
+        }
+        panic!("{function} {args:?} failed 10 times: {last}");
     }
 }
 
@@ -125,7 +152,7 @@ async fn submitter(
     let bank = format!("b{w}");
     for id in std::iter::once(&bank).chain(&users) {
         ledger
-            .submit(
+            .must(
                 &gw,
                 "CreateUser",
                 &[id, r#"{"country":"DE","commitment":"c0ffee"}"#],
@@ -136,7 +163,7 @@ async fn submitter(
     if let Some(ms) = &multisig {
         let owners = serde_json::to_string(&users[..3]).unwrap();
         ledger
-            .submit(&gw, "CreateMultisigWallet", &[ms, &owners, "2"])
+            .must(&gw, "CreateMultisigWallet", &[ms, &owners, "2"])
             .await;
     }
     funded.send(w).await.ok();
@@ -145,7 +172,7 @@ async fn submitter(
     // Fund every user, and the multisig wallet.
     for (i, u) in users.iter().enumerate() {
         ledger
-            .submit(
+            .must(
                 &gw,
                 "TransferTokens",
                 &[&format!("f{w}-{i}"), &bank, u, "100000", "funding"],
@@ -154,7 +181,7 @@ async fn submitter(
     }
     if let Some(ms) = &multisig {
         ledger
-            .submit(
+            .must(
                 &gw,
                 "TransferTokens",
                 &[&format!("f{w}-ms"), &bank, ms, "100000", "funding"],
@@ -219,12 +246,12 @@ async fn submitter(
 
 async fn build_ledger(gateways: &[Gateway], admin: &Gateway, txs: u64, in_flight: usize) {
     let ledger = Arc::new(Ledger {
-        submitted: AtomicU64::new(0),
+        committed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         budget: txs,
     });
     ledger
-        .submit(admin, "Bootstrap", &["treasury", "1000000000000000"])
+        .must(admin, "Bootstrap", &["treasury", "1000000000000000"])
         .await;
     let (funded_tx, mut funded_rx) = tokio::sync::mpsc::channel(in_flight);
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
@@ -246,12 +273,12 @@ async fn build_ledger(gateways: &[Gateway], admin: &Gateway, txs: u64, in_flight
     let gw = &gateways[0];
     for h in 0..hubs {
         ledger
-            .submit(gw, "CreateUser", &[&format!("hub{h}"), "{}"])
+            .must(gw, "CreateUser", &[&format!("hub{h}"), "{}"])
             .await;
     }
     for h in 0..hubs {
         ledger
-            .submit(
+            .must(
                 gw,
                 "TransferTokens",
                 &[
@@ -279,7 +306,7 @@ async fn build_ledger(gateways: &[Gateway], admin: &Gateway, txs: u64, in_flight
         funders.push(tokio::spawn(async move {
             for w in ws {
                 ledger
-                    .submit(
+                    .must(
                         &gw,
                         "TransferTokens",
                         &[
@@ -880,11 +907,13 @@ async fn run_naive(source: Arc<DeliverSource>, last: u64, dir: &std::path::Path)
 }
 
 fn main() {
-    if std::env::var(TEST_DATABASE_URL_ENV).map_or(true, |v| v.trim().is_empty()) {
+    let local_pg = std::env::var("GXD_BENCH_LOCAL_PG").is_ok_and(|v| v == "1");
+    if !local_pg && std::env::var(TEST_DATABASE_URL_ENV).map_or(true, |v| v.trim().is_empty()) {
         eprintln!(
-            "projector bench: set {TEST_DATABASE_URL_ENV} to a PostgreSQL server whose user may \
-             CREATE DATABASE, e.g. {TEST_DATABASE_URL_ENV}=postgres://gxd_test@127.0.0.1:5432/postgres \
-             (scripts/test.sh shows how to start a throwaway one)"
+            "projector bench: needs PostgreSQL. Set {TEST_DATABASE_URL_ENV} to a server whose \
+             user may CREATE DATABASE (e.g. postgres://gxd_test@127.0.0.1:5432/postgres; \
+             scripts/test.sh shows how to start a throwaway one), or GXD_BENCH_LOCAL_PG=1 to \
+             start a private throwaway cluster from the installed PostgreSQL binaries"
         );
         std::process::exit(2);
     }
@@ -893,7 +922,7 @@ fn main() {
         "GXD_BENCH_PROJECTOR_TXS",
         if quick { 5_000 } else { 100_000 },
     );
-    let in_flight = env_u64("GXD_BENCH_INFLIGHT", if quick { 128 } else { 512 }).max(1) as usize;
+    let in_flight = env_u64("GXD_BENCH_INFLIGHT", if quick { 64 } else { 256 }).max(1) as usize;
     let batch = env_u64("GXD_BENCH_BATCH", 500) as usize;
     let timeout = Duration::from_millis(env_u64("GXD_BENCH_TIMEOUT_MS", 200));
     let skip_direct = std::env::var("GXD_BENCH_SKIP_DIRECT").is_ok_and(|v| v == "1");
@@ -903,6 +932,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        // Held for the whole run: a private cluster (GXD_BENCH_LOCAL_PG) lives while one
+        // of its databases does.
+        let _keep = TestDb::new().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = DevnetConfig::new(dir.path().join("devnet"))
             .with_listen("127.0.0.1:0".parse().unwrap())
