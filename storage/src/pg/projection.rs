@@ -15,6 +15,12 @@
 //! The recorded transactions are written at commit as one multi-row `INSERT … SELECT
 //! FROM unnest(…)`; statements are prepared once per connection (`prepare_cached`).
 //!
+//! [`BlockTx::begin_batched`] opens a block in batched mode: the typed writes check their
+//! input and buffer their rows, and `commit` writes them in a few multi-row statements
+//! (`pg::batch`), pipelined with the recorded transactions and the position. The read
+//! models end as in direct mode; a batch that fails on the data keeps nothing, and the
+//! caller applies the block again in direct mode ([`BlockTx::begin`]).
+//!
 //! The handler seam lives here (and not in the engine) so that a domain crate (GX) can
 //! implement it knowing only storage; the engine drives it and knows no domain.
 
