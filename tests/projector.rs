@@ -608,3 +608,289 @@ async fn v2_applies_on_a_v1_database_with_data() {
             .is_err()
     );
 }
+
+/// Submits `specs` at once (so they share blocks).
+async fn submit_together(
+    gw: &Gateway,
+    specs: Vec<ProposalSpec>,
+) -> Vec<Result<gxd_fabric::client::Committed, gxd_fabric::client::GatewayError>> {
+    futures::future::join_all(specs.iter().map(|s| gw.submit_transaction(s))).await
+}
+
+/// `ledger_with_everything`, then blocks of several transactions: users, transfers, a
+/// transfer to a wallet created in the same block, a wallet paid and paying in one block.
+/// (No self-transfer: the chaincode refuses them.)
+async fn ledger_with_full_blocks(n: &Net) {
+    ledger_with_everything(n).await;
+    let gw = &n.client;
+    let users = (1..=6)
+        .map(|i| {
+            gw.proposal("gx", "CreateUser")
+                .with_args([format!("v{i}"), r#"{"country":"FR"}"#.to_owned()])
+        })
+        .collect();
+    let users: Vec<_> = submit_together(gw, users)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let blocks: std::collections::BTreeSet<u64> = users.iter().map(|c| c.block_number).collect();
+    assert!(
+        blocks.len() < users.len(),
+        "some users share a block: {blocks:?}"
+    );
+    submit_together(
+        gw,
+        vec![
+            transfer(gw, "s1", "u1", "v3", "40"),
+            transfer(gw, "s2", "u3", "v1", "5"),
+            transfer(gw, "s3", "u2", "v2", "3"),
+            gw.proposal("gx", "CreateUser").with_args(["v7", "{}"]),
+        ],
+    )
+    .await;
+    submit_together(
+        gw,
+        vec![
+            transfer(gw, "s4", "v1", "v3", "2"),
+            transfer(gw, "s5", "u1", "v7", "1"),
+            // Reads v1 as s4 does: one of the two is an MVCC conflict in a full block.
+            transfer(gw, "s6", "v2", "v1", "3"),
+        ],
+    )
+    .await;
+    gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["marker", "{}"]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_one_at_a_time_projections_are_identical() {
+    let n = net().await;
+    ledger_with_full_blocks(&n).await;
+    let height = n.handle.height();
+    let dir = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for (name, batched) in [("batched", true), ("direct", false)] {
+        let db = TestDb::new().await.unwrap();
+        let pool = pg_pool(&db).await;
+        let log = open_log(&dir.path().join(name));
+        let (mut status, stop, task) = spawn(
+            ProjectorConfig::new(CHANNEL).with_batch_writes(batched),
+            &pool,
+            &log,
+            gx(),
+            &n,
+        );
+        tokio::time::timeout(LIMIT, status.wait_for(|s| s.height == Some(height - 1)))
+            .await
+            .unwrap()
+            .unwrap();
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        // The ledger's balances, both ways.
+        for id in ["treasury", "u1", "u2", "u3", "ms1", "v1", "v2", "v3", "v7"] {
+            let ledger: serde_json::Value = serde_json::from_slice(
+                &n.client
+                    .evaluate(&n.client.proposal("gx", "GetWallet").with_args([id]))
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            let ours = read_models::wallet(&pool, id).await.unwrap().unwrap();
+            assert_eq!(ledger["balance"], ours.balance.as_str(), "{name}: {id}");
+        }
+        let counts = read_models::row_counts(&pool).await.unwrap();
+        assert!(
+            counts
+                .iter()
+                .all(|(t, c)| *c > 0 || t == "projection_dead_letters"),
+            "{counts:?}"
+        );
+        digests.push(read_models::read_model_digest(&pool).await.unwrap());
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "batched and one-at-a-time read models differ"
+    );
+    n.handle.shutdown().await.unwrap();
+}
+
+/// GX's handler, except that transfer `ghost-t` also credits a wallet that does not
+/// exist: a data error that a batched block meets only at commit.
+struct GhostWallet;
+
+#[async_trait::async_trait]
+impl ProjectionHandler for GhostWallet {
+    async fn apply(
+        &self,
+        tx: &mut BlockTx<'_>,
+        ctx: &TxContext,
+        event: &ChaincodeEvent,
+    ) -> Result<(), HandlerError> {
+        GxProjection::new("gx").apply(tx, ctx, event).await?;
+        let payload: serde_json::Value = serde_json::from_slice(&event.payload).unwrap_or_default();
+        if payload["transferId"] == "ghost-t" {
+            // Under another tx id, so the transfer rows are accepted and only the balance
+            // of "nowhere" fails.
+            let mut ghost = ctx.clone();
+            ghost.tx_id = format!("{}-ghost", ctx.tx_id);
+            tx.apply_transfer(
+                &ghost,
+                &read_models::NewTransfer {
+                    transfer_id: "ghost-t2",
+                    kind: read_models::TransferKind::Mint,
+                    from_wallet_id: None,
+                    to_wallet_id: "nowhere",
+                    amount: "1",
+                    memo: None,
+                    proposal_id: None,
+                    from_balance: None,
+                    to_balance: None,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_transaction_found_at_a_batched_commit_is_still_identified() {
+    let n = net().await;
+    ledger_with_everything(&n).await;
+    let gw = &n.client;
+    let committed = submit_together(
+        gw,
+        vec![
+            gw.proposal("gx", "CreateUser").with_args(["w1", "{}"]),
+            transfer(gw, "ghost-t", "u1", "u2", "1"),
+            gw.proposal("gx", "CreateUser").with_args(["w2", "{}"]),
+            gw.proposal("gx", "CreateUser").with_args(["w3", "{}"]),
+        ],
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect::<Vec<_>>();
+    gw.submit_transaction(&gw.proposal("gx", "CreateUser").with_args(["marker", "{}"]))
+        .await
+        .unwrap();
+    let height = n.handle.height();
+    let ghost = &committed[1];
+    let mates: Vec<&str> = committed
+        .iter()
+        .filter(|c| c.block_number == ghost.block_number && c.tx_id != ghost.tx_id)
+        .map(|c| c.tx_id.as_str())
+        .collect();
+    assert!(
+        !mates.is_empty(),
+        "the poison shares its block: {committed:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+
+    // Halt: the error names the transaction; the position stays before its block.
+    let db = TestDb::new().await.unwrap();
+    let pool = pg_pool(&db).await;
+    let log = open_log(&dir.path().join("halt"));
+    let (status, _stop, task) = spawn(
+        ProjectorConfig::new(CHANNEL),
+        &pool,
+        &log,
+        Arc::new(GhostWallet),
+        &n,
+    );
+    let err = tokio::time::timeout(LIMIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    let ProjectorError::Poison {
+        block,
+        tx_id,
+        event,
+        reason,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (*block, tx_id.as_str(), event.as_str()),
+        (
+            ghost.block_number,
+            ghost.tx_id.as_str(),
+            "TokensTransferred"
+        )
+    );
+    assert!(reason.contains("\"nowhere\" does not exist"), "{reason}");
+    assert!(matches!(
+        status.borrow().state,
+        ProjectorState::Halted { .. }
+    ));
+    let pos = projection::position(&pool, CHANNEL).await.unwrap().unwrap();
+    assert_eq!(pos.block_number, ghost.block_number - 1);
+
+    // DeadLetter: exactly the poison is dead-lettered, the rest of its block applied; the
+    // same read models as a projector that never batches.
+    let mut digests = Vec::new();
+    for (name, batched) in [("dl-batched", true), ("dl-direct", false)] {
+        let db = TestDb::new().await.unwrap();
+        let pool = pg_pool(&db).await;
+        let log = open_log(&dir.path().join(name));
+        let (mut status, stop, task) = spawn(
+            ProjectorConfig::new(CHANNEL)
+                .with_poison_policy(PoisonPolicy::DeadLetter)
+                .with_batch_writes(batched),
+            &pool,
+            &log,
+            Arc::new(GhostWallet),
+            &n,
+        );
+        tokio::time::timeout(LIMIT, status.wait_for(|s| s.height == Some(height - 1)))
+            .await
+            .unwrap()
+            .unwrap();
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let dead = read_models::dead_letters(&pool, CHANNEL).await.unwrap();
+        assert_eq!(dead.len(), 1, "{name}: {dead:?}");
+        assert_eq!(dead[0].tx_id.as_deref(), Some(ghost.tx_id.as_str()));
+        assert_eq!(dead[0].block_number as u64, ghost.block_number);
+        assert_eq!(status.borrow().dead_lettered, 1);
+        let applied = read_models::applied_transactions(&pool, CHANNEL)
+            .await
+            .unwrap();
+        for mate in &mates {
+            let a = applied
+                .iter()
+                .find(|a| a.tx_id.as_deref() == Some(*mate))
+                .unwrap();
+            assert_eq!(a.outcome, "applied", "{name}");
+        }
+        for w in ["w1", "w2", "w3"] {
+            assert!(
+                read_models::wallet(&pool, w).await.unwrap().is_some(),
+                "{name}: {w}"
+            );
+        }
+        // The poison's writes were undone: u2 has what it had before ghost-t.
+        assert_eq!(
+            read_models::wallet(&pool, "u2")
+                .await
+                .unwrap()
+                .unwrap()
+                .balance,
+            "10"
+        );
+        assert!(
+            read_models::wallet(&pool, "nowhere")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        digests.push(read_models::read_model_digest(&pool).await.unwrap());
+    }
+    assert_eq!(digests[0], digests[1]);
+    n.handle.shutdown().await.unwrap();
+}

@@ -255,3 +255,391 @@ async fn pg_pool_connects_with_a_special_character_password() {
         .await
         .unwrap();
 }
+
+mod batched {
+    use chrono::{DateTime, Utc};
+    use gxd_storage::pg::Pool;
+    use gxd_storage::pg::projection::{BlockTx, ProjectionError, TxContext};
+    use gxd_storage::pg::read_models::{
+        self, Decision, NewDecision, NewProposal, NewTransfer, NewUser, NewWallet, ProposalState,
+        TransferKind, WalletKind,
+    };
+    use gxd_storage::pg::testing::TestDb;
+
+    const CH: &str = "ch";
+
+    async fn pool() -> (TestDb, Pool) {
+        let db = TestDb::new().await.unwrap();
+        let pool = gxd_storage::pg::connect_pool(&super::settings(&db))
+            .await
+            .unwrap();
+        gxd_storage::pg::migrate::migrate_pool(&pool).await.unwrap();
+        (db, pool)
+    }
+
+    fn ctx(block: u64, index: u32) -> TxContext {
+        TxContext {
+            channel: CH.to_owned(),
+            block_number: block,
+            tx_index: index,
+            tx_id: format!("tx-{block}-{index}"),
+            timestamp: DateTime::<Utc>::from_timestamp(1_700_000_000 + i64::from(index), 0)
+                .unwrap(),
+            creator_msp_id: Some("Org1MSP".to_owned()),
+            validation_code: 0,
+        }
+    }
+
+    fn hash(block: u64) -> Vec<u8> {
+        vec![u8::try_from(block).unwrap(); 4]
+    }
+
+    fn tr<'a>(
+        id: &'a str,
+        from: &'a str,
+        to: &'a str,
+        amount: &'a str,
+        balances: Option<(&'a str, &'a str)>,
+    ) -> NewTransfer<'a> {
+        NewTransfer {
+            transfer_id: id,
+            kind: TransferKind::Transfer,
+            from_wallet_id: Some(from),
+            to_wallet_id: to,
+            amount,
+            memo: Some("m"),
+            proposal_id: None,
+            from_balance: balances.map(|b| b.0),
+            to_balance: balances.map(|b| b.1),
+        }
+    }
+
+    fn user_wallet(id: &str) -> (NewUser<'_>, [String; 1]) {
+        (
+            NewUser {
+                user_id: id,
+                country: Some("DE"),
+                profile_commitment: None,
+                msp_id: Some("Org1MSP"),
+            },
+            [id.to_owned()],
+        )
+    }
+
+    /// Writes block `n` with `f` and commits it (batched or direct).
+    async fn block<F>(pool: &Pool, batched: bool, n: u64, f: F) -> Result<(), ProjectionError>
+    where
+        F: AsyncFnOnce(&mut BlockTx<'_>) -> Result<(), ProjectionError>,
+    {
+        let mut conn = pool.get().await.unwrap();
+        let mut tx = if batched {
+            BlockTx::begin_batched(&mut conn, CH, n).await.unwrap()
+        } else {
+            BlockTx::begin(&mut conn, CH, n).await.unwrap()
+        };
+        assert_eq!(tx.is_batched(), batched);
+        f(&mut tx).await?;
+        let prev = n.checked_sub(1).map(hash);
+        tx.commit(&hash(n), prev.as_deref().map(|h| (n - 1, h)))
+            .await
+    }
+
+    /// Three blocks of every write, in the orders a batch must get right.
+    async fn ledger(pool: &Pool, batched: bool) {
+        block(pool, batched, 0, async |tx| {
+            let c = ctx(0, 0);
+            tx.create_wallet(
+                &c,
+                &NewWallet {
+                    wallet_id: "treasury",
+                    kind: WalletKind::Treasury,
+                    balance: "0",
+                    threshold: None,
+                    msp_id: Some("Org1MSP"),
+                    owners: &[],
+                },
+            )
+            .await?;
+            tx.apply_transfer(
+                &c,
+                &NewTransfer {
+                    transfer_id: "treasury",
+                    kind: TransferKind::Mint,
+                    from_wallet_id: None,
+                    to_wallet_id: "treasury",
+                    amount: "1000",
+                    memo: None,
+                    proposal_id: None,
+                    from_balance: None,
+                    to_balance: Some("1000"),
+                },
+            )
+            .await?;
+            for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+                let c = ctx(0, 1 + i as u32);
+                let (u, owners) = user_wallet(id);
+                tx.insert_user(&c, &u).await?;
+                tx.create_wallet(
+                    &c,
+                    &NewWallet {
+                        wallet_id: id,
+                        kind: WalletKind::User,
+                        balance: "0",
+                        threshold: None,
+                        msp_id: Some("Org1MSP"),
+                        owners: &owners,
+                    },
+                )
+                .await?;
+            }
+            // Paid in the block that created it, paying on, and a self-transfer.
+            tx.apply_transfer(
+                &ctx(0, 4),
+                &tr("t1", "treasury", "a", "100", Some(("900", "100"))),
+            )
+            .await?;
+            tx.apply_transfer(&ctx(0, 5), &tr("t2", "a", "b", "30", Some(("70", "30"))))
+                .await?;
+            tx.apply_transfer(&ctx(0, 6), &tr("t3", "a", "a", "5", Some(("70", "70"))))
+                .await?;
+            let owners = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+            tx.create_wallet(
+                &ctx(0, 7),
+                &NewWallet {
+                    wallet_id: "ms",
+                    kind: WalletKind::Multisig,
+                    balance: "0",
+                    threshold: Some(2),
+                    msp_id: Some("Org1MSP"),
+                    owners: &owners,
+                },
+            )
+            .await?;
+            tx.apply_transfer(
+                &ctx(0, 8),
+                &tr("t4", "treasury", "ms", "500", Some(("400", "500"))),
+            )
+            .await
+        })
+        .await
+        .unwrap();
+        block(pool, batched, 1, async |tx| {
+            // Proposed, approved, rejected and executed in one block; credits without the
+            // ledger's balance, summed.
+            for (i, p) in ["p1", "p2"].into_iter().enumerate() {
+                tx.insert_proposal(
+                    &ctx(1, i as u32),
+                    &NewProposal {
+                        proposal_id: p,
+                        wallet_id: "ms",
+                        to_wallet_id: "c",
+                        amount: "50",
+                        memo: (p == "p1").then_some("rent"),
+                        threshold: 2,
+                    },
+                )
+                .await?;
+            }
+            let decide = |p, who, d, a, r, s| NewDecision {
+                proposal_id: p,
+                approver_id: who,
+                decision: d,
+                approval_count: a,
+                rejection_count: r,
+                state: s,
+            };
+            tx.record_decision(
+                &ctx(1, 2),
+                &decide(
+                    "p1",
+                    "a",
+                    Decision::Approve,
+                    Some(1),
+                    None,
+                    ProposalState::Pending,
+                ),
+            )
+            .await?;
+            tx.record_decision(
+                &ctx(1, 3),
+                &decide(
+                    "p2",
+                    "b",
+                    Decision::Reject,
+                    None,
+                    Some(1),
+                    ProposalState::Pending,
+                ),
+            )
+            .await?;
+            let c4 = ctx(1, 4);
+            tx.record_decision(
+                &c4,
+                &decide(
+                    "p1",
+                    "b",
+                    Decision::Approve,
+                    Some(2),
+                    None,
+                    ProposalState::Executed,
+                ),
+            )
+            .await?;
+            tx.apply_transfer(
+                &c4,
+                &NewTransfer {
+                    transfer_id: "p1",
+                    kind: TransferKind::Multisig,
+                    from_wallet_id: Some("ms"),
+                    to_wallet_id: "c",
+                    amount: "50",
+                    memo: None,
+                    proposal_id: Some("p1"),
+                    from_balance: Some("450"),
+                    to_balance: Some("50"),
+                },
+            )
+            .await?;
+            tx.apply_transfer(&ctx(1, 5), &tr("t5", "b", "c", "7", None).with_from("23"))
+                .await?;
+            tx.apply_transfer(&ctx(1, 6), &tr("t6", "a", "c", "3", None).with_from("67"))
+                .await
+        })
+        .await
+        .unwrap();
+        block(pool, batched, 2, async |tx| {
+            tx.record_decision(
+                &ctx(2, 0),
+                &NewDecision {
+                    proposal_id: "p2",
+                    approver_id: "c",
+                    decision: Decision::Reject,
+                    approval_count: None,
+                    rejection_count: Some(2),
+                    state: ProposalState::Rejected,
+                },
+            )
+            .await
+        })
+        .await
+        .unwrap();
+    }
+
+    trait WithFrom<'a> {
+        fn with_from(self, from_balance: &'a str) -> Self;
+    }
+
+    impl<'a> WithFrom<'a> for NewTransfer<'a> {
+        fn with_from(mut self, from_balance: &'a str) -> Self {
+            self.from_balance = Some(from_balance);
+            self
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg_batched_blocks_write_what_direct_blocks_write() {
+        let (_a, direct) = pool().await;
+        let (_b, batched) = pool().await;
+        ledger(&direct, false).await;
+        ledger(&batched, true).await;
+        let c = read_models::wallet(&batched, "c").await.unwrap().unwrap();
+        assert_eq!(c.balance, "60");
+        let p1 = read_models::proposal(&batched, "p1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((p1.state.as_str(), p1.approval_count), ("executed", 2));
+        let h = read_models::wallet_history(&batched, "c").await.unwrap();
+        assert_eq!(
+            h.iter()
+                .find(|r| r.tx_id == "tx-1-4")
+                .unwrap()
+                .memo
+                .as_deref(),
+            Some("rent")
+        );
+        assert_eq!(
+            read_models::read_model_digest(&direct).await.unwrap(),
+            read_models::read_model_digest(&batched).await.unwrap()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pg_batched_blocks_refuse_what_only_the_direct_path_can_judge() {
+        let (_db, pool) = pool().await;
+        ledger(&pool, true).await;
+        let digest = read_models::read_model_digest(&pool).await.unwrap();
+        // A debit without the ledger's balance: the direct path's running balance decides.
+        let err = block(&pool, true, 3, async |tx| {
+            tx.apply_transfer(&ctx(3, 0), &tr("t7", "a", "b", "1", None))
+                .await
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ProjectionError::BatchRefused(_)), "{err}");
+        assert!(err.is_data_error());
+        // A wallet used before the transaction that creates it.
+        let err = block(&pool, true, 3, async |tx| {
+            tx.apply_transfer(&ctx(3, 0), &tr("t7", "a", "new", "1", Some(("66", "1"))))
+                .await?;
+            let (u, owners) = user_wallet("new");
+            tx.create_wallet(
+                &ctx(3, 1),
+                &NewWallet {
+                    wallet_id: u.user_id,
+                    kind: WalletKind::User,
+                    balance: "0",
+                    threshold: None,
+                    msp_id: None,
+                    owners: &owners,
+                },
+            )
+            .await
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ProjectionError::BatchRefused(_)), "{err}");
+        // A missing wallet, found by the balance update's row count.
+        let err = block(&pool, true, 3, async |tx| {
+            tx.apply_transfer(&ctx(3, 0), &tr("t7", "a", "ghost", "1", Some(("66", "1"))))
+                .await
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, ProjectionError::InvalidInput(m) if m.contains("does not exist")),
+            "{err}"
+        );
+        // A unique key (a transfer id used before).
+        let err = block(&pool, true, 3, async |tx| {
+            tx.apply_transfer(&ctx(3, 0), &tr("t1", "a", "b", "1", Some(("66", "31"))))
+                .await
+        })
+        .await
+        .unwrap_err();
+        assert!(err.is_data_error(), "{err}");
+        // A decision after the one that closed its proposal.
+        let err = block(&pool, true, 3, async |tx| {
+            for (i, who) in ["a", "b"].into_iter().enumerate() {
+                tx.record_decision(
+                    &ctx(3, i as u32),
+                    &NewDecision {
+                        proposal_id: "p1",
+                        approver_id: who,
+                        decision: Decision::Reject,
+                        approval_count: None,
+                        rejection_count: Some(1),
+                        state: ProposalState::Rejected,
+                    },
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ProjectionError::BatchRefused(_)), "{err}");
+        // Nothing of the refused blocks was kept.
+        assert_eq!(read_models::read_model_digest(&pool).await.unwrap(), digest);
+    }
+}

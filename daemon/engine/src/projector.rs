@@ -93,6 +93,11 @@ pub struct ProjectorConfig {
     pub retry: Backoff,
     /// How often the ledger height is asked of the peer (lag). Default 1 s.
     pub height_probe_interval: Duration,
+    /// Buffer each block's read-model writes and write them at commit in multi-row
+    /// statements ([`BlockTx::begin_batched`]; default). A block whose batch fails with a
+    /// data error is applied again one transaction at a time, where the poison policy
+    /// sees the offending transaction. Off: always one transaction at a time.
+    pub batch_writes: bool,
 }
 
 impl ProjectorConfig {
@@ -108,7 +113,13 @@ impl ProjectorConfig {
                 max_attempts: None,
             },
             height_probe_interval: Duration::from_secs(1),
+            batch_writes: true,
         }
+    }
+
+    pub fn with_batch_writes(mut self, batch_writes: bool) -> Self {
+        self.batch_writes = batch_writes;
+        self
     }
 
     pub fn with_poison_policy(mut self, poison: PoisonPolicy) -> Self {
@@ -711,19 +722,46 @@ impl Projector {
         })
     }
 
-    /// One block, one PostgreSQL transaction.
+    /// One block, one PostgreSQL transaction: batched first (when configured), and if
+    /// the batch fails on the data, again one transaction at a time.
     async fn apply_block(
         &self,
         block: &ParsedBlock,
         previous: Option<&Position>,
     ) -> Result<ProjectedBlock, Failure> {
+        if self.config.batch_writes {
+            match self.apply_block_as(block, previous, true).await? {
+                Ok(projected) => return Ok(projected),
+                Err(reason) => {
+                    tracing::info!(channel = %self.config.channel, block = block.number, %reason, "batched block refused; applying it one transaction at a time");
+                }
+            }
+        }
+        match self.apply_block_as(block, previous, false).await? {
+            Ok(projected) => Ok(projected),
+            Err(reason) => Err(Failure::Transient(reason)),
+        }
+    }
+
+    /// One attempt at a block; `Ok(Err(reason))`: a batched commit failed on the data
+    /// (nothing kept).
+    async fn apply_block_as(
+        &self,
+        block: &ParsedBlock,
+        previous: Option<&Position>,
+        batched: bool,
+    ) -> Result<Result<ProjectedBlock, String>, Failure> {
         let channel = self.config.channel.as_str();
         let mut conn = self
             .pool
             .get()
             .await
             .map_err(|e| Failure::Transient(format!("no PostgreSQL connection: {e}")))?;
-        let mut btx = BlockTx::begin(&mut conn, channel, block.number).await?;
+        let mut btx = if batched {
+            BlockTx::begin_batched(&mut conn, channel, block.number).await?
+        } else {
+            BlockTx::begin(&mut conn, channel, block.number).await?
+        };
         let mut txs = Vec::with_capacity(block.transactions.len());
         let mut block_time: Option<DateTime<Utc>> = None;
         for tx in &block.transactions {
@@ -754,13 +792,16 @@ impl Projector {
             });
         }
         let prev = previous.map(|p| (p.block_number, p.block_hash.as_slice()));
-        btx.commit(&block.header_hash, prev).await?;
-        Ok(ProjectedBlock {
+        match btx.commit(&block.header_hash, prev).await {
+            Err(e) if batched && e.is_data_error() => return Ok(Err(e.to_string())),
+            other => other?,
+        }
+        Ok(Ok(ProjectedBlock {
             number: block.number,
             header_hash: block.header_hash.to_vec(),
             block_time,
             transactions: txs,
-        })
+        }))
     }
 
     async fn apply_event(

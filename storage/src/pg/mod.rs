@@ -6,6 +6,7 @@
 //! `tokio_postgres::Config` field by field: a password is never pasted into a URL,
 //! so any character works in it.
 
+mod batch;
 pub mod cluster;
 pub mod migrate;
 mod pool;

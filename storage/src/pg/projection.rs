@@ -15,12 +15,19 @@
 //! The recorded transactions are written at commit as one multi-row `INSERT … SELECT
 //! FROM unnest(…)`; statements are prepared once per connection (`prepare_cached`).
 //!
+//! [`BlockTx::begin_batched`] opens a block in batched mode: the typed writes check their
+//! input and buffer their rows, and `commit` writes them in a few multi-row statements
+//! (`pg::batch`), pipelined with the recorded transactions and the position. The read
+//! models end as in direct mode; a batch that fails on the data keeps nothing, and the
+//! caller applies the block again in direct mode ([`BlockTx::begin`]).
+//!
 //! The handler seam lives here (and not in the engine) so that a domain crate (GX) can
 //! implement it knowing only storage; the engine drives it and knows no domain.
 
 use chrono::{DateTime, Utc};
 
 use super::Pool;
+use super::batch::{Batch, Marks};
 
 /// Errors of the projection writer and the read models.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +53,10 @@ pub enum ProjectionError {
     /// A PostgreSQL error.
     #[error("PostgreSQL error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// A batched block that must be applied one transaction at a time instead (see
+    /// [`BlockTx::begin_batched`]); nothing of it was kept.
+    #[error("block not batched: {0}")]
+    BatchRefused(String),
 }
 
 impl ProjectionError {
@@ -54,7 +65,7 @@ impl ProjectionError {
     /// data exception, class 22; input refused before PostgreSQL).
     pub fn is_data_error(&self) -> bool {
         match self {
-            ProjectionError::InvalidInput(_) => true,
+            ProjectionError::InvalidInput(_) | ProjectionError::BatchRefused(_) => true,
             ProjectionError::Postgres(e) => e.code().is_some_and(|c| {
                 let code = c.code();
                 code.starts_with("23") || code.starts_with("22")
@@ -193,6 +204,10 @@ pub struct BlockTx<'a> {
     block_number: u64,
     recorded: Vec<Recorded>,
     in_savepoint: bool,
+    /// Batched mode: the typed writes, buffered until commit.
+    pub(crate) batch: Option<Box<Batch>>,
+    /// Batched mode: the buffers' fill at the savepoint.
+    batch_mark: Option<Marks>,
 }
 
 impl std::fmt::Debug for BlockTx<'_> {
@@ -201,6 +216,7 @@ impl std::fmt::Debug for BlockTx<'_> {
             .field("channel", &self.channel)
             .field("block_number", &self.block_number)
             .field("recorded", &self.recorded.len())
+            .field("batched", &self.batch.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -220,7 +236,32 @@ impl<'a> BlockTx<'a> {
             block_number,
             recorded: Vec::new(),
             in_savepoint: false,
+            batch: None,
+            batch_mark: None,
         })
+    }
+
+    /// Like [`begin`](Self::begin), in batched mode: the typed writes of
+    /// [`read_models`](super::read_models) check their input as in direct mode but are
+    /// buffered and written at [`commit`](Self::commit) in a few multi-row statements
+    /// (`pg::batch`); savepoints are marks in the buffers. The read models end exactly
+    /// as in direct mode. A commit that fails with a data error
+    /// ([`ProjectionError::is_data_error`], including [`ProjectionError::BatchRefused`])
+    /// kept nothing: apply the block again in direct mode, where the offending
+    /// transaction is identified.
+    pub async fn begin_batched(
+        client: &'a mut deadpool_postgres::Object,
+        channel: &str,
+        block_number: u64,
+    ) -> Result<BlockTx<'a>> {
+        let mut tx = Self::begin(client, channel, block_number).await?;
+        tx.batch = Some(Box::default());
+        Ok(tx)
+    }
+
+    /// Whether the typed writes are buffered until commit.
+    pub fn is_batched(&self) -> bool {
+        self.batch.is_some()
     }
 
     pub fn channel(&self) -> &str {
@@ -264,6 +305,11 @@ impl<'a> BlockTx<'a> {
     /// Marks a point the next handler's writes can be undone to
     /// ([`rollback_to_savepoint`](Self::rollback_to_savepoint)).
     pub async fn savepoint(&mut self) -> Result<()> {
+        if let Some(b) = &self.batch {
+            self.batch_mark = Some(b.mark());
+            self.in_savepoint = true;
+            return Ok(());
+        }
         self.tx.batch_execute("SAVEPOINT gxd_handler").await?;
         self.in_savepoint = true;
         Ok(())
@@ -271,6 +317,11 @@ impl<'a> BlockTx<'a> {
 
     /// Keeps the writes since [`savepoint`](Self::savepoint).
     pub async fn release_savepoint(&mut self) -> Result<()> {
+        if self.batch.is_some() {
+            self.in_savepoint = false;
+            self.batch_mark = None;
+            return Ok(());
+        }
         if self.in_savepoint {
             self.tx
                 .batch_execute("RELEASE SAVEPOINT gxd_handler")
@@ -283,6 +334,13 @@ impl<'a> BlockTx<'a> {
     /// Undoes the writes since [`savepoint`](Self::savepoint) (also after a failed
     /// statement, which aborts the transaction until then).
     pub async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        if let Some(b) = &mut self.batch {
+            if let Some(m) = self.batch_mark.take() {
+                b.truncate(m);
+            }
+            self.in_savepoint = false;
+            return Ok(());
+        }
         if self.in_savepoint {
             self.tx
                 .batch_execute("ROLLBACK TO SAVEPOINT gxd_handler; RELEASE SAVEPOINT gxd_handler")
@@ -340,86 +398,102 @@ impl<'a> BlockTx<'a> {
                 self.block_number
             )));
         }
-        if !self.recorded.is_empty() {
-            let n = self.recorded.len();
-            let mut tx_ids = Vec::with_capacity(n);
-            let mut indexes = Vec::with_capacity(n);
-            let mut codes = Vec::with_capacity(n);
-            let mut names = Vec::with_capacity(n);
-            let mut stamps = Vec::with_capacity(n);
-            let mut outcomes = Vec::with_capacity(n);
-            for r in &self.recorded {
-                tx_ids.push(r.tx_id.as_deref());
-                indexes.push(r.tx_index);
-                codes.push(r.validation_code);
-                names.push(r.event_name.as_deref());
-                stamps.push(r.timestamp);
-                outcomes.push(r.outcome);
-            }
-            let stmt = self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO applied_transactions \
-                     (channel, block_number, tx_id, tx_index, validation_code, event_name, \
-                      tx_timestamp, outcome) \
-                     SELECT $1, $2, u.tx_id, u.tx_index, u.code, u.event_name, u.ts, u.outcome \
-                     FROM unnest($3::text[], $4::int4[], $5::int4[], $6::text[], \
-                                 $7::timestamptz[], $8::text[]) \
-                          AS u(tx_id, tx_index, code, event_name, ts, outcome)",
-                )
-                .await?;
-            self.tx
-                .execute(
-                    &stmt,
-                    &[
-                        &self.channel,
-                        &number,
-                        &tx_ids,
-                        &indexes,
-                        &codes,
-                        &names,
-                        &stamps,
-                        &outcomes,
-                    ],
-                )
-                .await?;
+        let n = self.recorded.len();
+        let mut tx_ids = Vec::with_capacity(n);
+        let mut indexes = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut stamps = Vec::with_capacity(n);
+        let mut outcomes = Vec::with_capacity(n);
+        for r in &self.recorded {
+            tx_ids.push(r.tx_id.as_deref());
+            indexes.push(r.tx_index);
+            codes.push(r.validation_code);
+            names.push(r.event_name.as_deref());
+            stamps.push(r.timestamp);
+            outcomes.push(r.outcome);
         }
-        let updated = match previous {
+        let record = if n > 0 {
+            Some(
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO applied_transactions \
+                         (channel, block_number, tx_id, tx_index, validation_code, event_name, \
+                          tx_timestamp, outcome) \
+                         SELECT $1, $2, u.tx_id, u.tx_index, u.code, u.event_name, u.ts, u.outcome \
+                         FROM unnest($3::text[], $4::int4[], $5::int4[], $6::text[], \
+                                     $7::timestamptz[], $8::text[]) \
+                              AS u(tx_id, tx_index, code, event_name, ts, outcome)",
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let position = match previous {
             None => {
-                let stmt = self
-                    .tx
+                self.tx
                     .prepare_cached(
                         "INSERT INTO projector_checkpoints (channel, block_number, block_hash) \
                          VALUES ($1, $2, $3) ON CONFLICT (channel) DO NOTHING",
                     )
-                    .await?;
-                self.tx
-                    .execute(&stmt, &[&self.channel, &number, &block_hash])
                     .await?
             }
-            Some((prev, prev_hash)) => {
-                let stmt = self
-                    .tx
+            Some(_) => {
+                self.tx
                     .prepare_cached(
                         "UPDATE projector_checkpoints \
                          SET block_number = $2, block_hash = $3, updated_at = now() \
                          WHERE channel = $1 AND block_number = $4 AND block_hash = $5",
                     )
-                    .await?;
-                self.tx
-                    .execute(
-                        &stmt,
-                        &[
-                            &self.channel,
-                            &number,
-                            &block_hash,
-                            &to_i64("block number", prev)?,
-                            &prev_hash,
-                        ],
-                    )
                     .await?
             }
         };
+        let prev_number = previous
+            .map(|(prev, _)| to_i64("block number", prev))
+            .transpose()?;
+        let prev_hash = previous.map(|(_, h)| h);
+        let tx = &self.tx;
+        let channel = self.channel.as_str();
+        // The recorded transactions, then the position (a CAS on the previous block).
+        let mut tail: Vec<super::batch::Pending<'_>> = Vec::with_capacity(2);
+        if let Some(stmt) = &record {
+            tail.push(Box::pin(async move {
+                tx.execute(
+                    stmt,
+                    &[
+                        &channel, &number, &tx_ids, &indexes, &codes, &names, &stamps, &outcomes,
+                    ],
+                )
+                .await
+            }));
+        }
+        let position = &position;
+        tail.push(match (prev_number, prev_hash) {
+            (Some(prev), Some(prev_hash)) => Box::pin(async move {
+                tx.execute(
+                    position,
+                    &[&channel, &number, &block_hash, &prev, &prev_hash],
+                )
+                .await
+            }),
+            _ => Box::pin(async move {
+                tx.execute(position, &[&channel, &number, &block_hash])
+                    .await
+            }),
+        });
+        let updated = match &self.batch {
+            // Batched: the read-model statements and these, pipelined.
+            Some(batch) => super::batch::flush(tx, channel, number, batch, tail).await?,
+            None => {
+                let mut out = Vec::with_capacity(tail.len());
+                for pending in tail {
+                    out.push(pending.await?);
+                }
+                out
+            }
+        };
+        let updated = updated.last().copied().unwrap_or(0);
         if updated != 1 {
             let expected = match previous {
                 None => "empty".to_owned(),

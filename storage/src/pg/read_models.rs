@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::Pool;
+use super::batch::{self, BalanceChange, Batch};
 use super::projection::{BlockTx, ProjectionError, Result, TxContext, to_i32, to_i64};
 
 /// A wallet's kind (`wallets.kind`).
@@ -166,8 +167,31 @@ fn missing(what: &str, id: &str) -> ProjectionError {
 }
 
 impl BlockTx<'_> {
+    /// In batched mode, the buffers for `ctx`'s writes (a context of another block or
+    /// channel refuses the batch: the direct path writes what the context says).
+    fn batch_for(&mut self, ctx: &TxContext) -> Option<&mut Batch> {
+        let other = ctx.channel != self.channel() || ctx.block_number != self.block_number();
+        let b = self.batch.as_deref_mut()?;
+        if other {
+            b.refuse("a write for another block".to_owned());
+        }
+        Some(b)
+    }
+
     /// `UserCreated`: the user row (its wallet is [`create_wallet`](Self::create_wallet)).
     pub async fn insert_user(&mut self, ctx: &TxContext, user: &NewUser<'_>) -> Result<()> {
+        if let Some(b) = self.batch_for(ctx) {
+            to_i64("block number", ctx.block_number)?;
+            b.users.push(batch::User {
+                user_id: user.user_id.to_owned(),
+                country: user.country.map(str::to_owned),
+                commitment: user.profile_commitment.map(str::to_owned),
+                msp_id: user.msp_id.map(str::to_owned),
+                tx_id: ctx.tx_id.clone(),
+                at: ctx.timestamp,
+            });
+            return Ok(());
+        }
         let stmt = self
             .tx
             .prepare_cached(
@@ -199,6 +223,21 @@ impl BlockTx<'_> {
         let balance = check_amount("balance", w.balance)?;
         let threshold = w.threshold.map(|t| to_i32("threshold", t)).transpose()?;
         let block = to_i64("block number", ctx.block_number)?;
+        if let Some(b) = self.batch_for(ctx) {
+            b.push_wallet(
+                batch::Wallet {
+                    wallet_id: w.wallet_id.to_owned(),
+                    kind: w.kind.as_str(),
+                    balance: balance.to_owned(),
+                    threshold,
+                    msp_id: w.msp_id.map(str::to_owned),
+                    tx_id: ctx.tx_id.clone(),
+                    at: ctx.timestamp,
+                },
+                w.owners,
+            );
+            return Ok(());
+        }
         let stmt = self
             .tx
             .prepare_cached(
@@ -249,6 +288,62 @@ impl BlockTx<'_> {
             .transpose()?;
         let block = to_i64("block number", ctx.block_number)?;
         let index = to_i32("tx index", ctx.tx_index)?;
+        if let Some(b) = self.batch_for(ctx) {
+            if let Some(p) = t.proposal_id {
+                b.use_proposal(p);
+            }
+            b.transfers.push(batch::Transfer {
+                tx_id: ctx.tx_id.clone(),
+                transfer_id: t.transfer_id.to_owned(),
+                kind: t.kind.as_str(),
+                from_wallet_id: t.from_wallet_id.map(str::to_owned),
+                to_wallet_id: t.to_wallet_id.to_owned(),
+                amount: amount.to_owned(),
+                memo: t.memo.map(str::to_owned),
+                proposal_id: t.proposal_id.map(str::to_owned),
+                tx_index: index,
+                at: ctx.timestamp,
+            });
+            if let Some(from) = t.from_wallet_id {
+                b.history.push(batch::History {
+                    wallet_id: from.to_owned(),
+                    tx_id: ctx.tx_id.clone(),
+                    direction: "debit",
+                    counterparty: Some(t.to_wallet_id.to_owned()),
+                    amount: amount.to_owned(),
+                    tx_index: index,
+                    at: ctx.timestamp,
+                });
+            }
+            b.history.push(batch::History {
+                wallet_id: t.to_wallet_id.to_owned(),
+                tx_id: ctx.tx_id.clone(),
+                direction: "credit",
+                counterparty: t.from_wallet_id.map(str::to_owned),
+                amount: amount.to_owned(),
+                tx_index: index,
+                at: ctx.timestamp,
+            });
+            if let Some(from) = t.from_wallet_id {
+                b.push_balance(batch::BalanceOp {
+                    wallet_id: from.to_owned(),
+                    change: match from_balance {
+                        Some(v) => BalanceChange::Set(v.to_owned()),
+                        None => BalanceChange::Debit,
+                    },
+                    at: ctx.timestamp,
+                });
+            }
+            b.push_balance(batch::BalanceOp {
+                wallet_id: t.to_wallet_id.to_owned(),
+                change: match to_balance {
+                    Some(v) => BalanceChange::Set(v.to_owned()),
+                    None => BalanceChange::Credit(amount.to_owned()),
+                },
+                at: ctx.timestamp,
+            });
+            return Ok(());
+        }
         let stmt = self
             .tx
             .prepare_cached(
@@ -373,6 +468,21 @@ impl BlockTx<'_> {
     /// `TransferProposed`: a pending proposal.
     pub async fn insert_proposal(&mut self, ctx: &TxContext, p: &NewProposal<'_>) -> Result<()> {
         let amount = check_amount("amount", p.amount)?;
+        if let Some(b) = self.batch_for(ctx) {
+            let threshold = to_i32("threshold", p.threshold)?;
+            to_i64("block number", ctx.block_number)?;
+            b.push_proposal(batch::Proposal {
+                proposal_id: p.proposal_id.to_owned(),
+                wallet_id: p.wallet_id.to_owned(),
+                to_wallet_id: p.to_wallet_id.to_owned(),
+                amount: amount.to_owned(),
+                memo: p.memo.map(str::to_owned),
+                threshold,
+                tx_id: ctx.tx_id.clone(),
+                at: ctx.timestamp,
+            });
+            return Ok(());
+        }
         let stmt = self
             .tx
             .prepare_cached(
@@ -404,6 +514,33 @@ impl BlockTx<'_> {
     /// `TransferApproved` / `TransferRejected`: the decision and the proposal's state.
     pub async fn record_decision(&mut self, ctx: &TxContext, d: &NewDecision<'_>) -> Result<()> {
         let block = to_i64("block number", ctx.block_number)?;
+        if let Some(b) = self.batch_for(ctx) {
+            let approvals = d
+                .approval_count
+                .map(|n| to_i32("approval count", n))
+                .transpose()?;
+            let rejections = d
+                .rejection_count
+                .map(|n| to_i32("rejection count", n))
+                .transpose()?;
+            b.use_proposal(d.proposal_id);
+            b.decisions.push(batch::DecisionRow {
+                proposal_id: d.proposal_id.to_owned(),
+                approver_id: d.approver_id.to_owned(),
+                decision: d.decision.as_str(),
+                tx_id: ctx.tx_id.clone(),
+                at: ctx.timestamp,
+            });
+            b.proposal_updates.push(batch::ProposalUpdate {
+                proposal_id: d.proposal_id.to_owned(),
+                approvals,
+                rejections,
+                state: d.state.as_str(),
+                tx_id: ctx.tx_id.clone(),
+                at: ctx.timestamp,
+            });
+            return Ok(());
+        }
         let stmt = self
             .tx
             .prepare_cached(
