@@ -69,27 +69,14 @@ async fn enqueue(
     }
 }
 
-/// The `[fabric]` and `[submitter]` settings of these tests. The retry budget outlasts a
-/// 30 s outage: a PENDING head's endorsement that finds no peer is a transient error that
-/// counts as an attempt, and the defaults (5 attempts, 200 ms base) dead-letter such a
-/// head within a few seconds of the peer going away.
-///
-/// `GXD_OUTAGE_RETRY_DEFAULTS=1` keeps the default retry budget (to see what it does).
+/// The `[fabric]` settings of these tests, with the submitter's default retry budget
+/// (5 attempts, 200 ms base): an endorsement that finds no peer is postponed without
+/// counting an attempt, so a 30 s outage dead-letters nothing.
 fn engine_toml(devnet: &DevnetHandle) -> String {
-    let timeouts = devnet_fabric_toml(devnet)
+    devnet_fabric_toml(devnet)
         + "endorse_timeout_seconds = 5
 submit_timeout_seconds = 2
 commit_status_timeout_seconds = 5
-";
-    if std::env::var("GXD_OUTAGE_RETRY_DEFAULTS").is_ok_and(|v| v == "1") {
-        return timeouts;
-    }
-    timeouts
-        + "
-[submitter]
-max_attempts = 200
-backoff_base_milliseconds = 100
-backoff_max_seconds = 2
 "
 }
 

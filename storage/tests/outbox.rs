@@ -320,6 +320,51 @@ async fn partition_order_one_in_flight_and_retry_blocks_the_partition() {
 }
 
 #[tokio::test]
+async fn postpone_moves_a_pending_head_later_without_counting_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, outbox) = open(dir.path());
+    let a1 = outbox
+        .enqueue(cmd("a1", "A", "1"))
+        .await
+        .unwrap()
+        .command
+        .id;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let p = outbox.postpone(a1, err("endorse"), later).await.unwrap();
+    assert_eq!(p.status, Status::Pending);
+    assert_eq!(p.attempts, 0, "a peer outage is not the command's attempt");
+    assert!(p.history.is_empty());
+    assert_eq!(
+        p.last_error.as_ref().map(|e| e.stage.as_str()),
+        Some("endorse")
+    );
+    assert!(
+        outbox.next_due(10, Utc::now()).unwrap().is_empty(),
+        "due later"
+    );
+    assert_eq!(
+        outbox.next_due_at().unwrap().map(|t| t.timestamp()),
+        Some(later.timestamp())
+    );
+
+    // In flight: its outcome is the resolution rule's, never a postponement.
+    outbox
+        .mark_prepared(a1, "t1".into(), vec![1])
+        .await
+        .unwrap();
+    assert!(matches!(
+        outbox.postpone(a1, err("endorse"), later).await,
+        Err(StorageError::IllegalTransition { .. })
+    ));
+    drop(outbox);
+    drop(db);
+    let (_db, outbox) = open(dir.path());
+    let c = outbox.get(a1).unwrap();
+    assert_eq!((c.status, c.attempts), (Status::Prepared, 0));
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
 async fn list_by_status_pages_in_id_order() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, outbox) = open(dir.path());

@@ -22,6 +22,11 @@
 //! - *Transient* — UNAVAILABLE, DEADLINE_EXCEEDED, connection loss at endorsement; MVCC and
 //!   phantom read conflicts at commit (re-endorsed under a new tx id): retried after
 //!   [`Backoff`] (exponential, full jitter, bounded) up to [`SubmitterConfig::max_attempts`].
+//!   Except when *no peer was reached* (no endpoint answered, or the gateway answered
+//!   UNAVAILABLE at endorsement: `GatewayError::is_peer_unreachable`): that says nothing
+//!   about the command, so it is postponed without counting an attempt, on a submitter-wide
+//!   outage backoff capped at a few seconds — a peer outage of any length dead-letters
+//!   nothing, and commands resume within seconds of the peer's return.
 //! - *Permanent* — the catalog cannot build the transaction, a chaincode error at
 //!   endorsement, ENDORSEMENT_POLICY_FAILURE or another invalid code at commit, a bad
 //!   signature: dead-lettered at once with the peer's message and stage. Nothing permanent is
@@ -66,6 +71,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -202,6 +208,8 @@ struct Ctx {
     metrics: Metrics,
     waker: Waker,
     shutdown: CancellationToken,
+    /// Consecutive attempts that found no peer (see [`postpone`]); reset by an endorsement.
+    outage_streak: AtomicU32,
 }
 
 /// The submitter. See the module documentation.
@@ -235,6 +243,7 @@ impl Submitter {
                 metrics,
                 waker,
                 shutdown: CancellationToken::new(),
+                outage_streak: AtomicU32::new(0),
             }),
         })
     }
@@ -412,6 +421,7 @@ async fn attempt(ctx: &Ctx, cmd: Command) {
         Ok(tx) => tx,
         Err(e) => return attempt_failed(ctx, &cmd, &e).await,
     };
+    ctx.outage_streak.store(0, Ordering::Relaxed);
     crate::kill_point!(crate::failpoints::AFTER_ENDORSE);
     // The prepared transaction is on disk before it can reach the orderer.
     if let Err(e) = ctx
@@ -563,6 +573,9 @@ async fn pause(ctx: &Ctx, round: u32) -> bool {
 /// An attempt failed before anything could commit (endorsement, proposal building).
 async fn attempt_failed(ctx: &Ctx, cmd: &Command, e: &GatewayError) {
     let error = command_error(e);
+    if e.is_peer_unreachable() {
+        return postpone(ctx, cmd, error).await;
+    }
     match e.class() {
         ErrorClass::Transient | ErrorClass::Reendorse => {
             retry_or_dead_letter(ctx, cmd, error).await
@@ -599,6 +612,38 @@ async fn retry_or_dead_letter(ctx: &Ctx, cmd: &Command, error: CommandError) {
         Err(e) => {
             // The command keeps its state on disk; the dispatcher resolves it again.
             tracing::warn!(error = %e, "cannot schedule the retry");
+            let _ = pause(ctx, 4).await;
+        }
+    }
+}
+
+/// The longest a command waits between two tries while no peer can be reached: short, so
+/// commands resume within seconds of the peer's return (the load on a down peer is at most
+/// `max_in_flight` connection attempts per this period).
+const OUTAGE_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// An attempt that reached no peer (the peer, or every endorser, is down) says nothing about
+/// the command: it is tried again after a jittered backoff on the submitter-wide outage
+/// streak, without counting an attempt, so an outage of any length dead-letters nothing.
+async fn postpone(ctx: &Ctx, cmd: &Command, error: CommandError) {
+    let streak = ctx
+        .outage_streak
+        .fetch_add(1, Ordering::Relaxed)
+        .saturating_add(1);
+    let delay = ctx.config.backoff.delay(streak).min(OUTAGE_MAX_DELAY);
+    let at =
+        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero());
+    tracing::info!(?delay, stage = %error.stage, code = %error.code, "no peer reachable; postponing");
+    match ctx.outbox.postpone(cmd.id, error, at).await {
+        Ok(_) => {
+            ctx.metrics.outcome("postponed");
+            ctx.waker.wake();
+        }
+        Err(e) if moved_on(&e) => {
+            tracing::info!(error = %e, "command settled elsewhere; not postponed");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot postpone the command");
             let _ = pause(ctx, 4).await;
         }
     }

@@ -234,6 +234,31 @@ impl GatewayError {
             })
     }
 
+    /// No peer processed the request: no endpoint could be reached, or the gateway answered
+    /// UNAVAILABLE (or ABORTED with every endorsing peer unreachable) at evaluation or
+    /// endorsement. Such an error says nothing about the command — the peer is down, not
+    /// the transaction wrong — so a caller need not count it against the command's attempts.
+    pub fn is_peer_unreachable(&self) -> bool {
+        match self {
+            GatewayError::Connect { .. } => true,
+            GatewayError::Rpc {
+                stage: Stage::Evaluate | Stage::Endorse,
+                code,
+                message,
+                details,
+                ..
+            } => match code {
+                tonic::Code::Unavailable => true,
+                tonic::Code::Aborted if !self.is_chaincode_error() => {
+                    (!details.is_empty() && details.iter().all(|d| peer_unreachable(&d.message)))
+                        || (details.is_empty() && peer_unreachable(message))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// What to do about this error; see the module documentation for the table.
     pub fn class(&self) -> ErrorClass {
         use tonic::Code;
@@ -387,6 +412,12 @@ mod tests {
         );
         assert_eq!(down.class(), ErrorClass::Transient);
         assert!(!down.is_chaincode_error());
+        // Peer-down errors at endorsement say nothing about the command; others do.
+        assert!(down.is_peer_unreachable());
+        assert!(rpc(Stage::Endorse, Code::Unavailable, "x", &[]).is_peer_unreachable());
+        assert!(!cc.is_peer_unreachable());
+        assert!(!rpc(Stage::Endorse, Code::DeadlineExceeded, "x", &[]).is_peer_unreachable());
+        assert!(!rpc(Stage::Submit, Code::Unavailable, "x", &[]).is_peer_unreachable());
         let acl = rpc(
             Stage::Endorse,
             Code::Aborted,

@@ -756,7 +756,29 @@ impl Outbox {
         let max_history = self.opts.max_history;
         let c = self
             .db
-            .write(move |round| stage_retry(round, id, clip(error), next_attempt_at, max_history))
+            .write(move |round| {
+                stage_retry(round, id, clip(error), next_attempt_at, max_history, true)
+            })
+            .await;
+        self.notified(c)
+    }
+
+    /// PENDING → PENDING, due at `next_attempt_at`, with `error` as its last error, without
+    /// counting an attempt or adding to the history: for an attempt that never reached a
+    /// peer (the peer is down), which says nothing about the command. Only a PENDING command
+    /// (nothing of this attempt in flight) can be postponed.
+    pub async fn postpone(
+        &self,
+        id: CommandId,
+        error: CommandError,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<Command> {
+        let max_history = self.opts.max_history;
+        let c = self
+            .db
+            .write(move |round| {
+                stage_retry(round, id, clip(error), next_attempt_at, max_history, false)
+            })
             .await;
         self.notified(c)
     }
@@ -1539,9 +1561,13 @@ fn stage_retry(
     error: CommandError,
     next_attempt_at: DateTime<Utc>,
     max_history: usize,
+    count_attempt: bool,
 ) -> Result<Command> {
     let mut c = load(round, id)?;
     let from = c.status;
+    if !count_attempt && from != Status::Pending {
+        return Err(illegal(&c, Status::Pending));
+    }
     let new_due = keys::due(due_ms(next_attempt_at), id).to_vec();
     match from {
         Status::Pending => {
@@ -1559,15 +1585,17 @@ fn stage_retry(
     }
     failpoint!("storage::outbox::transition::after_index");
     let now = now();
-    c.attempts = c.attempts.saturating_add(1);
-    let entry = AttemptRecord {
-        attempt: c.attempts,
-        outcome: AttemptOutcome::Retried,
-        txid: c.txid.take(),
-        error: Some(error.clone()),
-        at: now,
-    };
-    push_history(&mut c, entry, max_history);
+    if count_attempt {
+        c.attempts = c.attempts.saturating_add(1);
+        let entry = AttemptRecord {
+            attempt: c.attempts,
+            outcome: AttemptOutcome::Retried,
+            txid: c.txid.take(),
+            error: Some(error.clone()),
+            at: now,
+        };
+        push_history(&mut c, entry, max_history);
+    }
     c.status = Status::Pending;
     c.last_error = Some(error);
     c.signed_tx = None;
