@@ -248,7 +248,9 @@ impl Submitter {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot list commands in flight; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list commands in flight; retrying")
+                    }
                 }
             }
             while tasks.len() < ctx.config.max_in_flight

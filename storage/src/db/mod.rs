@@ -306,11 +306,7 @@ impl Db {
             path: path.clone(),
             options: options.clone(),
             families: registered_families(schemas)?,
-            extensions: schemas
-                .iter()
-                .flat_map(|s| s.extensions)
-                .copied()
-                .collect(),
+            extensions: schemas.iter().flat_map(|s| s.extensions).copied().collect(),
         };
         let (raw, extensions) = opener.open()?;
         let shared = Arc::new(Shared::new(Arc::new(raw)));

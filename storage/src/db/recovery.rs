@@ -47,17 +47,16 @@ pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
 const READERS_WAIT: Duration = Duration::from_secs(5);
 /// How often the queue is looked at while waiting (changes are refused within this).
 const POLL: Duration = Duration::from_millis(10);
-/// Bytes the probe writes before an attempt.
-const PROBE_BYTES: usize = 1 << 20;
+/// Bytes the probe writes before an attempt: room for a fresh WAL, MANIFEST and OPTIONS
+/// file, and a sign that the disk is not just one block short of full.
+const PROBE_BYTES: usize = 4 << 20;
 /// The probe's file in the RocksDB directory (RocksDB leaves files it does not know alone).
 const PROBE_FILE: &str = "gxd-write-probe";
 
 /// The wait before attempt `attempt` (1-based): 1 s, 2 s, 4 s, ... at most 30 s.
 pub(super) fn retry_delay(attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(1).min(16);
-    FIRST_RETRY
-        .saturating_mul(1u32 << doublings)
-        .min(MAX_RETRY)
+    FIRST_RETRY.saturating_mul(1u32 << doublings).min(MAX_RETRY)
 }
 
 /// Refuses writes and reopens the database until it succeeds (`true`: the database is open
@@ -186,12 +185,10 @@ fn probe(dir: &Path) -> Result<()> {
         f.sync_all()
     });
     let removed = std::fs::remove_file(&path);
-    written
-        .and(removed)
-        .map_err(|e| StorageError::Unavailable {
-            message: format!("the database directory does not take writes yet: {e}"),
-            source: None,
-        })
+    written.and(removed).map_err(|e| StorageError::Unavailable {
+        message: format!("the database directory does not take writes yet: {e}"),
+        source: None,
+    })
 }
 
 #[cfg(test)]

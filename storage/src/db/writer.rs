@@ -124,8 +124,7 @@ pub(super) fn spawn(
                 match ended {
                     Ended::Closed => break,
                     Ended::Sticky(cause) => {
-                        if !recovery::recover(&shared, &opener, &mut receiver, &mut state, &cause)
-                        {
+                        if !recovery::recover(&shared, &opener, &mut receiver, &mut state, &cause) {
                             break;
                         }
                     }
