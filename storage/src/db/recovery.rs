@@ -11,8 +11,8 @@
 //!    joined, and from now on every queued change is refused at once with
 //!    [`StorageError::Unavailable`] (the API's 503 + Retry-After; readiness is off);
 //! 2. every attempt (after 1 s, then doubling up to 30 s) first probes the directory by
-//!    writing, syncing and removing a small file, so a disk that is still full does not cost
-//!    the readers their database;
+//!    writing, syncing and removing a 4 MiB file, so a disk that is still full does not
+//!    cost the readers their database;
 //! 3. it takes the handle out of the [`Db`](super::Db) (readers get `Unavailable` for the
 //!    moment of the reopen), waits a bounded time for the readers' handles to go, closes
 //!    RocksDB (releasing its LOCK) and opens it again the same way ([`Opener`]: same path,
