@@ -2,10 +2,11 @@
 //!
 //! When a WAL write fails (disk full, I/O error), RocksDB keeps the error as a sticky
 //! background error: every later write fails the same way, reads still work. The C API has
-//! no `DB::Resume`, and RocksDB's own automatic recovery covers only some errors (a full
-//! disk during flush or compaction, with an `SstFileManager`; not a WAL append that failed
-//! half-way, which leaves a torn record at the end of the WAL). So the writer recovers the
-//! way a restart would, in-process:
+//! no `DB::Resume`; RocksDB's own automatic recovery (its `ErrorHandler`, with the default
+//! `SstFileManager` polling free space) is attempted only for a no-space error, not for
+//! other I/O errors (`EIO`, `EFBIG`), and on a full tmpfs under the daemon it was not seen
+//! to recover within 30 s. So the writer recovers the way a restart would — the path the
+//! crash tests already prove — in-process:
 //!
 //! 1. it stops its rounds ([`super::writer`]): no round is in flight, the sync thread is
 //!    joined, and from now on every queued change is refused at once with
