@@ -57,7 +57,7 @@ impl ReadinessCheck for MigrationsCurrent {
 }
 
 /// Readiness: the outbox accepts writes (a failed WAL write — a full disk — turns it off
-/// until storage is reopened).
+/// until storage has reopened its database, which it does by itself once it can write).
 pub struct OutboxWritable {
     db: gxd_storage::Db,
 }
@@ -75,8 +75,15 @@ impl ReadinessCheck for OutboxWritable {
     }
 
     async fn check(&self) -> Result<(), String> {
-        if self.db.is_writable() {
+        let status = self.db.write_status();
+        if status.writable {
             Ok(())
+        } else if status.blocked {
+            Err(format!(
+                "the outbox's last write failed (disk full or I/O error); not accepting \
+                 commands until storage has reopened its database (attempts so far: {})",
+                status.recovery_attempts
+            ))
         } else {
             Err(
                 "the outbox's last write failed (disk full or I/O error); not accepting commands"

@@ -176,7 +176,7 @@ impl CheckpointLog {
 
     /// The last block of a channel.
     pub fn last(&self, channel: &str) -> Result<Option<Checkpoint>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let prefix = channel_prefix(channel);
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_lower_bound(prefix.clone());
@@ -194,7 +194,7 @@ impl CheckpointLog {
 
     /// Block `number` of a channel.
     pub fn get(&self, channel: &str, number: u64) -> Result<Option<Checkpoint>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let k = key(channel, number);
         match raw.get_pinned_cf(cf_handle(raw, CHECKPOINTS)?, &k)? {
             Some(v) => decode(channel, &k, &v).map(Some),
@@ -210,7 +210,7 @@ impl CheckpointLog {
         to: u64,
         limit: usize,
     ) -> Result<Vec<Checkpoint>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let mut out = Vec::new();
         if from > to || limit == 0 {
             return Ok(out);

@@ -195,6 +195,19 @@ impl StorageError {
         self.kind() == ErrorKind::Unavailable
     }
 
+    /// Whether this error, from writing a batch, is one RocksDB keeps as a sticky
+    /// background error: an I/O error (a full disk, `EIO`, a file too large) on the WAL.
+    /// Every later write fails the same way until the database is reopened, which the
+    /// writer then does by itself (`db::recovery`). Errors that did not come from RocksDB
+    /// (the writer stopped, a failpoint) and other RocksDB codes (busy, corruption) are not.
+    pub(crate) fn is_sticky_write_error(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Unavailable { source: Some(e), .. }
+                if e.kind() == rocksdb::ErrorKind::IOError
+        )
+    }
+
     pub(crate) fn corrupt(cf: &'static str, key: &[u8], reason: impl Into<String>) -> Self {
         StorageError::Corrupt {
             cf,

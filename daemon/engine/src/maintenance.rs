@@ -2,7 +2,10 @@
 //! `committed_retention`, idempotency keys past `idempotency_window`, in bounded chunks per
 //! write round so enqueues are never held up) and the outbox gauges
 //! (`gxd_outbox_commands{status}`, `gxd_outbox_oldest_due_age_seconds`,
-//! `gxd_outbox_oldest_in_flight_age_seconds`).
+//! `gxd_outbox_oldest_in_flight_age_seconds`) and the storage writer's state
+//! (`gxd_storage_write_blocked`, `gxd_storage_recovery_attempts_total`,
+//! `gxd_storage_recoveries_total`: writes refused after a sticky write error, and the
+//! writer's in-process reopens).
 //! Dead letters are kept until an operator requeues them.
 
 use std::time::Duration;
@@ -18,6 +21,9 @@ struct Gauges {
     oldest_due_age: prometheus::Gauge,
     oldest_in_flight_age: prometheus::Gauge,
     purged: prometheus::IntCounter,
+    write_blocked: prometheus::IntGauge,
+    recovery_attempts: prometheus::IntCounter,
+    recoveries: prometheus::IntCounter,
 }
 
 /// In-flight commands examined per status for the oldest (the submitter keeps at most
@@ -68,19 +74,47 @@ impl Gauges {
             "gxd_outbox_purged_commands_total",
             "COMMITTED and PROJECTED commands removed by retention.",
         )?;
+        let write_blocked = prometheus::IntGauge::new(
+            "gxd_storage_write_blocked",
+            "1 while storage refuses writes after a sticky write error (disk full, I/O error) \
+             until it has reopened its database, else 0.",
+        )?;
+        let recovery_attempts = prometheus::IntCounter::new(
+            "gxd_storage_recovery_attempts_total",
+            "Attempts to reopen the database after a sticky write error.",
+        )?;
+        let recoveries = prometheus::IntCounter::new(
+            "gxd_storage_recoveries_total",
+            "Reopens of the database after a sticky write error that succeeded.",
+        )?;
         registry.register(Box::new(by_status.clone()))?;
         registry.register(Box::new(oldest_due_age.clone()))?;
         registry.register(Box::new(oldest_in_flight_age.clone()))?;
         registry.register(Box::new(purged.clone()))?;
+        registry.register(Box::new(write_blocked.clone()))?;
+        registry.register(Box::new(recovery_attempts.clone()))?;
+        registry.register(Box::new(recoveries.clone()))?;
         Ok(Self {
             by_status,
             oldest_due_age,
             oldest_in_flight_age,
             purged,
+            write_blocked,
+            recovery_attempts,
+            recoveries,
         })
     }
 
     fn refresh(&self, outbox: &Outbox) {
+        let storage = outbox.db().write_status();
+        self.write_blocked.set(i64::from(storage.blocked));
+        // Counters follow the storage's own counts (which only grow).
+        for (counter, total) in [
+            (&self.recovery_attempts, storage.recovery_attempts),
+            (&self.recoveries, storage.recoveries),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         match outbox.counts() {
             Ok(counts) => {
                 for s in Status::ALL {

@@ -256,18 +256,11 @@ impl Submitter {
         let mut tasks: JoinSet<CommandId> = JoinSet::new();
         let mut claimed: HashSet<CommandId> = HashSet::new();
         // Commands a previous run left in flight: resolved first, by their stored tx id.
-        let mut recovered: VecDeque<Command> = VecDeque::new();
-        for status in [Status::Prepared, Status::Submitted] {
-            let mut cursor = None;
-            loop {
-                let page = ctx.outbox.list_by_status(status, cursor, 256)?;
-                recovered.extend(page.commands);
-                cursor = page.next_cursor;
-                if cursor.is_none() {
-                    break;
-                }
-            }
-        }
+        let mut recovered = in_flight_commands(&ctx.outbox)?;
+        // After storage reopened its database (a sticky write error, a full disk), a write
+        // that was answered "unavailable" may be on disk after all (its WAL record was
+        // whole): look for commands in flight again, as at a start.
+        let mut storage_recoveries = ctx.outbox.db().write_status().recoveries;
         if !recovered.is_empty() {
             tracing::info!(
                 count = recovered.len(),
@@ -276,6 +269,22 @@ impl Submitter {
         }
 
         let result = loop {
+            let recoveries = ctx.outbox.db().write_status().recoveries;
+            if recoveries != storage_recoveries {
+                match in_flight_commands(&ctx.outbox) {
+                    Ok(found) => {
+                        storage_recoveries = recoveries;
+                        for c in found {
+                            if !claimed.contains(&c.id) && !recovered.iter().any(|r| r.id == c.id) {
+                                recovered.push_back(c);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list commands in flight; retrying")
+                    }
+                }
+            }
             while tasks.len() < ctx.config.max_in_flight
                 && let Some(cmd) = recovered.pop_front()
             {
@@ -344,6 +353,23 @@ impl Submitter {
         ctx.metrics.in_flight.set(0);
         result
     }
+}
+
+/// The PREPARED and SUBMITTED commands on disk.
+fn in_flight_commands(outbox: &Outbox) -> Result<VecDeque<Command>, StorageError> {
+    let mut found = VecDeque::new();
+    for status in [Status::Prepared, Status::Submitted] {
+        let mut cursor = None;
+        loop {
+            let page = outbox.list_by_status(status, cursor, 256)?;
+            found.extend(page.commands);
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn spawn(tasks: &mut JoinSet<CommandId>, ctx: &Arc<Ctx>, cmd: Command) {

@@ -21,17 +21,20 @@
 //! - this file: the [`Db`] handle, open and lock, the format version, column families
 //!   and their RocksDB options;
 //! - [`writer`]: the writer thread, its group-commit rounds and the sync thread;
+//! - [`recovery`]: what the writer does after a sticky write error (disk full): refuse
+//!   writes, and reopen the database in-process once it can;
 //! - [`round`]: a round's overlay of pending writes, read through and turned into one
 //!   `WriteBatch`;
 //! - [`extension`]: modules' writer-side state, committed only with durable rounds.
 
 mod extension;
+mod recovery;
 mod round;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use rocksdb::{
@@ -159,12 +162,89 @@ impl Default for DbOptions {
 }
 
 struct DbInner {
-    raw: Arc<RawDb>,
+    shared: Arc<Shared>,
     path: PathBuf,
-    /// False after a failed write, true again after a successful one.
-    last_write_ok: Arc<AtomicBool>,
     sender: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
+}
+
+/// What the [`Db`] handles and the writer thread share: the current RocksDB handle (swapped
+/// when the writer reopens the database after a sticky write error) and the write status.
+struct Shared {
+    /// The open database; `None` only while the writer reopens it (or after a reopen that
+    /// failed, until the next attempt succeeds).
+    raw: RwLock<Option<Arc<RawDb>>>,
+    /// False after a failed write, true again after a successful one (or a reopen).
+    last_write_ok: AtomicBool,
+    /// True from a sticky write error until the database is reopened.
+    write_blocked: AtomicBool,
+    /// Reopen attempts since open.
+    recovery_attempts: AtomicU64,
+    /// Successful reopens since open.
+    recoveries: AtomicU64,
+}
+
+impl Shared {
+    fn new(raw: Arc<RawDb>) -> Shared {
+        Shared {
+            raw: RwLock::new(Some(raw)),
+            last_write_ok: AtomicBool::new(true),
+            write_blocked: AtomicBool::new(false),
+            recovery_attempts: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+        }
+    }
+
+    /// The current handle (`None` while the database is being reopened).
+    fn current(&self) -> Option<Arc<RawDb>> {
+        self.raw.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes the handle out (readers get [`StorageError::Unavailable`] until [`Shared::put`]).
+    fn take(&self) -> Option<Arc<RawDb>> {
+        self.raw.write().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Installs `raw` as the current handle.
+    fn put(&self, raw: Arc<RawDb>) {
+        *self.raw.write().unwrap_or_else(|e| e.into_inner()) = Some(raw);
+    }
+}
+
+/// The write status of a [`Db`], for readiness and metrics (see [`Db::write_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStatus {
+    /// Writes can succeed: the writer runs and the last write did not fail.
+    pub writable: bool,
+    /// Writes are refused after a sticky write error (disk full, I/O error) until the
+    /// writer has reopened the database.
+    pub blocked: bool,
+    /// Reopen attempts after sticky write errors since the database was opened.
+    pub recovery_attempts: u64,
+    /// Successful reopens (recoveries) since the database was opened.
+    pub recoveries: u64,
+}
+
+/// How to open the database: everything a reopen needs to open it the same way again.
+#[derive(Clone)]
+struct Opener {
+    path: PathBuf,
+    options: DbOptions,
+    families: Vec<Cf>,
+    extensions: Vec<Registration>,
+}
+
+impl Opener {
+    /// Opens RocksDB (the LOCK taken), checks the format version and loads the
+    /// extensions' committed state from disk. Blocking.
+    fn open(&self) -> Result<(RawDb, extension::Extensions)> {
+        let (db_opts, cfs) = rocksdb_options(&self.options, &self.families);
+        let raw = RawDb::open_cf_descriptors(&db_opts, &self.path, cfs)
+            .map_err(|e| classify_open_error(&self.path, e))?;
+        check_format_version(&raw)?;
+        let extensions = extension::Extensions::open(&raw, &self.extensions)?;
+        Ok((raw, extensions))
+    }
 }
 
 impl Drop for DbInner {
@@ -222,21 +302,20 @@ impl Db {
             message: format!("cannot create {}: {e}", path.display()),
             source: None,
         })?;
-        let families = registered_families(schemas)?;
-        let (db_opts, cfs) = rocksdb_options(options, &families);
-        let raw = RawDb::open_cf_descriptors(&db_opts, &path, cfs)
-            .map_err(|e| classify_open_error(&path, e))?;
-        check_format_version(&raw)?;
-        let extensions =
-            extension::Extensions::open(&raw, schemas.iter().flat_map(|s| s.extensions))?;
-        let raw = Arc::new(raw);
-        let (sender, writer, last_write_ok) = writer::spawn(&raw, options, families, extensions)?;
+        let opener = Opener {
+            path: path.clone(),
+            options: options.clone(),
+            families: registered_families(schemas)?,
+            extensions: schemas.iter().flat_map(|s| s.extensions).copied().collect(),
+        };
+        let (raw, extensions) = opener.open()?;
+        let shared = Arc::new(Shared::new(Arc::new(raw)));
+        let (sender, writer) = writer::spawn(&shared, opener, extensions)?;
         tracing::info!(path = %path.display(), format_version = FORMAT_VERSION, "opened RocksDB");
         Ok(Db {
             inner: Arc::new(DbInner {
-                raw,
+                shared,
                 path,
-                last_write_ok,
                 sender: Some(sender),
                 writer: Some(writer),
             }),
@@ -252,16 +331,41 @@ impl Db {
     /// panic) and the last write did not fail.
     ///
     /// RocksDB keeps a failed WAL write (disk full, I/O error) as a sticky background error:
-    /// every later write fails with [`StorageError::Unavailable`] until the database is
-    /// reopened. Nothing acknowledged is lost and nothing is half-written; once space is
-    /// back, restarting gxd (or dropping and reopening the `Db`) resumes writing.
+    /// every later write would fail the same way. The writer then refuses writes with
+    /// [`StorageError::Unavailable`] and reopens the database in-process once it can (see
+    /// [`recovery`]); this is false until it has. Nothing acknowledged is lost and nothing
+    /// is half-written.
     pub fn is_writable(&self) -> bool {
-        self.inner.sender.as_ref().is_some_and(|s| !s.is_closed())
-            && self.inner.last_write_ok.load(Ordering::Relaxed)
+        self.writer_running() && self.inner.shared.last_write_ok.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn raw(&self) -> &RawDb {
-        &self.inner.raw
+    fn writer_running(&self) -> bool {
+        self.inner.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    /// Whether writes are possible, whether they are blocked after a sticky write error,
+    /// and how often the writer has tried to reopen the database and succeeded.
+    pub fn write_status(&self) -> WriteStatus {
+        let shared = &self.inner.shared;
+        WriteStatus {
+            writable: self.is_writable(),
+            blocked: shared.write_blocked.load(Ordering::Relaxed),
+            recovery_attempts: shared.recovery_attempts.load(Ordering::Relaxed),
+            recoveries: shared.recoveries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The current RocksDB handle, for reads. Hold it only for the read at hand: the writer
+    /// reopens the database after a sticky write error and waits (boundedly) for every
+    /// handle to go before it closes the old one. While it reopens: [`StorageError::Unavailable`].
+    pub(crate) fn raw(&self) -> Result<Arc<RawDb>> {
+        self.inner
+            .shared
+            .current()
+            .ok_or_else(|| StorageError::Unavailable {
+                message: "the database is being reopened after a write error".to_owned(),
+                source: None,
+            })
     }
 }
 
@@ -475,9 +579,10 @@ mod tests {
     fn a_fresh_database_gets_the_current_format() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        let meta = cf_handle(db.raw(), META).unwrap();
+        let raw = db.raw().unwrap();
+        let meta = cf_handle(&raw, META).unwrap();
         assert_eq!(
-            db.raw().get_cf(meta, META_FORMAT_VERSION).unwrap(),
+            raw.get_cf(meta, META_FORMAT_VERSION).unwrap(),
             Some(FORMAT_VERSION.to_be_bytes().to_vec())
         );
     }

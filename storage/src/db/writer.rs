@@ -17,7 +17,11 @@
 //!   in the same round).
 //!
 //! If the write fails (I/O error, disk full), every caller of the round gets
-//! [`StorageError::Unavailable`] and nothing of the round is on disk.
+//! [`StorageError::Unavailable`] and nothing of the round is known to be on disk (a batch
+//! whose WAL record was whole when the sync failed may still be found after a reopen: its
+//! callers were told "unavailable", and an idempotent retry finds it). A failed write is
+//! RocksDB's sticky background error: the writer then ends its rounds and recovers by
+//! reopening the database ([`super::recovery`]), refusing writes until it has.
 //!
 //! The fsync is done by a second thread: while round *k* is being synced, the writer
 //! already runs the changes of round *k+1*, reading through round *k*'s pending writes
@@ -38,42 +42,108 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::extension::Extensions;
 use super::round::{Overlay, Round};
-use super::{Cf, Db, DbOptions, RawDb};
+use super::{Db, Opener, RawDb, Shared, recovery};
 use crate::error::{Result, StorageError};
 
 /// What the writer calls back once the round's batch is written (or failed).
 pub(super) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-/// A change to run on the writer thread; returns how to answer its caller once the round
-/// is written (`None` only when the change panicked and was rolled back).
-pub(super) type Op = Box<dyn FnOnce(&mut Round<'_>) -> Option<Completion> + Send>;
 
-/// Starts the writer thread over `raw`: its queue, its handle, and the flag it keeps of
-/// whether the last write succeeded.
+/// A change queued for the writer thread.
+pub(super) trait Change: Send {
+    /// Runs the change in `round`; returns how to answer its caller once the round is
+    /// written (`None` only when the change panicked and was rolled back).
+    fn run(self: Box<Self>, round: &mut Round<'_>) -> Option<Completion>;
+    /// Answers the caller with `error` without running the change (writes are blocked).
+    fn refuse(self: Box<Self>, error: StorageError);
+}
+
+/// A change as queued.
+pub(super) type Op = Box<dyn Change>;
+
+/// The change of one [`Db::write`] call and where to send its result.
+struct WriteOp<T, F> {
+    change: F,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Change for WriteOp<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Round<'_>) -> Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, round: &mut Round<'_>) -> Option<Completion> {
+        let WriteOp { change, reply } = *self;
+        let savepoint = round.savepoint();
+        match change(round) {
+            Ok(value) => Some(Box::new(move |written: Result<()>| {
+                let _ = reply.send(written.map(|()| value));
+            }) as Completion),
+            // A refusal is answered with the round too: it may rest on writes of the
+            // round in flight, and if those fail, the answer is "unavailable" instead.
+            Err(e) => {
+                round.rollback(savepoint);
+                Some(Box::new(move |written: Result<()>| {
+                    let _ = reply.send(written.and(Err(e)));
+                }) as Completion)
+            }
+        }
+    }
+
+    fn refuse(self: Box<Self>, error: StorageError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// Starts the writer thread over the database in `shared` (opened by `opener`, whose
+/// extensions' committed state is `extensions`): its queue and its handle.
 pub(super) fn spawn(
-    raw: &Arc<RawDb>,
-    options: &DbOptions,
-    families: Vec<Cf>,
+    shared: &Arc<Shared>,
+    opener: Opener,
     extensions: Extensions,
-) -> Result<(mpsc::Sender<Op>, JoinHandle<()>, Arc<AtomicBool>)> {
-    let (sender, receiver) = mpsc::channel::<Op>(options.queue_capacity);
-    let writer_db = Arc::clone(raw);
-    let last_write_ok = Arc::new(AtomicBool::new(true));
-    let writer_status = Arc::clone(&last_write_ok);
-    let max_batch = options.max_batch;
+) -> Result<(mpsc::Sender<Op>, JoinHandle<()>)> {
+    let (sender, mut receiver) = mpsc::channel::<Op>(opener.options.queue_capacity);
+    let shared = Arc::clone(shared);
     let writer = std::thread::Builder::new()
         .name("gxd-storage-writer".to_owned())
         .spawn(move || {
-            let state = WriterState {
-                overlay: Overlay::new(&families),
+            let mut state = WriterState {
+                overlay: Overlay::new(&opener.families),
                 extensions,
             };
-            writer_loop(writer_db, receiver, max_batch, state, &writer_status);
+            let max_batch = opener.options.max_batch;
+            loop {
+                let ended = match shared.current() {
+                    Some(raw) => writer_loop(raw, &mut receiver, max_batch, &mut state, &shared),
+                    // A reopen that failed half-way (not reached: recovery returns only
+                    // with a database open).
+                    None => Ended::Sticky(StorageError::Unavailable {
+                        message: "the database is not open".to_owned(),
+                        source: None,
+                    }),
+                };
+                match ended {
+                    Ended::Closed => break,
+                    Ended::Sticky(cause) => {
+                        if !recovery::recover(&shared, &opener, &mut receiver, &mut state, &cause) {
+                            break;
+                        }
+                    }
+                }
+            }
         })
         .map_err(|e| StorageError::Unavailable {
             message: format!("cannot start the storage writer thread: {e}"),
             source: None,
         })?;
-    Ok((sender, writer, last_write_ok))
+    Ok((sender, writer))
+}
+
+/// Why [`writer_loop`] returned.
+enum Ended {
+    /// The queue is closed (every `Db` handle dropped) and drained.
+    Closed,
+    /// A write failed with a sticky error (this one): the database must be reopened.
+    Sticky(StorageError),
 }
 
 impl Db {
@@ -88,22 +158,7 @@ impl Db {
         F: FnOnce(&mut Round<'_>) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        let op: Op = Box::new(move |round: &mut Round<'_>| {
-            let savepoint = round.savepoint();
-            match change(round) {
-                Ok(value) => Some(Box::new(move |written: Result<()>| {
-                    let _ = reply.send(written.map(|()| value));
-                }) as Completion),
-                // A refusal is answered with the round too: it may rest on writes of the
-                // round in flight, and if those fail, the answer is "unavailable" instead.
-                Err(e) => {
-                    round.rollback(savepoint);
-                    Some(Box::new(move |written: Result<()>| {
-                        let _ = reply.send(written.and(Err(e)));
-                    }) as Completion)
-                }
-            }
-        });
+        let op: Op = Box::new(WriteOp { change, reply });
         let sender = self
             .inner
             .sender
@@ -145,7 +200,7 @@ impl WriterState {
         self.extensions.settle();
     }
 
-    /// A write failed: forget everything not on disk.
+    /// A write failed: forget everything not known to be on disk.
     pub(super) fn reset(&mut self) {
         self.overlay.clear();
         self.extensions.reset();
@@ -210,8 +265,14 @@ pub(super) fn write_synced(raw: &RawDb, batch: WriteBatch, sync: &WriteOptions) 
     (Ok(()), true)
 }
 
-/// Waits for the round in flight and answers its callers. Returns whether it is durable.
-fn finish(state: &mut WriterState, in_flight: InFlight, last_write_ok: &AtomicBool) -> bool {
+/// Waits for the round in flight and answers its callers. Returns whether it is durable;
+/// a failure that RocksDB keeps as a sticky background error goes to `sticky`.
+fn finish(
+    state: &mut WriterState,
+    in_flight: InFlight,
+    last_write_ok: &AtomicBool,
+    sticky: &mut Option<StorageError>,
+) -> bool {
     let (result, durable) = in_flight
         .result
         .recv()
@@ -224,6 +285,9 @@ fn finish(state: &mut WriterState, in_flight: InFlight, last_write_ok: &AtomicBo
     }
     if let Err(e) = &result {
         tracing::error!(error = %e, changes = in_flight.completions.len(), "storage write failed");
+        if !durable && e.is_sticky_write_error() {
+            *sticky = Some(e.clone());
+        }
     }
     for done in in_flight.completions {
         done(result.clone());
@@ -231,28 +295,39 @@ fn finish(state: &mut WriterState, in_flight: InFlight, last_write_ok: &AtomicBo
     durable
 }
 
-/// The writer: drains the queue into rounds, runs each round's changes, and hands the
-/// round's batch to the sync thread. While one round is being synced, the next one is
-/// prepared (reading through the first one's pending writes); it is written only after the
-/// first is durable, and fails with it if the first fails.
+/// The writer's rounds over one open database: drains the queue into rounds, runs each
+/// round's changes, and hands the round's batch to the sync thread. While one round is
+/// being synced, the next one is prepared (reading through the first one's pending
+/// writes); it is written only after the first is durable, and fails with it if the first
+/// fails. Returns when the queue is closed, or after a sticky write error (with no round in
+/// flight and the sync thread stopped, so `raw` is no longer used here).
 fn writer_loop(
     raw: Arc<RawDb>,
-    mut receiver: mpsc::Receiver<Op>,
+    receiver: &mut mpsc::Receiver<Op>,
     max_batch: usize,
-    mut state: WriterState,
-    last_write_ok: &AtomicBool,
-) {
+    state: &mut WriterState,
+    shared: &Shared,
+) -> Ended {
+    let last_write_ok = &shared.last_write_ok;
     let syncer = match start_sync_thread(Arc::clone(&raw)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the storage sync thread");
-            return;
+            return Ended::Closed;
         }
     };
     let mut in_flight: Option<InFlight> = None;
     let mut next_tag: u64 = 1;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch);
+    let mut sticky: Option<StorageError> = None;
     loop {
+        // After a sticky error no round is in flight (the failed one was finished, and a
+        // round prepared on top of it failed with it): leave, to reopen.
+        if in_flight.is_none()
+            && let Some(cause) = sticky.take()
+        {
+            return Ended::Sticky(cause);
+        }
         // Wait for work; with a round in flight, finish it first when there is none.
         match in_flight.take() {
             None => match receiver.blocking_recv() {
@@ -265,11 +340,11 @@ fn writer_loop(
                     in_flight = Some(f);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    finish(&mut state, f, last_write_ok);
+                    finish(state, f, last_write_ok, &mut sticky);
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    finish(&mut state, f, last_write_ok);
+                    finish(state, f, last_write_ok, &mut sticky);
                     break;
                 }
             },
@@ -287,10 +362,10 @@ fn writer_loop(
         next_tag += 1;
         let mut completions: Vec<Completion> = Vec::with_capacity(ops.len());
         let batch = {
-            let mut round = Round::new(&raw, &mut state, tag);
+            let mut round = Round::new(&raw, state, tag);
             for op in ops.drain(..) {
                 let savepoint = round.savepoint();
-                match std::panic::catch_unwind(AssertUnwindSafe(|| op(&mut round))) {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| op.run(&mut round))) {
                     Ok(Some(done)) => completions.push(done),
                     Ok(None) => {}
                     Err(_) => {
@@ -307,7 +382,7 @@ fn writer_loop(
         // This round was prepared on top of the round in flight: that one must be on disk
         // before this one is written.
         if let Some(prev) = in_flight.take()
-            && !finish(&mut state, prev, last_write_ok)
+            && !finish(state, prev, last_write_ok, &mut sticky)
         {
             let e = StorageError::Unavailable {
                 message: "an earlier write of the same moment failed".to_owned(),
@@ -356,4 +431,5 @@ fn writer_loop(
         }
     }
     drop(syncer);
+    Ended::Closed
 }

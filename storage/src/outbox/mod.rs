@@ -709,7 +709,7 @@ impl Outbox {
     /// The command that used transaction id `txid` in any of its attempts, if it is still
     /// kept.
     pub fn command_by_txid(&self, txid: &str) -> Result<Option<Command>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let snapshot = raw.snapshot();
         let key = keys::txid(txid);
         let Some(bytes) = snapshot.get_pinned_cf(cf_handle(raw, cf::TXIDS)?, &key)? else {
@@ -729,7 +729,7 @@ impl Outbox {
 
     /// Every tx id command `id` used (from the index), in byte order.
     pub fn txids_of(&self, id: CommandId) -> Result<Vec<String>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let (lower, upper) = keys::command_txids_range(id);
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(upper);
@@ -871,7 +871,7 @@ impl Outbox {
 
     /// A command by id.
     pub fn get(&self, id: CommandId) -> Result<Command> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let key = keys::command(id);
         match raw.get_pinned_cf(cf_handle(raw, cf::COMMANDS)?, key)? {
             Some(bytes) => decode_command(&key, &bytes),
@@ -881,7 +881,7 @@ impl Outbox {
 
     /// The command a (tenant, request id) maps to, if the key is remembered.
     pub fn find_by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Command>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let snapshot = raw.snapshot();
         let ikey = keys::idempotency(tenant, request_id);
         let Some(bytes) = snapshot.get_pinned_cf(cf_handle(raw, cf::IDEMPOTENCY)?, &ikey)? else {
@@ -906,7 +906,7 @@ impl Outbox {
         cursor: Option<CommandId>,
         limit: usize,
     ) -> Result<Page> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let snapshot = raw.snapshot();
         let (lower, upper) = keys::status_range(status);
         let start = match cursor {
@@ -943,7 +943,7 @@ impl Outbox {
 
     /// Counts per status (maintained in the same batches as the changes).
     pub fn counts(&self) -> Result<StatusCounts> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let meta = cf_handle(raw, META)?;
         let snapshot = raw.snapshot();
         let mut counts = StatusCounts::default();
@@ -960,7 +960,7 @@ impl Outbox {
     /// `next_attempt_at <= now` and nothing of its partition is in flight; earliest due
     /// first.
     pub fn next_due(&self, limit: usize, now: DateTime<Utc>) -> Result<Vec<Command>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let snapshot = raw.snapshot();
         let now_ms = due_ms(now);
         let mut ro = rocksdb::ReadOptions::default();
@@ -984,7 +984,7 @@ impl Outbox {
     /// submitter that found nothing due sleeps until then (or until woken by an enqueue).
     /// One seek.
     pub fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        let raw = self.db.raw();
+        let raw = &*self.db.raw()?;
         let mut it = raw.raw_iterator_cf(cf_handle(raw, cf::DUE)?);
         it.seek_to_first();
         let first = match it.key() {
@@ -1000,7 +1000,7 @@ impl Outbox {
     /// Cross-checks every record against every index (and the counters). Reads the whole
     /// outbox under one snapshot: for tests, `gxd` diagnostics and after a crash.
     pub fn verify_integrity(&self) -> Result<IntegrityReport> {
-        integrity::verify(self.db.raw())
+        integrity::verify(&*self.db.raw()?)
     }
 }
 
