@@ -1,5 +1,5 @@
-//! gxd's HTTP API (axum): health, readiness, Prometheus metrics and (in later
-//! issues) the REST routes for wallets and operators.
+//! gxd's HTTP API (axum): the `/api/v1` REST routes for wallets and operators
+//! ([`v1`]), health, readiness, Prometheus metrics.
 //!
 //! - `GET /healthz`: liveness; 200 while the process serves HTTP.
 //! - `GET /readyz`: readiness; 200 when every [`ReadinessCheck`] passes, 503
@@ -16,6 +16,7 @@ pub mod auth;
 mod health;
 mod metrics;
 pub mod problem;
+pub mod v1;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use axum::routing::get;
 pub use auth::{AdminPrincipal, AuthError, Authenticator, Principal, Role};
 pub use health::{CheckOutcome, Readiness, ReadinessCheck};
 pub use problem::{ErrorCode, PROBLEM_JSON, Problem};
+pub use v1::{ProjectorSnapshot, ProjectorView, V1Deps};
 
 /// How long one readiness check may take before it counts as failing.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -46,6 +48,8 @@ struct Inner {
     draining: AtomicBool,
     /// Verifies bearer tokens; `None` closes every authenticated route (401).
     authenticator: Option<Arc<dyn Authenticator>>,
+    /// The outbox and read models of `/api/v1`; `None` answers those routes 503.
+    v1: Option<v1::V1>,
 }
 
 impl ApiState {
@@ -63,6 +67,7 @@ impl ApiState {
                 check_timeout: DEFAULT_CHECK_TIMEOUT,
                 draining: AtomicBool::new(false),
                 authenticator: None,
+                v1: None,
             }),
         })
     }
@@ -75,6 +80,20 @@ impl ApiState {
             None => tracing::error!("with_authenticator called on a shared ApiState; ignored"),
         }
         self
+    }
+
+    /// Gives `/api/v1` its outbox, read models and projector view. Call before the state
+    /// is cloned into a router.
+    pub fn with_v1(mut self, deps: V1Deps) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.v1 = Some(v1::V1::new(deps)),
+            None => tracing::error!("with_v1 called on a shared ApiState; ignored"),
+        }
+        self
+    }
+
+    pub(crate) fn v1(&self) -> Option<&v1::V1> {
+        self.inner.v1.as_ref()
     }
 
     /// The bearer-token verifier, if one is configured.
@@ -122,7 +141,9 @@ pub async fn serve(
 
 /// The API router. Serve it with [`serve`].
 pub fn router(state: ApiState) -> Router {
+    let (api, _) = v1::openapi_router().split_for_parts();
     Router::new()
+        .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

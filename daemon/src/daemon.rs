@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::exit::{self, SchemaRefused};
-use crate::readiness::{MigrationsCurrent, OutboxWritable, PostgresReady, ProjectorReady};
+use crate::readiness::{
+    MigrationsCurrent, OutboxWritable, PostgresReady, ProjectorReady, ProjectorStatusView,
+};
 use crate::sdnotify;
 
 /// Runs the daemon until `shutdown` resolves (or a subsystem fails), then stops
@@ -111,6 +113,7 @@ impl Daemon {
         ];
         let root = CancellationToken::new();
         let mut engine_subsystems = Vec::new();
+        let mut projector_view: Option<Arc<dyn gxd_api::ProjectorView>> = None;
         // Outbox retention and gauges, with or without a peer.
         let maintenance_token = root.child_token();
         let maintenance = {
@@ -141,6 +144,9 @@ impl Daemon {
                     &registry,
                 )?;
                 checks.push(Arc::new(ProjectorReady::new(engine.projector.status())));
+                projector_view = Some(Arc::new(ProjectorStatusView::new(
+                    engine.projector.status(),
+                )));
                 let projector_metrics =
                     gxd_engine::projector_metrics::ProjectorMetrics::new(&registry)
                         .context("register projector metrics")?;
@@ -191,7 +197,17 @@ impl Daemon {
                 });
             }
         }
-        let api_state = ApiState::new(&registry, checks).context("register API metrics")?;
+        let api_state = ApiState::new(&registry, checks)
+            .context("register API metrics")?
+            .with_v1(gxd_api::V1Deps {
+                outbox: outbox.clone(),
+                pool: pool.clone(),
+                channel: config
+                    .fabric
+                    .as_ref()
+                    .map_or_else(|| "gxchannel".to_owned(), |f| f.channel.clone()),
+                projector: projector_view,
+            });
 
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await

@@ -120,3 +120,42 @@ impl ReadinessCheck for ProjectorReady {
         }
     }
 }
+
+/// `GET /api/v1/admin/projector`: the projector's status watch as the API's snapshot.
+pub struct ProjectorStatusView {
+    status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+}
+
+impl ProjectorStatusView {
+    pub fn new(
+        status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+    ) -> Self {
+        Self { status }
+    }
+}
+
+impl gxd_api::ProjectorView for ProjectorStatusView {
+    fn snapshot(&self) -> gxd_api::ProjectorSnapshot {
+        use gxd_engine::projector::ProjectorState;
+        let s = self.status.borrow().clone();
+        let (state, last_error) = match s.state {
+            ProjectorState::Starting => ("starting", None),
+            ProjectorState::Reconciling => ("reconciling", None),
+            ProjectorState::Running => ("running", None),
+            ProjectorState::Retrying { reason } => ("retrying", Some(reason)),
+            ProjectorState::Halted { reason } => ("halted", Some(reason)),
+            ProjectorState::Stopped => ("stopped", None),
+        };
+        gxd_api::ProjectorSnapshot {
+            state: state.to_owned(),
+            projected_block: s.height,
+            checkpoint_height: s.checkpoint_height,
+            // The ledger's height and the lag come with the projector's own figures
+            // (not reported by this engine yet).
+            ledger_height: None,
+            lag_seconds: None,
+            last_error,
+            last_projected_at: s.last_projected_at,
+        }
+    }
+}
