@@ -121,6 +121,7 @@ impl Harness {
                 pool: pool.clone(),
                 channel: CHANNEL.to_owned(),
                 projector,
+                on_enqueue: None,
             });
         Harness {
             state,

@@ -114,6 +114,7 @@ impl Daemon {
         let root = CancellationToken::new();
         let mut engine_subsystems = Vec::new();
         let mut projector_view: Option<Arc<dyn gxd_api::ProjectorView>> = None;
+        let mut on_enqueue: Option<Arc<dyn Fn() + Send + Sync>> = None;
         // Outbox retention and gauges, with or without a peer.
         let maintenance_token = root.child_token();
         let maintenance = {
@@ -147,6 +148,8 @@ impl Daemon {
                 projector_view = Some(Arc::new(ProjectorStatusView::new(
                     engine.projector.status(),
                 )));
+                let waker = engine.waker.clone();
+                on_enqueue = Some(Arc::new(move || waker.wake()));
                 let projector_metrics =
                     gxd_engine::projector_metrics::ProjectorMetrics::new(&registry)
                         .context("register projector metrics")?;
@@ -207,6 +210,7 @@ impl Daemon {
                     .as_ref()
                     .map_or_else(|| "gxchannel".to_owned(), |f| f.channel.clone()),
                 projector: projector_view,
+                on_enqueue,
             });
 
         let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -133,6 +133,9 @@ async fn accept(
     }
     let body = ids(&command);
     let status = if outcome.created {
+        if let Some(wake) = &v1.deps.on_enqueue {
+            wake();
+        }
         tracing::info!(command_id = %command.id, command_type = %command.command_type, "command accepted");
         StatusCode::ACCEPTED
     } else {

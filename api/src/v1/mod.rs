@@ -59,6 +59,9 @@ pub struct V1Deps {
     /// up among the projected transactions.
     pub channel: String,
     pub projector: Option<Arc<dyn ProjectorView>>,
+    /// Called after a command was durably accepted (the daemon wakes the submitter with
+    /// it, so a new command does not wait for the submitter's idle poll).
+    pub on_enqueue: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// [`V1Deps`] with the API's own shared resources.
