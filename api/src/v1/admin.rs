@@ -2,11 +2,11 @@
 //! all), requeueing a dead letter, the counts per status, the projector's position.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use gxd_storage::StorageError;
 use gxd_storage::outbox::{Command, CommandId, Status};
 
-use super::json::ApiQuery;
+use super::json::{ApiPath, ApiQuery};
 use super::reads::view_with;
 use super::types::{OutboxCommand, OutboxCounts, OutboxPage, OutboxQuery, ProjectorSnapshot};
 use super::v1;
@@ -87,7 +87,7 @@ pub(crate) async fn list_outbox(
 pub(crate) async fn requeue(
     State(state): State<ApiState>,
     AdminPrincipal(admin): AdminPrincipal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OutboxCommand>, Problem> {
     let v1 = v1(&state)?;
     let not_found = || Problem::new(ErrorCode::NotFound).with_detail(format!("no command {id}"));

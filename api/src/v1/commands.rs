@@ -4,7 +4,7 @@
 //! acceptance order.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gxd_gx::commands::{self as gx, command_type};
@@ -14,7 +14,7 @@ use gxd_storage::pg::read_models::{self, ProfileRow, WalletRow};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::types::{
     Accepted, BootstrapRequest, CreateMultisigWalletRequest, CreateUserRequest, TransferRequest,
 };
@@ -754,7 +754,7 @@ pub(crate) async fn approve_proposal(
     State(state): State<ApiState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, Problem> {
     decide(state, principal, headers, id, true).await
 }
@@ -778,7 +778,7 @@ pub(crate) async fn reject_proposal(
     State(state): State<ApiState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, Problem> {
     decide(state, principal, headers, id, false).await
 }

@@ -10,13 +10,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream};
 use gxd_storage::outbox::CommandId;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::json::ApiPath;
 use super::reads::{command_view, visible_command};
 use super::types::{CommandStatus, CommandView};
 use super::v1;
@@ -99,7 +100,7 @@ async fn next(mut f: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
 pub(crate) async fn command_events(
     State(state): State<ApiState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let v1 = v1(&state)?;
     let command = visible_command(v1, &principal, &id)?;

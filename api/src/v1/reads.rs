@@ -3,12 +3,12 @@
 //! own user record and the proposals of its wallets; admins see everything.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use gxd_storage::StorageError;
 use gxd_storage::outbox::{Command, CommandId, Status};
 use gxd_storage::pg::read_models::{self, HistoryCursor};
 
-use super::json::ApiQuery;
+use super::json::{ApiPath, ApiQuery};
 use super::types::{
     CommandErrorView, CommandStatus, CommandView, DecisionItem, Direction, PageQuery, ProposalList,
     ProposalQuery, ProposalView, UserView, WalletTransactionView, WalletTransactionsPage,
@@ -99,7 +99,7 @@ pub(crate) fn visible_command(
 pub(crate) async fn get_command(
     State(state): State<ApiState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CommandView>, Problem> {
     let v1 = v1(&state)?;
     let command = visible_command(v1, &principal, &id)?;
@@ -139,7 +139,7 @@ async fn visible_wallet(
 pub(crate) async fn get_wallet(
     State(state): State<ApiState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WalletView>, Problem> {
     let v1 = v1(&state)?;
     let w = visible_wallet(v1, &principal, &id).await?;
@@ -187,7 +187,7 @@ fn decode_cursor(s: &str) -> Option<HistoryCursor> {
 pub(crate) async fn wallet_transactions(
     State(state): State<ApiState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<WalletTransactionsPage>, Problem> {
     let v1 = v1(&state)?;
@@ -244,7 +244,7 @@ pub(crate) async fn wallet_transactions(
 pub(crate) async fn get_user(
     State(state): State<ApiState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<UserView>, Problem> {
     let v1 = v1(&state)?;
     validate::id(&id).map_err(|m| invalid("id", m))?;
@@ -356,7 +356,7 @@ pub(crate) async fn list_proposals(
 pub(crate) async fn get_proposal(
     State(state): State<ApiState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ProposalView>, Problem> {
     let v1 = v1(&state)?;
     validate::id(&id).map_err(|m| invalid("id", m))?;
