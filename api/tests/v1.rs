@@ -286,6 +286,8 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
         c("existing wallet", "/api/v1/multisig-wallets", json!({"walletId": "vault", "owners": ["alice"], "threshold": 1}), 409, None),
         c("country not a code", "/api/v1/users", json!({"userId": "alice2", "country": "Germany", "profile": {}}), 422, Some("country")),
         c("profile not an object", "/api/v1/users", json!({"userId": "alice", "country": "DE", "profile": "x"}), 400, Some("profile")),
+        c("profile with a NUL", "/api/v1/users", json!({"userId": "alice", "country": "DE", "profile": {"name": "a\u{0}b"}}), 422, Some("profile")),
+        c("profile with a float", "/api/v1/users", json!({"userId": "alice", "country": "DE", "profile": {"height": -6.1255330380885304e16}}), 422, Some("profile")),
         c("proposal from a user wallet", "/api/v1/proposals", transfer("alice", "bob", json!("1")), 422, Some("fromWalletId")),
         c("requestId too long", "/api/v1/transfers", json!({"fromWalletId": "alice", "toWalletId": "bob", "amount": "1", "requestId": "k".repeat(201)}), 422, Some("requestId")),
         Case {

@@ -335,10 +335,12 @@ pub(crate) async fn create_user(
 ) -> Result<Response, Problem> {
     let v1 = v1(&state)?;
     let key = client_key(&headers, req.request_id.as_deref())?;
-    let canonical = canonical_json(&serde_json::Value::Object(req.profile));
+    let profile = serde_json::Value::Object(req.profile);
+    let canonical = canonical_json(&profile);
     let mut errors = FieldErrors::new();
     errors.check("userId", validate::id(&req.user_id));
     errors.check("country", validate::country(&req.country));
+    errors.check("profile", validate::profile(&profile));
     if canonical.len() > validate::MAX_PROFILE_BYTES {
         errors.add(
             "profile",

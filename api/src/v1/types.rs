@@ -13,13 +13,24 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BootstrapRequest {
     /// Id of the treasury wallet to create.
-    #[schema(example = "treasury")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "treasury"
+    )]
     pub treasury_wallet_id: String,
     /// The supply minted into the treasury: a positive integer as a string of digits.
-    #[schema(example = "1000000")]
+    #[schema(
+        pattern = r"^[1-9][0-9]{0,38}$",
+        min_length = 1,
+        max_length = 39,
+        example = "1000000"
+    )]
     pub initial_supply: String,
     /// Idempotency key (alternative to the `Idempotency-Key` header).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub request_id: Option<String>,
 }
 
@@ -28,10 +39,15 @@ pub struct BootstrapRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// The user id (also its wallet id); letters, digits and `- _ . : @`, 1–128 characters.
-    #[schema(example = "alice")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "alice"
+    )]
     pub user_id: String,
     /// ISO 3166-1 alpha-2 country code (goes to the ledger).
-    #[schema(example = "DE")]
+    #[schema(pattern = r"^[A-Z]{2}$", example = "DE")]
     pub country: String,
     /// Personal data: kept in this organization's database only; the ledger gets a salted
     /// SHA-256 commitment to it.
@@ -45,16 +61,32 @@ pub struct CreateUserRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransferRequest {
-    #[schema(example = "alice")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "alice"
+    )]
     pub from_wallet_id: String,
-    #[schema(example = "bob")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "bob"
+    )]
     pub to_wallet_id: String,
     /// A positive integer as a string of digits (no sign, decimals, exponent or leading
     /// zeros; at most 2^128 − 1).
-    #[schema(example = "250")]
+    #[schema(
+        pattern = r"^[1-9][0-9]{0,38}$",
+        min_length = 1,
+        max_length = 39,
+        example = "250"
+    )]
     pub amount: String,
     /// At most 512 characters.
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub memo: Option<String>,
     #[serde(default)]
     pub request_id: Option<String>,
@@ -64,12 +96,18 @@ pub struct TransferRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateMultisigWalletRequest {
-    #[schema(example = "vault")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9._:@-]{1,128}$",
+        min_length = 1,
+        max_length = 128,
+        example = "vault"
+    )]
     pub wallet_id: String,
     /// User ids, 1 to 32, each once; the caller must be one of them.
+    #[schema(min_items = 1, max_items = 32)]
     pub owners: Vec<String>,
     /// Approvals needed to spend: 1 to the number of owners.
-    #[schema(example = 2)]
+    #[schema(minimum = 1, maximum = 32, example = 2)]
     pub threshold: u32,
     #[serde(default)]
     pub request_id: Option<String>,

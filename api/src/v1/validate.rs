@@ -129,6 +129,29 @@ pub fn country(value: &str) -> Result<(), String> {
     }
 }
 
+/// A profile's values, as PostgreSQL's `jsonb` keeps them exactly (so a stored profile
+/// compares equal to a repeated request's and its commitment stays verifiable): no NUL
+/// characters in keys or strings (`jsonb` refuses them), numbers only as integers (`jsonb`
+/// rewrites the text of other numbers; send decimals as strings).
+pub fn profile(value: &serde_json::Value) -> Result<(), String> {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => {
+            Err("must not contain NUL characters".to_owned())
+        }
+        serde_json::Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+            Err("numbers must be integers (send decimals as strings)".to_owned())
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(profile),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.contains('\0') {
+                return Err("keys must not contain NUL characters".to_owned());
+            }
+            profile(v)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// An idempotency key: 1 to 200 visible ASCII characters.
 pub fn request_id(value: &str) -> Result<(), String> {
     if value.is_empty() || value.len() > MAX_REQUEST_ID_LEN {

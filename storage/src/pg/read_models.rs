@@ -481,17 +481,17 @@ pub struct WalletRow {
 /// A wallet and its owners.
 pub async fn wallet(pool: &Pool, wallet_id: &str) -> Result<Option<WalletRow>> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
+    let stmt = client
+        .prepare_cached(
             "SELECT w.wallet_id, w.kind, w.balance::text, w.threshold, w.msp_id, \
              COALESCE(array_agg(o.owner_id ORDER BY o.owner_id) \
                       FILTER (WHERE o.owner_id IS NOT NULL), '{}'), w.updated_block, \
              w.updated_at \
              FROM wallets w LEFT JOIN wallet_owners o ON o.wallet_id = w.wallet_id \
              WHERE w.wallet_id = $1 GROUP BY w.wallet_id",
-            &[&wallet_id],
         )
         .await?;
+    let row = client.query_opt(&stmt, &[&wallet_id]).await?;
     Ok(row.map(|r| WalletRow {
         wallet_id: r.get(0),
         kind: r.get(1),
