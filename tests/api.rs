@@ -465,3 +465,44 @@ async fn wallets_through_the_rest_api_end_to_end() {
     projector.await.unwrap().unwrap();
     devnet.shutdown().await.unwrap();
 }
+
+/// The daemon serves `/api/v1`: the OpenAPI document without a token, and problem+json
+/// 401s for commands and reads without one (the JWT authenticator is configured by
+/// `[auth]`; without it every authenticated route is closed).
+#[test]
+fn the_daemon_serves_the_api_and_closes_it_without_credentials() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::new()).unwrap();
+    let dir = traversable_tempdir();
+    let settings = Settings::new(&db, free_port());
+    let config = write_config(dir.path(), &settings);
+    let mut gxd = Gxd::spawn_with_api(
+        &["run", "--config", config.to_str().unwrap()],
+        &[],
+        settings.api_port,
+    );
+    gxd.wait_ready(Duration::from_secs(60)).unwrap();
+    let api = gxd.api.unwrap();
+    let (status, doc) = http_get(api, "/api/v1/openapi.json").unwrap();
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["paths"]["/api/v1/transfers"]["post"].is_object());
+    let mut headers = BTreeMap::new();
+    headers.insert("Content-Type", "application/json");
+    let (status, h, body) = http_request(
+        api,
+        "POST",
+        "/api/v1/transfers",
+        headers,
+        r#"{"fromWalletId":"a","toWalletId":"b","amount":"1"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(h["content-type"], "application/problem+json");
+    let (status, _) = http_get(api, "/api/v1/wallets/a").unwrap();
+    assert_eq!(status, 401);
+    gxd.sigterm();
+    let exit = gxd.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(exit.success(), "{}", gxd.logs());
+    assert!(gxd.error_lines().is_empty(), "{:?}", gxd.error_lines());
+}
