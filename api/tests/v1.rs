@@ -728,6 +728,12 @@ async fn a_new_user_s_profile_stays_off_the_ledger() {
     h.post("/api/v1/users", "user:dave", other)
         .await
         .assert_problem(409);
+    // The same profile under a new key: the creation on its way is named, not repeated.
+    let mut same = body.clone();
+    same["requestId"] = json!("u-3");
+    let r = h.post("/api/v1/users", "user:dave", same).await;
+    r.assert_problem(409);
+    assert_eq!(r.json["commandId"], id.to_string());
     assert_eq!(h.total(), 1);
     // An admin may create any user; a user on the ledger already is 409.
     h.post(

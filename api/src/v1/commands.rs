@@ -357,7 +357,8 @@ pub(crate) async fn create_user(
         ));
     }
     let pool = &v1.deps.pool;
-    if known(v1, &principal, key.as_deref())?.is_none() {
+    let is_known = known(v1, &principal, key.as_deref())?.is_some();
+    if !is_known {
         let view = read_models::user_view(pool, &req.user_id)
             .await
             .map_err(|e| pg_problem(&e))?;
@@ -370,7 +371,20 @@ pub(crate) async fn create_user(
         .await
         .map_err(|e| pg_problem(&e))?;
     let row = match existing {
-        Some(row) if same_profile(&row, &canonical) => row,
+        Some(row) if same_profile(&row, &canonical) => {
+            // Under a new key, a creation already on its way is not started twice.
+            if !is_known
+                && let Ok(c) = v1.deps.outbox.get(row.command_id)
+                && c.status != Status::Failed
+            {
+                return Err(conflict(format!(
+                    "user {} is being created by command {}",
+                    req.user_id, c.id
+                ))
+                .with_extension("commandId", serde_json::json!(c.id.to_string())));
+            }
+            row
+        }
         Some(row) => {
             // Another profile: replaceable only if its creation failed for good.
             let failed = match v1.deps.outbox.get(row.command_id) {

@@ -1080,7 +1080,7 @@ pub async fn reserve_profile(pool: &Pool, row: &ProfileRow) -> Result<ProfileRow
         ))
         .await?;
     let r = client
-        .query_one(
+        .query_opt(
             &stmt,
             &[
                 &row.user_id,
@@ -1091,7 +1091,14 @@ pub async fn reserve_profile(pool: &Pool, row: &ProfileRow) -> Result<ProfileRow
             ],
         )
         .await?;
-    Ok(profile_from_row(&r))
+    if let Some(r) = r {
+        return Ok(profile_from_row(&r));
+    }
+    // A concurrent insert committed after this statement's snapshot: read it now.
+    drop(client);
+    profile(pool, &row.user_id)
+        .await?
+        .ok_or_else(|| missing("profile", &row.user_id))
 }
 
 /// Replaces the profile of `row.user_id` if its `command_id` is still `expected`
