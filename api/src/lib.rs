@@ -1,5 +1,5 @@
-//! gxd's HTTP API (axum): health, readiness, Prometheus metrics and (in later
-//! issues) the REST routes for wallets and operators.
+//! gxd's HTTP API (axum): the `/api/v1` REST routes for wallets and operators
+//! ([`v1`]), health, readiness, Prometheus metrics.
 //!
 //! - `GET /healthz`: liveness; 200 while the process serves HTTP.
 //! - `GET /readyz`: readiness; 200 when every [`ReadinessCheck`] passes, 503
@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod limits;
 mod metrics;
 pub mod problem;
+pub mod v1;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,7 @@ pub use health::{CheckOutcome, Readiness, ReadinessCheck};
 pub use jwt::{JwtAuthenticator, JwtSettings};
 pub use limits::{ApiLimits, RateLimit, RateLimiter};
 pub use problem::{ErrorCode, PROBLEM_JSON, Problem};
+pub use v1::{ProjectorSnapshot, ProjectorView, V1Deps};
 
 /// How long one readiness check may take before it counts as failing.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -53,6 +55,8 @@ struct Inner {
     /// Body size, request timeout (router layers) and rate limit (the `Principal` extractor).
     limits: ApiLimits,
     rate_limiter: Option<RateLimiter>,
+    /// The outbox and read models of `/api/v1`; `None` answers those routes 503.
+    v1: Option<v1::V1>,
 }
 
 impl ApiState {
@@ -72,6 +76,7 @@ impl ApiState {
                 authenticator: None,
                 limits: ApiLimits::default(),
                 rate_limiter: None,
+                v1: None,
             }),
         })
     }
@@ -99,6 +104,16 @@ impl ApiState {
         self
     }
 
+    /// Gives `/api/v1` its outbox, read models and projector view. Call before the state
+    /// is cloned into a router.
+    pub fn with_v1(mut self, deps: V1Deps) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.v1 = Some(v1::V1::new(deps)),
+            None => tracing::error!("with_v1 called on a shared ApiState; ignored"),
+        }
+        self
+    }
+
     /// The request limits.
     pub fn limits(&self) -> &ApiLimits {
         &self.inner.limits
@@ -107,6 +122,10 @@ impl ApiState {
     /// The per-subject rate limiter, when a rate limit is configured.
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {
         self.inner.rate_limiter.as_ref()
+    }
+
+    pub(crate) fn v1(&self) -> Option<&v1::V1> {
+        self.inner.v1.as_ref()
     }
 
     /// The bearer-token verifier, if one is configured.
@@ -154,7 +173,9 @@ pub async fn serve(
 
 /// The API router. Serve it with [`serve`].
 pub fn router(state: ApiState) -> Router {
+    let (api, _) = v1::openapi_router().split_for_parts();
     let app = Router::new()
+        .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics));

@@ -6,6 +6,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use gxd_storage::pg::projection::ProjectionError;
 use gxd_storage::{ErrorKind, StorageError};
 use serde::Serialize;
 
@@ -219,6 +220,21 @@ impl From<&StorageError> for Problem {
                 .with_detail(error.to_string())
                 .with_retry_after(STORAGE_RETRY_AFTER_SECONDS),
             _ => problem.with_detail(error.to_string()),
+        }
+    }
+}
+
+impl From<&ProjectionError> for Problem {
+    /// A read-model failure. Refused input is the caller's (422); a data error the
+    /// database raised is a bug (500, details in the logs); anything else — no connection,
+    /// a restarting server — may clear by itself (503 with `Retry-After`).
+    fn from(error: &ProjectionError) -> Self {
+        match error {
+            ProjectionError::InvalidInput(m) => Problem::new(ErrorCode::Validation).with_detail(m),
+            e if e.is_data_error() => Problem::new(ErrorCode::Internal),
+            _ => Problem::new(ErrorCode::Unavailable)
+                .with_detail("the read models are unavailable")
+                .with_retry_after(STORAGE_RETRY_AFTER_SECONDS),
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::exit::{self, SchemaRefused};
 use crate::readiness::{
     MigrationsCurrent, OutboxWritable, PostgresReady, ProjectorLag, ProjectorReady,
+    ProjectorStatusView,
 };
 use crate::sdnotify;
 
@@ -113,6 +114,8 @@ impl Daemon {
         ];
         let root = CancellationToken::new();
         let mut engine_subsystems = Vec::new();
+        let mut projector_view: Option<Arc<dyn gxd_api::ProjectorView>> = None;
+        let mut on_enqueue: Option<Arc<dyn Fn() + Send + Sync>> = None;
         // Outbox retention and gauges, with or without a peer.
         let maintenance_token = root.child_token();
         let maintenance = {
@@ -147,6 +150,11 @@ impl Daemon {
                     engine.projector.status(),
                     config.projector.max_lag,
                 )));
+                projector_view = Some(Arc::new(ProjectorStatusView::new(
+                    engine.projector.status(),
+                )));
+                let waker = engine.waker.clone();
+                on_enqueue = Some(Arc::new(move || waker.wake()));
                 let projector_metrics =
                     gxd_engine::projector_metrics::ProjectorMetrics::new(&registry)
                         .context("register projector metrics")?;
@@ -199,7 +207,17 @@ impl Daemon {
         }
         let mut api_state = ApiState::new(&registry, checks)
             .context("register API metrics")?
-            .with_limits(config.api_limits);
+            .with_limits(config.api_limits)
+            .with_v1(gxd_api::V1Deps {
+                outbox: outbox.clone(),
+                pool: pool.clone(),
+                channel: config
+                    .fabric
+                    .as_ref()
+                    .map_or_else(|| "gxchannel".to_owned(), |f| f.channel.clone()),
+                projector: projector_view,
+                on_enqueue,
+            });
         match &config.auth {
             Some(auth) => {
                 tracing::info!(issuer = %auth.issuer, audience = %auth.audience,

@@ -163,3 +163,41 @@ impl ReadinessCheck for ProjectorLag {
         }
     }
 }
+
+/// `GET /api/v1/admin/projector`: the projector's status watch as the API's snapshot.
+pub struct ProjectorStatusView {
+    status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+}
+
+impl ProjectorStatusView {
+    pub fn new(
+        status: tokio::sync::watch::Receiver<gxd_engine::projector::ProjectorStatus>,
+    ) -> Self {
+        Self { status }
+    }
+}
+
+impl gxd_api::ProjectorView for ProjectorStatusView {
+    fn snapshot(&self) -> gxd_api::ProjectorSnapshot {
+        use gxd_engine::projector::ProjectorState;
+        let s = self.status.borrow().clone();
+        let lag_seconds = Some(s.lag_now().as_secs_f64());
+        let (state, last_error) = match s.state {
+            ProjectorState::Starting => ("starting", None),
+            ProjectorState::Reconciling => ("reconciling", None),
+            ProjectorState::Running => ("running", None),
+            ProjectorState::Retrying { reason } => ("retrying", Some(reason)),
+            ProjectorState::Halted { reason } => ("halted", Some(reason)),
+            ProjectorState::Stopped => ("stopped", None),
+        };
+        gxd_api::ProjectorSnapshot {
+            state: state.to_owned(),
+            projected_block: s.height,
+            checkpoint_height: s.checkpoint_height,
+            ledger_height: s.ledger_height,
+            lag_seconds,
+            last_error,
+            last_projected_at: s.last_projected_at,
+        }
+    }
+}

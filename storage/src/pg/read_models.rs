@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::Pool;
 use super::batch::{self, BalanceChange, Batch};
 use super::projection::{BlockTx, ProjectionError, Result, TxContext, to_i32, to_i64};
+use crate::types::CommandId;
 
 /// A wallet's kind (`wallets.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -611,21 +612,23 @@ pub struct WalletRow {
     pub msp_id: Option<String>,
     pub owners: Vec<String>,
     pub updated_block: i64,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A wallet and its owners.
 pub async fn wallet(pool: &Pool, wallet_id: &str) -> Result<Option<WalletRow>> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
+    let stmt = client
+        .prepare_cached(
             "SELECT w.wallet_id, w.kind, w.balance::text, w.threshold, w.msp_id, \
              COALESCE(array_agg(o.owner_id ORDER BY o.owner_id) \
-                      FILTER (WHERE o.owner_id IS NOT NULL), '{}'), w.updated_block \
+                      FILTER (WHERE o.owner_id IS NOT NULL), '{}'), w.updated_block, \
+             w.updated_at \
              FROM wallets w LEFT JOIN wallet_owners o ON o.wallet_id = w.wallet_id \
              WHERE w.wallet_id = $1 GROUP BY w.wallet_id",
-            &[&wallet_id],
         )
         .await?;
+    let row = client.query_opt(&stmt, &[&wallet_id]).await?;
     Ok(row.map(|r| WalletRow {
         wallet_id: r.get(0),
         kind: r.get(1),
@@ -634,6 +637,7 @@ pub async fn wallet(pool: &Pool, wallet_id: &str) -> Result<Option<WalletRow>> {
         msp_id: r.get(4),
         owners: r.get(5),
         updated_block: r.get(6),
+        updated_at: r.get(7),
     }))
 }
 
@@ -857,4 +861,425 @@ pub async fn read_model_digest(pool: &Pool) -> Result<String> {
         h.update(b"\n");
     }
     Ok(hex::encode(h.finalize()))
+}
+
+// ---- the REST API's reads (and the profile table, written by the API) ----
+
+/// A position in a wallet's history: the keyset cursor of
+/// [`wallet_transactions`], a total order (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub block_number: i64,
+    pub tx_index: i32,
+    /// `debit` or `credit` (a self-transfer has both for one wallet).
+    pub direction: String,
+}
+
+/// A wallet history row with its transfer's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletTransaction {
+    pub tx_id: String,
+    pub block_number: i64,
+    pub tx_index: i32,
+    pub tx_timestamp: DateTime<Utc>,
+    /// `debit` or `credit`.
+    pub direction: String,
+    pub counterparty_wallet_id: Option<String>,
+    pub amount: String,
+    pub memo: Option<String>,
+    pub transfer_id: String,
+    /// `transfer`, `multisig` or `mint`.
+    pub kind: String,
+}
+
+impl WalletTransaction {
+    /// The cursor that continues after this row.
+    pub fn cursor(&self) -> HistoryCursor {
+        HistoryCursor {
+            block_number: self.block_number,
+            tx_index: self.tx_index,
+            direction: self.direction.clone(),
+        }
+    }
+}
+
+/// Up to `limit` rows of a wallet's history, newest first, strictly after `after`
+/// (one index range scan on `wallet_history_by_wallet_newest`).
+pub async fn wallet_transactions(
+    pool: &Pool,
+    wallet_id: &str,
+    after: Option<&HistoryCursor>,
+    limit: u32,
+) -> Result<Vec<WalletTransaction>> {
+    let client = pool.get().await?;
+    let limit = i64::from(limit);
+    const COLUMNS: &str = "h.tx_id, h.block_number, h.tx_index, h.tx_timestamp, h.direction, \
+         h.counterparty_wallet_id, h.amount::text, h.memo, t.transfer_id, t.kind \
+         FROM wallet_history h JOIN transfers t ON t.channel = h.channel AND t.tx_id = h.tx_id";
+    let rows = match after {
+        None => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} WHERE h.wallet_id = $1 \
+                     ORDER BY h.block_number DESC, h.tx_index DESC, h.direction DESC LIMIT $2"
+                ))
+                .await?;
+            client.query(&stmt, &[&wallet_id, &limit]).await?
+        }
+        Some(c) => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} WHERE h.wallet_id = $1 \
+                     AND (h.block_number, h.tx_index, h.direction) < ($2, $3, $4) \
+                     ORDER BY h.block_number DESC, h.tx_index DESC, h.direction DESC LIMIT $5"
+                ))
+                .await?;
+            client
+                .query(
+                    &stmt,
+                    &[
+                        &wallet_id,
+                        &c.block_number,
+                        &c.tx_index,
+                        &c.direction,
+                        &limit,
+                    ],
+                )
+                .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| WalletTransaction {
+            tx_id: r.get(0),
+            block_number: r.get(1),
+            tx_index: r.get(2),
+            tx_timestamp: r.get(3),
+            direction: r.get(4),
+            counterparty_wallet_id: r.get(5),
+            amount: r.get(6),
+            memo: r.get(7),
+            transfer_id: r.get(8),
+            kind: r.get(9),
+        })
+        .collect())
+}
+
+/// A user: the ledger's row (projection) joined with the organization's profile row.
+/// Either side may be missing (a profile accepted but not yet on the ledger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    pub user_id: String,
+    /// On the ledger (the `users` projection has the row).
+    pub on_ledger: bool,
+    pub country: Option<String>,
+    pub profile_commitment: Option<String>,
+    pub msp_id: Option<String>,
+    pub created_block: Option<i64>,
+    pub created_at: Option<DateTime<Utc>>,
+    /// The profile as JSON text (from `user_profiles`).
+    pub profile_json: Option<String>,
+}
+
+/// A user and its profile, joined on the user id.
+pub async fn user_view(pool: &Pool, user_id: &str) -> Result<Option<UserView>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT COALESCE(u.user_id, p.user_id), u.user_id IS NOT NULL, u.country, \
+             COALESCE(u.profile_commitment, p.commitment), u.msp_id, u.created_block, \
+             u.created_at, p.profile::text \
+             FROM (SELECT * FROM users WHERE user_id = $1) u \
+             FULL OUTER JOIN (SELECT * FROM user_profiles WHERE user_id = $1) p \
+             ON p.user_id = u.user_id",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&user_id]).await?;
+    Ok(row.map(|r| UserView {
+        user_id: r.get(0),
+        on_ledger: r.get(1),
+        country: r.get(2),
+        profile_commitment: r.get(3),
+        msp_id: r.get(4),
+        created_block: r.get(5),
+        created_at: r.get(6),
+        profile_json: r.get(7),
+    }))
+}
+
+/// Which of `user_ids` are users on the ledger.
+pub async fn existing_users(pool: &Pool, user_ids: &[String]) -> Result<Vec<String>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT user_id FROM users WHERE user_id = ANY($1::text[]) ORDER BY 1")
+        .await?;
+    Ok(client
+        .query(&stmt, &[&user_ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// A proposal with its wallet's owners and every decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposalView {
+    pub proposal_id: String,
+    pub wallet_id: String,
+    pub to_wallet_id: String,
+    pub amount: String,
+    pub memo: Option<String>,
+    /// `pending`, `executed` or `rejected`.
+    pub state: String,
+    pub threshold: i32,
+    pub approval_count: i32,
+    pub rejection_count: i32,
+    pub created_tx_id: String,
+    pub created_block: i64,
+    pub created_at: DateTime<Utc>,
+    pub closed_tx_id: Option<String>,
+    pub closed_block: Option<i64>,
+    pub closed_at: Option<DateTime<Utc>>,
+    /// The owners of the proposal's wallet (who may decide).
+    pub owners: Vec<String>,
+    /// Decisions in the order they were made.
+    pub decisions: Vec<DecisionView>,
+}
+
+/// One decision on a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionView {
+    pub approver_id: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub tx_id: String,
+    pub block_number: i64,
+    pub tx_timestamp: DateTime<Utc>,
+}
+
+const PROPOSAL_COLUMNS: &str = "p.proposal_id, p.wallet_id, p.to_wallet_id, p.amount::text, \
+     p.memo, p.state, p.threshold, p.approval_count, p.rejection_count, p.created_tx_id, \
+     p.created_block, p.created_at, p.closed_tx_id, p.closed_block, p.closed_at, \
+     COALESCE((SELECT array_agg(o.owner_id ORDER BY o.owner_id) FROM wallet_owners o \
+               WHERE o.wallet_id = p.wallet_id), '{}')";
+
+fn proposal_from_row(r: &tokio_postgres::Row) -> ProposalView {
+    ProposalView {
+        proposal_id: r.get(0),
+        wallet_id: r.get(1),
+        to_wallet_id: r.get(2),
+        amount: r.get(3),
+        memo: r.get(4),
+        state: r.get(5),
+        threshold: r.get(6),
+        approval_count: r.get(7),
+        rejection_count: r.get(8),
+        created_tx_id: r.get(9),
+        created_block: r.get(10),
+        created_at: r.get(11),
+        closed_tx_id: r.get(12),
+        closed_block: r.get(13),
+        closed_at: r.get(14),
+        owners: r.get(15),
+        decisions: Vec::new(),
+    }
+}
+
+/// A proposal, its wallet's owners and its decisions.
+pub async fn proposal_view(pool: &Pool, proposal_id: &str) -> Result<Option<ProposalView>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {PROPOSAL_COLUMNS} FROM proposals p WHERE p.proposal_id = $1"
+        ))
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&proposal_id]).await? else {
+        return Ok(None);
+    };
+    let mut view = proposal_from_row(&row);
+    let stmt = client
+        .prepare_cached(
+            "SELECT approver_id, decision, tx_id, block_number, tx_timestamp \
+             FROM proposal_decisions WHERE proposal_id = $1 ORDER BY block_number, tx_id",
+        )
+        .await?;
+    view.decisions = client
+        .query(&stmt, &[&proposal_id])
+        .await?
+        .iter()
+        .map(|d| DecisionView {
+            approver_id: d.get(0),
+            decision: d.get(1),
+            tx_id: d.get(2),
+            block_number: d.get(3),
+            tx_timestamp: d.get(4),
+        })
+        .collect();
+    Ok(Some(view))
+}
+
+/// Proposals on the wallets `approver` owns, newest first, at most `limit`; `state`
+/// filters (`pending`, `executed`, `rejected`); `undecided` keeps only those `approver`
+/// has not decided on. Decisions are not loaded (see [`proposal_view`]).
+pub async fn proposals_for_approver(
+    pool: &Pool,
+    approver: &str,
+    state: Option<&str>,
+    undecided: bool,
+    limit: u32,
+) -> Result<Vec<ProposalView>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {PROPOSAL_COLUMNS} FROM proposals p \
+             JOIN wallet_owners w ON w.wallet_id = p.wallet_id AND w.owner_id = $1 \
+             WHERE ($2::text IS NULL OR p.state = $2) \
+             AND (NOT $3 OR NOT EXISTS (SELECT 1 FROM proposal_decisions d \
+                  WHERE d.proposal_id = p.proposal_id AND d.approver_id = $1)) \
+             ORDER BY p.created_block DESC, p.proposal_id DESC LIMIT $4"
+        ))
+        .await?;
+    Ok(client
+        .query(&stmt, &[&approver, &state, &undecided, &i64::from(limit)])
+        .await?
+        .iter()
+        .map(proposal_from_row)
+        .collect())
+}
+
+/// Whether a valid transaction `tx_id` of `channel` has been applied to the read models.
+pub async fn transaction_projected(pool: &Pool, channel: &str, tx_id: &str) -> Result<bool> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM applied_transactions \
+             WHERE channel = $1 AND tx_id = $2 AND validation_code = 0)",
+        )
+        .await?;
+    Ok(client.query_one(&stmt, &[&channel, &tx_id]).await?.get(0))
+}
+
+/// A row of `user_profiles`: personal data, never on the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRow {
+    pub user_id: String,
+    /// The profile as JSON text.
+    pub profile_json: String,
+    pub salt: Vec<u8>,
+    /// Hex SHA-256(salt ‖ profile).
+    pub commitment: String,
+    /// The outbox command that creates the user on the ledger — or, until that command
+    /// is accepted, a reservation id (see [`reserve_profile`]).
+    pub command_id: CommandId,
+}
+
+const PROFILE_COLUMNS: &str = "user_id, profile::text, salt, commitment, command_id";
+
+fn profile_from_row(r: &tokio_postgres::Row) -> ProfileRow {
+    ProfileRow {
+        user_id: r.get(0),
+        profile_json: r.get(1),
+        salt: r.get(2),
+        commitment: r.get(3),
+        command_id: CommandId::from(r.get::<_, uuid::Uuid>(4)),
+    }
+}
+
+/// A user's profile row.
+pub async fn profile(pool: &Pool, user_id: &str) -> Result<Option<ProfileRow>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {PROFILE_COLUMNS} FROM user_profiles WHERE user_id = $1"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&user_id])
+        .await?
+        .as_ref()
+        .map(profile_from_row))
+}
+
+/// Stores `row` unless the user already has a profile; returns the row that is stored
+/// (the existing one if there was one: a concurrent or repeated request keeps the first
+/// salt, so its commitment — and the command's payload — stay the same).
+pub async fn reserve_profile(pool: &Pool, row: &ProfileRow) -> Result<ProfileRow> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH ins AS (INSERT INTO user_profiles \
+                 (user_id, profile, salt, commitment, command_id) \
+                 VALUES ($1, $2::text::jsonb, $3, $4, $5) \
+                 ON CONFLICT (user_id) DO NOTHING RETURNING {PROFILE_COLUMNS}) \
+             SELECT * FROM ins UNION ALL \
+             SELECT {PROFILE_COLUMNS} FROM user_profiles WHERE user_id = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM ins)"
+        ))
+        .await?;
+    let r = client
+        .query_opt(
+            &stmt,
+            &[
+                &row.user_id,
+                &row.profile_json,
+                &row.salt,
+                &row.commitment,
+                row.command_id.as_uuid(),
+            ],
+        )
+        .await?;
+    if let Some(r) = r {
+        return Ok(profile_from_row(&r));
+    }
+    // A concurrent insert committed after this statement's snapshot: read it now.
+    drop(client);
+    profile(pool, &row.user_id)
+        .await?
+        .ok_or_else(|| missing("profile", &row.user_id))
+}
+
+/// Replaces the profile of `row.user_id` if its `command_id` is still `expected`
+/// (an abandoned reservation or a failed creation); returns whether it did.
+pub async fn replace_profile(pool: &Pool, expected: CommandId, row: &ProfileRow) -> Result<bool> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE user_profiles SET profile = $2::text::jsonb, salt = $3, commitment = $4, \
+             command_id = $5, updated_at = now() WHERE user_id = $1 AND command_id = $6",
+        )
+        .await?;
+    let n = client
+        .execute(
+            &stmt,
+            &[
+                &row.user_id,
+                &row.profile_json,
+                &row.salt,
+                &row.commitment,
+                row.command_id.as_uuid(),
+                expected.as_uuid(),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Links a profile to the command that creates its user (idempotent).
+pub async fn link_profile_command(
+    pool: &Pool,
+    user_id: &str,
+    commitment: &str,
+    command_id: CommandId,
+) -> Result<()> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE user_profiles SET command_id = $3, updated_at = now() \
+             WHERE user_id = $1 AND commitment = $2 AND command_id <> $3",
+        )
+        .await?;
+    client
+        .execute(&stmt, &[&user_id, &commitment, command_id.as_uuid()])
+        .await?;
+    Ok(())
 }
