@@ -53,7 +53,7 @@ pub(crate) async fn list_outbox(
         .map_err(|_| {
             invalid(
                 "status",
-                "must be pending, prepared, submitted, committed or failed",
+                "must be pending, prepared, submitted, committed, projected or failed",
             )
         })?;
     let limit = validate::limit(q.limit)?;
@@ -125,6 +125,7 @@ pub(crate) async fn outbox_counts(
         prepared: c.prepared,
         submitted: c.submitted,
         committed: c.committed,
+        projected: c.projected,
         failed: c.failed,
         total: c.total(),
     }))

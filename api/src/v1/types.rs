@@ -219,7 +219,7 @@ pub struct OutboxPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct OutboxQuery {
-    /// pending, prepared, submitted, committed or failed (default failed).
+    /// pending, prepared, submitted, committed, projected or failed (default failed).
     pub status: Option<String>,
     pub cursor: Option<String>,
     /// 1 to 200 (default 50).
@@ -234,6 +234,8 @@ pub struct OutboxCounts {
     pub prepared: u64,
     pub submitted: u64,
     pub committed: u64,
+    /// Committed and applied to the read models.
+    pub projected: u64,
     pub failed: u64,
     pub total: u64,
 }
