@@ -1,7 +1,8 @@
 //! gxd's HTTP API (axum): health, readiness, Prometheus metrics and (in later
 //! issues) the REST routes for wallets and operators.
 //!
-//! - `GET /healthz`: liveness; 200 while the process serves HTTP.
+//! - `GET /livez` (and its older alias `GET /healthz`): liveness; 200 while the
+//!   process serves HTTP (container and Kubernetes liveness probes use `/livez`).
 //! - `GET /readyz`: readiness; 200 when every [`ReadinessCheck`] passes, 503
 //!   otherwise (and while shutting down), with a JSON body naming each check.
 //! - `GET /metrics`: the daemon's Prometheus registry in the text format.
@@ -155,6 +156,7 @@ pub async fn serve(
 /// The API router. Serve it with [`serve`].
 pub fn router(state: ApiState) -> Router {
     let app = Router::new()
+        .route("/livez", get(health::healthz))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics));
