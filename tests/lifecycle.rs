@@ -112,6 +112,89 @@ async fn run_becomes_ready_and_stops_on_sigterm_within_its_bound() {
     assert!(!gxd.logs().contains(password));
 }
 
+/// With a peer configured, `READY=1` waits until the peer accepts a connection (the API
+/// serves meanwhile: `/livez` 200); then, under `WATCHDOG_USEC`, the
+/// supervision loop pings `WATCHDOG=1` at half that interval, and stops with the daemon.
+// Multi-threaded: the in-process devnet must serve while this thread blocks on the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_peer_then_the_watchdog_pings() {
+    let db = TestDb::new().await.unwrap();
+    let dir = traversable_tempdir();
+    let devnet_dir = dir.path().join("devnet");
+    // A devnet started once for its crypto material and its port, then stopped: the peer
+    // is down when gxd starts.
+    let devnet = gxd_devnet::start(
+        gxd_devnet::DevnetConfig::new(&devnet_dir).with_listen("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let peer_addr = devnet.local_addr();
+    let mut settings = Settings::new(&db, free_port());
+    settings.extra_toml = devnet_fabric_toml(&devnet);
+    devnet.shutdown().await.unwrap();
+    let config = write_config(dir.path(), &settings);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+
+    let mut gxd = Gxd::spawn_with_api(
+        &["run", "--config", config.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        settings.api_port,
+    );
+    let api = gxd.api.unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(api, "/livez"), Ok((200, _))) {
+        assert!(std::time::Instant::now() < end, "no /livez: {}", gxd.logs());
+        assert!(gxd.try_wait().is_none(), "gxd exited: {}", gxd.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Peer down: alive, and systemd is told nothing (no READY, no WATCHDOG).
+    let early = recv_notify(&notify, "READY=1", Duration::from_secs(3));
+    assert!(
+        early.is_empty(),
+        "notified before the peer was up: {early:?}"
+    );
+    assert_eq!(http_get(api, "/livez").unwrap().0, 200);
+
+    // The peer comes up on its port: READY follows, then the watchdog pings.
+    let devnet =
+        gxd_devnet::start(gxd_devnet::DevnetConfig::new(&devnet_dir).with_listen(peer_addr))
+            .await
+            .unwrap();
+    let got = recv_notify(&notify, "READY=1", Duration::from_secs(30));
+    assert!(
+        got.iter().any(|m| m == "READY=1"),
+        "no READY=1 after the peer came up: {got:?}\n{}",
+        gxd.logs()
+    );
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while pings < 5 {
+        let got = recv_notify(&notify, "WATCHDOG=1", Duration::from_secs(5));
+        assert!(
+            got.iter().any(|m| m == "WATCHDOG=1"),
+            "watchdog pings stopped after {pings}: {got:?}"
+        );
+        pings += 1;
+    }
+    // Five pings at 200 ms: about a second (printed, not asserted: the machine is shared).
+    println!("5 watchdog pings in {:?}", started.elapsed());
+
+    gxd.sigterm();
+    let status = gxd
+        .wait_exit(settings.shutdown_bound() + MARGIN)
+        .expect("exited");
+    assert_eq!(status.code(), Some(0), "{}", gxd.logs());
+    // After the daemon is gone, no more pings (drain what was sent before it stopped).
+    let _ = recv_notify(&notify, "STOPPING=1", Duration::from_secs(5));
+    let after = recv_notify(&notify, "WATCHDOG=1", Duration::from_secs(1));
+    assert!(after.is_empty(), "pings after exit: {after:?}");
+    devnet.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn sigint_stops_it_too() {
     let db = TestDb::new().await.unwrap();

@@ -1,7 +1,8 @@
 //! gxd's HTTP API (axum): the `/api/v1` REST routes for wallets and operators
 //! ([`v1`]), health, readiness, Prometheus metrics.
 //!
-//! - `GET /healthz`: liveness; 200 while the process serves HTTP.
+//! - `GET /livez` (and its older alias `GET /healthz`): liveness; 200 while the
+//!   process serves HTTP (container and Kubernetes liveness probes use `/livez`).
 //! - `GET /readyz`: readiness; 200 when every [`ReadinessCheck`] passes, 503
 //!   otherwise (and while shutting down), with a JSON body naming each check.
 //! - `GET /metrics`: the daemon's Prometheus registry in the text format.
@@ -176,6 +177,7 @@ pub fn router(state: ApiState) -> Router {
     let (api, _) = v1::openapi_router().split_for_parts();
     let app = Router::new()
         .merge(api)
+        .route("/livez", get(health::healthz))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics));

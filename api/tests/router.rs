@@ -82,6 +82,18 @@ async fn healthz_is_ok() {
 }
 
 #[tokio::test]
+async fn livez_is_ok_even_when_not_ready() {
+    // Liveness must not follow readiness: a daemon waiting for its peer is alive.
+    let state = state_with(Arc::new(AtomicBool::new(false)));
+    let (status, ct, body) = get(&state, "/livez").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ct.contains("application/json"), "{ct}");
+    assert!(body.contains(r#""status":"ok""#), "{body}");
+    let (status, _, _) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
 async fn readyz_follows_checks_and_names_them() {
     let flag = Arc::new(AtomicBool::new(false));
     let state = state_with(flag.clone());

@@ -3,7 +3,13 @@
 //! Startup: local state directory → PostgreSQL pool → schema check (refuse a
 //! diverged database; apply pending migrations when `migrate_on_startup`) → the
 //! RocksDB outbox and checkpoint log → outbox maintenance → the engine (submitter,
-//! projector) when `[fabric]` names a peer → HTTP listener → `READY=1` to systemd.
+//! projector) when `[fabric]` names a peer → HTTP listener → supervision, which sends
+//! `READY=1` to systemd once the peer accepts a connection (at once without a peer).
+//!
+//! Watchdog: under `WatchdogSec=` the supervision loop sends `WATCHDOG=1` every half of
+//! `$WATCHDOG_USEC` after `READY=1`, from the same task that watches the subsystems, so
+//! pings stop when supervision stops (a wedged runtime, a stuck startup gate) and
+//! systemd restarts the daemon.
 //!
 //! Supervision: every long-running subsystem is a spawned task with a child of
 //! the root `CancellationToken`. If one ends on its own — error, or panic — the
@@ -17,6 +23,7 @@
 //! A halted projector is not a failed subsystem: it waits for shutdown while
 //! `/readyz` reports why it halted.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use gxd_api::{ApiState, ReadinessCheck};
+use gxd_fabric::tls::PeerConnector;
 use gxd_storage::checkpoint::CheckpointLog;
 use gxd_storage::outbox::{Outbox, OutboxOptions};
 use gxd_storage::pg::{self, Pool};
@@ -76,6 +84,8 @@ pub struct Daemon {
     /// In shutdown order.
     subsystems: Vec<Subsystem>,
     registry: prometheus::Registry,
+    /// The engine's peer connection (`None` without `[fabric]` peers).
+    peer: Option<Arc<PeerConnector>>,
 }
 
 impl Daemon {
@@ -116,6 +126,7 @@ impl Daemon {
         let mut engine_subsystems = Vec::new();
         let mut projector_view: Option<Arc<dyn gxd_api::ProjectorView>> = None;
         let mut on_enqueue: Option<Arc<dyn Fn() + Send + Sync>> = None;
+        let mut peer = None;
         // Outbox retention and gauges, with or without a peer.
         let maintenance_token = root.child_token();
         let maintenance = {
@@ -155,6 +166,7 @@ impl Daemon {
                 )));
                 let waker = engine.waker.clone();
                 on_enqueue = Some(Arc::new(move || waker.wake()));
+                peer = Some(engine.connector.clone());
                 let projector_metrics =
                     gxd_engine::projector_metrics::ProjectorMetrics::new(&registry)
                         .context("register projector metrics")?;
@@ -272,6 +284,7 @@ impl Daemon {
             db: Some(db),
             subsystems,
             registry,
+            peer,
         })
     }
 
@@ -291,10 +304,12 @@ impl Daemon {
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        sdnotify::notify_logged("READY=1");
-        tracing::info!(api = %self.api_addr, "gxd ready");
-
-        let failure = supervise(&mut self.subsystems, shutdown).await;
+        let notifier = notify_systemd(
+            self.peer.clone(),
+            self.api_addr,
+            sdnotify::watchdog_interval(),
+        );
+        let failure = supervise(&mut self.subsystems, shutdown, notifier).await;
         if failure.is_some() {
             // The error itself is reported once, when the daemon exits with it.
             tracing::warn!("a subsystem stopped unexpectedly; shutting down");
@@ -342,14 +357,56 @@ impl Daemon {
     }
 }
 
+/// The supervision loop's duty towards systemd, polled by [`supervise`] (so it stops
+/// when supervision does): `READY=1` once the peer, when there is one, accepts a
+/// connection (migrations and storage are up before supervision starts), then
+/// `WATCHDOG=1` every `watchdog` (half of `$WATCHDOG_USEC`), forever.
+async fn notify_systemd(
+    peer: Option<Arc<PeerConnector>>,
+    api: SocketAddr,
+    watchdog: Option<Duration>,
+) -> Infallible {
+    if let Some(peer) = peer {
+        let mut delay = Duration::from_millis(200);
+        let mut waiting_logged = false;
+        while let Err(e) = peer.channel().await {
+            if !waiting_logged {
+                tracing::warn!(error = %e, "waiting for the peer before reporting ready to systemd");
+                waiting_logged = true;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    sdnotify::notify_logged("READY=1");
+    tracing::info!(api = %api, "gxd ready");
+    match watchdog {
+        Some(every) => {
+            tracing::info!(interval = ?every, "systemd watchdog pings on");
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                sdnotify::notify_logged("WATCHDOG=1");
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for `shutdown`, or for any subsystem to end (which is a failure: they
-/// run until cancelled). Returns that failure, if any.
+/// run until cancelled), while polling `notifier` (readiness and watchdog pings).
+/// Returns that failure, if any.
 async fn supervise(
     subsystems: &mut [Subsystem],
     shutdown: impl Future<Output = ()> + Send,
+    notifier: impl Future<Output = Infallible> + Send,
 ) -> Option<anyhow::Error> {
     if subsystems.is_empty() {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            never = notifier => match never {},
+        }
         return None;
     }
     let ended = {
@@ -364,6 +421,7 @@ async fn supervise(
                 None
             }
             (err, index, _) = watched => Some((err, index)),
+            never = notifier => match never {},
         }
     };
     let (err, index) = ended?;
@@ -500,7 +558,7 @@ mod tests {
                 })
             }),
         ];
-        let failure = supervise(&mut subs, std::future::pending()).await;
+        let failure = supervise(&mut subs, std::future::pending(), std::future::pending()).await;
         let text = failure.expect("the panic ends supervision").to_string();
         assert!(text.contains("boom") && text.contains("panicked"), "{text}");
         // The others are still stopped in order.
@@ -512,7 +570,9 @@ mod tests {
         let mut subs = vec![subsystem("db", Duration::from_secs(1), |_| {
             tokio::spawn(async { Err(anyhow!("connection lost")) })
         })];
-        let failure = supervise(&mut subs, std::future::pending()).await.unwrap();
+        let failure = supervise(&mut subs, std::future::pending(), std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(
             crate::exit::one_line(&failure),
             "subsystem db failed: connection lost"
@@ -543,9 +603,13 @@ mod tests {
 
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tx.send(()).unwrap();
-        let failure = supervise(&mut subs, async {
-            let _ = rx.await;
-        })
+        let failure = supervise(
+            &mut subs,
+            async {
+                let _ = rx.await;
+            },
+            std::future::pending(),
+        )
         .await;
         assert!(failure.is_none());
         let start = tokio::time::Instant::now();

@@ -23,6 +23,9 @@ pub struct Engine {
     pub projector: Projector,
     /// Wakes the submitter after an enqueue.
     pub waker: Waker,
+    /// The peer connection the submitter and projector share (the daemon waits for it
+    /// before telling systemd it is ready).
+    pub connector: Arc<PeerConnector>,
 }
 
 fn read(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -113,7 +116,7 @@ pub fn build(
     };
     let projector_config = ProjectorConfig::new(fabric.channel.clone()).with_poison_policy(poison);
     let source = DeliverSource {
-        connector,
+        connector: connector.clone(),
         signer: identity,
         backoff: gxd_fabric::stream::Backoff::default(),
     };
@@ -131,5 +134,6 @@ pub fn build(
         submitter,
         projector,
         waker,
+        connector,
     })
 }

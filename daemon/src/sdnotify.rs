@@ -1,11 +1,16 @@
 //! systemd's readiness protocol (`sd_notify`), without libsystemd: one datagram
 //! to the unix socket named by `NOTIFY_SOCKET` (a path, or `@name` for the
 //! abstract namespace). A no-op when the variable is unset.
+//!
+//! The watchdog: with `WatchdogSec=` systemd sets `WATCHDOG_USEC` (and
+//! `WATCHDOG_PID`); [`watchdog_interval`] is half of it, the interval at which the
+//! daemon's supervision loop sends `WATCHDOG=1` (see `daemon.rs`).
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
 
 /// Environment variable systemd sets for `Type=notify` services.
 pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
@@ -46,6 +51,38 @@ pub fn notify_to(socket: &OsStr, state: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Environment variables systemd sets when the unit has `WatchdogSec=`.
+pub const WATCHDOG_USEC_ENV: &str = "WATCHDOG_USEC";
+pub const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
+
+/// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, when it is set for this
+/// process (`$WATCHDOG_PID` unset or equal to our pid), as sd_watchdog_enabled(3) says.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec = std::env::var(WATCHDOG_USEC_ENV).ok();
+    let pid = std::env::var(WATCHDOG_PID_ENV).ok();
+    watchdog_interval_from(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+/// [`watchdog_interval`] from the variables' values (testable without the environment).
+/// `None` when the watchdog is off, meant for another process, or the values are not
+/// numbers (a malformed value is ignored, not fatal: the watchdog is systemd's business).
+pub fn watchdog_interval_from(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    my_pid: u32,
+) -> Option<Duration> {
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok()? != my_pid
+    {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    if usec == 0 {
+        return None;
+    }
+    Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
+}
+
 /// Logs instead of failing: readiness notification is best effort.
 pub fn notify_logged(state: &str) {
     match notify(state) {
@@ -68,6 +105,23 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_of_watchdog_usec_for_this_process_only() {
+        let half = Some(Duration::from_secs(15));
+        assert_eq!(watchdog_interval_from(Some("30000000"), None, 7), half);
+        assert_eq!(watchdog_interval_from(Some("30000000"), Some("7"), 7), half);
+        // Meant for another process (a child inherited the variables), off, or garbage.
+        assert_eq!(watchdog_interval_from(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval_from(None, None, 7), None);
+        assert_eq!(watchdog_interval_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval_from(Some("soon"), None, 7), None);
+        assert_eq!(watchdog_interval_from(Some("30000000"), Some("x"), 7), None);
+        assert_eq!(
+            watchdog_interval_from(Some("1"), None, 7),
+            Some(Duration::from_millis(1))
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -279,7 +279,7 @@ impl Gxd {
         self.signal(nix::sys::signal::Signal::SIGINT);
     }
 
-    fn try_wait(&mut self) -> Option<ExitStatus> {
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none()
             && let Some(child) = self.child.as_mut()
             && let Ok(Some(status)) = child.try_wait()
