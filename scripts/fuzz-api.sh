@@ -15,6 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${GXD_FUZZ_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gxd/schemathesis-venv}"
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "fuzz: installing python3-venv" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet 'schemathesis>=4,<5'
@@ -35,10 +40,19 @@ if [ -z "$url" ]; then
   server_pid=$!
   url="http://127.0.0.1:$port"
 fi
-for _ in $(seq 1 600); do
-  if curl -fsS "$url/healthz" >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
+# Wait for the server (python3, not curl: a fresh machine may have no curl).
+python3 - "$url/healthz" <<'PY'
+import sys, time, urllib.request
+deadline = time.time() + 60
+while True:
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=2).read()
+        break
+    except Exception as e:
+        if time.time() > deadline:
+            sys.exit(f"fuzz: {sys.argv[1]} did not answer within 60 s: {e}")
+        time.sleep(0.1)
+PY
 
 status=0
 for token in "$admin" "$user"; do

@@ -478,8 +478,9 @@ fn dev_runs_everything_bootstraps_once_and_stops_cleanly() {
         "PostgreSQL was stopped:\n{}",
         gxd.logs()
     );
-    // (No check for ERROR lines: tower-http's trace layer logs the 503s of /readyz
-    // while the daemon starts at ERROR.)
+    // No ERROR lines (the 503s of /readyz while the daemon starts are logged at WARN).
+    let errors = gxd.error_lines();
+    assert!(errors.is_empty(), "{errors:?}");
 
     // Second start, explicit free ports: the same data, no second bootstrap.
     let api_port = free_port();

@@ -193,6 +193,11 @@ pub fn router(state: ApiState) -> Router {
     .layer(tower_http::catch_panic::CatchPanicLayer::custom(
         metrics::panic_response,
     ))
-    .layer(tower_http::trace::TraceLayer::new_for_http())
+    // A 5xx is logged at WARN, not ERROR: most are `/readyz` saying "not ready yet" or a
+    // dependency's 503, which their own checks and handlers already log with the cause.
+    .layer(
+        tower_http::trace::TraceLayer::new_for_http()
+            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
+    )
     .with_state(state)
 }
