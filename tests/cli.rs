@@ -336,3 +336,113 @@ fn token_issue_mints_tokens_that_verify() {
     assert_config_error(&out, "does not verify");
     assert!(stdout(&out).is_empty());
 }
+
+/// `gxd outbox counts|list|requeue` on a stopped daemon's data dir: counts per status, the
+/// dead letters with their error, a requeue back to PENDING; bad arguments are usage errors
+/// (64) and nothing changes; a data dir held by a running gxd is refused with 75 and the REST
+/// routes to use instead.
+#[test]
+fn outbox_commands_read_and_requeue_the_data_dir() {
+    use gxd_storage::outbox::{CommandError, NewCommand, Outbox, OutboxOptions, Status};
+    use gxd_storage::{Db, DbOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write(
+        dir.path(),
+        &format!(
+            "{VALID}\n[storage]\ndata_dir = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (failed, pending) = {
+        let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
+        let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+        let new = |r: &str, p: &str| NewCommand {
+            tenant: "ops".into(),
+            command_type: "TRANSFER_TOKENS".into(),
+            request_id: r.into(),
+            partition_key: p.into(),
+            payload: b"{}".to_vec(),
+        };
+        rt.block_on(async {
+            let a = outbox.enqueue(new("a", "A")).await.unwrap().command.id;
+            let b = outbox.enqueue(new("b", "B")).await.unwrap().command.id;
+            let error = CommandError {
+                stage: "endorse".into(),
+                code: "CHAINCODE_ERROR".into(),
+                message: "insufficient funds".into(),
+            };
+            outbox.mark_failed(a, error).await.unwrap();
+            (a, b)
+        })
+    };
+
+    let out = run_gxd(
+        &["outbox", "counts", "--config", cfg, "--json"],
+        &[],
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let counts: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (counts["failed"].as_u64(), counts["pending"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let out = run_gxd(&["outbox", "list", "--config", cfg], &[], DEADLINE);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&failed.to_string()) && text.contains("insufficient funds"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&pending.to_string()),
+        "only the dead letters: {text}"
+    );
+
+    for bad in [
+        vec!["outbox", "list", "--config", cfg, "--status", "lost"],
+        vec!["outbox", "requeue", "--config", cfg, "not-a-uuid"],
+    ] {
+        let out = run_gxd(&bad, &[], DEADLINE);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {}", stderr(&out));
+    }
+    // A PENDING command is no dead letter: refused, unchanged.
+    let out = run_gxd(
+        &["outbox", "requeue", "--config", cfg, &pending.to_string()],
+        &[],
+        DEADLINE,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a dead letter"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_gxd(
+        &["outbox", "requeue", "--config", cfg, &failed.to_string()],
+        &[],
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("requeued"), "{}", stdout(&out));
+
+    // While something holds the data dir (as a running daemon does): 75, nothing read.
+    let db = Db::open(Db::path_in(&data), &DbOptions::default()).unwrap();
+    let out = run_gxd(&["outbox", "counts", "--config", cfg], &[], DEADLINE);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/api/v1/admin/outbox"),
+        "{}",
+        stderr(&out)
+    );
+    let outbox = Outbox::new(db, OutboxOptions::default()).unwrap();
+    let c = outbox.get(failed).unwrap();
+    assert_eq!((c.status, c.requeues), (Status::Pending, 1));
+    assert_eq!(outbox.get(pending).unwrap().status, Status::Pending);
+}

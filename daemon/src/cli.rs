@@ -44,6 +44,12 @@ pub enum Command {
         #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The command outbox, from the data dir (when no running gxd holds it; else exit 75
+    /// naming the REST routes that do the same).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Projection (read model) commands.
     Projections {
         #[command(subcommand)]
@@ -126,6 +132,50 @@ pub enum TokenCommand {
         /// Key to sign with (its kid); needed when several keys can sign.
         #[arg(long, value_name = "KID")]
         kid: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Commands per status.
+    Counts {
+        /// Configuration file (its storage.data_dir).
+        #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A page of commands of one status, oldest first (default: the dead letters).
+    List {
+        /// Configuration file (its storage.data_dir).
+        #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// pending, prepared, submitted, committed, projected or failed.
+        #[arg(long, default_value = "failed", value_name = "STATUS")]
+        status: String,
+        /// Continue after this command id (the `more: --cursor` of the previous page).
+        #[arg(long, value_name = "ID")]
+        cursor: Option<String>,
+        /// Commands per page.
+        #[arg(long, default_value_t = 50, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a dead letter (FAILED) again: back to PENDING at the tail of its partition.
+    Requeue {
+        /// Configuration file (its storage.data_dir).
+        #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The command id.
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

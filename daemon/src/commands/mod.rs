@@ -5,6 +5,7 @@ pub mod config_check;
 pub mod dev;
 pub mod devnet;
 pub mod migrate;
+pub mod outbox;
 pub mod projections;
 pub mod run;
 pub mod token;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand, ProjectionsCommand, TokenCommand};
+use crate::cli::{Cli, Command, ConfigCommand, OutboxCommand, ProjectionsCommand, TokenCommand};
 use crate::config::{self, Config};
 use crate::exit;
 
@@ -58,6 +59,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projections {
             command: ProjectionsCommand::Status { config, json },
         } => projections::execute(load(config.as_deref())?, json),
+        Command::Outbox { command } => outbox_command(command),
         Command::Devnet {
             dir,
             listen,
@@ -103,6 +105,51 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             },
         ),
     }
+}
+
+/// `gxd outbox …`: parses the status / id arguments (a bad one is a usage error, exit 64).
+fn outbox_command(command: OutboxCommand) -> anyhow::Result<ExitCode> {
+    let usage = |msg: String| {
+        eprintln!("gxd: {msg}");
+        Ok(ExitCode::from(exit::USAGE))
+    };
+    let parse_id = |s: &str| s.parse::<gxd_storage::outbox::CommandId>();
+    let (config, action, json) = match command {
+        OutboxCommand::Counts { config, json } => (config, outbox::Action::Counts, json),
+        OutboxCommand::List {
+            config,
+            status,
+            cursor,
+            limit,
+            json,
+        } => {
+            let Ok(status) = status.parse() else {
+                return usage(format!(
+                    "--status {status:?}: expected pending, prepared, submitted, committed, \
+                     projected or failed"
+                ));
+            };
+            let cursor = match cursor.as_deref().map(parse_id).transpose() {
+                Ok(c) => c,
+                Err(_) => return usage("--cursor: expected a command id (a UUID)".into()),
+            };
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            (
+                config,
+                outbox::Action::List {
+                    status,
+                    cursor,
+                    limit,
+                },
+                json,
+            )
+        }
+        OutboxCommand::Requeue { config, id, json } => match parse_id(&id) {
+            Ok(id) => (config, outbox::Action::Requeue { id }, json),
+            Err(_) => return usage(format!("{id:?}: expected a command id (a UUID)")),
+        },
+    };
+    outbox::execute(load(config.as_deref())?, action, json)
 }
 
 /// The multi-threaded runtime every async command runs on.
