@@ -223,10 +223,10 @@ impl Daemon {
             .with_v1(gxd_api::V1Deps {
                 outbox: outbox.clone(),
                 pool: pool.clone(),
-                channel: config
-                    .fabric
-                    .as_ref()
-                    .map_or_else(|| "gxchannel".to_owned(), |f| f.channel.clone()),
+                channel: config.fabric.as_ref().map_or_else(
+                    || crate::config::FabricSection::default().channel,
+                    |f| f.channel.clone(),
+                ),
                 projector: projector_view,
                 on_enqueue,
             });

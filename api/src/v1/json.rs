@@ -1,5 +1,6 @@
 //! The JSON body extractor of `/api/v1`: every refusal is a problem+json naming what is
-//! wrong — 415 for another media type, 413 past [`MAX_BODY_BYTES`], 400 for malformed
+//! wrong — 415 for another media type, 413 past the configured `[api] max_body_bytes` (the
+//! router's body limit has already read it within that bound), 400 for malformed
 //! JSON, a wrong type, a missing or an unknown field (with the field's path) — so no
 //! handler sees a body it did not declare.
 
@@ -11,9 +12,6 @@ use super::validate::field_problem;
 use crate::ApiState;
 use crate::problem::{ErrorCode, Problem};
 
-/// Largest request body of a command (bytes).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// A JSON body of type `T` (`#[serde(deny_unknown_fields)]` types refuse extra fields).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
@@ -21,7 +19,8 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned> FromRequest<ApiState> for ApiJson<T> {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, _state: &ApiState) -> Result<Self, Problem> {
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Problem> {
+        let max = state.limits().max_body_bytes;
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -36,7 +35,7 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for ApiJson<T> {
             return Err(Problem::new(ErrorCode::UnsupportedMediaType)
                 .with_detail("the body must be JSON (Content-Type: application/json)"));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        let bytes = axum::body::to_bytes(req.into_body(), max)
             .await
             .map_err(|e| {
                 let too_large = std::error::Error::source(&e)
@@ -44,7 +43,7 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for ApiJson<T> {
                     || e.to_string().contains("length limit");
                 if too_large {
                     Problem::new(ErrorCode::PayloadTooLarge)
-                        .with_detail(format!("the body must be at most {MAX_BODY_BYTES} bytes"))
+                        .with_detail(format!("the body must be at most {max} bytes"))
                 } else {
                     Problem::new(ErrorCode::BadRequest)
                         .with_detail("the request body could not be read")
