@@ -193,6 +193,21 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replays the channel from block 0 into fresh read models (a shadow schema) while the
+    /// current ones keep serving, compares both at the same block (a digest of every
+    /// projection table) and swaps the rebuilt ones in, in one PostgreSQL transaction.
+    /// Safe beside a running gxd. Progress on stderr.
+    Rebuild {
+        /// Configuration file (without one: defaults plus GXD_* overrides).
+        #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only compare: keep the live read models (exit 1 when they differ).
+        #[arg(long)]
+        verify: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,25 +9,20 @@
 //! - [`check_read_models`]: `applied_transactions` holds every ledger transaction exactly
 //!   once (none skipped, none doubled), every wallet's balance is the ledger's, and the sum
 //!   of the balances is the supply.
-//! - [`rebuild_digest`]: the digest of a projection from block 0 into a fresh database.
+//! - [`rebuild_verifies`]: `gxd projections rebuild --verify` finds the rebuilt read models
+//!   identical to the incremental ones.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use gxd_devnet::DevnetHandle;
-use gxd_engine::projector::{DeliverSource, Projector, ProjectorConfig, ProjectorState};
 use gxd_fabric::block::ParsedBlock;
 use gxd_fabric::client::Gateway;
-use gxd_fabric::stream::{Backoff, BlockStream, BlockStreamConfig};
+use gxd_fabric::stream::{BlockStream, BlockStreamConfig};
 use gxd_gx::commands::command_type;
-use gxd_storage::checkpoint::CheckpointLog;
 use gxd_storage::outbox::{CommandId, NewCommand};
-use gxd_storage::pg::{self, Pool, read_models};
-use gxd_storage::{Db, DbOptions};
+use gxd_storage::pg::{Pool, read_models};
 use tokio_util::sync::CancellationToken;
-
-use super::TestDb;
 
 /// The supply the treasury is bootstrapped with.
 pub const SUPPLY: u128 = 1_000_000_000;
@@ -250,46 +245,30 @@ pub async fn check_read_models(
     );
 }
 
-/// The read-model digest of a projection of the whole ledger (`height` blocks) into a fresh
-/// database — what `gxd projections rebuild` computes — to compare with the incremental one.
-pub async fn rebuild_digest(
-    devnet: &DevnetHandle,
-    work_dir: &std::path::Path,
-    height: u64,
-) -> String {
-    let fresh = TestDb::new().await.unwrap();
-    let pool = pg::connect_pool(&fresh.settings("gxd-rebuild"))
-        .await
-        .unwrap();
-    pg::migrate::migrate_pool(&pool).await.unwrap();
-    let log =
-        CheckpointLog::new(Db::open(work_dir.join("rebuild-log"), &DbOptions::default()).unwrap());
-    let projector = Projector::new(
-        ProjectorConfig::new(devnet.channel()),
-        pool.clone(),
-        log,
-        Arc::new(gxd_gx::handlers::GxProjection::new("gx")),
-        Arc::new(DeliverSource {
-            connector: devnet.connector().unwrap(),
-            signer: devnet.identity("User1").unwrap(),
-            backoff: Backoff::default(),
-        }),
+/// `gxd projections rebuild --verify` on `config` (the binary, as an operator runs it):
+/// replays the ledger into fresh read models and compares them with the incremental ones
+/// at the same block. Asserts that they are identical (exit 0) and returns the report.
+pub fn rebuild_verifies(config: &std::path::Path) -> serde_json::Value {
+    let out = super::run_gxd(
+        &[
+            "projections",
+            "rebuild",
+            "--verify",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(300),
     );
-    let mut status = projector.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(projector.run(stop.clone()));
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        status.wait_for(|s| {
-            s.state == ProjectorState::Running && s.height.is_some_and(|h| h + 1 >= height)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    read_models::read_model_digest(&pool).await.unwrap()
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success() && report["identical"] == true,
+        "gxd projections rebuild --verify: {:?}\n{report}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
 }
 
 /// Waits (with a deadline; checked at least once) until the read models hold `want`

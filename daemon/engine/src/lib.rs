@@ -10,6 +10,8 @@
 //! - [`projector_metrics`]: the projector's status as `gxd_projector_*` gauges.
 //! - [`projector`]: follows the block stream and applies each block to the read models
 //!   in one PostgreSQL transaction with its position; the checkpoint log follows.
+//! - [`rebuild`]: `gxd projections rebuild` — the projector replaying into a shadow schema,
+//!   compared with and swapped for the live read models.
 //! - [`submitter`]: claims due commands from the outbox and brings each to the ledger
 //!   exactly once (the resolution rule is documented there).
 
@@ -19,4 +21,5 @@ pub mod failpoints;
 pub mod maintenance;
 pub mod projector;
 pub mod projector_metrics;
+pub mod rebuild;
 pub mod submitter;

@@ -7,6 +7,7 @@ pub mod devnet;
 pub mod migrate;
 pub mod outbox;
 pub mod projections;
+pub mod rebuild;
 pub mod run;
 pub mod token;
 pub mod version;
@@ -59,6 +60,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projections {
             command: ProjectionsCommand::Status { config, json },
         } => projections::execute(load(config.as_deref())?, json),
+        Command::Projections {
+            command:
+                ProjectionsCommand::Rebuild {
+                    config,
+                    verify,
+                    json,
+                },
+        } => rebuild::execute(load(config.as_deref())?, verify, json),
         Command::Outbox { command } => outbox_command(command),
         Command::Devnet {
             dir,

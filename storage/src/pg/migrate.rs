@@ -142,11 +142,15 @@ fn name_of(m: &Migration) -> MigrationName {
 /// Compares the database with the embedded migrations. Read-only.
 pub async fn status(client: &tokio_postgres::Client) -> Result<MigrationStatus, MigrationError> {
     let embedded = embedded_migrations();
+    // The history in the schema refinery writes it to: the connection's current schema
+    // (`public`, or a rebuild's shadow schema), never one further down the search path.
+    let schema: String = client
+        .query_one("SELECT current_schema()", &[])
+        .await?
+        .get(0);
+    let table = format!("\"{}\".{HISTORY_TABLE}", schema.replace('"', "\"\""));
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&format!("public.{HISTORY_TABLE}")],
-        )
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await?
         .get(0);
     let mut applied_rows = Vec::new();
@@ -156,7 +160,7 @@ pub async fn status(client: &tokio_postgres::Client) -> Result<MigrationStatus, 
             .query(
                 &format!(
                     "SELECT version::int8, coalesce(name, ''), coalesce(checksum, '') \
-                     FROM {HISTORY_TABLE} ORDER BY version"
+                     FROM {table} ORDER BY version"
                 ),
                 &[],
             )

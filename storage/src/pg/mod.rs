@@ -12,11 +12,12 @@ pub mod migrate;
 mod pool;
 pub mod projection;
 pub mod read_models;
+pub mod rebuild;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 pub use migrate::{MigrationError, MigrationName, MigrationStatus};
 pub use pool::{
     ConnectionString, InvalidConnectionString, PgError, PgSettings, Pool, connect, connect_pool,
-    ping,
+    connect_pool_in_schema, ping,
 };

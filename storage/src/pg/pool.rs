@@ -29,6 +29,8 @@ pub enum PgError {
     NoConnection(#[source] deadpool_postgres::PoolError),
     #[error("PostgreSQL error: {0}")]
     Query(#[from] tokio_postgres::Error),
+    #[error("{0:?} is not a plain schema name (lower-case letters, digits, underscores)")]
+    InvalidSchema(String),
 }
 
 /// Where and how to connect. `Debug` never shows the password.
@@ -170,8 +172,33 @@ pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client, Pg
 /// Builds the pool and checks that one connection can be made, so a wrong host or
 /// password fails at startup rather than at the first request.
 pub async fn connect_pool(settings: &PgSettings) -> Result<Pool, PgError> {
+    build_pool(settings, settings.pg_config()).await
+}
+
+/// Like [`connect_pool`], with every connection's `search_path` set to `schema` alone, so
+/// unqualified statements read and write its tables (a rebuild's shadow schema). `schema`
+/// must be a plain lower-case identifier.
+pub async fn connect_pool_in_schema(settings: &PgSettings, schema: &str) -> Result<Pool, PgError> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if !plain {
+        return Err(PgError::InvalidSchema(schema.to_owned()));
+    }
+    let mut config = settings.pg_config();
+    config.options(format!("-c search_path={schema}"));
+    build_pool(settings, config).await
+}
+
+async fn build_pool(
+    settings: &PgSettings,
+    config: tokio_postgres::Config,
+) -> Result<Pool, PgError> {
     let manager = Manager::from_config(
-        settings.pg_config(),
+        config,
         tokio_postgres::NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,

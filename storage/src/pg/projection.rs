@@ -169,12 +169,31 @@ fn to_u64(what: &str, v: i64) -> Result<u64> {
         .map_err(|_| ProjectionError::InvalidInput(format!("stored {what} {v} is negative")))
 }
 
-/// The projector's position on `channel` (None: nothing projected yet).
+/// The projector's position on `channel` (None: nothing projected yet), in the schema the
+/// pool's connections write into.
 pub async fn position(pool: &Pool, channel: &str) -> Result<Option<Position>> {
     let client = pool.get().await?;
+    read_position(&**client, "projector_checkpoints", channel).await
+}
+
+/// The position on `channel` in `schema` (a rebuild's shadow, or `public`).
+pub async fn position_in(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+    channel: &str,
+) -> Result<Option<Position>> {
+    let table = format!("\"{}\".projector_checkpoints", schema.replace('"', "\"\""));
+    read_position(client, &table, channel).await
+}
+
+async fn read_position(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+    channel: &str,
+) -> Result<Option<Position>> {
     let row = client
         .query_opt(
-            "SELECT block_number, block_hash FROM projector_checkpoints WHERE channel = $1",
+            &format!("SELECT block_number, block_hash FROM {table} WHERE channel = $1"),
             &[&channel],
         )
         .await?;
@@ -230,6 +249,10 @@ impl<'a> BlockTx<'a> {
     ) -> Result<BlockTx<'a>> {
         to_i64("block number", block_number)?;
         let tx = client.transaction().await?;
+        // The block lock of the schema written into (shared): a rebuild's swap takes it
+        // exclusively to hold the read models still (`pg::rebuild`).
+        let lock = tx.prepare_cached(super::rebuild::BLOCK_LOCK_SQL).await?;
+        tx.execute(&lock, &[&super::rebuild::LOCK_CLASS]).await?;
         Ok(BlockTx {
             tx,
             channel: channel.to_owned(),

@@ -8,7 +8,6 @@
 //! key instead of doubling (the position CAS in [`BlockTx::commit`] is the first line).
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 
 use super::Pool;
 use super::batch::{self, BalanceChange, Batch};
@@ -796,71 +795,32 @@ pub async fn dead_letters(pool: &Pool, channel: &str) -> Result<Vec<DeadLetter>>
 pub async fn row_counts(pool: &Pool) -> Result<Vec<(String, i64)>> {
     let client = pool.get().await?;
     let mut out = Vec::new();
-    for (table, _, _) in DIGEST_TABLES {
+    for table in super::rebuild::PROJECTION_TABLES {
         let n: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .query_one(&format!("SELECT count(*) FROM {}", table.name), &[])
             .await?
             .get(0);
-        out.push(((*table).to_owned(), n));
+        out.push((table.name.to_owned(), n));
     }
     Ok(out)
 }
 
-/// Every projected table: (name, columns, order). Wall-clock columns (`applied_at`,
-/// `recorded_at`, `updated_at` of the position) are left out: they differ between runs.
-const DIGEST_TABLES: &[(&str, &str, &str)] = &[
-    (
-        "projector_checkpoints",
-        "channel, block_number, encode(block_hash, 'hex') AS block_hash",
-        "channel",
-    ),
-    (
-        "applied_transactions",
-        "channel, block_number, tx_index, tx_id, validation_code, event_name, tx_timestamp, \
-         outcome",
-        "channel, block_number, tx_index",
-    ),
-    ("users", "*", "user_id"),
-    ("wallets", "*", "wallet_id"),
-    ("wallet_owners", "*", "wallet_id, owner_id"),
-    ("transfers", "*", "channel, tx_id"),
-    (
-        "wallet_history",
-        "*",
-        "wallet_id, channel, tx_id, direction",
-    ),
-    ("proposals", "*", "proposal_id"),
-    ("proposal_decisions", "*", "proposal_id, approver_id"),
-    (
-        "projection_dead_letters",
-        "channel, block_number, tx_index, tx_id, event_name, error, \
-         encode(payload, 'hex') AS payload",
-        "channel, block_number, tx_index",
-    ),
-];
-
-/// SHA-256 (hex) of an ordered dump of every projected table: equal digests mean equal
-/// read models (for rebuild-equals-incremental checks).
+/// SHA-256 (hex) of every projected table of the schema the pool's connections use
+/// ([`rebuild::digest`](super::rebuild::digest), combined): equal digests mean equal read
+/// models (for rebuild-equals-incremental checks).
 pub async fn read_model_digest(pool: &Pool) -> Result<String> {
     let client = pool.get().await?;
-    let mut h = Sha256::new();
-    for (table, columns, order) in DIGEST_TABLES {
-        let order_t = order
-            .split(',')
-            .map(|c| format!("t.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT COALESCE(string_agg(row_to_json(t)::text, E'\\n' ORDER BY {order_t}), '') \
-             FROM (SELECT {columns} FROM {table}) t"
-        );
-        let dump: String = client.query_one(&sql, &[]).await?.get(0);
-        h.update(table.as_bytes());
-        h.update(b"\n");
-        h.update(dump.as_bytes());
-        h.update(b"\n");
-    }
-    Ok(hex::encode(h.finalize()))
+    let schema: String = client
+        .query_one("SELECT current_schema()", &[])
+        .await?
+        .get(0);
+    super::rebuild::digest(&**client, &schema)
+        .await
+        .map(|d| d.combined())
+        .map_err(|e| match e {
+            super::rebuild::RebuildError::Postgres(e) => ProjectionError::Postgres(e),
+            other => ProjectionError::InvalidInput(other.to_string()),
+        })
 }
 
 // ---- the REST API's reads (and the profile table, written by the API) ----
