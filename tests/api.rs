@@ -1,46 +1,73 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The REST API end to end, over real HTTP: the daemon's pieces composed as `gxd run`
-//! composes them — the config an operator writes (loaded and validated by `gxd`'s own
-//! config code), PostgreSQL, the RocksDB outbox, the engine (`gxd::engine::build`:
-//! submitter + projector) against an in-process devnet over real gRPC/TLS — with the API
-//! served on a real socket. Bootstrap, users, funding from the treasury, a transfer,
-//! balances and history, a multisig proposal approved to execution and one rejected, the
-//! status of every command reaching `projected` (also through the SSE stream), and the sum
-//! of all balances equal to the supply.
-//!
-//! Tokens: until the JWT authenticator is in the daemon, the API here verifies tokens with
-//! a test double of the authentication seam (`user:<id>`, `admin:<id>`); the binary-level
-//! version of this test needs only `gxd token issue` in place of it.
+//! The REST API end to end, over real HTTP, as a wallet app meets it: the `gxd run` binary
+//! on the config an operator writes (an `[auth]` HS256 key from a file included), with
+//! PostgreSQL and an in-process devnet over real gRPC/TLS; every request carries a real
+//! JWT minted by `gxd token issue` from that config. Bootstrap, users, funding from the
+//! treasury, a transfer, balances and history, a multisig proposal approved to execution
+//! and one rejected, the status of every command reaching `projected` (also through the
+//! SSE stream), and the sum of all balances equal to the supply.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gxd_api::{ApiState, AuthError, Authenticator, Principal, Role, V1Deps};
 use gxd_devnet::DevnetConfig;
-use gxd_storage::checkpoint::CheckpointLog;
-use gxd_storage::outbox::{Outbox, OutboxOptions};
-use gxd_storage::pg;
-use gxd_storage::{Db, DbOptions};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-struct TestTokens;
+/// Real tokens: `gxd token issue` on the daemon's config, one per (role, subject), leaked
+/// to `'static` (a handful per test).
+struct Tokens {
+    config: std::path::PathBuf,
+    minted: std::sync::Mutex<BTreeMap<String, &'static str>>,
+}
 
-impl Authenticator for TestTokens {
-    fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let (role, subject) = token
-            .split_once(':')
-            .ok_or_else(|| AuthError::Invalid("not a test token".into()))?;
-        Ok(Principal {
-            subject: subject.to_owned(),
-            role: Role::parse(role).ok_or_else(|| AuthError::Invalid("role".into()))?,
-        })
+impl Tokens {
+    fn get(&self, spec: &str) -> &'static str {
+        let mut minted = self.minted.lock().unwrap();
+        if let Some(t) = minted.get(spec) {
+            return t;
+        }
+        let (role, sub) = spec.split_once(':').unwrap();
+        let out = run_gxd(
+            &[
+                "token",
+                "issue",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--sub",
+                sub,
+                "--role",
+                role,
+            ],
+            &[],
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token: &'static str = Box::leak(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .to_owned()
+                .into_boxed_str(),
+        );
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+        minted.insert(spec.to_owned(), token);
+        token
     }
+}
+
+static TOKENS: std::sync::OnceLock<Tokens> = std::sync::OnceLock::new();
+
+/// The token for `role:subject` (e.g. `user:alice`, `admin:ops`).
+fn tok(spec: &str) -> &'static str {
+    TOKENS.get().expect("tokens configured").get(spec)
 }
 
 /// One HTTP request (blocking client on a blocking thread): status and JSON body.
@@ -96,7 +123,7 @@ async fn balance(api: SocketAddr, wallet: &str) -> u128 {
         api,
         "GET",
         format!("/api/v1/wallets/{wallet}"),
-        "admin:ops",
+        tok("admin:ops"),
         None,
     )
     .await;
@@ -128,68 +155,39 @@ async fn wallets_through_the_rest_api_end_to_end() {
             .unwrap(),
         admin_msp.to_str().unwrap(),
     );
+    let secret = dir.path().join("jwt.secret");
+    write_secret(&secret, "an-hs256-secret-of-at-least-32-bytes-for-the-test");
+    settings.extra_toml += &format!(
+        "[auth]\nissuer = \"https://login.test/\"\naudience = \"gxd\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret_file = {}\n",
+        toml_string(secret.to_str().unwrap())
+    );
     let path = write_config(dir.path(), &settings);
-    let config = gxd::config::load(Some(&path), &BTreeMap::new()).unwrap();
-    let fabric = config.fabric.clone().expect("[fabric] configured");
-
-    let registry = prometheus::Registry::new();
-    let pool = pg::connect_pool(&config.database).await.unwrap();
-    pg::migrate::migrate_pool(&pool).await.unwrap();
-    let rocks = Db::open(Db::path_in(&config.data_dir), &DbOptions::default()).unwrap();
-    let outbox = Outbox::new(rocks.clone(), OutboxOptions::default()).unwrap();
-    let engine = gxd::engine::build(
-        &config,
-        &fabric,
-        outbox.clone(),
-        CheckpointLog::new(rocks.clone()),
-        pool.clone(),
-        &registry,
-    )
-    .unwrap();
-    let token = CancellationToken::new();
-    let waker = engine.waker.clone();
-    let projector_view = gxd::readiness::ProjectorStatusView::new(engine.projector.status());
-    let submitter = {
-        let t = token.clone();
-        let s = engine.submitter;
-        tokio::spawn(async move { s.run(t).await })
-    };
-    let projector = {
-        let t = token.clone();
-        let p = engine.projector;
-        tokio::spawn(async move { p.run(t).await })
-    };
-    let state = ApiState::new(&registry, Vec::new())
-        .unwrap()
-        .with_authenticator(Arc::new(TestTokens))
-        .with_v1(V1Deps {
-            outbox: outbox.clone(),
-            pool: pool.clone(),
-            channel: fabric.channel.clone(),
-            projector: Some(Arc::new(projector_view)),
-            on_enqueue: Some(Arc::new(move || waker.wake())),
-        });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    let http = {
-        let t = token.clone();
-        tokio::spawn(gxd_api::serve(
-            listener,
-            gxd_api::router(state),
-            t.cancelled_owned(),
-        ))
-    };
+    assert!(
+        TOKENS
+            .set(Tokens {
+                config: path.clone(),
+                minted: Default::default(),
+            })
+            .is_ok()
+    );
+    let mut gxd = Gxd::spawn_with_api(
+        &["run", "--config", path.to_str().unwrap()],
+        &[],
+        settings.api_port,
+    );
+    gxd.wait_ready(Duration::from_secs(90)).unwrap();
+    let api = gxd.api.unwrap();
 
     const SUPPLY: u128 = 1_000_000;
     // Bootstrap.
     let boot = command(
         api,
         "/api/v1/admin/bootstrap",
-        "admin:ops",
+        tok("admin:ops"),
         Some(json!({"treasuryWalletId": "treasury", "initialSupply": SUPPLY.to_string()})),
     )
     .await;
-    let view = projected(api, &boot, "admin:ops").await;
+    let view = projected(api, &boot, tok("admin:ops")).await;
     assert_eq!(view["type"], "BOOTSTRAP_SYSTEM");
     assert!(
         view["txId"].is_string() && view["blockNumber"].is_u64(),
@@ -199,9 +197,9 @@ async fn wallets_through_the_rest_api_end_to_end() {
     // Users: created by an admin, and one by itself.
     let mut pending = Vec::new();
     for (user, token, country) in [
-        ("alice", "admin:ops", "DE"),
-        ("bob", "user:bob", "FR"),
-        ("carol", "admin:ops", "IT"),
+        ("alice", tok("admin:ops"), "DE"),
+        ("bob", tok("user:bob"), "FR"),
+        ("carol", tok("admin:ops"), "IT"),
     ] {
         let body = json!({"userId": user, "country": country, "profile": {"name": user.to_uppercase(), "email": format!("{user}@example.com")}});
         pending.push((
@@ -212,7 +210,14 @@ async fn wallets_through_the_rest_api_end_to_end() {
     for (c, token) in &pending {
         projected(api, c, token).await;
     }
-    let (status, alice) = call(api, "GET", "/api/v1/users/alice".into(), "user:alice", None).await;
+    let (status, alice) = call(
+        api,
+        "GET",
+        "/api/v1/users/alice".into(),
+        tok("user:alice"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{alice}");
     assert_eq!(alice["onLedger"], true);
     assert_eq!(alice["country"], "DE");
@@ -223,18 +228,18 @@ async fn wallets_through_the_rest_api_end_to_end() {
         let c = command(
             api,
             "/api/v1/transfers",
-            "admin:ops",
+            tok("admin:ops"),
             Some(json!({"fromWalletId": "treasury", "toWalletId": to, "amount": amount, "memo": "welcome"})),
         )
         .await;
-        projected(api, &c, "admin:ops").await;
+        projected(api, &c, tok("admin:ops")).await;
     }
     // The SSE stream of the next command, opened right after it is accepted, ends at
     // projected.
     let pay = command(
         api,
         "/api/v1/transfers",
-        "user:alice",
+        tok("user:alice"),
         Some(
             json!({"fromWalletId": "alice", "toWalletId": "bob", "amount": "100", "memo": "rent"}),
         ),
@@ -268,7 +273,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         "{}",
         sse.2
     );
-    let done = projected(api, &pay, "user:alice").await;
+    let done = projected(api, &pay, tok("user:alice")).await;
     assert_eq!(done["status"], "projected");
 
     assert_eq!(balance(api, "alice").await, 900);
@@ -277,7 +282,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "GET",
         "/api/v1/wallets/alice/transactions?limit=1".into(),
-        "user:alice",
+        tok("user:alice"),
         None,
     )
     .await;
@@ -293,7 +298,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "GET",
         format!("/api/v1/wallets/alice/transactions?limit=10&cursor={cursor}"),
-        "user:alice",
+        tok("user:alice"),
         None,
     )
     .await;
@@ -304,13 +309,20 @@ async fn wallets_through_the_rest_api_end_to_end() {
     assert_eq!(items[0]["counterpartyWalletId"], "treasury");
     assert!(older.get("nextCursor").is_none());
     // Alice may not read bob's wallet, nor spend from it.
-    let (status, _) = call(api, "GET", "/api/v1/wallets/bob".into(), "user:alice", None).await;
+    let (status, _) = call(
+        api,
+        "GET",
+        "/api/v1/wallets/bob".into(),
+        tok("user:alice"),
+        None,
+    )
+    .await;
     assert_eq!(status, 403);
     let (status, _) = call(
         api,
         "POST",
         "/api/v1/transfers".into(),
-        "user:alice",
+        tok("user:alice"),
         Some(json!({"fromWalletId": "bob", "toWalletId": "alice", "amount": "1"})),
     )
     .await;
@@ -320,32 +332,39 @@ async fn wallets_through_the_rest_api_end_to_end() {
     let vault = command(
         api,
         "/api/v1/multisig-wallets",
-        "user:alice",
+        tok("user:alice"),
         Some(json!({"walletId": "vault", "owners": ["alice", "bob", "carol"], "threshold": 2})),
     )
     .await;
-    projected(api, &vault, "user:alice").await;
+    projected(api, &vault, tok("user:alice")).await;
     let fund = command(
         api,
         "/api/v1/transfers",
-        "admin:ops",
+        tok("admin:ops"),
         Some(json!({"fromWalletId": "treasury", "toWalletId": "vault", "amount": "300"})),
     )
     .await;
-    projected(api, &fund, "admin:ops").await;
+    projected(api, &fund, tok("admin:ops")).await;
 
     // Proposal 1: alice proposes 120 to carol; alice and bob approve → executed.
     let p1 = command(
         api,
         "/api/v1/proposals",
-        "user:alice",
+        tok("user:alice"),
         Some(json!({"fromWalletId": "vault", "toWalletId": "carol", "amount": "120", "memo": "design work"})),
     )
     .await;
-    projected(api, &p1, "user:alice").await;
+    projected(api, &p1, tok("user:alice")).await;
     let p1_id = p1["proposalId"].as_str().unwrap().to_owned();
     assert_eq!(p1_id, p1["commandId"].as_str().unwrap());
-    let (_, list) = call(api, "GET", "/api/v1/proposals".into(), "user:bob", None).await;
+    let (_, list) = call(
+        api,
+        "GET",
+        "/api/v1/proposals".into(),
+        tok("user:bob"),
+        None,
+    )
+    .await;
     assert!(
         list["items"]
             .as_array()
@@ -359,12 +378,12 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "POST",
         format!("/api/v1/proposals/{p1_id}/approve"),
-        "user:dave",
+        tok("user:dave"),
         None,
     )
     .await;
     assert_eq!(status, 403);
-    for token in ["user:alice", "user:bob"] {
+    for token in [tok("user:alice"), tok("user:bob")] {
         let c = command(
             api,
             &format!("/api/v1/proposals/{p1_id}/approve"),
@@ -378,7 +397,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "GET",
         format!("/api/v1/proposals/{p1_id}"),
-        "user:carol",
+        tok("user:carol"),
         None,
     )
     .await;
@@ -391,13 +410,13 @@ async fn wallets_through_the_rest_api_end_to_end() {
     let p2 = command(
         api,
         "/api/v1/proposals",
-        "user:bob",
+        tok("user:bob"),
         Some(json!({"fromWalletId": "vault", "toWalletId": "bob", "amount": "50"})),
     )
     .await;
-    projected(api, &p2, "user:bob").await;
+    projected(api, &p2, tok("user:bob")).await;
     let p2_id = p2["proposalId"].as_str().unwrap().to_owned();
-    for token in ["user:alice", "user:carol"] {
+    for token in [tok("user:alice"), tok("user:carol")] {
         let c = command(
             api,
             &format!("/api/v1/proposals/{p2_id}/reject"),
@@ -411,7 +430,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "GET",
         format!("/api/v1/proposals/{p2_id}"),
-        "admin:ops",
+        tok("admin:ops"),
         None,
     )
     .await;
@@ -441,7 +460,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "GET",
         "/api/v1/admin/outbox/counts".into(),
-        "admin:ops",
+        tok("admin:ops"),
         None,
     )
     .await;
@@ -456,7 +475,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
         api,
         "GET",
         "/api/v1/admin/projector".into(),
-        "admin:ops",
+        tok("admin:ops"),
         None,
     )
     .await;
@@ -464,10 +483,10 @@ async fn wallets_through_the_rest_api_end_to_end() {
     assert_eq!(proj["state"], "running");
     assert!(proj["projectedBlock"].as_u64().unwrap() >= done["blockNumber"].as_u64().unwrap());
 
-    token.cancel();
-    http.await.unwrap().unwrap();
-    submitter.await.unwrap().unwrap();
-    projector.await.unwrap().unwrap();
+    gxd.sigterm();
+    let exit = gxd.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(exit.success(), "{}", gxd.logs());
+    assert!(gxd.error_lines().is_empty(), "{:?}", gxd.error_lines());
     devnet.shutdown().await.unwrap();
 }
 
