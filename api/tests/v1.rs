@@ -809,7 +809,12 @@ async fn reads_come_from_the_read_models() {
         .get("/api/v1/wallets/alice/transactions", "user:alice")
         .await;
     assert_eq!(all.json["items"].as_array().unwrap().len(), 5);
-    assert!(all.json.get("nextCursor").is_none());
+    assert_eq!(
+        all.json["nextCursor"],
+        serde_json::Value::Null,
+        "present, null at the end"
+    );
+    assert!(all.json.get("nextCursor").is_some());
     assert_eq!(all.json["items"][0]["counterpartyWalletId"], "bob");
     assert_eq!(all.json["items"][0]["memo"], "four");
     assert_eq!(all.json["items"][0]["blockNumber"], 5);

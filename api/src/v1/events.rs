@@ -1,11 +1,16 @@
 //! `GET /api/v1/commands/{id}/events`: server-sent events of a command's status changes,
 //! ending at `projected` or `failed`.
 //!
-//! The outbox has no change hook, so the stream polls the command's record (a RocksDB
-//! point read) and, once committed, the read models — with a backoff from 50 ms to 1 s,
-//! bounded in time ([`MAX_STREAM`]) and in number ([`super::MAX_EVENT_STREAMS`]; past it
-//! 503 with `Retry-After`). Each event is `event: status`, `data:` the command's
-//! [`CommandView`] JSON; the first one is the current status.
+//! The stream subscribes to the outbox's change notifications ([`Outbox::subscribe`], sent
+//! after each durable change) *before* it reads the command, so no change between the read
+//! and the wait is missed; on a notification for its command (or a lagged receiver, or at
+//! the latest every [`FALLBACK_POLL`]) it re-reads the command's record (a RocksDB point
+//! read) and sends an event if the status moved. Bounded in time ([`MAX_STREAM`]) and in
+//! number ([`super::MAX_EVENT_STREAMS`]; past it 503 with `Retry-After`). Each event is
+//! `event: status`, `data:` the command's [`CommandView`] JSON; the first one is the
+//! current status.
+//!
+//! [`Outbox::subscribe`]: gxd_storage::outbox::Outbox::subscribe
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -14,8 +19,9 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream};
-use gxd_storage::outbox::CommandId;
+use gxd_storage::outbox::{CommandChange, CommandId};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::json::ApiPath;
 use super::reads::{command_view, visible_command};
@@ -27,17 +33,39 @@ use crate::problem::{ErrorCode, Problem};
 
 /// Longest a stream stays open.
 pub const MAX_STREAM: Duration = Duration::from_secs(600);
-const FIRST_POLL: Duration = Duration::from_millis(50);
-const MAX_POLL: Duration = Duration::from_secs(1);
+/// Longest wait without a notification before the command is read again anyway.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 struct Follow {
     state: ApiState,
     id: CommandId,
     last: Option<CommandStatus>,
-    delay: Duration,
+    changes: broadcast::Receiver<CommandChange>,
     deadline: tokio::time::Instant,
     done: bool,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Follow {
+    /// Waits until the command may have changed: a notification for it, missed
+    /// notifications, the fallback poll or the deadline.
+    async fn changed(&mut self) {
+        let until = self
+            .deadline
+            .min(tokio::time::Instant::now() + FALLBACK_POLL);
+        loop {
+            match tokio::time::timeout_at(until, self.changes.recv()).await {
+                Err(_) | Ok(Err(RecvError::Lagged(_))) => return,
+                Ok(Ok(change)) if change.id == self.id => return,
+                Ok(Ok(_)) => {}
+                // The outbox is gone (shutdown): read once more, then the fallback pace.
+                Ok(Err(RecvError::Closed)) => {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn terminal(s: CommandStatus) -> bool {
@@ -80,11 +108,9 @@ async fn next(mut f: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
         {
             f.last = Some(view.status);
             f.done = terminal(view.status);
-            f.delay = FIRST_POLL;
             return Some((Ok(event(&view)), f));
         }
-        tokio::time::sleep(f.delay).await;
-        f.delay = (f.delay * 2).min(MAX_POLL);
+        f.changed().await;
     }
 }
 
@@ -103,6 +129,8 @@ pub(crate) async fn command_events(
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let v1 = v1(&state)?;
+    // Subscribed before the first read: a change after it is never missed.
+    let changes = v1.deps.outbox.subscribe();
     let command = visible_command(v1, &principal, &id)?;
     let permit = v1.event_streams.clone().try_acquire_owned().map_err(|_| {
         Problem::new(ErrorCode::Unavailable)
@@ -113,7 +141,7 @@ pub(crate) async fn command_events(
         state: state.clone(),
         id: command.id,
         last: None,
-        delay: FIRST_POLL,
+        changes,
         deadline: tokio::time::Instant::now() + MAX_STREAM,
         done: false,
         _permit: permit,

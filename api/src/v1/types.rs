@@ -209,8 +209,7 @@ pub struct OutboxCommand {
 #[serde(rename_all = "camelCase")]
 pub struct OutboxPage {
     pub items: Vec<OutboxCommand>,
-    /// Pass as `cursor` for the next page; absent at the end.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Pass as `cursor` for the next page; `null` at the end.
     pub next_cursor: Option<String>,
 }
 
@@ -305,8 +304,7 @@ pub struct WalletTransactionView {
 #[serde(rename_all = "camelCase")]
 pub struct WalletTransactionsPage {
     pub items: Vec<WalletTransactionView>,
-    /// Opaque; pass as `cursor` for the next (older) page; absent at the end.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Opaque; pass as `cursor` for the next (older) page; `null` at the end.
     pub next_cursor: Option<String>,
 }
 
