@@ -246,9 +246,10 @@ async fn wallets_through_the_rest_api_end_to_end() {
     )
     .await;
     let events_path = format!("{}/events", pay["statusUrl"].as_str().unwrap());
+    let bearer = format!("Bearer {}", tok("user:alice"));
     let sse = tokio::task::spawn_blocking(move || {
         let mut headers = BTreeMap::new();
-        headers.insert("Authorization", "Bearer user:alice");
+        headers.insert("Authorization", bearer.as_str());
         http_request(api, "GET", &events_path, headers, "").unwrap()
     })
     .await

@@ -5,6 +5,8 @@
 //!   row read straight from PostgreSQL with a prepared statement, same concurrency;
 //! - `POST /api/v1/transfers` answered 202 once durable (outbox fsync, group commit).
 //!
+//! Every request carries a real HS256 JWT, verified by the daemon's `JwtAuthenticator`.
+//!
 //! Prints requests/s, p50 and p99. `GXD_BENCH_QUICK=1` for a short run;
 //! `GXD_BENCH_CONCURRENCY` (default 32); PostgreSQL from `GXD_TEST_DATABASE_URL` or a
 //! private cluster. Run: `cargo bench --workspace --bench api`.
@@ -13,25 +15,50 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gxd_api::{ApiState, AuthError, Authenticator, Principal, Role, V1Deps};
+use gxd_api::jwt::{JwtAlgorithm, JwtKey, MintRequest, SigningKey, mint};
+use gxd_api::v1::cache;
+use gxd_api::{ApiState, JwtAuthenticator, JwtSettings, ReadCache, Role, V1Deps};
 use gxd_storage::outbox::{Outbox, OutboxOptions};
 use gxd_storage::pg::{self, testing::TestDb};
 use gxd_storage::{Db, DbOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-struct Tokens;
-
-impl Authenticator for Tokens {
-    fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let (role, subject) = token
-            .split_once(':')
-            .ok_or_else(|| AuthError::Invalid("token".into()))?;
-        Ok(Principal {
-            subject: subject.to_owned(),
-            role: Role::parse(role).ok_or_else(|| AuthError::Invalid("role".into()))?,
-        })
-    }
+/// The daemon's JWT verification (HS256, as `gxd dev` configures it) and a token minted
+/// with the same key: every request pays for a real signature check.
+fn jwt() -> (JwtAuthenticator, String) {
+    let secret = b"an-hs256-secret-of-at-least-32-bytes-for-the-bench".to_vec();
+    let auth = JwtAuthenticator::new(&JwtSettings {
+        issuer: "https://login.bench/".into(),
+        audience: "gxd".into(),
+        leeway: Duration::from_secs(30),
+        role_claim: "role".into(),
+        keys: vec![JwtKey {
+            kid: None,
+            algorithm: JwtAlgorithm::Hs256,
+            material: secret.clone(),
+            source: "bench".into(),
+        }],
+    })
+    .unwrap();
+    let token = mint(
+        &SigningKey {
+            kid: None,
+            algorithm: JwtAlgorithm::Hs256,
+            material: secret,
+            source: "bench".into(),
+        },
+        &MintRequest {
+            issuer: "https://login.bench/".into(),
+            audience: "gxd".into(),
+            subject: "alice".into(),
+            role: Role::User,
+            role_claim: "role".into(),
+            ttl: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    (auth, token)
 }
 
 const SEED: &str = r#"
@@ -164,49 +191,67 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let rocks = Db::open(Db::path_in(dir.path()), &DbOptions::default()).unwrap();
     let outbox = Outbox::new(rocks, OutboxOptions::default()).unwrap();
-    let state = ApiState::new(&prometheus::Registry::new(), Vec::new())
-        .unwrap()
-        .with_authenticator(Arc::new(Tokens))
-        .with_v1(V1Deps {
-            outbox: outbox.clone(),
-            pool,
-            channel: "gxchannel".to_owned(),
-            projector: None,
-            on_enqueue: None,
-        });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(gxd_api::serve(
-        listener,
-        gxd_api::router(state),
-        std::future::pending(),
-    ));
+    let (authenticator, token) = jwt();
+    let authenticator = Arc::new(authenticator);
+    // Two servers on the same database and outbox: as `gxd run` serves (with the wallet read
+    // cache the projector invalidates after each block; no blocks here, so entries live
+    // their TTL), and with every read going to PostgreSQL.
+    let registry = prometheus::Registry::new();
+    let cache =
+        Arc::new(ReadCache::new(&registry, cache::DEFAULT_TTL, cache::DEFAULT_CAPACITY).unwrap());
+    let mut addrs = Vec::new();
+    for read_cache in [Some(cache), None] {
+        let state = ApiState::new(&prometheus::Registry::new(), Vec::new())
+            .unwrap()
+            .with_authenticator(authenticator.clone())
+            .with_v1(V1Deps {
+                outbox: outbox.clone(),
+                pool: pool.clone(),
+                channel: "gxchannel".to_owned(),
+                projector: None,
+                on_enqueue: None,
+                read_cache,
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        tokio::spawn(gxd_api::serve(
+            listener,
+            gxd_api::router(state),
+            std::future::pending(),
+        ));
+    }
+    let addr = addrs[0];
     eprintln!(
         "api bench: {concurrency} connections, {} s per case, loopback, {} cores",
         duration.as_secs(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let get = format!(
-        "GET /api/v1/wallets/alice HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer user:alice\r\n\r\n"
-    );
-    let get = Arc::new(get.into_bytes());
-    let mut f = run(concurrency, duration, move |_| {
-        let get = get.clone();
-        async move {
-            let conn = Arc::new(tokio::sync::Mutex::new(Conn::new(addr).await));
-            Box::new(move || {
-                let conn = conn.clone();
-                let get = get.clone();
-                Box::pin(async move {
-                    let status = conn.lock().await.request(&get).await;
-                    assert_eq!(status, 200);
-                }) as BoxFut
-            }) as Call
-        }
-    })
-    .await;
-    f.print("GET /api/v1/wallets/{id} (HTTP)");
+    for (addr, name) in [
+        (addrs[0], "GET /api/v1/wallets/{id} (HTTP, read cache)"),
+        (addrs[1], "GET /api/v1/wallets/{id} (HTTP, no cache)"),
+    ] {
+        let get = format!(
+            "GET /api/v1/wallets/alice HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        let get = Arc::new(get.into_bytes());
+        let mut f = run(concurrency, duration, move |_| {
+            let get = get.clone();
+            async move {
+                let conn = Arc::new(tokio::sync::Mutex::new(Conn::new(addr).await));
+                Box::new(move || {
+                    let conn = conn.clone();
+                    let get = get.clone();
+                    Box::pin(async move {
+                        let status = conn.lock().await.request(&get).await;
+                        assert_eq!(status, 200);
+                    }) as BoxFut
+                }) as Call
+            }
+        })
+        .await;
+        f.print(name);
+    }
 
     let db2 = db.clone();
     let mut f = run(concurrency, duration, move |_| {
@@ -238,7 +283,7 @@ async fn main() {
 
     let body = r#"{"fromWalletId":"alice","toWalletId":"bob","amount":"1"}"#;
     let post = format!(
-        "POST /api/v1/transfers HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer user:alice\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/v1/transfers HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let post = Arc::new(post.into_bytes());

@@ -84,6 +84,7 @@ async fn main() {
             channel: "gxchannel".to_owned(),
             projector: Some(Arc::new(Running)),
             on_enqueue: None,
+            read_cache: None,
         });
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     eprintln!(

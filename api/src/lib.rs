@@ -33,7 +33,7 @@ pub use health::{CheckOutcome, Readiness, ReadinessCheck};
 pub use jwt::{JwtAuthenticator, JwtSettings};
 pub use limits::{ApiLimits, RateLimit, RateLimiter};
 pub use problem::{ErrorCode, PROBLEM_JSON, Problem};
-pub use v1::{ProjectorSnapshot, ProjectorView, V1Deps};
+pub use v1::{ProjectorSnapshot, ProjectorView, ReadCache, V1Deps};
 
 /// How long one readiness check may take before it counts as failing.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);

@@ -122,6 +122,7 @@ impl Harness {
                 channel: CHANNEL.to_owned(),
                 projector,
                 on_enqueue: None,
+                read_cache: None,
             });
         Harness {
             state,

@@ -126,6 +126,7 @@ impl Daemon {
         let mut engine_subsystems = Vec::new();
         let mut projector_view: Option<Arc<dyn gxd_api::ProjectorView>> = None;
         let mut on_enqueue: Option<Arc<dyn Fn() + Send + Sync>> = None;
+        let mut read_cache: Option<Arc<gxd_api::ReadCache>> = None;
         let mut peer = None;
         // Outbox retention and gauges, with or without a peer.
         let maintenance_token = root.child_token();
@@ -148,7 +149,7 @@ impl Daemon {
                 "no fabric.peer_endpoints configured: the submitter and the projector do not run"
             ),
             Some(fabric) => {
-                let engine = crate::engine::build(
+                let mut engine = crate::engine::build(
                     &config,
                     fabric,
                     outbox.clone(),
@@ -156,6 +157,18 @@ impl Daemon {
                     pool.clone(),
                     &registry,
                 )?;
+                // Wallet reads from memory between blocks: sound because this projector,
+                // the only writer of the read models, invalidates after every block.
+                let cache = Arc::new(
+                    gxd_api::ReadCache::new(
+                        &registry,
+                        gxd_api::v1::cache::DEFAULT_TTL,
+                        gxd_api::v1::cache::DEFAULT_CAPACITY,
+                    )
+                    .context("register the read cache metrics")?,
+                );
+                engine.projector = engine.projector.with_on_applied(cache.invalidator());
+                read_cache = Some(cache);
                 checks.push(Arc::new(ProjectorReady::new(engine.projector.status())));
                 checks.push(Arc::new(ProjectorLag::new(
                     engine.projector.status(),
@@ -229,6 +242,7 @@ impl Daemon {
                 ),
                 projector: projector_view,
                 on_enqueue,
+                read_cache,
             });
         match &config.auth {
             Some(auth) => {

@@ -166,9 +166,7 @@ fn fresh_key() -> String {
 }
 
 async fn wallet(v1: &V1, id: &str) -> Result<Option<WalletRow>, Problem> {
-    read_models::wallet(&v1.deps.pool, id)
-        .await
-        .map_err(|e| pg_problem(&e))
+    v1.wallet(id).await.map_err(|e| pg_problem(&e))
 }
 
 fn owns(wallet: &WalletRow, subject: &str) -> bool {

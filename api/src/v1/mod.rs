@@ -4,8 +4,8 @@
 //!   into the outbox; the answer (202 `{commandId, status: "accepted", statusUrl, …}`)
 //!   leaves only once the command is durable (the outbox's enqueue returns after the WAL
 //!   fsync). `commands.rs`.
-//! - Reads (`GET`) come from the outbox (command status) and the PostgreSQL read models.
-//!   `reads.rs`, `events.rs` (server-sent status events), `admin.rs` (operators).
+//! - Reads (`GET`) come from the outbox (command status) and the PostgreSQL read models
+//!   (wallet rows through the [`cache`] between blocks when the daemon wires one). `reads.rs`, `events.rs` (server-sent status events), `admin.rs` (operators).
 //! - Every route is declared once, with its OpenAPI description (`utoipa`), in
 //!   [`openapi_router`]: the router and `GET /api/v1/openapi.json` come from the same list,
 //!   so the document cannot drift from the routes.
@@ -15,6 +15,7 @@
 //! body's `requestId`. Without either, each request is a new command.
 
 pub(crate) mod admin;
+pub mod cache;
 pub(crate) mod commands;
 pub(crate) mod events;
 pub(crate) mod json;
@@ -38,6 +39,7 @@ use utoipa_axum::routes;
 
 use crate::ApiState;
 use crate::problem::{ErrorCode, PROBLEM_JSON, Problem};
+pub use cache::ReadCache;
 pub use types::ProjectorSnapshot;
 
 /// Most concurrent `…/events` streams; more answer 503 with `Retry-After`.
@@ -62,6 +64,11 @@ pub struct V1Deps {
     /// Called after a command was durably accepted (the daemon wakes the submitter with
     /// it, so a new command does not wait for the submitter's idle poll).
     pub on_enqueue: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Wallet reads served from memory between blocks ([`cache`]); only sound when the
+    /// projector writing `pool`'s read models calls [`ReadCache::invalidate`] after each
+    /// block (the daemon wires [`ReadCache::invalidator`] into it). `None`: every read goes
+    /// to PostgreSQL.
+    pub read_cache: Option<Arc<ReadCache>>,
 }
 
 /// [`V1Deps`] with the API's own shared resources.
@@ -71,6 +78,20 @@ pub(crate) struct V1 {
 }
 
 impl V1 {
+    /// A wallet row, through the read cache when there is one.
+    pub(crate) async fn wallet(
+        &self,
+        id: &str,
+    ) -> Result<Option<gxd_storage::pg::read_models::WalletRow>, ProjectionError> {
+        match &self.deps.read_cache {
+            Some(cache) => Ok(cache
+                .wallet(&self.deps.pool, id)
+                .await?
+                .map(|w| (*w).clone())),
+            None => gxd_storage::pg::read_models::wallet(&self.deps.pool, id).await,
+        }
+    }
+
     pub(crate) fn new(deps: V1Deps) -> Self {
         V1 {
             deps,

@@ -115,10 +115,7 @@ async fn visible_wallet(
     id: &str,
 ) -> Result<read_models::WalletRow, Problem> {
     validate::id(id).map_err(|m| invalid("id", m))?;
-    let Some(w) = read_models::wallet(&v1.deps.pool, id)
-        .await
-        .map_err(|e| pg_problem(&e))?
-    else {
+    let Some(w) = v1.wallet(id).await.map_err(|e| pg_problem(&e))? else {
         return Err(Problem::new(ErrorCode::NotFound).with_detail(format!("no wallet {id}")));
     };
     if !principal.is_admin() && !w.owners.contains(&principal.subject) {

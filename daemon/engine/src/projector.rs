@@ -429,6 +429,7 @@ pub struct Projector {
     status: Arc<watch::Sender<ProjectorStatus>>,
     lag: Arc<Mutex<LagTracker>>,
     outbox: Option<Outbox>,
+    on_applied: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Projector {
@@ -471,7 +472,17 @@ impl Projector {
             status: Arc::new(status),
             lag: Arc::new(Mutex::new(LagTracker::default())),
             outbox: None,
+            on_applied: None,
         }
+    }
+
+    /// Calls `hook(block)` right after each block's PostgreSQL commit, before its
+    /// checkpoint append (which marks its commands PROJECTED): a read cache of the read
+    /// models invalidates there, so a client that saw its command PROJECTED never reads a
+    /// row cached before the block. It must not block.
+    pub fn with_on_applied(mut self, hook: Arc<dyn Fn(u64) + Send + Sync>) -> Self {
+        self.on_applied = Some(hook);
+        self
     }
 
     /// Records command statuses in `outbox` (module docs): each block's checkpoint append
@@ -636,6 +647,9 @@ impl Projector {
                 continue;
             }
             let projected = self.apply_block(&block, position.as_ref()).await?;
+            if let Some(hook) = &self.on_applied {
+                hook(block.number);
+            }
             crate::kill_point!(crate::failpoints::PROJECTOR_AFTER_PG_COMMIT);
             self.append(&block).await?;
             position = Some(Position {
