@@ -348,7 +348,7 @@ impl gx::Stub for Simulator<'_> {
 }
 
 impl Simulator<'_> {
-    fn rwset_bytes(&self) -> Vec<u8> {
+    pub(crate) fn rwset_bytes(&self) -> Vec<u8> {
         let kv = KvrwSet {
             reads: self.reads.iter().map(|(k, v)| kv_read(k, *v)).collect(),
             range_queries_info: self.range_queries.clone(),

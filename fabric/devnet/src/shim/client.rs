@@ -140,16 +140,25 @@ impl std::fmt::Debug for ExternalChaincode {
     }
 }
 
-/// One open `Connect` stream.
+type Routes = Arc<Mutex<HashMap<TxKey, SyncSender<ChaincodeMessage>>>>;
+
+fn lock(
+    routes: &Routes,
+) -> std::sync::MutexGuard<'_, HashMap<TxKey, SyncSender<ChaincodeMessage>>> {
+    routes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One open `Connect` stream. The stream's request half ends when the session is dropped
+/// (its `out` is the only sender): the dispatcher task holds only the routes and the flag.
 struct Session {
     out: mpsc::Sender<ChaincodeMessage>,
-    routes: Mutex<HashMap<TxKey, SyncSender<ChaincodeMessage>>>,
-    alive: AtomicBool,
+    routes: Routes,
+    alive: Arc<AtomicBool>,
 }
 
 impl Session {
     fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<TxKey, SyncSender<ChaincodeMessage>>> {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.routes)
     }
 }
 
@@ -235,7 +244,14 @@ impl ExternalChaincode {
             .await
             .map_err(|s| format!("chaincode stream at {address}: {}", s.message()))?
             .ok_or_else(|| format!("chaincode at {address} closed the stream before REGISTER"))?;
-        let registered = handshake(&first, &self.config.chaincode_id)?;
+        let registered = match handshake(&first, &self.config.chaincode_id) {
+            Ok(id) => id,
+            Err(e) => {
+                // Drop the connection too: this chaincode is not the one to talk to.
+                self.connector.report_failure(idx).await;
+                return Err(e);
+            }
+        };
         let none = TxKey {
             channel_id: String::new(),
             txid: String::new(),
@@ -248,22 +264,23 @@ impl ExternalChaincode {
         tracing::info!(%address, chaincode_id = %registered, "chaincode registered");
         let session = Arc::new(Session {
             out,
-            routes: Mutex::new(HashMap::new()),
-            alive: AtomicBool::new(true),
+            routes: Routes::default(),
+            alive: Arc::new(AtomicBool::new(true)),
         });
-        let dispatcher = Arc::clone(&session);
+        let routes = Arc::clone(&session.routes);
+        let alive = Arc::clone(&session.alive);
         let address = address.clone();
         tokio::spawn(async move {
             let end = loop {
                 match inbound.message().await {
-                    Ok(Some(msg)) => dispatch(&dispatcher, msg),
+                    Ok(Some(msg)) => dispatch(&routes, msg),
                     Ok(None) => break "closed by the chaincode".to_owned(),
                     Err(s) => break s.message().to_owned(),
                 }
             };
-            dispatcher.alive.store(false, Ordering::Release);
-            dispatcher.routes().clear();
-            tracing::warn!(%address, reason = %end, "chaincode stream ended");
+            alive.store(false, Ordering::Release);
+            lock(&routes).clear();
+            tracing::info!(%address, reason = %end, "chaincode stream ended");
         });
         Ok(session)
     }
@@ -348,12 +365,12 @@ fn handshake(first: &ChaincodeMessage, expected: &str) -> Result<String, String>
 }
 
 /// Routes a chaincode message to its transaction.
-fn dispatch(session: &Session, msg: ChaincodeMessage) {
+fn dispatch(routes: &Routes, msg: ChaincodeMessage) {
     if msg.r#type == Type::Keepalive as i32 {
         return;
     }
     let key = TxKey::of(&msg);
-    let mut routes = session.routes();
+    let mut routes = lock(routes);
     match routes.get(&key) {
         Some(tx) => {
             if tx.try_send(msg).is_err() {

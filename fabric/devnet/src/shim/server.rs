@@ -101,8 +101,20 @@ impl ServerHandle {
         self.join().await
     }
 
-    async fn join(self) -> Result<(), ServerError> {
-        match self.task.await {
+    /// Waits for the server task; after a shutdown request the streams end at once and the
+    /// drain is bounded (10 s), so a peer that keeps its connection cannot hold the stop.
+    async fn join(mut self) -> Result<(), ServerError> {
+        let result = tokio::select! {
+            r = &mut self.task => r,
+            () = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } => {
+                self.task.abort();
+                return Ok(());
+            }
+        };
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServerError::Server(e.to_string())),
             Err(e) => Err(ServerError::Server(e.to_string())),
@@ -149,13 +161,14 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         addr: config.listen,
         source,
     })?;
+    let shutdown = CancellationToken::new();
     let service = ChaincodeServer::new(GxChaincode {
         chaincode_id: config.chaincode_id.clone(),
+        shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = builder.add_service(service);
-    let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(%addr, chaincode_id = %config.chaincode_id, tls = config.tls.is_some(),
@@ -176,6 +189,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
 /// The `protos.Chaincode` service running GX.
 struct GxChaincode {
     chaincode_id: String,
+    /// Ends every stream when the server stops.
+    shutdown: CancellationToken,
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<ChaincodeMessage, Status>> + Send>>;
@@ -192,9 +207,13 @@ impl Chaincode for GxChaincode {
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(SEND_QUEUE);
         let id = self.chaincode_id.clone();
+        let stop = self.shutdown.clone();
         tokio::spawn(async move {
             tracing::info!(?peer, "peer connected");
-            let end = run_session(id, inbound, out).await;
+            let end = tokio::select! {
+                end = run_session(id, inbound, out) => end,
+                () = stop.cancelled() => "the chaincode server is stopping".to_owned(),
+            };
             tracing::info!(?peer, reason = %end, "chaincode stream ended");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
