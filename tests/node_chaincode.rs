@@ -233,3 +233,148 @@ fn the_official_node_shim_runs_through_the_devnet() {
     assert!(logs.contains("chaincode registered"), "{logs}");
     assert!(!logs.contains("ERROR"), "unexpected ERROR lines:\n{logs}");
 }
+
+/// Writes a CA, a server certificate for 127.0.0.1 and a client certificate (PEM files).
+fn write_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    for (name, sans) in [
+        (
+            "server",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+        ),
+        ("client", vec!["peer0.org1.example.com".to_owned()]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// `gxd chaincode serve` (the real binary, mutual TLS) behind `gxd devnet
+/// --chaincode-package`, driven by the GX program of the Node Gateway SDK test
+/// (`tests/node/interop.js`): every GX transaction, query, event and error through the
+/// service; then SIGTERM stops the chaincode server cleanly.
+#[test]
+fn gxd_chaincode_serve_with_mutual_tls_runs_the_gx_node_sdk_program() {
+    let node_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/node");
+    npm_ci(&node_dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path();
+    write_pki(pki);
+    let cc_port = free_port();
+    let package = tmp.path().join("gx.tar.gz");
+    let gxd = env!("CARGO_BIN_EXE_gxd");
+    let (ok, out) = run(
+        Command::new(gxd)
+            .args(["chaincode", "package", "--address"])
+            .arg(format!("127.0.0.1:{cc_port}"))
+            .args(["--label", "gx_1.0", "--tls-required", "--root-cert"])
+            .arg(pki.join("ca.pem"))
+            .arg("--client-cert")
+            .arg(pki.join("client.pem"))
+            .arg("--client-key")
+            .arg(pki.join("client.key"))
+            .arg(&package),
+        "gxd chaincode package",
+        Duration::from_secs(30),
+    );
+    assert!(ok, "gxd chaincode package failed:\n{out}");
+    let package_id = out.trim().to_owned();
+
+    let mut chaincode = Proc::spawn(
+        "gxd chaincode serve",
+        Command::new(gxd)
+            .args(["chaincode", "serve", "--listen"])
+            .arg(format!("127.0.0.1:{cc_port}"))
+            .args(["--id", &package_id, "--tls-cert"])
+            .arg(pki.join("server.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("server.key"))
+            .arg("--client-ca")
+            .arg(pki.join("ca.pem"))
+            .env("RUST_LOG", "info"),
+        tmp.path().join("chaincode.log"),
+    );
+    chaincode.wait_port(cc_port, || true, Duration::from_secs(30));
+
+    let dir = tmp.path().join("devnet");
+    let port = free_port();
+    let mut devnet = Proc::spawn(
+        "gxd devnet",
+        Command::new(gxd)
+            .args(["devnet", "--dir"])
+            .arg(&dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--chaincode-package")
+            .arg(&package)
+            .env("RUST_LOG", "info"),
+        tmp.path().join("devnet.log"),
+    );
+    let tls_ca = dir.join(
+        "organizations/peerOrganizations/org1.example.com/peers/peer0.org1.example.com/tls/ca.crt",
+    );
+    devnet.wait_port(port, || tls_ca.is_file(), Duration::from_secs(60));
+
+    let (ok, output) = run(
+        Command::new("node")
+            .arg(node_dir.join("interop.js"))
+            .current_dir(&node_dir)
+            .env(
+                "CRYPTO_PATH",
+                dir.join("organizations/peerOrganizations/org1.example.com"),
+            )
+            .env("PEER_ENDPOINT", format!("localhost:{port}"))
+            .env("RUN_ID", "cc"),
+        "node interop.js",
+        Duration::from_secs(180),
+    );
+    assert!(
+        ok && output.contains("INTEROP OK"),
+        "the GX Node SDK program failed through gxd chaincode serve:\n{output}\n--- devnet log ---\n{}\n--- chaincode log ---\n{}",
+        devnet.logs(),
+        chaincode.logs()
+    );
+    for needle in [
+        "ok Bootstrap as User1 fails with EndorseError",
+        "ok Bootstrap committed VALID",
+        "ok an overdraft fails with EndorseError",
+        "ok chaincode events arrive in submission order",
+    ] {
+        assert!(output.contains(needle), "missing {needle:?} in:\n{output}");
+    }
+    let cc_logs = chaincode.logs();
+    assert!(cc_logs.contains("peer connected"), "{cc_logs}");
+
+    // SIGTERM: the chaincode server stops cleanly, though the devnet still holds its stream.
+    let pid = chaincode.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = chaincode.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gxd chaincode serve did not stop on SIGTERM:\n{}",
+            chaincode.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}:\n{}", chaincode.logs());
+    for (what, logs) in [("devnet", devnet.logs()), ("chaincode", chaincode.logs())] {
+        assert!(
+            !logs.contains("ERROR"),
+            "unexpected ERROR lines in the {what} log:\n{logs}"
+        );
+    }
+}
