@@ -133,14 +133,29 @@ pub enum ChaincodeCommand {
         #[arg(long, env = "CHAINCODE_ID", value_name = "CHAINCODE_ID")]
         id: String,
         /// Server certificate (PEM); with --tls-key turns TLS on.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        #[arg(
+            long,
+            env = "CHAINCODE_TLS_CERT",
+            value_name = "FILE",
+            requires = "tls_key"
+        )]
         tls_cert: Option<PathBuf>,
         /// Server private key (PEM).
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        #[arg(
+            long,
+            env = "CHAINCODE_TLS_KEY",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
         tls_key: Option<PathBuf>,
         /// CA bundle (PEM) of the peers' client certificates: requires client
         /// authentication (connection.json `client_auth_required`).
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        #[arg(
+            long,
+            env = "CHAINCODE_CLIENT_CA_CERT",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
         client_ca: Option<PathBuf>,
     },
     /// Write the ccaas package Fabric's ccaas builder installs (metadata.json and

@@ -212,8 +212,16 @@ async fn run(mode: Mode) -> Vec<String> {
 
 #[tokio::test]
 async fn the_gx_suite_is_identical_in_process_and_as_a_service() {
+    let t = std::time::Instant::now();
     let in_process = run(Mode::InProcess).await;
+    let t_in = t.elapsed();
+    let t = std::time::Instant::now();
     let as_service = run(Mode::Service).await;
+    let t_service = t.elapsed();
+    eprintln!(
+        "{} steps: in-process {t_in:?}, as a service {t_service:?} (each with a devnet start)",
+        SCRIPT.len()
+    );
     assert_eq!(in_process.len(), as_service.len());
     for (a, b) in in_process.iter().zip(&as_service) {
         assert_eq!(a, b, "in-process vs service");
@@ -235,4 +243,51 @@ async fn the_gx_suite_is_identical_in_process_and_as_a_service() {
     ] {
         assert!(all.contains(needle), "{needle} missing from:\n{all}");
     }
+}
+
+/// Many transactions at once over the one chaincode stream: each is answered on its own
+/// (keyed by channel + txid), none waits for another to complete.
+#[tokio::test]
+async fn concurrent_transactions_share_one_stream() {
+    use gxd_fabric::proto::gateway::EndorseRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let net = start_net(in_mode(Mode::Service, fast(dir.path())).await).await;
+    let user = identity(&net, Org1User);
+    const N: usize = 48;
+    let calls = (0..N).map(|i| {
+        let mut gw = net.gw.clone();
+        let user = user.clone();
+        async move {
+            let id = format!("user{i}");
+            let (sp, tx_id) = super::tests::signed_proposal(
+                &user,
+                crate::DEFAULT_CHANNEL,
+                "gx",
+                &["CreateUser", &id, "{}"],
+            );
+            let r = gw
+                .endorse(EndorseRequest {
+                    transaction_id: tx_id,
+                    channel_id: crate::DEFAULT_CHANNEL.to_owned(),
+                    proposed_transaction: Some(sp),
+                    endorsing_organizations: Vec::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let payload = r
+                .prepared_transaction
+                .map(|e| e.payload)
+                .unwrap_or_default();
+            (id, payload)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(results.len(), N);
+    for (id, payload) in &results {
+        // Each endorsement carries its own user's result.
+        let text = String::from_utf8_lossy(payload);
+        assert!(text.contains(&format!("\"userId\":\"{id}\"")), "{id}");
+    }
+    net.handle.shutdown().await.unwrap();
 }

@@ -210,10 +210,7 @@ impl Chaincode for GxChaincode {
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
             tracing::info!(?peer, "peer connected");
-            let end = tokio::select! {
-                end = run_session(id, inbound, out) => end,
-                () = stop.cancelled() => "the chaincode server is stopping".to_owned(),
-            };
+            let end = run_session(id, inbound, out, stop).await;
             tracing::info!(?peer, reason = %end, "chaincode stream ended");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
@@ -246,12 +243,13 @@ fn lock(
     routes.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One `Connect` stream, chaincode side, until the peer closes it or breaks the handshake.
-/// Returns why it ended.
+/// One `Connect` stream, chaincode side, until the peer closes it, breaks the handshake or
+/// `stop` is cancelled. Returns why it ended.
 pub(crate) async fn run_session<S>(
     chaincode_id: String,
     mut inbound: S,
     out: mpsc::Sender<ChaincodeMessage>,
+    stop: CancellationToken,
 ) -> String
 where
     S: Stream<Item = Result<ChaincodeMessage, Status>> + Unpin,
@@ -271,7 +269,11 @@ where
     let routes: Routes = Arc::default();
     let mut state = State::Created;
     let end = loop {
-        let msg = match inbound.next().await {
+        let next = tokio::select! {
+            next = inbound.next() => next,
+            () = stop.cancelled() => break "the chaincode server is stopping".to_owned(),
+        };
+        let msg = match next {
             None => break "the peer closed the stream".to_owned(),
             Some(Err(status)) => break format!("stream error: {status}"),
             Some(Ok(msg)) => msg,

@@ -624,7 +624,7 @@ proptest! {
                 sent
             });
             let stream = futures::stream::iter(inbound.into_iter().map(Ok)).boxed();
-            tokio::time::timeout(Duration::from_secs(20), server::run_session("cc".into(), stream, out))
+            tokio::time::timeout(Duration::from_secs(20), server::run_session("cc".into(), stream, out, tokio_util::sync::CancellationToken::new()))
                 .await
                 .expect("the session ends");
             tokio::time::timeout(Duration::from_secs(20), drain).await.expect("transactions end").unwrap()
