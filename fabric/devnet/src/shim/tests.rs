@@ -633,3 +633,152 @@ proptest! {
         prop_assert!(sent.len() <= 1 + 2 * n, "{} messages out for {} in", sent.len(), n);
     }
 }
+
+/// The chaincode side, message by message: the handshake, clear ERRORs for malformed
+/// transactions, a duplicate in flight and an unknown type, and a real transaction's round
+/// trip (GET_STATE → RESPONSE → COMPLETED with GX's status-500 error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chaincode_side_answers_each_message_as_the_shims_do() {
+    use gxd_fabric::proto::protos::{ChaincodeId, ChaincodeInput};
+    use tokio_stream::wrappers::ReceiverStream;
+    let dir = tempfile::tempdir().unwrap();
+    crate::crypto::ensure_material(dir.path()).unwrap();
+    let paths = crate::crypto::DevnetPaths::new(dir.path());
+    let user = signer(&paths, ORG1, "User1");
+
+    let (peer, inbound) = mpsc::channel::<ChaincodeMessage>(16);
+    let (out, mut from_cc) = mpsc::channel(64);
+    let session = tokio::spawn(server::run_session(
+        "gx_1.0:abc".into(),
+        ReceiverStream::new(inbound).map(Ok),
+        out,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), from_cc.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let register = next().await;
+    assert_eq!(register.r#type, Type::Register as i32);
+    assert_eq!(
+        ChaincodeId::decode(register.payload.as_slice())
+            .unwrap()
+            .name,
+        "gx_1.0:abc"
+    );
+    let none = TxKey {
+        channel_id: String::new(),
+        txid: String::new(),
+    };
+    peer.send(message(Type::Registered, &none, Vec::new()))
+        .await
+        .unwrap();
+    peer.send(message(Type::Ready, &none, Vec::new()))
+        .await
+        .unwrap();
+
+    let tx = |txid: &str| TxKey {
+        channel_id: "gxchannel".into(),
+        txid: txid.into(),
+    };
+    let text = |m: &ChaincodeMessage| String::from_utf8_lossy(&m.payload).into_owned();
+    peer.send(message(Type::Transaction, &tx("t1"), vec![0xff, 0xff]))
+        .await
+        .unwrap();
+    let m = next().await;
+    assert_eq!((m.r#type, m.txid.as_str()), (Type::Error as i32, "t1"));
+    assert!(
+        text(&m).contains("failed to unmarshal input"),
+        "{}",
+        text(&m)
+    );
+
+    let input = |args: &[&str]| {
+        ChaincodeInput {
+            args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    peer.send(message(
+        Type::Transaction,
+        &tx("t2"),
+        input(&["GetWallet", "x"]),
+    ))
+    .await
+    .unwrap();
+    let m = next().await;
+    assert_eq!((m.r#type, m.txid.as_str()), (Type::Error as i32, "t2"));
+    assert!(text(&m).contains("no signed proposal"), "{}", text(&m));
+
+    peer.send(message(Type::Transaction, &tx("t3"), Vec::new()).clone())
+        .await
+        .unwrap();
+    let m = next().await;
+    assert!(
+        m.r#type == Type::Error as i32,
+        "an empty input has no function name"
+    );
+
+    peer.send(ChaincodeMessage {
+        r#type: 99,
+        ..message(Type::Undefined, &tx("t5"), Vec::new())
+    })
+    .await
+    .unwrap();
+    let m = next().await;
+    assert_eq!(m.r#type, Type::Error as i32);
+    assert!(
+        text(&m).contains("unknown type 99") && text(&m).contains("ready"),
+        "{}",
+        text(&m)
+    );
+
+    // A real transaction: the creator from the signed proposal, state over the stream.
+    let (sp, _) = crate::tests::signed_proposal(&user, "gxchannel", "gx", &["GetWallet", "alice"]);
+    let real = ChaincodeMessage {
+        proposal: Some(sp),
+        ..message(Type::Transaction, &tx("t4"), input(&["GetWallet", "alice"]))
+    };
+    peer.send(real.clone()).await.unwrap();
+    let get = next().await;
+    assert_eq!(
+        (get.r#type, get.txid.as_str()),
+        (Type::GetState as i32, "t4")
+    );
+    assert!(
+        GetState::decode(get.payload.as_slice())
+            .unwrap()
+            .key
+            .contains("alice")
+    );
+    // The same key again while t4 is in flight: refused, t4 goes on.
+    peer.send(real).await.unwrap();
+    let m = next().await;
+    assert_eq!((m.r#type, m.txid.as_str()), (Type::Error as i32, "t4"));
+    assert!(
+        text(&m).contains("duplicate transaction ID"),
+        "{}",
+        text(&m)
+    );
+    peer.send(message(Type::Response, &tx("t4"), Vec::new()))
+        .await
+        .unwrap();
+    let done = next().await;
+    assert_eq!(
+        (done.r#type, done.txid.as_str()),
+        (Type::Completed as i32, "t4")
+    );
+    let r = Response::decode(done.payload.as_slice()).unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.message.contains("alice"), "{}", r.message);
+
+    drop(peer);
+    let end = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.contains("closed"), "{end}");
+}
