@@ -97,6 +97,22 @@ async function main() {
         const rangeCommit = await contract.submitAsync('Range', { arguments: ['a', 'b'] });
         check((await rangeCommit.getStatus()).successful, 'a submitted range query commits VALID');
 
+        // Phantom reads: a range query endorsed, then a key inserted into its range commits
+        // first: the range's transaction is PHANTOM_READ_CONFLICT (12). A range the insert
+        // does not touch stays VALID.
+        const inRange = await contract.newProposal('Range', { arguments: ['a', 'b'] }).endorse();
+        const outOfRange = await contract.newProposal('Range', { arguments: ['x', 'y'] }).endorse();
+        await contract.submitTransaction('Put', 'a5', 'phantom');
+        const phantom = await (await inRange.submit()).getStatus();
+        check(!phantom.successful && phantom.code === 12, `a range changed before commit is PHANTOM_READ_CONFLICT (code ${phantom.code})`);
+        const untouched = await (await outOfRange.submit()).getStatus();
+        check(untouched.successful, 'a range nobody wrote into commits VALID');
+        // Deleting inside an endorsed range is a phantom too.
+        const beforeDelete = await contract.newProposal('Range', { arguments: ['a', 'b'] }).endorse();
+        await contract.submitTransaction('Delete', 'a5');
+        const deleted = await (await beforeDelete.submit()).getStatus();
+        check(deleted.code === 12, `a range whose key was deleted before commit is PHANTOM_READ_CONFLICT (code ${deleted.code})`);
+
         // Delete, then the key is gone.
         await contract.submitTransaction('Delete', 'a1');
         try {
