@@ -1069,3 +1069,143 @@ fn validate_endorser_transaction(
     );
     (prp.proposal_hash == hash).then_some(cap)
 }
+
+#[cfg(test)]
+mod range_validation_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use gxd_fabric::proto::kvrwset::QueryReadsMerkleSummary;
+
+    fn ledger_with(keys: &[&str]) -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let writes = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| StateWrite {
+                namespace: "gx".into(),
+                key: (*k).into(),
+                value: Some(b"v".to_vec()),
+                version: Height {
+                    block: 0,
+                    tx: i as u64,
+                },
+            })
+            .collect();
+        ledger
+            .commit(&super::super::ledger::BlockCommit {
+                number: 0,
+                block_bytes: Vec::new(),
+                txs: Vec::new(),
+                writes,
+            })
+            .unwrap();
+        (dir, ledger)
+    }
+
+    fn range(start: &str, end: &str, exhausted: bool, reads: &[(&str, u64)]) -> RangeQueryInfo {
+        RangeQueryInfo {
+            start_key: start.into(),
+            end_key: end.into(),
+            itr_exhausted: exhausted,
+            reads_info: Some(range_query_info::ReadsInfo::RawReads(QueryReads {
+                kv_reads: reads
+                    .iter()
+                    .map(|(k, tx)| kv_read(k, Some(Height { block: 0, tx: *tx })))
+                    .collect(),
+            })),
+        }
+    }
+
+    fn updated(keys: &[&str]) -> BlockState {
+        let mut state = BlockState::default();
+        for k in keys {
+            state
+                .updated
+                .insert(("gx".into(), (*k).into()), Height { block: 1, tx: 0 });
+        }
+        state
+    }
+
+    /// Fabric's `rangeQueryResultsValidator` for raw reads: same keys at the same versions,
+    /// nothing written into the range by an earlier transaction of the block; an iterator
+    /// closed early is validated up to its last key.
+    #[test]
+    fn range_queries_are_validated_for_phantoms() {
+        let (_dir, ledger) = ledger_with(&["a1", "a2", "b1"]);
+        let channel = ChannelInfo {
+            channel_id: "gxchannel".into(),
+            chaincode: "gx".into(),
+            runtime: ChaincodeRuntime::InProcess,
+        };
+        let msp = MspManager::new(std::iter::empty()).unwrap();
+        let v = Validator {
+            channel: &channel,
+            msp: &msp,
+            ledger: &ledger,
+            endorsing_orgs: &[],
+        };
+        let full = range("a", "b", true, &[("a1", 0), ("a2", 1)]);
+        let ok =
+            |rq: &RangeQueryInfo, state: &BlockState| v.range_unchanged("gx", rq, state).unwrap();
+        assert!(ok(&full, &BlockState::default()));
+        assert!(
+            !ok(&full, &updated(&["a5"])),
+            "a key written into the range by an earlier tx"
+        );
+        assert!(
+            !ok(&full, &updated(&["a1"])),
+            "a key of the range rewritten"
+        );
+        assert!(ok(&full, &updated(&["b0", "0"])), "writes outside [a, b)");
+        assert!(
+            !ok(&full, &updated(&["a"])),
+            "the start key is in the range"
+        );
+        assert!(ok(&full, &updated(&["b"])), "the end key is not");
+        // Versions and membership against the committed state.
+        assert!(
+            !ok(
+                &range("a", "b", true, &[("a1", 0), ("a2", 7)]),
+                &BlockState::default()
+            ),
+            "version changed"
+        );
+        assert!(
+            !ok(&range("a", "b", true, &[("a1", 0)]), &BlockState::default()),
+            "a key appeared"
+        );
+        assert!(
+            !ok(
+                &range("a", "b", true, &[("a1", 0), ("a2", 1), ("a3", 2)]),
+                &BlockState::default()
+            ),
+            "a key vanished"
+        );
+        assert!(
+            ok(
+                &range("", "", true, &[("a1", 0), ("a2", 1), ("b1", 2)]),
+                &BlockState::default()
+            ),
+            "unbounded"
+        );
+        // Closed after a1: only [a, a1] matters.
+        let early = range("a", "b", false, &[("a1", 0)]);
+        assert!(ok(&early, &BlockState::default()));
+        assert!(ok(&early, &updated(&["a2"])), "beyond the last key read");
+        assert!(!ok(&early, &updated(&["a1"])));
+        assert!(
+            ok(&range("a", "b", false, &[]), &updated(&["a1"])),
+            "nothing read, nothing to validate"
+        );
+        // The devnet never writes Merkle summaries; one is refused.
+        let merkle = RangeQueryInfo {
+            reads_info: Some(range_query_info::ReadsInfo::ReadsMerkleHashes(
+                QueryReadsMerkleSummary::default(),
+            )),
+            ..full.clone()
+        };
+        assert!(!ok(&merkle, &BlockState::default()));
+    }
+}
