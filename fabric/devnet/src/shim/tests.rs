@@ -316,20 +316,34 @@ impl StateReader for MemState {
     }
 }
 
+/// User1@org1 of a devnet's material: its validated member and a TRANSACTION it signed
+/// (`CreateUser`, txid `tx1`) that really runs GX on the chaincode side.
+fn fixture() -> &'static (tempfile::TempDir, Member, ChaincodeMessage) {
+    static FIXTURE: OnceLock<(tempfile::TempDir, Member, ChaincodeMessage)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        crate::crypto::ensure_material(dir.path()).unwrap();
+        let material = crate::crypto::load_material(dir.path()).unwrap();
+        let msp = crate::msp::MspManager::new(material.ca_certs()).unwrap();
+        let paths = crate::crypto::DevnetPaths::new(dir.path());
+        let user = signer(&paths, ORG1, "User1");
+        let m = msp.deserialize(user.creator()).unwrap();
+        let args = ["CreateUser", "zoe", "{}"];
+        let (sp, _) = crate::tests::signed_proposal(&user, "gxchannel", "gx", &args);
+        let input = gxd_fabric::proto::protos::ChaincodeInput {
+            args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        };
+        let tx = ChaincodeMessage {
+            proposal: Some(sp),
+            ..message(Type::Transaction, &key(), input.encode_to_vec())
+        };
+        (dir, m, tx)
+    })
+}
+
 fn member() -> &'static Member {
-    static MEMBER: OnceLock<(tempfile::TempDir, Member)> = OnceLock::new();
-    &MEMBER
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            crate::crypto::ensure_material(dir.path()).unwrap();
-            let material = crate::crypto::load_material(dir.path()).unwrap();
-            let msp = crate::msp::MspManager::new(material.ca_certs()).unwrap();
-            let paths = crate::crypto::DevnetPaths::new(dir.path());
-            let user = signer(&paths, ORG1, "User1");
-            let m = msp.deserialize(user.creator()).unwrap();
-            (dir, m)
-        })
-        .1
+    &fixture().1
 }
 
 /// A chaincode that says what its script says, and records the peer's answers.
@@ -569,17 +583,21 @@ fn arb_message() -> impl Strategy<Value = ChaincodeMessage> {
         Just("tx2".to_owned())
     ];
     let proposal = proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32));
-    (ty, payload, txid, proposal).prop_map(|(ty, payload, txid, proposal)| ChaincodeMessage {
-        r#type: ty,
-        payload,
-        txid,
-        channel_id: "gxchannel".into(),
-        proposal: proposal.map(|p| SignedProposal {
-            proposal_bytes: p,
-            signature: Vec::new(),
-        }),
-        ..Default::default()
-    })
+    let arbitrary =
+        (ty, payload, txid, proposal).prop_map(|(ty, payload, txid, proposal)| ChaincodeMessage {
+            r#type: ty,
+            payload,
+            txid,
+            channel_id: "gxchannel".into(),
+            proposal: proposal.map(|p| SignedProposal {
+                proposal_bytes: p,
+                signature: Vec::new(),
+            }),
+            ..Default::default()
+        });
+    // Now and then a real signed transaction (txid tx1), so GX runs and the arbitrary
+    // RESPONSE/ERROR messages that follow answer its GET_STATE/PUT_STATE requests.
+    prop_oneof![6 => arbitrary, 1 => Just(fixture().2.clone())]
 }
 
 proptest! {
