@@ -26,6 +26,11 @@
 //! validation), `gx` (the chaincode), `peer` (endorsement and commit validation), `node`
 //! (shared state, ordering and committing), `genesis` and `blocks` (block construction),
 //! `gateway` and `deliver` (the gRPC services), `faults`, `ledger`.
+//!
+//! Public besides: [`shim`], Fabric's chaincode shim protocol both ends — the GX chaincode
+//! as a service (`gxd chaincode serve`), the peer side that drives an external chaincode
+//! ([`DevnetConfig::with_external_chaincode`]), and the ccaas package (`gxd chaincode
+//! package`).
 
 mod blocks;
 mod crypto;

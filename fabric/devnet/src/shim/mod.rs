@@ -12,8 +12,8 @@
 //! chaincode → COMPLETED(Response, ChaincodeEvent) or ERROR(message)
 //! ```
 //!
-//! - [`server`]: the chaincode side — the GX chaincode ([`crate::gx::invoke`], the code the
-//!   devnet runs in-process) behind the same [`crate::gx::Stub`], each call a round trip;
+//! - [`server`]: the chaincode side — the GX chaincode (`gx::invoke`, the code the
+//!   devnet runs in-process) behind the same `gx::Stub`, each call a round trip;
 //!   `gxd chaincode serve` runs it.
 //! - [`client`]: the peer side — the devnet dials a chaincode service and answers its
 //!   requests from the transaction's simulator (read set, range queries, write set, event:

@@ -3,7 +3,7 @@
 //!
 //! Per `Connect` stream, as Fabric's Go and Node shims do: send REGISTER with the chaincode
 //! id, expect REGISTERED then READY, then run every TRANSACTION/INIT concurrently (keyed by
-//! channel + txid) on a blocking thread, where [`crate::gx::invoke`] sees a [`Stub`] whose
+//! channel + txid) on a blocking thread, where `gx::invoke` sees a `Stub` whose
 //! every state access is a round trip to the peer; the transaction ends with COMPLETED
 //! (the `Response` and the chaincode event; a GX error is a status-500 `Response`, as a
 //! shim's `shim.Error`) or, for a message the chaincode cannot run at all, ERROR.
