@@ -84,4 +84,11 @@ if awk -v s="${bad:-0}" 'BEGIN { exit !(s > 2.0) }'; then
   pass "a unit without its hardening scores $bad (the limit can fail)"
 else fail "a unit without its hardening still scores ${bad:-?}"; fi
 
+# The chaincode service's unit, the same limit.
+score=$(systemd-analyze security --offline=yes packaging/systemd/gxd-chaincode.service 2>/dev/null \
+  | sed -n 's/.*Overall exposure level for gxd-chaincode.service: \([0-9.]*\).*/\1/p')
+if awk -v s="${score:-99}" 'BEGIN { exit !(s <= 2.0) }'; then
+  pass "systemd-analyze security gxd-chaincode.service: exposure $score (limit 2.0)"
+else fail "systemd-analyze security gxd-chaincode.service: exposure ${score:-?} (limit 2.0)"; fi
+
 if [ "$failures" -eq 0 ]; then echo "packaging-check: ok"; else echo "packaging-check: FAILED ($failures)"; exit 1; fi

@@ -56,6 +56,9 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("postgres-types", &["gxd-storage"]),
     ("refinery", &["gxd-storage"]),
     ("rcgen", &["gxd-devnet"]),
+    // ccaas chaincode packages: only the devnet's shim module builds and reads them.
+    ("tar", &["gxd-devnet"]),
+    ("flate2", &["gxd-devnet"]),
 ];
 
 /// Every rule the workspace described by `metadata` (`cargo metadata --no-deps` JSON)

@@ -61,7 +61,15 @@ fn version_and_help() {
     let out = run_gxd(&["--help"], &[], DEADLINE);
     assert!(out.status.success());
     let help = stdout(&out);
-    for cmd in ["run", "migrate", "config", "version", "devnet", "dev"] {
+    for cmd in [
+        "run",
+        "migrate",
+        "config",
+        "version",
+        "devnet",
+        "dev",
+        "chaincode",
+    ] {
         assert!(
             help.contains(&format!("  {cmd} ")),
             "help lists {cmd}: {help}"
@@ -69,6 +77,88 @@ fn version_and_help() {
     }
     let out = run_gxd(&["migrate", "--help"], &[], DEADLINE);
     assert!(stdout(&out).contains("--check"));
+}
+
+#[test]
+fn chaincode_package_and_serve_explain_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("gx.tar.gz");
+    let out_arg = out_file.to_str().unwrap();
+    let out = run_gxd(
+        &[
+            "chaincode",
+            "package",
+            "--address",
+            "cc:9999",
+            "--label",
+            "bad label",
+            out_arg,
+        ],
+        &[],
+        DEADLINE,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid label"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert!(!out_file.exists(), "nothing written");
+
+    let out = run_gxd(
+        &[
+            "chaincode",
+            "package",
+            "--address",
+            "cc:9999",
+            "--label",
+            "gx_1.0",
+            out_arg,
+        ],
+        &[],
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    let (label, hash) = id.split_once(':').unwrap();
+    assert_eq!(label, "gx_1.0");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(out_file.is_file());
+
+    let out = run_gxd(
+        &[
+            "chaincode",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            "gx_1.0:x",
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ],
+        &[],
+        DEADLINE,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/tls.crt"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_gxd(
+        &["chaincode", "serve", "--listen", "127.0.0.1:0"],
+        &[],
+        DEADLINE,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "--id is required: {}",
+        stderr(&out)
+    );
 }
 
 #[test]

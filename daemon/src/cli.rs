@@ -81,6 +81,16 @@ pub enum Command {
         /// Serve plaintext gRPC instead of TLS (TLS is on by default, as on a Fabric peer).
         #[arg(long)]
         no_tls: bool,
+        /// Run the chaincode as an external service instead of in-process: the ccaas
+        /// package (`gxd chaincode package`) whose connection.json the peer dials; the
+        /// chaincode must register under the package's id (label:sha256).
+        #[arg(long, value_name = "FILE")]
+        chaincode_package: Option<PathBuf>,
+    },
+    /// GX as a chaincode-as-a-service for a Fabric peer (Fabric 2.4+ ccaas builder).
+    Chaincode {
+        #[command(subcommand)]
+        command: ChaincodeCommand,
     },
     /// Development environment: a private PostgreSQL, the devnet and the daemon,
     /// all on 127.0.0.1, state under DIR. Ctrl-C stops everything.
@@ -107,6 +117,80 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChaincodeCommand {
+    /// Serve the GX chaincode over the shim protocol (`protos.Chaincode`) until
+    /// SIGTERM/SIGINT; the peer connects to it as connection.json says.
+    Serve {
+        /// Listen address (Fabric's CCaaS convention: CHAINCODE_SERVER_ADDRESS).
+        #[arg(long, env = "CHAINCODE_SERVER_ADDRESS", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// The id to register under: the package id `label:sha256` that `peer lifecycle
+        /// chaincode install` printed (or `gxd chaincode package`).
+        #[arg(long, env = "CHAINCODE_ID", value_name = "CHAINCODE_ID")]
+        id: String,
+        /// Server certificate (PEM); with --tls-key turns TLS on.
+        #[arg(
+            long,
+            env = "CHAINCODE_TLS_CERT",
+            value_name = "FILE",
+            requires = "tls_key"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// Server private key (PEM).
+        #[arg(
+            long,
+            env = "CHAINCODE_TLS_KEY",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
+        tls_key: Option<PathBuf>,
+        /// CA bundle (PEM) of the peers' client certificates: requires client
+        /// authentication (connection.json `client_auth_required`).
+        #[arg(
+            long,
+            env = "CHAINCODE_CLIENT_CA_CERT",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
+        client_ca: Option<PathBuf>,
+    },
+    /// Write the ccaas package Fabric's ccaas builder installs (metadata.json and
+    /// code.tar.gz with connection.json); prints the package id.
+    Package {
+        /// Where the peer reaches the chaincode (`host:port`, as the peer resolves it).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+        /// Package label (letters, digits, `_ . + -`), e.g. gx_1.0.
+        #[arg(long, value_name = "LABEL")]
+        label: String,
+        /// connection.json `dial_timeout` (a Go duration).
+        #[arg(long, default_value = "10s", value_name = "DURATION")]
+        dial_timeout: String,
+        /// The chaincode serves TLS: needs --root-cert.
+        #[arg(long, requires = "root_cert")]
+        tls_required: bool,
+        /// CA certificate (PEM) of the chaincode's server certificate (`root_cert`).
+        #[arg(long, value_name = "FILE", requires = "tls_required")]
+        root_cert: Option<PathBuf>,
+        /// The peer's client certificate (PEM) for mutual TLS (`client_cert`; sets
+        /// `client_auth_required`).
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "client_key",
+            requires = "tls_required"
+        )]
+        client_cert: Option<PathBuf>,
+        /// The peer's client key (PEM) for mutual TLS (`client_key`).
+        #[arg(long, value_name = "FILE", requires = "client_cert")]
+        client_key: Option<PathBuf>,
+        /// The package file to write (e.g. gx.tar.gz).
+        #[arg(value_name = "OUT.tar.gz")]
+        out: PathBuf,
     },
 }
 
@@ -324,5 +408,54 @@ mod tests {
             Cli::try_parse_from(["gxd", "token", "issue", "--sub", "a", "--role", "root"]).is_err()
         );
         assert!(Cli::try_parse_from(["gxd", "devnet"]).is_err());
+        let c = Cli::try_parse_from([
+            "gxd",
+            "chaincode",
+            "serve",
+            "--listen",
+            "127.0.0.1:9999",
+            "--id",
+            "gx_1.0:ab",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Chaincode {
+                command: ChaincodeCommand::Serve { tls_cert: None, .. }
+            }
+        ));
+        // TLS material comes in pairs; a client CA needs TLS.
+        for args in [
+            &["--tls-cert", "/c"][..],
+            &["--tls-key", "/k"],
+            &["--client-ca", "/ca"],
+        ] {
+            let mut argv = vec![
+                "gxd",
+                "chaincode",
+                "serve",
+                "--listen",
+                "127.0.0.1:1",
+                "--id",
+                "x",
+            ];
+            argv.extend_from_slice(args);
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "gxd",
+                "chaincode",
+                "package",
+                "--address",
+                "cc:9999",
+                "--label",
+                "gx_1.0",
+                "--tls-required",
+                "out.tgz",
+            ])
+            .is_err(),
+            "--tls-required needs --root-cert"
+        );
     }
 }

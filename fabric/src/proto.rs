@@ -11,6 +11,7 @@
 //! | [`gateway`] | `gateway` | `EndorseRequest/Response`, `SubmitRequest/Response`, `SignedCommitStatusRequest`, `CommitStatusRequest/Response`, `EvaluateRequest/Response`, `SignedChaincodeEventsRequest`, `ChaincodeEventsRequest/Response`, `ErrorDetail`, `ProposedTransaction`, `PreparedTransaction`; [`gateway::gateway_client::GatewayClient`], [`gateway::gateway_server::{Gateway, GatewayServer}`](gateway::gateway_server) |
 //! | [`msp`] | `msp` | `SerializedIdentity`, MSP config messages |
 //! | [`orderer`] | `orderer` | `SeekInfo`, `SeekPosition`, `SeekSpecified`, `SeekNewest`, `SeekOldest`, `seek_info::SeekBehavior`, the orderer's own `DeliverResponse`, `AtomicBroadcast` stubs |
+//! | this module | `queryresult` | [`QueryResultKv`] (`queryresult.KV`: a range query's entry in the shim protocol's `QueryResponse`) — hand-written, fabric-sdk builds it only with its `chaincode` feature |
 //! | [`rwset`], [`kvrwset`] | `rwset`, `kvrwset` | `TxReadWriteSet`, `NsReadWriteSet`, `KvrwSet`, `KvRead`, `KvWrite`, `Version`, `TxPvtReadWriteSet`, … |
 //! | [`google_protobuf`] | `google.protobuf` | `Timestamp`, `Empty` (the types the messages above embed) |
 //! | this module | `protos` (peer `events.proto`) | [`DeliverResponse`], [`FilteredBlock`], [`FilteredTransaction`], [`FilteredTransactionActions`], [`FilteredChaincodeAction`], [`BlockAndPrivateData`] — hand-written, field numbers as in Fabric's `peer/events.proto` |
@@ -26,6 +27,18 @@ pub use prost::Message;
 
 /// The type URL under which Fabric's Gateway packs an `ErrorDetail` into `google.rpc.Status.details`.
 pub const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/gateway.ErrorDetail";
+
+/// One entry of a range query's results in the shim protocol (`queryresult.KV`,
+/// `ledger/queryresult/kv_query_result.proto`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryResultKv {
+    #[prost(string, tag = "1")]
+    pub namespace: String,
+    #[prost(string, tag = "2")]
+    pub key: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub value: Vec<u8>,
+}
 
 /// FilteredBlock is a minimal set of information about a block (`protos.FilteredBlock`).
 #[derive(Clone, PartialEq, prost::Message)]

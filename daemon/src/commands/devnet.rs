@@ -17,6 +17,8 @@ pub struct DevnetArgs {
     pub batch_max_tx: u32,
     pub batch_timeout_ms: u64,
     pub no_tls: bool,
+    /// Run the chaincode as the service this ccaas package points at.
+    pub chaincode_package: Option<PathBuf>,
 }
 
 /// Serves the devnet until a shutdown signal (or its own failure).
@@ -30,6 +32,10 @@ pub fn execute(args: DevnetArgs) -> anyhow::Result<ExitCode> {
             Duration::from_millis(args.batch_timeout_ms),
         );
     super::runtime()?.block_on(async {
+        let config = match &args.chaincode_package {
+            None => config,
+            Some(path) => config.with_external_chaincode(super::chaincode::external_config(path)?),
+        };
         let devnet = gxd_devnet::start(config).await.context("devnet")?;
         devnet
             .run_until(signal::shutdown_signal())

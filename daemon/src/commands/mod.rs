@@ -1,6 +1,7 @@
 //! The body of each `gxd` command, one module each; [`main`] parses the command line
 //! ([`crate::cli`]) and dispatches here.
 
+pub mod chaincode;
 pub mod config_check;
 pub mod dev;
 pub mod devnet;
@@ -18,7 +19,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand, OutboxCommand, ProjectionsCommand, TokenCommand};
+use crate::cli::{
+    ChaincodeCommand, Cli, Command, ConfigCommand, OutboxCommand, ProjectionsCommand, TokenCommand,
+};
 use crate::config::{self, Config};
 use crate::exit;
 
@@ -75,13 +78,49 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             batch_max_tx,
             batch_timeout_ms,
             no_tls,
+            chaincode_package,
         } => devnet::execute(devnet::DevnetArgs {
             dir,
             listen,
             batch_max_tx,
             batch_timeout_ms,
             no_tls,
+            chaincode_package,
         }),
+        Command::Chaincode { command } => match command {
+            ChaincodeCommand::Serve {
+                listen,
+                id,
+                tls_cert,
+                tls_key,
+                client_ca,
+            } => chaincode::serve(chaincode::ServeArgs {
+                listen,
+                id,
+                tls_cert,
+                tls_key,
+                client_ca,
+            }),
+            ChaincodeCommand::Package {
+                address,
+                label,
+                dial_timeout,
+                tls_required,
+                root_cert,
+                client_cert,
+                client_key,
+                out,
+            } => chaincode::package(chaincode::PackageArgs {
+                address,
+                label,
+                dial_timeout,
+                tls_required,
+                root_cert,
+                client_cert,
+                client_key,
+                out,
+            }),
+        },
         Command::Dev {
             dir,
             api_listen,

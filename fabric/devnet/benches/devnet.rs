@@ -17,7 +17,10 @@
 //! ```
 //!
 //! `GXD_BENCH_BATCH` / `GXD_BENCH_TIMEOUT_MS` set the block cutting (default 500 tx / 20 ms;
-//! the devnet's own default is 100 tx / 100 ms).
+//! the devnet's own default is 100 tx / 100 ms). `GXD_BENCH_CHAINCODE=service` runs GX as a
+//! chaincode service over the shim protocol (the `gxd chaincode serve` server, in this
+//! process, plaintext loopback) instead of in-process; `both` runs the two one after the
+//! other, for a side-by-side ratio.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -143,11 +146,37 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
+    let modes: Vec<&str> = match std::env::var("GXD_BENCH_CHAINCODE").as_deref() {
+        Ok("service") => vec!["service"],
+        Ok("both") => vec!["in-process", "service"],
+        _ => vec!["in-process"],
+    };
+    for mode in modes {
+        rt.block_on(bench(mode, &levels, secs, batch, timeout));
+    }
+}
+
+async fn bench(mode: &str, levels: &[usize], secs: u64, batch: usize, timeout: Duration) {
+    {
         let dir = tempfile::tempdir().unwrap();
-        let config = DevnetConfig::new(dir.path())
+        let mut config = DevnetConfig::new(dir.path())
             .with_listen("127.0.0.1:0".parse().unwrap())
             .with_batch(batch, timeout);
+        let mut server = None;
+        if mode == "service" {
+            let s = devnet::shim::server::start(devnet::shim::server::ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                chaincode_id: "gx_bench:0".into(),
+                tls: None,
+            })
+            .await
+            .unwrap();
+            config = config.with_external_chaincode(devnet::shim::client::ExternalConfig::new(
+                s.local_addr().to_string(),
+                "gx_bench:0",
+            ));
+            server = Some(s);
+        }
         let handle = devnet::start(config).await.unwrap();
         let paths = handle.paths().clone();
         let addr = handle.local_addr();
@@ -177,7 +206,7 @@ fn main() {
             .unwrap();
 
         println!(
-            "devnet bench: batch {batch} tx / {} ms, {secs} s per level, {} cores, TLS on",
+            "devnet bench: chaincode {mode}, batch {batch} tx / {} ms, {secs} s per level, {} cores, TLS on",
             timeout.as_millis(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         );
@@ -201,5 +230,8 @@ fn main() {
             );
         }
         handle.shutdown().await.unwrap();
-    });
+        if let Some(s) = server {
+            s.shutdown().await.unwrap();
+        }
+    }
 }

@@ -11,7 +11,10 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBRawIteratorWithThreadMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
+};
 
 const CF_BLOCKS: &str = "blocks";
 const CF_TXIDS: &str = "txids";
@@ -149,6 +152,44 @@ fn decode_value(bytes: &[u8]) -> Result<VersionedValue, LedgerError> {
     })
 }
 
+/// The state-CF bounds of a range query `[start, end)` in `namespace` (`end` empty: to the
+/// end of the namespace), as Fabric's `GetStateRangeScanIterator`.
+fn range_bounds(namespace: &str, start: &str, end: &str) -> (Vec<u8>, Vec<u8>) {
+    let lower = state_key(namespace, start);
+    let upper = if end.is_empty() {
+        let mut u = namespace.as_bytes().to_vec();
+        u.push(1);
+        u
+    } else {
+        state_key(namespace, end)
+    };
+    (lower, upper)
+}
+
+/// At most `limit` entries of a raw iterator positioned at the range's start.
+fn collect_range<D: rocksdb::DBAccess>(
+    mut it: DBRawIteratorWithThreadMode<'_, D>,
+    namespace: &str,
+    limit: usize,
+) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
+    let prefix = namespace.len() + 1;
+    let mut out = Vec::new();
+    while it.valid() && out.len() < limit {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        let key = k
+            .get(prefix..)
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or(LedgerError::Corrupt { what: "state key" })?
+            .to_owned();
+        out.push((key, decode_value(v)?));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
@@ -198,6 +239,23 @@ impl Ledger {
             Some(v) => Ok(Some(decode_value(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// At most `limit` committed entries of `namespace` with `start <= key < end` (`end`
+    /// empty: no upper bound), in key order.
+    pub fn range(
+        &self,
+        namespace: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
+        let (lower, upper) = range_bounds(namespace, start, end);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_STATE)?, ro);
+        it.seek(&lower);
+        collect_range(it, namespace, limit)
     }
 
     /// A consistent point-in-time view of the world state (for one simulation).
@@ -254,6 +312,24 @@ pub struct LedgerSnapshot<'a> {
 }
 
 impl LedgerSnapshot<'_> {
+    /// [`Ledger::range`] as of the snapshot.
+    pub fn range(
+        &self,
+        namespace: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
+        let (lower, upper) = range_bounds(namespace, start, end);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self
+            .snapshot
+            .raw_iterator_cf_opt(self.ledger.cf(CF_STATE)?, ro);
+        it.seek(&lower);
+        collect_range(it, namespace, limit)
+    }
+
     /// The value of `key` in `namespace` as of the snapshot.
     pub fn state(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError> {
         match self

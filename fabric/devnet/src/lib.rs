@@ -26,6 +26,11 @@
 //! validation), `gx` (the chaincode), `peer` (endorsement and commit validation), `node`
 //! (shared state, ordering and committing), `genesis` and `blocks` (block construction),
 //! `gateway` and `deliver` (the gRPC services), `faults`, `ledger`.
+//!
+//! Public besides: [`shim`], Fabric's chaincode shim protocol both ends — the GX chaincode
+//! as a service (`gxd chaincode serve`), the peer side that drives an external chaincode
+//! ([`DevnetConfig::with_external_chaincode`]), and the ccaas package (`gxd chaincode
+//! package`).
 
 mod blocks;
 mod crypto;
@@ -38,6 +43,7 @@ mod ledger;
 mod msp;
 mod node;
 mod peer;
+pub mod shim;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,6 +91,10 @@ pub struct DevnetConfig {
     pub chaincode: String,
     /// Block cutting (default 100 transactions / 2 MiB / 100 ms).
     pub batch: BatchConfig,
+    /// Where the chaincode runs: `None` (default) in-process; `Some` as an external
+    /// service the peer dials and drives over the shim protocol (a chaincode-as-a-service,
+    /// e.g. `gxd chaincode serve`).
+    pub external_chaincode: Option<shim::client::ExternalConfig>,
 }
 
 impl DevnetConfig {
@@ -98,7 +108,14 @@ impl DevnetConfig {
             channel: DEFAULT_CHANNEL.to_owned(),
             chaincode: DEFAULT_CHAINCODE.to_owned(),
             batch: BatchConfig::default(),
+            external_chaincode: None,
         }
+    }
+
+    /// Runs the chaincode as an external service at `config.address` instead of in-process.
+    pub fn with_external_chaincode(mut self, config: shim::client::ExternalConfig) -> Self {
+        self.external_chaincode = Some(config);
+        self
     }
 
     /// Sets the listen address.
@@ -158,6 +175,8 @@ pub enum DevnetError {
     },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("external chaincode: {0}")]
+    Chaincode(String),
     #[error("gRPC server: {0}")]
     Server(String),
     #[error("devnet task failed: {0}")]
@@ -307,9 +326,17 @@ pub async fn start(config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
     };
     let msp = msp::MspManager::new(material.ca_certs())?;
     let ledger = ledger::Ledger::open(&paths.ledger())?;
+    let runtime = match &config.external_chaincode {
+        None => peer::ChaincodeRuntime::InProcess,
+        Some(external) => peer::ChaincodeRuntime::External(Arc::new(
+            shim::client::ExternalChaincode::new(external.clone())
+                .map_err(DevnetError::Chaincode)?,
+        )),
+    };
     let channel = peer::ChannelInfo {
         channel_id: config.channel.clone(),
         chaincode: config.chaincode.clone(),
+        runtime,
     };
     let config_org = |(id, ca, tls): &(String, Vec<u8>, Vec<u8>), anchor: Option<(String, i32)>| {
         genesis::ConfigOrg {
@@ -455,3 +482,5 @@ mod tests;
 mod tests_commit;
 #[cfg(test)]
 mod tests_fidelity;
+#[cfg(test)]
+mod tests_shim;

@@ -144,6 +144,20 @@ fn is_ca(cert: &Certificate) -> bool {
         })
 }
 
+/// The MSP id and NodeOU role of a transaction creator (a serialized `msp.SerializedIdentity`),
+/// read without validating the certificate chain: what a chaincode learns of its creator
+/// from the signed proposal the peer forwards (the peer validated it before simulating).
+pub fn creator_of(serialized: &[u8]) -> Result<(String, Role), MspError> {
+    let identity = Identity::from_creator(serialized).map_err(|e| match e {
+        IdentityError::Certificate(reason) => MspError::BadCertificate(reason),
+        _ => MspError::MalformedIdentity,
+    })?;
+    let cert = identity.certificate().map_err(bad_certificate)?;
+    let msp_id = identity.msp_id().to_owned();
+    let role = Role::of(&cert, &msp_id)?;
+    Ok((msp_id, role))
+}
+
 /// A channel member: an identity whose certificate chains to its organization's CA, with
 /// its NodeOU role.
 #[derive(Debug, Clone)]

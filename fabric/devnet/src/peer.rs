@@ -16,7 +16,9 @@ use gxd_fabric::identity::{SignError, SigningIdentity};
 use gxd_fabric::proto::common::{
     ChannelHeader, Envelope, Header, HeaderType, Payload, SignatureHeader,
 };
-use gxd_fabric::proto::kvrwset::{KvRead, KvWrite, KvrwSet, Version};
+use gxd_fabric::proto::kvrwset::{
+    KvRead, KvWrite, KvrwSet, QueryReads, RangeQueryInfo, Version, range_query_info,
+};
 use gxd_fabric::proto::protos::{
     ChaincodeAction, ChaincodeActionPayload, ChaincodeEndorsedAction, ChaincodeEvent,
     ChaincodeHeaderExtension, ChaincodeId, ChaincodeInvocationSpec, ChaincodeProposalPayload,
@@ -31,6 +33,18 @@ use gxd_fabric::tx::compute_tx_id;
 pub struct ChannelInfo {
     pub channel_id: String,
     pub chaincode: String,
+    /// Where the chaincode runs: in this process, or as a service over the shim protocol.
+    pub runtime: ChaincodeRuntime,
+}
+
+/// How the peer runs its chaincode.
+#[derive(Debug, Clone)]
+pub enum ChaincodeRuntime {
+    /// GX called in-process through [`gx::Stub`] (the default).
+    InProcess,
+    /// A chaincode service the peer dials and drives with ChaincodeMessages, as a Fabric
+    /// peer drives a chaincode-as-a-service.
+    External(std::sync::Arc<super::shim::client::ExternalChaincode>),
 }
 
 /// A proposal, unpacked (Fabric's `UnpackedProposal`).
@@ -170,12 +184,15 @@ impl Endorsed {
     }
 }
 
-/// Simulation of one transaction against a consistent snapshot of the world state.
-struct Simulator<'a> {
+/// Simulation of one transaction against a consistent snapshot of the world state: the
+/// read set (first version read of each key), the range queries with the keys they
+/// returned, the write set (`None` deletes) and the event — Fabric's `TxSimulator`.
+pub(crate) struct Simulator<'a> {
     reader: &'a dyn StateReader,
     namespace: String,
     reads: BTreeMap<String, Option<Height>>,
-    writes: BTreeMap<String, Vec<u8>>,
+    range_queries: Vec<RangeQueryInfo>,
+    writes: BTreeMap<String, Option<Vec<u8>>>,
     event: Option<(String, Vec<u8>)>,
     creator: &'a Member,
 }
@@ -183,17 +200,124 @@ struct Simulator<'a> {
 /// Read access to committed state (a RocksDB snapshot during simulation).
 pub trait StateReader {
     fn read(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError>;
+    /// At most `limit` entries with `start <= key < end` (`end` empty: unbounded), in order.
+    fn range(
+        &self,
+        namespace: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VersionedValue)>, LedgerError>;
 }
 
 impl StateReader for Ledger {
     fn read(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError> {
         self.state(namespace, key)
     }
+    fn range(
+        &self,
+        namespace: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
+        Ledger::range(self, namespace, start, end, limit)
+    }
 }
 
 impl StateReader for super::ledger::LedgerSnapshot<'_> {
     fn read(&self, namespace: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError> {
         self.state(namespace, key)
+    }
+    fn range(
+        &self,
+        namespace: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
+        super::ledger::LedgerSnapshot::range(self, namespace, start, end, limit)
+    }
+}
+
+fn kv_read(key: &str, version: Option<Height>) -> KvRead {
+    KvRead {
+        key: key.to_owned(),
+        version: version.map(|h| Version {
+            block_num: h.block,
+            tx_num: h.tx,
+        }),
+    }
+}
+
+impl<'a> Simulator<'a> {
+    pub(crate) fn new(reader: &'a dyn StateReader, namespace: String, creator: &'a Member) -> Self {
+        Self {
+            reader,
+            namespace,
+            reads: BTreeMap::new(),
+            range_queries: Vec::new(),
+            writes: BTreeMap::new(),
+            event: None,
+            creator,
+        }
+    }
+
+    /// The chaincode's namespace in the world state.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Records a delete (Fabric's `DeleteState`).
+    pub(crate) fn del_state(&mut self, key: &str) {
+        self.writes.insert(key.to_owned(), None);
+    }
+
+    /// Runs a range query `[start, end)` over the committed state (at most `limit` entries)
+    /// and opens its record in the read set; returns the record's index for
+    /// [`Self::record_range_reads`].
+    pub(crate) fn open_range(
+        &mut self,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<(usize, Vec<(String, VersionedValue)>), String> {
+        let results = self
+            .reader
+            .range(&self.namespace, start, end, limit)
+            .map_err(|e| format!("failed to read state: {e}"))?;
+        self.range_queries.push(RangeQueryInfo {
+            start_key: start.to_owned(),
+            end_key: end.to_owned(),
+            itr_exhausted: false,
+            reads_info: Some(range_query_info::ReadsInfo::RawReads(QueryReads {
+                kv_reads: Vec::new(),
+            })),
+        });
+        Ok((self.range_queries.len() - 1, results))
+    }
+
+    /// Records the entries a range query handed to the chaincode (`exhausted`: and there
+    /// are no more), as Fabric's `RangeQueryResultsHelper` records what its iterator returned.
+    pub(crate) fn record_range_reads(
+        &mut self,
+        index: usize,
+        entries: &[(String, VersionedValue)],
+        exhausted: bool,
+    ) {
+        if let Some(info) = self.range_queries.get_mut(index) {
+            if let Some(range_query_info::ReadsInfo::RawReads(reads)) = &mut info.reads_info {
+                reads
+                    .kv_reads
+                    .extend(entries.iter().map(|(k, v)| kv_read(k, Some(v.version))));
+            }
+            info.itr_exhausted |= exhausted;
+        }
+    }
+
+    /// The transaction's chaincode event, if one was set.
+    pub(crate) fn set_event_parts(&mut self, name: String, payload: Vec<u8>) {
+        self.event = Some((name, payload));
     }
 }
 
@@ -208,8 +332,9 @@ impl gx::Stub for Simulator<'_> {
             .or_insert(v.as_ref().map(|v| v.version));
         Ok(v.map(|v| v.value))
     }
-    fn put_state(&mut self, key: &str, value: Vec<u8>) {
-        self.writes.insert(key.to_owned(), value);
+    fn put_state(&mut self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.writes.insert(key.to_owned(), Some(value));
+        Ok(())
     }
     fn set_event(&mut self, name: &str, payload: Vec<u8>) {
         self.event = Some((name.to_owned(), payload));
@@ -223,27 +348,17 @@ impl gx::Stub for Simulator<'_> {
 }
 
 impl Simulator<'_> {
-    fn rwset_bytes(&self) -> Vec<u8> {
+    pub(crate) fn rwset_bytes(&self) -> Vec<u8> {
         let kv = KvrwSet {
-            reads: self
-                .reads
-                .iter()
-                .map(|(k, v)| KvRead {
-                    key: k.clone(),
-                    version: v.map(|h| Version {
-                        block_num: h.block,
-                        tx_num: h.tx,
-                    }),
-                })
-                .collect(),
-            range_queries_info: Vec::new(),
+            reads: self.reads.iter().map(|(k, v)| kv_read(k, *v)).collect(),
+            range_queries_info: self.range_queries.clone(),
             writes: self
                 .writes
                 .iter()
                 .map(|(k, v)| KvWrite {
                     key: k.clone(),
-                    is_delete: false,
-                    value: v.clone(),
+                    is_delete: v.is_none(),
+                    value: v.clone().unwrap_or_default(),
                 })
                 .collect(),
             metadata_writes: Vec::new(),
@@ -366,37 +481,58 @@ impl Endorser<'_> {
             return Err(ProposalError::ChaincodeNotFound(up.chaincode_name.clone()));
         }
         let creator = self.validate(signed, &up)?;
-        let args: Vec<String> = up
-            .args
-            .iter()
-            .map(|a| String::from_utf8(a.clone()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| ProposalError::Chaincode {
-                status: 500,
-                message: "arguments must be valid UTF-8 strings".to_owned(),
-            })?;
-        let mut sim = Simulator {
-            reader,
-            namespace: self.channel.chaincode.clone(),
-            reads: BTreeMap::new(),
-            writes: BTreeMap::new(),
-            event: None,
-            creator: &creator,
-        };
-        let result = gx::invoke(&mut sim, &up.function, &args);
-        let payload = match result {
-            Ok(p) => p,
-            Err(message) => {
-                return Err(ProposalError::Chaincode {
-                    status: 500,
-                    message,
-                });
+        let mut sim = Simulator::new(reader, self.channel.chaincode.clone(), &creator);
+        let response = match &self.channel.runtime {
+            ChaincodeRuntime::InProcess => {
+                let args: Vec<String> = up
+                    .args
+                    .iter()
+                    .map(|a| String::from_utf8(a.clone()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| ProposalError::Chaincode {
+                        status: 500,
+                        message: "arguments must be valid UTF-8 strings".to_owned(),
+                    })?;
+                match gx::invoke(&mut sim, &up.function, &args) {
+                    Ok(payload) => Response {
+                        status: 200,
+                        message: String::new(),
+                        payload,
+                    },
+                    Err(message) => {
+                        return Err(ProposalError::Chaincode {
+                            status: 500,
+                            message,
+                        });
+                    }
+                }
             }
-        };
-        let response = Response {
-            status: 200,
-            message: String::new(),
-            payload,
+            ChaincodeRuntime::External(cc) => {
+                let mut input = Vec::with_capacity(up.args.len() + 1);
+                input.push(up.function.clone().into_bytes());
+                input.extend(up.args.iter().cloned());
+                let response = cc
+                    .execute(
+                        &mut sim,
+                        &up.channel_header.channel_id,
+                        &up.channel_header.tx_id,
+                        signed,
+                        input,
+                    )
+                    .map_err(|message| ProposalError::Chaincode {
+                        status: 500,
+                        message,
+                    })?;
+                // Fabric's endorser: a response status at or above shim.ERRORTHRESHOLD (400)
+                // fails the endorsement with the chaincode's status and message.
+                if response.status >= 400 {
+                    return Err(ProposalError::Chaincode {
+                        status: response.status,
+                        message: response.message,
+                    });
+                }
+                response
+            }
         };
         let events = sim
             .event
@@ -527,7 +663,8 @@ pub struct BlockState {
 }
 
 /// The writes of a transaction that passed MVCC, or the MVCC code.
-pub(crate) type MvccOutcome = Result<Vec<(String, String, Vec<u8>)>, TxValidationCode>;
+/// A write is `(namespace, key, value)`; a `None` value deletes the key.
+pub(crate) type MvccOutcome = Result<Vec<(String, String, Option<Vec<u8>>)>, TxValidationCode>;
 
 /// One transaction after the checks before the in-block duplicate check and MVCC (the part
 /// that does not depend on the other transactions of the block).
@@ -581,7 +718,13 @@ impl Validator<'_> {
     /// once, before [`Self::settle`] takes them in order.
     pub(crate) fn check_ahead(&self, envelope_bytes: &[u8]) -> Result<Checked, LedgerError> {
         let mut checked = self.check(envelope_bytes)?;
-        if checked.code == TxValidationCode::Valid {
+        // A range query is validated against the block's earlier writes too: leave it to
+        // `settle`, which sees them.
+        let has_ranges = checked
+            .rwsets
+            .iter()
+            .any(|(_, kv)| !kv.range_queries_info.is_empty());
+        if checked.code == TxValidationCode::Valid && !has_ranges {
             checked.mvcc_ahead = Some(self.mvcc(&checked.rwsets, &BlockState::default())?);
         }
         Ok(checked)
@@ -663,7 +806,7 @@ impl Validator<'_> {
                 state.writes.push(StateWrite {
                     namespace: ns,
                     key,
-                    value: Some(value),
+                    value,
                     version,
                 });
             }
@@ -783,10 +926,6 @@ impl Validator<'_> {
             if ns.namespace != cc_name && !kv.writes.is_empty() {
                 return Err(C::IllegalWriteset);
             }
-            if kv.writes.iter().any(|w| w.is_delete) {
-                // The GX chaincode never deletes; refuse rather than mis-apply.
-                return Err(C::InvalidWriteset);
-            }
             rwsets.push((ns.namespace, kv));
         }
         // Endorsement policy: MAJORITY of the application orgs' Endorsement policies, each
@@ -822,8 +961,10 @@ impl Validator<'_> {
         use TxValidationCode as C;
         let mut writes = Vec::new();
         for (ns, kv) in rwsets {
-            if !kv.range_queries_info.is_empty() {
-                return Ok(Err(C::PhantomReadConflict));
+            for rq in &kv.range_queries_info {
+                if !self.range_unchanged(ns, rq, state)? {
+                    return Ok(Err(C::PhantomReadConflict));
+                }
             }
             for read in &kv.reads {
                 if state.updated.contains_key(&(ns.clone(), read.key.clone())) {
@@ -839,10 +980,62 @@ impl Validator<'_> {
                 }
             }
             for w in &kv.writes {
-                writes.push((ns.clone(), w.key.clone(), w.value.clone()));
+                let value = (!w.is_delete).then(|| w.value.clone());
+                writes.push((ns.clone(), w.key.clone(), value));
             }
         }
         Ok(Ok(writes))
+    }
+
+    /// Fabric's `rangeQueryResultsValidator` for raw reads: the range, re-run over the
+    /// committed state, returns the same keys at the same versions (up to the last key read
+    /// if the chaincode closed the iterator early), and no earlier valid transaction of the
+    /// block wrote a key in it. A Merkle summary (which the devnet never produces) is refused.
+    fn range_unchanged(
+        &self,
+        ns: &str,
+        rq: &RangeQueryInfo,
+        state: &BlockState,
+    ) -> Result<bool, LedgerError> {
+        let Some(range_query_info::ReadsInfo::RawReads(reads)) = &rq.reads_info else {
+            return Ok(false);
+        };
+        let last = reads.kv_reads.last().map(|r| r.key.as_str());
+        let in_range = |key: &str| {
+            key >= rq.start_key.as_str()
+                && if rq.itr_exhausted {
+                    rq.end_key.is_empty() || key < rq.end_key.as_str()
+                } else {
+                    last.is_some_and(|l| key <= l)
+                }
+        };
+        if state
+            .updated
+            .keys()
+            .any(|(n, k)| n == ns && in_range(k.as_str()))
+        {
+            return Ok(false);
+        }
+        let expected = reads.kv_reads.len();
+        let fetched = if rq.itr_exhausted {
+            self.ledger
+                .range(ns, &rq.start_key, &rq.end_key, expected.saturating_add(1))?
+        } else if let Some(last) = last {
+            // [start, last] = [start, last + "\0").
+            let end = format!("{last}\u{0}");
+            self.ledger
+                .range(ns, &rq.start_key, &end, expected.saturating_add(1))?
+        } else {
+            Vec::new()
+        };
+        if fetched.len() != expected {
+            return Ok(false);
+        }
+        Ok(fetched.iter().zip(&reads.kv_reads).all(|((k, v), r)| {
+            *k == r.key
+                && r.version.as_ref().map(|x| (x.block_num, x.tx_num))
+                    == Some((v.version.block, v.version.tx))
+        }))
     }
 }
 
@@ -875,4 +1068,144 @@ fn validate_endorser_transaction(
         &cap.chaincode_proposal_payload,
     );
     (prp.proposal_hash == hash).then_some(cap)
+}
+
+#[cfg(test)]
+mod range_validation_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use gxd_fabric::proto::kvrwset::QueryReadsMerkleSummary;
+
+    fn ledger_with(keys: &[&str]) -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let writes = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| StateWrite {
+                namespace: "gx".into(),
+                key: (*k).into(),
+                value: Some(b"v".to_vec()),
+                version: Height {
+                    block: 0,
+                    tx: i as u64,
+                },
+            })
+            .collect();
+        ledger
+            .commit(&super::super::ledger::BlockCommit {
+                number: 0,
+                block_bytes: Vec::new(),
+                txs: Vec::new(),
+                writes,
+            })
+            .unwrap();
+        (dir, ledger)
+    }
+
+    fn range(start: &str, end: &str, exhausted: bool, reads: &[(&str, u64)]) -> RangeQueryInfo {
+        RangeQueryInfo {
+            start_key: start.into(),
+            end_key: end.into(),
+            itr_exhausted: exhausted,
+            reads_info: Some(range_query_info::ReadsInfo::RawReads(QueryReads {
+                kv_reads: reads
+                    .iter()
+                    .map(|(k, tx)| kv_read(k, Some(Height { block: 0, tx: *tx })))
+                    .collect(),
+            })),
+        }
+    }
+
+    fn updated(keys: &[&str]) -> BlockState {
+        let mut state = BlockState::default();
+        for k in keys {
+            state
+                .updated
+                .insert(("gx".into(), (*k).into()), Height { block: 1, tx: 0 });
+        }
+        state
+    }
+
+    /// Fabric's `rangeQueryResultsValidator` for raw reads: same keys at the same versions,
+    /// nothing written into the range by an earlier transaction of the block; an iterator
+    /// closed early is validated up to its last key.
+    #[test]
+    fn range_queries_are_validated_for_phantoms() {
+        let (_dir, ledger) = ledger_with(&["a1", "a2", "b1"]);
+        let channel = ChannelInfo {
+            channel_id: "gxchannel".into(),
+            chaincode: "gx".into(),
+            runtime: ChaincodeRuntime::InProcess,
+        };
+        let msp = MspManager::new(std::iter::empty()).unwrap();
+        let v = Validator {
+            channel: &channel,
+            msp: &msp,
+            ledger: &ledger,
+            endorsing_orgs: &[],
+        };
+        let full = range("a", "b", true, &[("a1", 0), ("a2", 1)]);
+        let ok =
+            |rq: &RangeQueryInfo, state: &BlockState| v.range_unchanged("gx", rq, state).unwrap();
+        assert!(ok(&full, &BlockState::default()));
+        assert!(
+            !ok(&full, &updated(&["a5"])),
+            "a key written into the range by an earlier tx"
+        );
+        assert!(
+            !ok(&full, &updated(&["a1"])),
+            "a key of the range rewritten"
+        );
+        assert!(ok(&full, &updated(&["b0", "0"])), "writes outside [a, b)");
+        assert!(
+            !ok(&full, &updated(&["a"])),
+            "the start key is in the range"
+        );
+        assert!(ok(&full, &updated(&["b"])), "the end key is not");
+        // Versions and membership against the committed state.
+        assert!(
+            !ok(
+                &range("a", "b", true, &[("a1", 0), ("a2", 7)]),
+                &BlockState::default()
+            ),
+            "version changed"
+        );
+        assert!(
+            !ok(&range("a", "b", true, &[("a1", 0)]), &BlockState::default()),
+            "a key appeared"
+        );
+        assert!(
+            !ok(
+                &range("a", "b", true, &[("a1", 0), ("a2", 1), ("a3", 2)]),
+                &BlockState::default()
+            ),
+            "a key vanished"
+        );
+        assert!(
+            ok(
+                &range("", "", true, &[("a1", 0), ("a2", 1), ("b1", 2)]),
+                &BlockState::default()
+            ),
+            "unbounded"
+        );
+        // Closed after a1: only [a, a1] matters.
+        let early = range("a", "b", false, &[("a1", 0)]);
+        assert!(ok(&early, &BlockState::default()));
+        assert!(ok(&early, &updated(&["a2"])), "beyond the last key read");
+        assert!(!ok(&early, &updated(&["a1"])));
+        assert!(
+            ok(&range("a", "b", false, &[]), &updated(&["a1"])),
+            "nothing read, nothing to validate"
+        );
+        // The devnet never writes Merkle summaries; one is refused.
+        let merkle = RangeQueryInfo {
+            reads_info: Some(range_query_info::ReadsInfo::ReadsMerkleHashes(
+                QueryReadsMerkleSummary::default(),
+            )),
+            ..full.clone()
+        };
+        assert!(!ok(&merkle, &BlockState::default()));
+    }
 }

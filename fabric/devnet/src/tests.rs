@@ -97,6 +97,61 @@ pub(crate) fn fast(dir: &std::path::Path) -> DevnetConfig {
     local(dir).with_batch(100, Duration::from_millis(20))
 }
 
+/// Where a test's devnet runs its chaincode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// GX in-process (the default).
+    InProcess,
+    /// GX served by the shim server (`gxd chaincode serve`'s code) on a free port, driven by
+    /// the devnet over the shim protocol.
+    Service,
+}
+
+/// The chaincode id the test chaincode services register under.
+pub(crate) const TEST_CCID: &str = "gx_1.0:0000";
+
+/// `config` with its chaincode in `mode`: for [`Mode::Service`] a GX chaincode server is
+/// started on this test's runtime (it stops with the runtime).
+pub(crate) async fn in_mode(mode: Mode, config: DevnetConfig) -> DevnetConfig {
+    match mode {
+        Mode::InProcess => config,
+        Mode::Service => {
+            let server = shim::server::start(shim::server::ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                chaincode_id: TEST_CCID.to_owned(),
+                tls: None,
+            })
+            .await
+            .unwrap();
+            let addr = server.local_addr();
+            // Keep serving until the test's runtime ends.
+            tokio::spawn(server.run_until(std::future::pending()));
+            config.with_external_chaincode(shim::client::ExternalConfig::new(
+                addr.to_string(),
+                TEST_CCID,
+            ))
+        }
+    }
+}
+
+/// Runs the async test function `$name(mode: Mode)` once per chaincode mode, as
+/// `$name::in_process` and `$name::as_service`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn in_process() {
+                super::$name(super::Mode::InProcess).await
+            }
+            #[tokio::test]
+            async fn as_service() {
+                super::$name(super::Mode::Service).await
+            }
+        }
+    )*};
+}
+pub(crate) use both_modes;
+
 pub(crate) fn signed_proposal(
     s: &SigningIdentity,
     channel: &str,
@@ -339,10 +394,16 @@ pub(crate) async fn bootstrap(net: &mut Net) -> (SigningIdentity, SigningIdentit
     (admin, user)
 }
 
-#[tokio::test]
-async fn gx_flow_commits_and_blocks_chain() {
+both_modes!(
+    gx_flow_commits_and_blocks_chain,
+    errors_match_fabric_gateway,
+    mvcc_conflict_and_duplicate_txid,
+    events_and_filtered_blocks,
+);
+
+async fn gx_flow_commits_and_blocks_chain(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(fast(dir.path())).await;
+    let mut net = start_net(in_mode(mode, fast(dir.path())).await).await;
     assert_eq!(net.handle.height(), 1, "genesis block only");
     let (_, user) = bootstrap(&mut net).await;
     let (tx_id, code, block) = net
@@ -391,10 +452,9 @@ async fn gx_flow_commits_and_blocks_chain() {
     net.handle.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn errors_match_fabric_gateway() {
+async fn errors_match_fabric_gateway(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(fast(dir.path())).await;
+    let mut net = start_net(in_mode(mode, fast(dir.path())).await).await;
     let (_, user) = bootstrap(&mut net).await;
     let height = net.handle.height();
 
@@ -536,10 +596,9 @@ async fn errors_match_fabric_gateway() {
     net.handle.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn mvcc_conflict_and_duplicate_txid() {
+async fn mvcc_conflict_and_duplicate_txid(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(fast(dir.path())).await;
+    let mut net = start_net(in_mode(mode, fast(dir.path())).await).await;
     let (_, user) = bootstrap(&mut net).await;
 
     // Two transfers endorsed against the same treasury state: the second to commit conflicts.
@@ -685,10 +744,9 @@ async fn state_and_chain_persist_across_restart() {
     );
 }
 
-#[tokio::test]
-async fn events_and_filtered_blocks() {
+async fn events_and_filtered_blocks(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(fast(dir.path())).await;
+    let mut net = start_net(in_mode(mode, fast(dir.path())).await).await;
     let (admin, user) = bootstrap(&mut net).await;
     let req = ChaincodeEventsRequest {
         channel_id: DEFAULT_CHANNEL.into(),

@@ -17,7 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::crypto::{DevnetPaths, ORDERER_ORG};
 use super::msp::{MspError, MspManager};
-use super::tests::{Net, ORG1, bootstrap, fast, seek_envelope, signed_proposal, signer, start_net};
+use super::tests::{
+    Mode, Net, ORG1, bootstrap, fast, in_mode, seek_envelope, signed_proposal, signer, start_net,
+};
 use super::*;
 use gxd_fabric::identity::{Identity, P256Signer, SigningIdentity};
 use gxd_fabric::proto::common::SignatureHeader;
@@ -756,14 +758,15 @@ async fn unknown_channel_per_rpc() {
     net.handle.shutdown().await.unwrap();
 }
 
+super::tests::both_modes!(roles_writers_and_readers);
+
 /// core/endorser `preProcess` → `CheckACL(peer/Propose)` = /Channel/Application/Writers:
 /// a peer identity and the orderer org are refused (the endorser's error: FAILED_PRECONDITION
 /// on Evaluate, ABORTED with the detail on Endorse). CommitStatus / ChaincodeEvents need
 /// /Channel/Application/Readers: a peer may, the orderer org may not.
-#[tokio::test]
-async fn roles_writers_and_readers() {
+async fn roles_writers_and_readers(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_net(fast(dir.path())).await;
+    let mut net = start_net(in_mode(mode, fast(dir.path())).await).await;
     let (admin, user) = bootstrap(&mut net).await;
     let p = net.paths.clone();
     let peer = peer_signer(&p, ORG1, "Org1MSP");

@@ -65,8 +65,8 @@ pub const CHAINCODE_VERSION: &str = "1.1";
 pub trait Stub {
     /// The committed value of `key` (not this transaction's own writes).
     fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    /// Records a write.
-    fn put_state(&mut self, key: &str, value: Vec<u8>);
+    /// Records a write (over the shim protocol a round trip to the peer, which may fail).
+    fn put_state(&mut self, key: &str, value: Vec<u8>) -> Result<(), String>;
     /// Sets the transaction's chaincode event (the last call wins, as in Fabric).
     fn set_event(&mut self, name: &str, payload: Vec<u8>);
     /// MSP id of the transaction creator.
@@ -179,8 +179,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(
 
 fn write_json<T: Serialize>(stub: &mut dyn Stub, key: &str, value: &T) -> Result<(), String> {
     let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    stub.put_state(key, bytes);
-    Ok(())
+    stub.put_state(key, bytes)
 }
 
 /// Sets the transaction's event to `payload` (under its contract name) and returns the
@@ -725,8 +724,9 @@ mod tests {
         fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
             Ok(self.committed.get(key).cloned())
         }
-        fn put_state(&mut self, key: &str, value: Vec<u8>) {
+        fn put_state(&mut self, key: &str, value: Vec<u8>) -> Result<(), String> {
             self.writes.insert(key.to_owned(), value);
+            Ok(())
         }
         fn set_event(&mut self, name: &str, payload: Vec<u8>) {
             self.event = Some((name.to_owned(), payload));
