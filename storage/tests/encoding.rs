@@ -28,6 +28,7 @@ fn fixture_command() -> Command {
         command_type: "TRANSFER_TOKENS".into(),
         request_id: "req-1".into(),
         partition_key: "wallet-a".into(),
+        extra_partition_keys: Vec::new(),
         payload: br#"{"amount":"100"}"#.to_vec(),
         payload_digest: [7; 32],
         status: Status::Submitted,
@@ -241,6 +242,7 @@ prop_compose! {
         command_type in "[A-Z_]{1,20}",
         request_id in ".{1,30}",
         partition_key in ".{0,30}",
+        extra_partition_keys in proptest::collection::btree_set(".{1,12}", 0..4),
         payload in proptest::collection::vec(any::<u8>(), 0..300),
         payload_digest in any::<[u8; 32]>(),
         status in prop::sample::select(Status::ALL.to_vec()),
@@ -261,9 +263,10 @@ prop_compose! {
              proptest::option::of("[0-9a-f]{0,8}"), proptest::option::of(arb_error()), arb_time()),
             0..5),
     ) -> Command {
+        let extra_partition_keys = extra_partition_keys.into_iter().filter(|k| *k != partition_key).collect();
         Command {
             id: CommandId::from_slice(&id).unwrap(),
-            tenant, command_type, request_id, partition_key, payload, payload_digest, status,
+            tenant, command_type, request_id, partition_key, extra_partition_keys, payload, payload_digest, status,
             attempts,
             next_attempt_at: times[0],
             last_error, txid, signed_tx, block_number,

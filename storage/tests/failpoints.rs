@@ -36,6 +36,7 @@ fn cmd(request_id: &str, partition: &str) -> NewCommand {
         command_type: "T".into(),
         request_id: request_id.into(),
         partition_key: partition.into(),
+        extra_partition_keys: Vec::new(),
         payload: request_id.as_bytes().to_vec(),
     }
 }

@@ -85,6 +85,8 @@ pub fn transfer(request_id: String, from: &str) -> NewCommand {
         command_type: command_type::TRANSFER_TOKENS.into(),
         request_id,
         partition_key: from.into(),
+        // As the API sets them: the payer and the payee.
+        extra_partition_keys: vec![sink(from)],
         payload: serde_json::to_vec(&serde_json::json!({
             "fromWalletId": from, "toWalletId": sink(from), "amount": "1",
         }))

@@ -151,6 +151,7 @@ async fn enqueue(
             command_type: function.into(),
             request_id: request.into(),
             partition_key: partition.into(),
+            extra_partition_keys: Vec::new(),
             payload: serde_json::to_vec(args).unwrap(),
         })
         .await
@@ -327,6 +328,7 @@ async fn permanent_errors_are_dead_lettered_at_once() {
             command_type: "CreateUser".into(),
             request_id: "garbled".into(),
             partition_key: "g".into(),
+            extra_partition_keys: Vec::new(),
             payload: b"{not json".to_vec(),
         })
         .await
