@@ -389,3 +389,147 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::{NewCommand, Outbox, OutboxOptions};
+    use super::*;
+    use crate::db::{Db, DbOptions};
+
+    fn new(request_id: &str, first: &str, extras: &[&str]) -> NewCommand {
+        NewCommand {
+            tenant: "t".into(),
+            command_type: "T".into(),
+            request_id: request_id.into(),
+            partition_key: first.into(),
+            extra_partition_keys: extras.iter().map(|k| (*k).to_owned()).collect(),
+            payload: b"{}".to_vec(),
+        }
+    }
+
+    /// Two commands sharing wallet `m`: `a` (keys a, m) heads both its queues and is due;
+    /// `c` (keys c, m) is behind it on `m`, not due.
+    async fn two_on_one_payee(dir: &std::path::Path) -> (Db, Outbox, CommandId, CommandId) {
+        let db = Db::open(Db::path_in(dir), &DbOptions::default()).unwrap();
+        let outbox = Outbox::new(db.clone(), OutboxOptions::default()).unwrap();
+        let a = outbox
+            .enqueue(new("ra", "a", &["m"]))
+            .await
+            .unwrap()
+            .command;
+        let c = outbox
+            .enqueue(new("rc", "c", &["m"]))
+            .await
+            .unwrap()
+            .command;
+        assert!(outbox.verify_integrity().unwrap().is_ok());
+        (db, outbox, a.id, c.id)
+    }
+
+    fn problems(outbox: &Outbox) -> Vec<String> {
+        let r = outbox.verify_integrity().unwrap();
+        assert_eq!(r.problem_count as usize, r.problems.len());
+        r.problems
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_command_missing_from_one_of_its_queues_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, _a, c) = two_on_one_payee(dir.path()).await;
+            let seq = outbox.get(c).unwrap().queue_seq;
+            let raw = db.raw().unwrap();
+            raw.delete_cf(
+                cf_handle(&raw, cf::PARTITION_QUEUE).unwrap(),
+                keys::partition_queue("m", seq),
+            )
+            .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter()
+                    .any(|p| p.contains(&format!("{c}")) && p.contains("queue \"m\"")),
+                "{p:#?}"
+            );
+            assert_eq!(p.len(), 1, "{p:#?}");
+        });
+    }
+
+    #[test]
+    fn a_command_due_behind_another_on_a_shared_key_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, _a, c) = two_on_one_payee(dir.path()).await;
+            // `c` heads its own queue `c` but not `m`: it must not be due.
+            let at = due_ms(outbox.get(c).unwrap().next_attempt_at);
+            let raw = db.raw().unwrap();
+            raw.put_cf(cf_handle(&raw, cf::DUE).unwrap(), keys::due(at, c), [])
+                .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter().any(|p| p.contains(&format!("{c}"))
+                    && p.contains("not a PENDING command heading all its queues")),
+                "{p:#?}"
+            );
+        });
+    }
+
+    #[test]
+    fn an_entry_under_a_key_the_command_does_not_have_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, a, _c) = two_on_one_payee(dir.path()).await;
+            let seq = outbox.get(a).unwrap().queue_seq;
+            let raw = db.raw().unwrap();
+            raw.put_cf(
+                cf_handle(&raw, cf::PARTITION_QUEUE).unwrap(),
+                keys::partition_queue("z", seq),
+                a.to_bytes(),
+            )
+            .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter()
+                    .any(|p| p.contains("partition queue \"z\"") && p.contains(&format!("{a}"))),
+                "{p:#?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_command_in_flight_behind_another_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, _a, c) = two_on_one_payee(dir.path()).await;
+            // Forge `c` PREPARED (record and status index) while `a` heads `m`.
+            let mut cmd = outbox.get(c).unwrap();
+            let raw = db.raw().unwrap();
+            cmd.status = Status::Prepared;
+            raw.put_cf(
+                cf_handle(&raw, cf::COMMANDS).unwrap(),
+                keys::command(c),
+                super::super::record::encode_command(&cmd),
+            )
+            .unwrap();
+            let status = cf_handle(&raw, cf::STATUS).unwrap();
+            raw.delete_cf(status, keys::status(Status::Pending, c))
+                .unwrap();
+            raw.put_cf(status, keys::status(Status::Prepared, c), [])
+                .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter().any(|p| p.contains("partition \"m\"")
+                    && p.contains(&format!("{c} is PREPARED behind the head"))),
+                "{p:#?}"
+            );
+        });
+    }
+}
