@@ -50,32 +50,53 @@
 //!   is sent only after that batch is fsync'd.
 //!
 //! # Partition order
-//! Each command has a partition key (the wallet whose order matters). The **queued**
-//! commands of a partition — PENDING, PREPARED and SUBMITTED — form a queue in acceptance
-//! order. The **head** is the oldest queued command; **in flight** means PREPARED or
-//! SUBMITTED. Rules:
-//! - only the head may be in flight, so a partition never has two commands in flight
-//!   ([`Outbox::mark_prepared`] on a command that is not the PENDING head is refused with
-//!   [`StorageError::PartitionBusy`]);
-//! - [`Outbox::next_due`] returns, per partition, only a PENDING head whose
-//!   `next_attempt_at` has come. A head waiting for its retry time **blocks its partition**:
-//!   order over throughput;
-//! - a head leaves the queue when it is COMMITTED or FAILED; the next command becomes head;
-//! - a dead-lettered command that is requeued goes to the **tail** of its partition: the
-//!   commands behind it were not held back while it was dead, and requeueing is an
-//!   operator's explicit "send it now".
+//! Each command has a set of **partition keys** — the wallets it touches on the ledger: a
+//! transfer its payer and its payee — 1 to [`MAX_PARTITION_KEYS`] distinct non-empty keys:
+//! `partition_key` (the first) and `extra_partition_keys` (deduplicated, in byte order).
+//! Each key has a **queue**: the **queued** commands with that key — PENDING, PREPARED and
+//! SUBMITTED — in acceptance order. A command's **head** position in a queue is the oldest
+//! entry; **in flight** means PREPARED or SUBMITTED. Rules:
+//! - [`Outbox::enqueue`] appends the command to the tail of **every** one of its queues in
+//!   one write round, under one sequence number taken from a single counter (the queue key
+//!   is (partition, sequence)), so all queues are ordered by one global acceptance order;
+//! - a command is **due** — in the due index, returned by [`Outbox::next_due`] once its
+//!   `next_attempt_at` has come — only while it is PENDING and the head of **all** its
+//!   queues, and only such a command may go in flight ([`Outbox::mark_prepared`] on any
+//!   other is refused with [`StorageError::PartitionBusy`], naming the first partition
+//!   where another command is ahead of it). So no key ever has two commands in flight; a
+//!   head waiting for its retry time **blocks all its partitions**: order over throughput;
+//! - a command leaves all its queues when it is COMMITTED or FAILED; in each queue it
+//!   headed, the next command becomes head, and due if it now heads all of *its* queues
+//!   (one seek per key of that command);
+//! - a dead-lettered command that is requeued goes to the **tail** of all its queues under
+//!   a new sequence number: the commands behind it were not held back while it was dead,
+//!   and requeueing is an operator's explicit "send it now".
 //!
-//! So commands of one partition reach the submitter, and the ledger, in acceptance order.
-//! `next_due` is not a lease: one dispatcher (the submitter) owns the PENDING → PREPARED step
-//! and remembers which heads it is working on.
+//! **Why this never deadlocks.** Every queue is ordered by the one global sequence, so
+//! any two commands sharing keys are in the same relative order in every queue they share:
+//! there is no cycle of "A waits for B on one key, B for A on another". Whatever is queued,
+//! the command with the smallest sequence number heads every one of its queues, so it is
+//! due (or in flight, or waiting only for its own retry time); when it leaves, the next
+//! smallest does. Every queued command is thus eventually due: no deadlock, no starvation
+//! (`storage/tests/state_machine.rs` checks both against a plain reference model).
+//!
+//! So commands touching one wallet reach the submitter, and the ledger, in acceptance
+//! order, and never run concurrently — for GX, whose transactions read the wallets they
+//! write, gxd never makes an MVCC conflict of its own. Whether an enqueued command heads
+//! its queues is answered by the in-memory partition-length mirror ([`partitions`]), not
+//! by a seek. `next_due` is not a lease: one dispatcher (the submitter) owns the PENDING →
+//! PREPARED step and remembers which heads it is working on.
 //!
 //! # Idempotency
-//! (tenant, request id) → command id. A repeat with the same command type, partition and
-//! payload (compared by SHA-256) returns the original command (`created: false`); with a
-//! different one it is [`StorageError::Conflict`]. An idempotency key lives at least
-//! [`OutboxOptions::idempotency_window`] and, past that, as long as its command is not
-//! committed (a dead-lettered or stuck command keeps its key); it is removed at the latest
-//! with its command.
+//! (tenant, request id) → command id. A repeat with the same command type, partition keys
+//! (as a set) and payload (compared by SHA-256, [`payload_digest`]) returns the original
+//! command (`created: false`); with a different one it is [`StorageError::Conflict`]. One
+//! allowance: a command stored without extra keys (every command accepted before they
+//! existed) is also repeated by a request with the same type, first key and payload, so a
+//! client's retry across the upgrade that added the payee's key is not refused. An
+//! idempotency key lives at least [`OutboxOptions::idempotency_window`] and, past that, as
+//! long as its command is not committed (a dead-lettered or stuck command keeps its key);
+//! it is removed at the latest with its command.
 //!
 //! # Transaction-id index
 //! `txids` (tx id → command) and `command_txids` ((command, tx id) → empty) hold every tx
