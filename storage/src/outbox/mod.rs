@@ -1285,7 +1285,16 @@ fn partition_head(round: &Round<'_>, partition: &str) -> Result<Option<(Vec<u8>,
 /// partition's head; `None` when it heads every one of its queues (then, and only then,
 /// it may be due or in flight). One seek per partition key.
 fn first_blocking(round: &Round<'_>, c: &Command) -> Result<Option<(String, Option<CommandId>)>> {
-    for key in c.partition_keys() {
+    first_blocking_besides(round, c, None)
+}
+
+/// [`first_blocking`], not asking about `known_head`, a partition `c` is known to head.
+fn first_blocking_besides(
+    round: &Round<'_>,
+    c: &Command,
+    known_head: Option<&str>,
+) -> Result<Option<(String, Option<CommandId>)>> {
+    for key in c.partition_keys().filter(|k| Some(*k) != known_head) {
         let head = partition_head(round, key)?.map(|(_, id)| id);
         if head != Some(c.id) {
             return Ok(Some((key.to_owned(), head)));
@@ -1355,7 +1364,7 @@ fn promote_head(
             ),
         ));
     }
-    if first_blocking(round, &head)?.is_none() {
+    if first_blocking_besides(round, &head, Some(partition))?.is_none() {
         round.put(
             cf::DUE,
             keys::due(due_ms(head.next_attempt_at), id).to_vec(),
@@ -1370,10 +1379,13 @@ fn promote_head(
 /// queues; in each queue it headed, the next command becomes head, and due if it now heads
 /// all of its own queues.
 fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
+    // In flight or due means heading every queue; otherwise each queue is asked.
+    let mut heads_all = c.status.is_in_flight();
     if c.status == Status::Pending {
         let due_key = keys::due(due_ms(c.next_attempt_at), c.id);
         if round.contains(cf::DUE, &due_key)? {
             round.delete(cf::DUE, due_key.to_vec());
+            heads_all = true;
         }
     }
     let mut headed = Vec::new();
@@ -1389,8 +1401,7 @@ fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
                 ),
             ));
         }
-        let head = partition_head(round, key)?;
-        headed.push(head.is_some_and(|(k, _)| k == my_key));
+        headed.push(heads_all || partition_head(round, key)?.is_some_and(|(k, _)| k == my_key));
     }
     for key in c.partition_keys() {
         round.delete(cf::PARTITION_QUEUE, keys::partition_queue(key, c.queue_seq));
