@@ -28,7 +28,7 @@
 //!   PENDING (a retry waiting), PREPARED/SUBMITTED (a later attempt in flight, whose tx id
 //!   goes to the history as `SUPERSEDED`) and FAILED all become COMMITTED (or PROJECTED)
 //!   with that tx id and block. The ledger is the truth. A command that is COMMITTED leaves
-//!   its partition queue and the due index in the same batch, and `mark_prepared` refuses
+//!   its partition queues and the due index in the same batch, and `mark_prepared` refuses
 //!   it, so a retry that was not yet prepared is never submitted. A COMMITTED or PROJECTED
 //!   command is never re-pointed to a second VALID tx id (logged as an error; the first
 //!   stays).
@@ -636,7 +636,8 @@ impl Outbox {
     }
 
     /// PREPARED or SUBMITTED → COMMITTED in `block`, for the command's current tx id
-    /// (tx index and result unknown). The next command of the partition becomes due.
+    /// (tx index and result unknown). The next command of each of its partitions becomes
+    /// due if it heads all of its own.
     /// Repeating it, or calling it on a command already PROJECTED in that block, returns
     /// the command unchanged.
     pub async fn mark_committed(&self, id: CommandId, block: u64) -> Result<Command> {
@@ -837,8 +838,8 @@ impl Outbox {
         self.notified(c)
     }
 
-    /// PENDING, PREPARED or SUBMITTED → FAILED (dead letter) with its reason. The next
-    /// command of the partition becomes due.
+    /// PENDING, PREPARED or SUBMITTED → FAILED (dead letter) with its reason. It leaves all
+    /// its partition queues; their next commands become due if they head all of theirs.
     pub async fn mark_failed(&self, id: CommandId, error: CommandError) -> Result<Command> {
         let max_history = self.opts.max_history;
         let c = self
@@ -848,7 +849,8 @@ impl Outbox {
         self.notified(c)
     }
 
-    /// FAILED → PENDING at the tail of its partition, attempts reset, history kept.
+    /// FAILED → PENDING at the tail of all its partition queues, attempts reset, history
+    /// kept.
     pub async fn requeue(&self, id: CommandId) -> Result<Command> {
         let max_history = self.opts.max_history;
         let c = self
@@ -1010,9 +1012,9 @@ impl Outbox {
         Ok(counts)
     }
 
-    /// Up to `limit` commands to send now: per partition, the PENDING head if its
-    /// `next_attempt_at <= now` and nothing of its partition is in flight; earliest due
-    /// first.
+    /// Up to `limit` commands to send now: the PENDING commands heading every one of their
+    /// partition queues (so nothing sharing a key with them is in flight or older) whose
+    /// `next_attempt_at <= now`; earliest due first. No two share a partition key.
     pub fn next_due(&self, limit: usize, now: DateTime<Utc>) -> Result<Vec<Command>> {
         let raw = &*self.db.raw()?;
         let snapshot = raw.snapshot();
@@ -1654,8 +1656,8 @@ fn index_txid(round: &mut Round<'_>, id: CommandId, txid: &str) -> Result<()> {
 /// - A command already COMMITTED/PROJECTED with **another** tx id keeps its first commit:
 ///   a second VALID transaction of one command is an error worth an operator's look (GX
 ///   makes it impossible: its ids derive from the command id), logged, not recorded.
-/// - Otherwise the command leaves its partition queue (if queued; the next one becomes
-///   due), an in-flight attempt with another tx id goes to the history as SUPERSEDED, and
+/// - Otherwise the command leaves its partition queues (if queued; the next ones become
+///   due if they head all theirs), an in-flight attempt with another tx id goes to the history as SUPERSEDED, and
 ///   the command takes the commit's tx id, block, index and result.
 fn stage_ledger_commit(
     round: &mut Round<'_>,
@@ -1770,7 +1772,7 @@ fn stage_retry(
                 round.put(cf::DUE, new_due, Vec::new());
             }
         }
-        // In flight, hence the head of its partition: due again at the new time.
+        // In flight, hence the head of all its partitions: due again at the new time.
         Status::Prepared | Status::Submitted => round.put(cf::DUE, new_due, Vec::new()),
         Status::Committed | Status::Failed | Status::Projected => {
             return Err(illegal(&c, Status::Pending));
