@@ -846,3 +846,40 @@ async fn the_idempotency_digest_covers_the_key_set() {
     ));
     assert_integrity(&outbox);
 }
+
+#[test]
+fn a_command_without_extra_keys_hashes_as_before_them() {
+    use sha2::{Digest, Sha256};
+    // The digest of format 1's first release: type, partition, payload, length-prefixed.
+    let before = |t: &str, p: &str, payload: &[u8]| -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [t.as_bytes(), p.as_bytes(), payload] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    };
+    let plain = cmd("r", "alice", "{}");
+    assert_eq!(
+        gxd_storage::outbox::payload_digest(&plain),
+        before("TRANSFER_TOKENS", "alice", b"{}")
+    );
+    // Extra keys change it; their order and repeats (and the first key again) do not.
+    let keyed_ab = keyed("r", "alice", &["bob", "carol"]);
+    assert_ne!(
+        gxd_storage::outbox::payload_digest(&keyed_ab),
+        before("TRANSFER_TOKENS", "alice", b"{}")
+    );
+    assert_eq!(
+        gxd_storage::outbox::payload_digest(&keyed_ab),
+        gxd_storage::outbox::payload_digest(&keyed(
+            "r",
+            "alice",
+            &["carol", "alice", "bob", "carol"]
+        ))
+    );
+    assert_eq!(
+        gxd_storage::outbox::payload_digest(&keyed("r", "alice", &["alice"])),
+        before("TRANSFER_TOKENS", "alice", b"{}")
+    );
+}

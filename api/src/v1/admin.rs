@@ -76,7 +76,7 @@ pub(crate) async fn list_outbox(
     }))
 }
 
-/// Sends a dead-lettered command again (to the tail of its partition).
+/// Sends a dead-lettered command again (to the tail of its partition queues).
 #[utoipa::path(
     post,
     path = "/api/v1/admin/outbox/{id}/requeue",

@@ -32,7 +32,7 @@ pub enum Action {
         cursor: Option<CommandId>,
         limit: usize,
     },
-    /// A dead letter (FAILED) back to PENDING, at the tail of its partition.
+    /// A dead letter (FAILED) back to PENDING, at the tail of its partition queues.
     Requeue { id: CommandId },
 }
 
