@@ -673,6 +673,20 @@ async fn an_accepted_command_is_durable_and_idempotent() {
         serde_json::from_slice::<Value>(&c.payload).unwrap(),
         json!({"proposalId": "p1", "approverId": "alice"})
     );
+    // A proposal: the multisig wallet and its payee.
+    let p = h
+        .post(
+            "/api/v1/proposals",
+            "user:alice",
+            transfer("vault", "bob", json!("5")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::ACCEPTED, "{}", p.text);
+    let c = h
+        .outbox
+        .get(p.json["commandId"].as_str().unwrap().parse().unwrap())
+        .unwrap();
+    assert_eq!(c.partition_keys().collect::<Vec<_>>(), ["vault", "bob"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
