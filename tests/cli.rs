@@ -455,6 +455,7 @@ fn outbox_commands_read_and_requeue_the_data_dir() {
             command_type: "TRANSFER_TOKENS".into(),
             request_id: r.into(),
             partition_key: p.into(),
+            extra_partition_keys: Vec::new(),
             payload: b"{}".to_vec(),
         };
         rt.block_on(async {

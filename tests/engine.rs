@@ -26,6 +26,7 @@ fn enqueue_payload(
         command_type: command_type.into(),
         request_id: request.into(),
         partition_key: partition.into(),
+        extra_partition_keys: Vec::new(),
         payload: serde_json::to_vec(&payload).unwrap(),
     }
 }

@@ -554,12 +554,13 @@ async fn an_accepted_command_is_durable_and_idempotent() {
     assert_eq!(first.headers["location"], format!("/api/v1/commands/{id}"));
     // The transfer id on the ledger is the command id.
     assert_eq!(first.json["transferId"], id);
-    // Durable: in the outbox, with the wallet as partition and the GX payload.
+    // Durable: in the outbox, partitioned by payer and payee, with the GX payload.
     let c = h.outbox.get(id.parse::<CommandId>().unwrap()).unwrap();
     assert_eq!(c.status, Status::Pending);
     assert_eq!(c.tenant, "alice");
     assert_eq!(c.request_id, "k-1");
     assert_eq!(c.partition_key, "alice");
+    assert_eq!(c.extra_partition_keys, ["bob"]);
     assert_eq!(c.command_type, "TRANSFER_TOKENS");
     let payload: Value = serde_json::from_slice(&c.payload).unwrap();
     assert_eq!(
@@ -666,11 +667,27 @@ async fn an_accepted_command_is_durable_and_idempotent() {
         .outbox
         .get(a.json["commandId"].as_str().unwrap().parse().unwrap())
         .unwrap();
+    // The proposal's wallet and its payee (the approval that executes pays carol).
     assert_eq!(c.partition_key, "vault");
+    assert_eq!(c.extra_partition_keys, ["carol"]);
     assert_eq!(
         serde_json::from_slice::<Value>(&c.payload).unwrap(),
         json!({"proposalId": "p1", "approverId": "alice"})
     );
+    // A proposal: the multisig wallet and its payee.
+    let p = h
+        .post(
+            "/api/v1/proposals",
+            "user:alice",
+            transfer("vault", "bob", json!("5")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::ACCEPTED, "{}", p.text);
+    let c = h
+        .outbox
+        .get(p.json["commandId"].as_str().unwrap().parse().unwrap())
+        .unwrap();
+    assert_eq!(c.partition_keys().collect::<Vec<_>>(), ["vault", "bob"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1046,6 +1063,8 @@ async fn operators_list_requeue_and_count() {
     assert_eq!(items[0]["status"], "failed");
     assert_eq!(items[0]["tenant"], "alice");
     assert_eq!(items[0]["payload"]["amount"], "1");
+    assert_eq!(items[0]["partitionKey"], "alice");
+    assert_eq!(items[0]["partitionKeys"], json!(["alice", "bob"]));
     let cursor = p1.json["nextCursor"].as_str().unwrap();
     let p2 = h
         .get(

@@ -249,7 +249,7 @@ pub enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send a dead letter (FAILED) again: back to PENDING at the tail of its partition.
+    /// Send a dead letter (FAILED) again: back to PENDING at the tail of its partition queues.
     Requeue {
         /// Configuration file (its storage.data_dir).
         #[arg(long, short, env = "GXD_CONFIG", value_name = "FILE")]

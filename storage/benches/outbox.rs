@@ -91,6 +91,7 @@ fn command(producer: usize, k: u64, rng: &mut Rng) -> NewCommand {
         command_type: "TRANSFER_TOKENS".into(),
         request_id,
         partition_key: format!("wallet-{from:05}"),
+        extra_partition_keys: Vec::new(),
         payload: payload.into_bytes(),
     }
 }

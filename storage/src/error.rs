@@ -47,15 +47,16 @@ pub enum StorageError {
         to: Status,
     },
 
-    /// `mark_prepared` on a command that is not the dispatchable head of its partition
-    /// (an older command of the same partition is still queued or in flight).
+    /// `mark_prepared` on a command that is not the dispatchable head of all its
+    /// partitions (an older command sharing one of its partition keys is still queued or in
+    /// flight).
     #[error("command {id} is not the head of partition {partition:?} (head: {head:?})")]
     PartitionBusy {
         /// The command.
         id: CommandId,
-        /// Its partition key.
+        /// The first of its partition keys where another command is ahead of it.
         partition: String,
-        /// The command at the head of the partition.
+        /// The command at the head of that partition.
         head: Option<CommandId>,
     },
 

@@ -127,6 +127,11 @@ fn child(dir: &str) {
                         command_type: "TRANSFER_TOKENS".into(),
                         request_id: request_id.clone(),
                         partition_key: format!("w{}", rng.below(40)),
+                        // Half the commands touch one or two more wallets (a transfer's
+                        // payee): their queues must survive the kills as well.
+                        extra_partition_keys: (0..rng.below(4).saturating_sub(1))
+                            .map(|_| format!("w{}", rng.below(40)))
+                            .collect(),
                         payload,
                     };
                     match outbox.enqueue(new).await {
@@ -519,6 +524,7 @@ async fn verify(
                         command_type: c.command_type,
                         request_id: req.clone(),
                         partition_key: c.partition_key,
+                        extra_partition_keys: c.extra_partition_keys,
                         payload: c.payload,
                     })
                     .await;

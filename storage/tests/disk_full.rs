@@ -93,6 +93,7 @@ fn new_command(request_id: &str, partition: &str, n: u64) -> NewCommand {
         command_type: "TRANSFER_TOKENS".into(),
         request_id: request_id.to_owned(),
         partition_key: partition.to_owned(),
+        extra_partition_keys: Vec::new(),
         payload: payload_for(request_id, n),
     }
 }

@@ -28,6 +28,7 @@ fn fixture_command() -> Command {
         command_type: "TRANSFER_TOKENS".into(),
         request_id: "req-1".into(),
         partition_key: "wallet-a".into(),
+        extra_partition_keys: Vec::new(),
         payload: br#"{"amount":"100"}"#.to_vec(),
         payload_digest: [7; 32],
         status: Status::Submitted,
@@ -116,6 +117,46 @@ fn projected_fixture_decodes_and_is_stable() {
     assert_eq!(hex::encode(encode_command(&c)), V1_PROJECTED_FIXTURE);
     let decoded = decode_command(&key, &hex::decode(V1_PROJECTED_FIXTURE).unwrap()).unwrap();
     assert_eq!(decoded, c);
+}
+
+/// A command with extra partition keys (field 27, added for multi-key partitions), frozen
+/// like [`V1_FIXTURE`]: the same record plus two keys.
+const V1_MULTIKEY_FIXTURE: &str = "010a100190f3b6a0007000800000000000002a12046f7267311a0f5452414e534645525f544f4b454e5322057265712d312a0877616c6c65742d6132107b22616d6f756e74223a22313030227d3a200707070707070707070707070707070707070707070707070707070707070707400348025080e0f4bf87325a210a07656e646f727365120b554e415641494c41424c451a097065657220646f776e6204616231326a030102037880e0f4bf87328001f4e3f4bf8732880190e3f4bf87329001f4e3f4bf8732a80109b00101ba0111080110011a046161303028e4e0f4bf8732da010877616c6c65742d62da010877616c6c65742d6d";
+
+#[test]
+fn multikey_fixture_decodes_and_is_stable() {
+    let mut c = fixture_command();
+    c.extra_partition_keys = vec!["wallet-b".into(), "wallet-m".into()];
+    assert_eq!(hex::encode(encode_command(&c)), V1_MULTIKEY_FIXTURE);
+    let decoded = decode_command(&c.id.to_bytes(), &hex::decode(V1_MULTIKEY_FIXTURE).unwrap());
+    assert_eq!(decoded.unwrap(), c);
+    assert_eq!(
+        c.partition_keys().collect::<Vec<_>>(),
+        ["wallet-a", "wallet-b", "wallet-m"]
+    );
+    // Written before the field existed: no extra keys.
+    let key = hex::decode(V1_FIXTURE_KEY).unwrap();
+    let old = decode_command(&key, &hex::decode(V1_FIXTURE).unwrap()).unwrap();
+    assert!(old.extra_partition_keys.is_empty());
+}
+
+#[test]
+fn extra_partition_keys_the_queues_cannot_use_are_corrupt() {
+    // Repeated, out of order, empty, or the first key again: a record the queues would
+    // mis-handle is refused, naming its key.
+    for extras in [
+        vec!["wallet-m", "wallet-m"],
+        vec!["wallet-m", "wallet-b"],
+        vec![""],
+        vec!["wallet-a"],
+    ] {
+        let mut c = fixture_command();
+        c.extra_partition_keys = extras.iter().map(|k| (*k).to_owned()).collect();
+        match decode_command(&c.id.to_bytes(), &encode_command(&c)) {
+            Err(StorageError::Corrupt { cf: "commands", .. }) => {}
+            other => panic!("{extras:?}: expected Corrupt, got {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -241,6 +282,7 @@ prop_compose! {
         command_type in "[A-Z_]{1,20}",
         request_id in ".{1,30}",
         partition_key in ".{0,30}",
+        extra_partition_keys in proptest::collection::btree_set(".{1,12}", 0..4),
         payload in proptest::collection::vec(any::<u8>(), 0..300),
         payload_digest in any::<[u8; 32]>(),
         status in prop::sample::select(Status::ALL.to_vec()),
@@ -261,9 +303,10 @@ prop_compose! {
              proptest::option::of("[0-9a-f]{0,8}"), proptest::option::of(arb_error()), arb_time()),
             0..5),
     ) -> Command {
+        let extra_partition_keys = extra_partition_keys.into_iter().filter(|k| *k != partition_key).collect();
         Command {
             id: CommandId::from_slice(&id).unwrap(),
-            tenant, command_type, request_id, partition_key, payload, payload_digest, status,
+            tenant, command_type, request_id, partition_key, extra_partition_keys, payload, payload_digest, status,
             attempts,
             next_attempt_at: times[0],
             last_error, txid, signed_tx, block_number,

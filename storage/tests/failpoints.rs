@@ -36,7 +36,16 @@ fn cmd(request_id: &str, partition: &str) -> NewCommand {
         command_type: "T".into(),
         request_id: request_id.into(),
         partition_key: partition.into(),
+        extra_partition_keys: Vec::new(),
         payload: request_id.as_bytes().to_vec(),
+    }
+}
+
+/// A command with a second partition key (a transfer's payee).
+fn cmd2(request_id: &str, partition: &str, payee: &str) -> NewCommand {
+    NewCommand {
+        extra_partition_keys: vec![payee.into()],
+        ..cmd(request_id, partition)
     }
 }
 
@@ -84,7 +93,8 @@ async fn acknowledged_means_durable_under_random_write_failures_body() {
                 let outbox = outbox.clone();
                 let req = format!("{point}-{seed}-{i}");
                 tasks.push(tokio::spawn(async move {
-                    let r = outbox.enqueue(cmd(&req, &format!("w{}", i % 7))).await;
+                    let new = cmd2(&req, &format!("w{}", i % 7), &format!("w{}", (i + 3) % 7));
+                    let r = outbox.enqueue(new).await;
                     (req, r)
                 }));
             }
@@ -118,7 +128,7 @@ async fn acknowledged_means_durable_under_random_write_failures_body() {
     }
     // After the failures, idempotent retries of the ambiguous ones return the original.
     let retry = outbox
-        .enqueue(cmd("storage::writer::after_write-0-0", "w0"))
+        .enqueue(cmd2("storage::writer::after_write-0-0", "w0", "w3"))
         .await
         .unwrap();
     assert!(!retry.created);
@@ -151,8 +161,15 @@ async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done_bo
         assert_integrity(&outbox);
     }
 
-    let a = outbox.enqueue(cmd("a", "A")).await.unwrap().command.id;
+    // `a` has two partition keys, A and M: its transitions join and leave both queues.
+    let a = outbox
+        .enqueue(cmd2("a", "A", "M"))
+        .await
+        .unwrap()
+        .command
+        .id;
     let b = outbox.enqueue(cmd("b", "A")).await.unwrap().command.id;
+    let m = outbox.enqueue(cmd("m", "M")).await.unwrap().command.id;
     // Every transition, with a failure at each of its steps, then without.
     type Step =
         fn(
@@ -214,10 +231,13 @@ async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done_bo
         ),
     ];
     for (name, step, points, to) in steps {
-        // After the requeue, `a` is behind `b` in partition A: move `b` out of the way.
+        // After the requeue, `a` is behind `b` in partition A and `m` in M: move both out
+        // of the way.
         if name == "prepare third" {
             outbox.mark_prepared(b, "tb".into(), vec![]).await.unwrap();
             outbox.mark_committed(b, 4).await.unwrap();
+            outbox.mark_prepared(m, "tm".into(), vec![]).await.unwrap();
+            outbox.mark_committed(m, 4).await.unwrap();
         }
         for point in points {
             let before = outbox.get(a).unwrap();
@@ -245,7 +265,12 @@ async fn a_failure_between_the_steps_of_a_transition_leaves_nothing_half_done_bo
         assert_eq!(c.status, to, "{name}");
         assert_integrity(&outbox);
     }
-    let c = outbox.enqueue(cmd("c", "A")).await.unwrap().command.id;
+    let c = outbox
+        .enqueue(cmd2("c", "A", "M"))
+        .await
+        .unwrap()
+        .command
+        .id;
     let due: Vec<_> = outbox
         .next_due(10, Utc::now() + chrono::Duration::days(1))
         .unwrap()

@@ -23,6 +23,7 @@ fn cmd(request_id: &str, partition: &str, payload: &str) -> NewCommand {
         command_type: "TRANSFER_TOKENS".into(),
         request_id: request_id.into(),
         partition_key: partition.into(),
+        extra_partition_keys: Vec::new(),
         payload: payload.as_bytes().to_vec(),
     }
 }
@@ -666,4 +667,219 @@ async fn concurrent_checkpoint_appends_in_one_round_keep_the_chain() {
             assert_eq!(c.previous_hash, chain[i - 1].header_hash);
         }
     }
+}
+
+// ---- multi-key partitions ------------------------------------------------------------
+
+fn keyed(request_id: &str, first: &str, extras: &[&str]) -> NewCommand {
+    NewCommand {
+        extra_partition_keys: extras.iter().map(|k| (*k).to_owned()).collect(),
+        ..cmd(request_id, first, "{}")
+    }
+}
+
+async fn id_of(outbox: &Outbox, new: NewCommand) -> CommandId {
+    outbox.enqueue(new).await.unwrap().command.id
+}
+
+async fn commit(outbox: &Outbox, id: CommandId, tx: &str) {
+    outbox.mark_prepared(id, tx.into(), vec![1]).await.unwrap();
+    outbox.mark_committed(id, 1).await.unwrap();
+}
+
+fn sorted(mut v: Vec<CommandId>) -> Vec<CommandId> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn commands_sharing_a_payee_leave_in_acceptance_order_on_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ax, cx, a2, dx) = {
+        let (_db, outbox) = open(dir.path());
+        // Two payers paying merchant m, a's second command, and a third payer of m.
+        let ax = id_of(&outbox, keyed("ax", "a", &["m"])).await;
+        let cx = id_of(&outbox, keyed("cx", "c", &["m"])).await;
+        let a2 = id_of(&outbox, keyed("a2", "a", &[])).await;
+        let dx = id_of(&outbox, keyed("dx", "d", &["m"])).await;
+        // Only the oldest is due: cx and dx wait on m, a2 on a.
+        assert_eq!(due_ids(&outbox), vec![ax]);
+        match outbox.mark_prepared(cx, "t".into(), vec![]).await {
+            Err(StorageError::PartitionBusy {
+                partition, head, ..
+            }) => {
+                assert_eq!(partition, "m");
+                assert_eq!(head, Some(ax));
+            }
+            other => panic!("expected PartitionBusy on m, got {other:?}"),
+        }
+        assert_integrity(&outbox);
+        (ax, cx, a2, dx)
+    };
+    // The queues survive a reopen (the partition-length mirror is rebuilt from disk).
+    let (_db, outbox) = open(dir.path());
+    assert_eq!(due_ids(&outbox), vec![ax]);
+    outbox
+        .mark_prepared(ax, "tax".into(), vec![1])
+        .await
+        .unwrap();
+    assert!(due_ids(&outbox).is_empty(), "ax in flight holds a and m");
+    outbox.mark_committed(ax, 1).await.unwrap();
+    // ax left both queues: cx now heads m (and c), a2 heads a.
+    assert_eq!(sorted(due_ids(&outbox)), sorted(vec![cx, a2]));
+    commit(&outbox, a2, "ta2").await;
+    assert_eq!(due_ids(&outbox), vec![cx]);
+    // A dead letter leaves every queue too.
+    outbox.mark_failed(cx, err("commit")).await.unwrap();
+    assert_eq!(due_ids(&outbox), vec![dx]);
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn a_requeued_command_goes_to_the_tail_of_every_one_of_its_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let x = id_of(&outbox, keyed("x", "a", &["m"])).await;
+    let y = id_of(&outbox, keyed("y", "m", &[])).await;
+    let z = id_of(&outbox, keyed("z", "a", &[])).await;
+    outbox.mark_failed(x, err("commit")).await.unwrap();
+    assert_eq!(sorted(due_ids(&outbox)), sorted(vec![y, z]));
+    let requeued = outbox.requeue(x).await.unwrap();
+    assert_eq!(requeued.status, Status::Pending);
+    // Behind y on m and behind z on a.
+    assert_eq!(sorted(due_ids(&outbox)), sorted(vec![y, z]));
+    commit(&outbox, y, "ty").await;
+    assert_eq!(due_ids(&outbox), vec![z], "x still waits on a");
+    commit(&outbox, z, "tz").await;
+    assert_eq!(due_ids(&outbox), vec![x]);
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn partition_keys_are_deduplicated_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    // Repeats and the first key dropped, the rest in byte order.
+    let c = outbox
+        .enqueue(keyed("dup", "b", &["m", "b", "a", "m"]))
+        .await
+        .unwrap()
+        .command;
+    assert_eq!(c.extra_partition_keys, vec!["a", "m"]);
+    assert_eq!(c.partition_keys().collect::<Vec<_>>(), vec!["b", "a", "m"]);
+    assert_eq!(
+        keyed("dup", "b", &["m", "b", "a", "m"]).partition_keys(),
+        vec!["b", "a", "m"]
+    );
+    assert_eq!(outbox.get(c.id).unwrap(), c);
+    // Eight distinct keys are accepted, nine are not.
+    let seven: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+    let seven: Vec<&str> = seven.iter().map(String::as_str).collect();
+    outbox
+        .enqueue(keyed("eight", "first", &seven))
+        .await
+        .unwrap();
+    let mut eight = seven.clone();
+    eight.push("k7");
+    let refused = |r: Result<gxd_storage::outbox::EnqueueOutcome, StorageError>| match r {
+        Err(e @ StorageError::InvalidInput(_)) => e.to_string(),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    let e = refused(outbox.enqueue(keyed("nine", "first", &eight)).await);
+    assert!(
+        e.contains("9 distinct partition keys") && e.contains("at most 8"),
+        "{e}"
+    );
+    // ...however often the same ones are repeated, but not an endless list.
+    let many = vec!["m"; 100];
+    let e = refused(outbox.enqueue(keyed("many", "first", &many)).await);
+    assert!(e.contains("100 extra partition keys"), "{e}");
+    let e = refused(outbox.enqueue(keyed("empty", "first", &["m", ""])).await);
+    assert!(e.contains("extra partition key 1 is empty"), "{e}");
+    let long = "w".repeat(1025);
+    let e = refused(outbox.enqueue(keyed("long", "first", &[&long])).await);
+    assert!(
+        e.contains("extra partition key 0 is longer than 1024 bytes"),
+        "{e}"
+    );
+    // Nothing refused was stored.
+    assert_eq!(outbox.counts().unwrap().pending, 2);
+    assert_integrity(&outbox);
+}
+
+#[tokio::test]
+async fn the_idempotency_digest_covers_the_key_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let first = outbox.enqueue(keyed("r", "a", &["m", "n"])).await.unwrap();
+    assert!(first.created);
+    // The same set in another order (and with repeats): the same command.
+    let again = outbox
+        .enqueue(keyed("r", "a", &["n", "m", "n"]))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.command.id, first.command.id);
+    // Another key set under the same request id: a conflict.
+    for other in [&["m"][..], &["m", "n", "o"][..], &[][..]] {
+        match outbox.enqueue(keyed("r", "a", other)).await {
+            Err(StorageError::Conflict { existing, .. }) => assert_eq!(existing, first.command.id),
+            r => panic!("expected Conflict for {other:?}, got {r:?}"),
+        }
+    }
+    // A command without extra keys (as every one accepted before they existed) is
+    // repeated by the same request with the payee added: a retry across the upgrade.
+    let old = outbox.enqueue(keyed("old", "a", &[])).await.unwrap();
+    let retry = outbox.enqueue(keyed("old", "a", &["m"])).await.unwrap();
+    assert!(!retry.created);
+    assert_eq!(retry.command.id, old.command.id);
+    assert!(retry.command.extra_partition_keys.is_empty());
+    // But not with another payload.
+    assert!(matches!(
+        outbox
+            .enqueue(NewCommand {
+                payload: b"{\"other\":1}".to_vec(),
+                ..keyed("old", "a", &["m"])
+            })
+            .await,
+        Err(StorageError::Conflict { .. })
+    ));
+    assert_integrity(&outbox);
+}
+
+#[test]
+fn a_command_without_extra_keys_hashes_as_before_them() {
+    use sha2::{Digest, Sha256};
+    // The digest of format 1's first release: type, partition, payload, length-prefixed.
+    let before = |t: &str, p: &str, payload: &[u8]| -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [t.as_bytes(), p.as_bytes(), payload] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    };
+    let plain = cmd("r", "alice", "{}");
+    assert_eq!(
+        gxd_storage::outbox::payload_digest(&plain),
+        before("TRANSFER_TOKENS", "alice", b"{}")
+    );
+    // Extra keys change it; their order and repeats (and the first key again) do not.
+    let keyed_ab = keyed("r", "alice", &["bob", "carol"]);
+    assert_ne!(
+        gxd_storage::outbox::payload_digest(&keyed_ab),
+        before("TRANSFER_TOKENS", "alice", b"{}")
+    );
+    assert_eq!(
+        gxd_storage::outbox::payload_digest(&keyed_ab),
+        gxd_storage::outbox::payload_digest(&keyed(
+            "r",
+            "alice",
+            &["carol", "alice", "bob", "carol"]
+        ))
+    );
+    assert_eq!(
+        gxd_storage::outbox::payload_digest(&keyed("r", "alice", &["alice"])),
+        before("TRANSFER_TOKENS", "alice", b"{}")
+    );
 }

@@ -24,6 +24,7 @@ fn cmd(request_id: &str, partition: &str) -> NewCommand {
         command_type: "TRANSFER_TOKENS".into(),
         request_id: request_id.into(),
         partition_key: partition.into(),
+        extra_partition_keys: Vec::new(),
         payload: request_id.as_bytes().to_vec(),
     }
 }

@@ -29,9 +29,9 @@ pub const SUPPLY: u128 = 1_000_000_000;
 /// What each non-treasury payer is funded with.
 pub const FUNDING: u128 = 1_000_000;
 
-/// The wallet a payer pays into. Each payer has its own, so no wallet is touched by two
-/// partitions (GX reads the payee's wallet: shared payees would make MVCC conflicts, which
-/// these tests are not about).
+/// The wallet a payer pays into. Each payer has its own, so payers do not wait for one
+/// another (a shared payee would serialize them: it is a partition key of every transfer
+/// into it — `daemon/engine/tests/submitter.rs` tests that case).
 pub fn sink(payer: &str) -> String {
     format!("sink-{payer}")
 }
@@ -85,6 +85,8 @@ pub fn transfer(request_id: String, from: &str) -> NewCommand {
         command_type: command_type::TRANSFER_TOKENS.into(),
         request_id,
         partition_key: from.into(),
+        // As the API sets them: the payer and the payee.
+        extra_partition_keys: vec![sink(from)],
         payload: serde_json::to_vec(&serde_json::json!({
             "fromWalletId": from, "toWalletId": sink(from), "amount": "1",
         }))

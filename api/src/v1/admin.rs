@@ -23,6 +23,7 @@ fn outbox_command(c: &Command) -> OutboxCommand {
         tenant: c.tenant.clone(),
         request_id: c.request_id.clone(),
         partition_key: c.partition_key.clone(),
+        partition_keys: c.partition_keys().map(str::to_owned).collect(),
         attempts: c.attempts,
         requeues: c.requeues,
         payload: serde_json::from_slice(&c.payload)
@@ -75,7 +76,7 @@ pub(crate) async fn list_outbox(
     }))
 }
 
-/// Sends a dead-lettered command again (to the tail of its partition).
+/// Sends a dead-lettered command again (to the tail of its partition queues).
 #[utoipa::path(
     post,
     path = "/api/v1/admin/outbox/{id}/requeue",

@@ -1,7 +1,16 @@
 //! The command routes: validate → authorize (read models) → accept into the outbox →
-//! 202 once durable. Each command's partition key is the wallet whose order matters (the
-//! paying wallet; the proposal's wallet for decisions), so the engine keeps its commands in
-//! acceptance order.
+//! 202 once durable. Each command's partition keys are the wallets it touches on the
+//! ledger, so the engine keeps acceptance order on every one of them and never has two
+//! commands touching one wallet in flight (GX's transactions read the wallets they write:
+//! two in one block would be an MVCC conflict of gxd's own making):
+//!
+//! | command | partition keys |
+//! |---|---|
+//! | transfer | the paying wallet, the payee |
+//! | proposal | the multisig wallet, the payee |
+//! | approve / reject | the proposal's multisig wallet, its payee (the approval that reaches the threshold moves funds to it) |
+//! | create user / multisig wallet | the new wallet |
+//! | bootstrap | the treasury |
 
 use axum::Json;
 use axum::extract::State;
@@ -61,7 +70,10 @@ struct Pending<'a> {
     command_type: &'static str,
     /// The client's key, or a fresh one (then the request is not idempotent).
     request_id: String,
+    /// The first partition key (the paying or new wallet).
     partition_key: String,
+    /// The other wallets the command touches.
+    extra_partition_keys: Vec<String>,
     payload: Vec<u8>,
 }
 
@@ -120,6 +132,7 @@ async fn accept(
             command_type: pending.command_type.to_owned(),
             request_id: pending.request_id,
             partition_key: pending.partition_key,
+            extra_partition_keys: pending.extra_partition_keys,
             payload: pending.payload,
         })
         .await
@@ -228,6 +241,7 @@ pub(crate) async fn bootstrap(
             command_type: command_type::BOOTSTRAP_SYSTEM,
             request_id: key.unwrap_or_else(fresh_key),
             partition_key: req.treasury_wallet_id.clone(),
+            extra_partition_keys: Vec::new(),
             payload,
         },
         |c| Accepted {
@@ -430,6 +444,7 @@ pub(crate) async fn create_user(
             command_type: command_type::CREATE_USER,
             request_id: key.unwrap_or_else(fresh_key),
             partition_key: req.user_id.clone(),
+            extra_partition_keys: Vec::new(),
             payload,
         },
         |c| Accepted {
@@ -511,6 +526,7 @@ pub(crate) async fn create_transfer(
         Ok(())
     })
     .await?;
+    let payee = req.to_wallet_id.clone();
     let payload = encode(&gx::Transfer {
         from_wallet_id: req.from_wallet_id.clone(),
         to_wallet_id: req.to_wallet_id,
@@ -524,6 +540,7 @@ pub(crate) async fn create_transfer(
             command_type: command_type::TRANSFER_TOKENS,
             request_id: key.unwrap_or_else(fresh_key),
             partition_key: from.wallet_id,
+            extra_partition_keys: vec![payee],
             payload,
         },
         |c| Accepted {
@@ -610,6 +627,7 @@ pub(crate) async fn create_multisig_wallet(
             command_type: command_type::CREATE_MULTISIG_WALLET,
             request_id: key.unwrap_or_else(fresh_key),
             partition_key: req.wallet_id.clone(),
+            extra_partition_keys: Vec::new(),
             payload,
         },
         |c| Accepted {
@@ -655,6 +673,7 @@ pub(crate) async fn create_proposal(
         Ok(())
     })
     .await?;
+    let payee = req.to_wallet_id.clone();
     let payload = encode(&gx::Transfer {
         from_wallet_id: req.from_wallet_id.clone(),
         to_wallet_id: req.to_wallet_id,
@@ -668,6 +687,7 @@ pub(crate) async fn create_proposal(
             command_type: command_type::PROPOSE_TRANSFER,
             request_id: key.unwrap_or_else(fresh_key),
             partition_key: from.wallet_id,
+            extra_partition_keys: vec![payee],
             payload,
         },
         |c| Accepted {
@@ -737,6 +757,7 @@ async fn decide(
             command_type: ty,
             request_id: key,
             partition_key: p.wallet_id.clone(),
+            extra_partition_keys: vec![p.to_wallet_id.clone()],
             payload,
         },
         |c| Accepted {

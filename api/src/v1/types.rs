@@ -195,8 +195,11 @@ pub struct OutboxCommand {
     /// Whose request it was (the token subject).
     pub tenant: String,
     pub request_id: String,
-    /// The wallet whose order it keeps.
+    /// The wallet whose order it keeps first of all (the paying or new wallet).
     pub partition_key: String,
+    /// Every wallet whose order it keeps (its partition keys, `partitionKey` first): it
+    /// goes to the ledger only when no older queued command touches any of them.
+    pub partition_keys: Vec<String>,
     pub attempts: u32,
     pub requeues: u32,
     /// The payload (JSON).

@@ -212,6 +212,7 @@ mod tests {
                     command_type: "X".into(),
                     request_id: format!("r{i}"),
                     partition_key: format!("p{i}"),
+                    extra_partition_keys: Vec::new(),
                     payload: Vec::new(),
                 })
                 .await
@@ -255,6 +256,7 @@ mod tests {
                     command_type: "X".into(),
                     request_id: format!("r{i}"),
                     partition_key: format!("p{i}"),
+                    extra_partition_keys: Vec::new(),
                     payload: Vec::new(),
                 })
                 .await

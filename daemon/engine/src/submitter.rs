@@ -2,15 +2,17 @@
 //! order.
 //!
 //! # Dispatch
-//! One dispatcher loop claims due commands — per partition only the PENDING head
-//! ([`Outbox::next_due`]) — and runs each in its own task, at most
+//! One dispatcher loop claims due commands — PENDING commands heading every one of their
+//! partition queues ([`Outbox::next_due`]) — and runs each in its own task, at most
 //! [`SubmitterConfig::max_in_flight`] at a time. A claim lasts as long as its task: a claimed
 //! head is not handed out again while its task runs, and the outbox refuses a second
 //! in-flight command per partition anyway. The loop sleeps until the earliest due time
 //! ([`Outbox::next_due_at`]), or until [`Waker::wake`] says new work became due — called
 //! after the durable write that made it due (an enqueue's reply, a commit that promotes the
 //! next head) — with [`SubmitterConfig::idle_poll`] as a safety net, not as the mechanism.
-//! A wallet's commands are one partition, so gxd never races itself into MVCC conflicts.
+//! A command's partitions are the wallets it touches (a transfer: payer and payee), so two
+//! commands touching one wallet are never in flight together and gxd never races itself
+//! into MVCC conflicts.
 //!
 //! # Per command
 //! catalog → proposal → endorse → **store the prepared transaction (tx id + signed envelope)

@@ -205,6 +205,7 @@ async fn enqueue(outbox: &Outbox, request: &str, partition: &str, args: &[&str])
             command_type: "TransferTokens".into(),
             request_id: request.into(),
             partition_key: partition.into(),
+            extra_partition_keys: Vec::new(),
             payload: serde_json::to_vec(args).unwrap(),
         })
         .await

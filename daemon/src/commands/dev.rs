@@ -522,6 +522,7 @@ async fn bootstrap_once(
                 command_type: gxd_gx::commands::command_type::BOOTSTRAP_SYSTEM.to_owned(),
                 request_id: BOOTSTRAP_REQUEST_ID.to_owned(),
                 partition_key: opts.treasury_wallet.clone(),
+                extra_partition_keys: Vec::new(),
                 payload: serde_json::to_vec(&payload).context("encode the bootstrap payload")?,
             })
             .await

@@ -32,7 +32,7 @@ pub enum Action {
         cursor: Option<CommandId>,
         limit: usize,
     },
-    /// A dead letter (FAILED) back to PENDING, at the tail of its partition.
+    /// A dead letter (FAILED) back to PENDING, at the tail of its partition queues.
     Requeue { id: CommandId },
 }
 
@@ -131,7 +131,8 @@ pub fn execute(config: Config, action: Action, json: bool) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// One command as a line: id, type, partition, attempts, last error.
+/// One command as a line: id, type, partition keys (comma-separated, the first one
+/// first), attempts, last error.
 fn line(c: &Command) -> String {
     let error = c
         .last_error
@@ -143,7 +144,7 @@ fn line(c: &Command) -> String {
         c.id,
         c.status,
         c.command_type,
-        c.partition_key,
+        c.partition_keys().collect::<Vec<_>>().join(","),
         c.attempts,
         c.updated_at.to_rfc3339(),
         error

@@ -17,10 +17,12 @@ pub(crate) const IDEM_EXPIRY: Cf = Cf::new("idempotency_expiry", Usage::Queue);
 pub(crate) const STATUS: Cf = Cf::new("status_index", Usage::Queue);
 
 /// (partition, queue sequence) → command id: the queued (not yet committed or failed)
-/// commands of each partition, in acceptance order.
+/// commands of each partition, in acceptance order. A command with several partition keys
+/// is in each of their queues, under its one sequence number.
 pub(crate) const PARTITION_QUEUE: Cf = Cf::new("partition_queue", Usage::Queue);
 
-/// (due ms, command id) → empty: the dispatchable head of each partition.
+/// (due ms, command id) → empty: the dispatchable commands — PENDING and heading every
+/// one of their partition queues.
 pub(crate) const DUE: Cf = Cf::new("due_index", Usage::Queue);
 
 /// Transaction id → command id (record [`super::record::TxIndexPb`]): every tx id any

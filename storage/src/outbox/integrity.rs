@@ -44,7 +44,8 @@ impl IntegrityReport {
 
 struct Summary {
     status: Status,
-    partition: String,
+    /// Every partition key, the first one first.
+    partitions: Vec<String>,
     seq: u64,
     idem_key: Vec<u8>,
     digest: [u8; 32],
@@ -83,7 +84,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
                     c.id,
                     Summary {
                         status: c.status,
-                        partition: c.partition_key.clone(),
+                        partitions: c.partition_keys().map(str::to_owned).collect(),
                         seq: c.queue_seq,
                         idem_key: keys::idempotency(&c.tenant, &c.request_id),
                         digest: c.payload_digest,
@@ -152,8 +153,10 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
         }
     }
 
-    // Partition queues.
+    // Partition queues: every queued command in each of its queues at its one sequence
+    // number, nothing else in them.
     let mut queues: BTreeMap<String, Vec<(u64, CommandId)>> = BTreeMap::new();
+    let mut entries_of: HashMap<CommandId, u64> = HashMap::new();
     scan(raw, &snapshot, cf::PARTITION_QUEUE, |k, v| {
         let Ok((partition, seq)) = keys::split_partition_queue(k) else {
             problems.push(format!("partition queue: bad key {}", hex::encode(k)));
@@ -174,10 +177,10 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
                         c.status
                     ));
                 }
-                if c.partition != partition || c.seq != seq {
+                if !c.partitions.contains(&partition) || c.seq != seq {
                     problems.push(format!(
                         "partition queue {partition:?}/{seq}: command {id} says {:?}/{}",
-                        c.partition, c.seq
+                        c.partitions, c.seq
                     ));
                 }
             }
@@ -187,34 +190,61 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
                 "partition queue {partition:?}/{seq}: not below next_seq {next_seq}"
             ));
         }
+        *entries_of.entry(id).or_insert(0) += 1;
         queues.entry(partition).or_default().push((seq, id));
     })?;
-    let queued: HashSet<CommandId> = queues.values().flatten().map(|(_, id)| *id).collect();
+    let in_queue: HashSet<(&str, CommandId)> = queues
+        .iter()
+        .flat_map(|(p, q)| q.iter().map(move |(_, id)| (p.as_str(), *id)))
+        .collect();
     for (id, c) in &commands {
-        if c.status.is_queued() && !queued.contains(id) {
+        if !c.status.is_queued() {
+            continue;
+        }
+        for p in &c.partitions {
+            if !in_queue.contains(&(p.as_str(), *id)) {
+                problems.push(format!(
+                    "queued command {id} ({}) missing from its partition queue {p:?}",
+                    c.status
+                ));
+            }
+        }
+        let n = entries_of.get(id).copied().unwrap_or(0);
+        if n > c.partitions.len() as u64 {
             problems.push(format!(
-                "queued command {id} ({}) missing from its partition queue",
-                c.status
+                "queued command {id} has {n} queue entries for {} partition keys",
+                c.partitions.len()
             ));
         }
     }
     r.partitions = queues.len() as u64;
 
-    // Due index: exactly the PENDING heads; only heads in flight.
+    // Due index: exactly the PENDING commands that head every one of their queues; only
+    // such a command may be in flight.
+    let heads: HashMap<&str, CommandId> = queues
+        .iter()
+        .filter_map(|(p, q)| q.first().map(|(_, id)| (p.as_str(), *id)))
+        .collect();
     let mut expected_due: HashSet<(u64, CommandId)> = HashSet::new();
-    for (partition, q) in &queues {
-        for (i, (_, id)) in q.iter().enumerate() {
-            let Some(c) = commands.get(id) else { continue };
-            if i == 0 {
-                if c.status == Status::Pending {
-                    expected_due.insert((c.due_ms, *id));
-                }
-            } else if c.status.is_in_flight() {
-                problems.push(format!(
-                    "partition {partition:?}: {id} is {} behind the head",
-                    c.status
-                ));
+    for (id, c) in &commands {
+        if !c.status.is_queued() {
+            continue;
+        }
+        let blocked_in = c
+            .partitions
+            .iter()
+            .find(|p| heads.get(p.as_str()) != Some(id));
+        match blocked_in {
+            None if c.status == Status::Pending => {
+                expected_due.insert((c.due_ms, *id));
             }
+            None => {}
+            Some(p) if c.status.is_in_flight() => problems.push(format!(
+                "partition {p:?}: {id} is {} behind the head {:?}",
+                c.status,
+                heads.get(p.as_str())
+            )),
+            Some(_) => {}
         }
     }
     let mut due_entries: HashSet<(u64, CommandId)> = HashSet::new();
@@ -222,7 +252,7 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
         Ok(entry) => {
             if !expected_due.contains(&entry) {
                 problems.push(format!(
-                    "due index {}/{}: not a PENDING partition head",
+                    "due index {}/{}: not a PENDING command heading all its queues",
                     entry.0, entry.1
                 ));
             }
@@ -358,4 +388,148 @@ pub(super) fn verify(raw: &RawDb) -> Result<IntegrityReport> {
         r.problem(p);
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::{NewCommand, Outbox, OutboxOptions};
+    use super::*;
+    use crate::db::{Db, DbOptions};
+
+    fn new(request_id: &str, first: &str, extras: &[&str]) -> NewCommand {
+        NewCommand {
+            tenant: "t".into(),
+            command_type: "T".into(),
+            request_id: request_id.into(),
+            partition_key: first.into(),
+            extra_partition_keys: extras.iter().map(|k| (*k).to_owned()).collect(),
+            payload: b"{}".to_vec(),
+        }
+    }
+
+    /// Two commands sharing wallet `m`: `a` (keys a, m) heads both its queues and is due;
+    /// `c` (keys c, m) is behind it on `m`, not due.
+    async fn two_on_one_payee(dir: &std::path::Path) -> (Db, Outbox, CommandId, CommandId) {
+        let db = Db::open(Db::path_in(dir), &DbOptions::default()).unwrap();
+        let outbox = Outbox::new(db.clone(), OutboxOptions::default()).unwrap();
+        let a = outbox
+            .enqueue(new("ra", "a", &["m"]))
+            .await
+            .unwrap()
+            .command;
+        let c = outbox
+            .enqueue(new("rc", "c", &["m"]))
+            .await
+            .unwrap()
+            .command;
+        assert!(outbox.verify_integrity().unwrap().is_ok());
+        (db, outbox, a.id, c.id)
+    }
+
+    fn problems(outbox: &Outbox) -> Vec<String> {
+        let r = outbox.verify_integrity().unwrap();
+        assert_eq!(r.problem_count as usize, r.problems.len());
+        r.problems
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_command_missing_from_one_of_its_queues_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, _a, c) = two_on_one_payee(dir.path()).await;
+            let seq = outbox.get(c).unwrap().queue_seq;
+            let raw = db.raw().unwrap();
+            raw.delete_cf(
+                cf_handle(&raw, cf::PARTITION_QUEUE).unwrap(),
+                keys::partition_queue("m", seq),
+            )
+            .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter()
+                    .any(|p| p.contains(&format!("{c}")) && p.contains("queue \"m\"")),
+                "{p:#?}"
+            );
+            assert_eq!(p.len(), 1, "{p:#?}");
+        });
+    }
+
+    #[test]
+    fn a_command_due_behind_another_on_a_shared_key_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, _a, c) = two_on_one_payee(dir.path()).await;
+            // `c` heads its own queue `c` but not `m`: it must not be due.
+            let at = due_ms(outbox.get(c).unwrap().next_attempt_at);
+            let raw = db.raw().unwrap();
+            raw.put_cf(cf_handle(&raw, cf::DUE).unwrap(), keys::due(at, c), [])
+                .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter().any(|p| p.contains(&format!("{c}"))
+                    && p.contains("not a PENDING command heading all its queues")),
+                "{p:#?}"
+            );
+        });
+    }
+
+    #[test]
+    fn an_entry_under_a_key_the_command_does_not_have_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, a, _c) = two_on_one_payee(dir.path()).await;
+            let seq = outbox.get(a).unwrap().queue_seq;
+            let raw = db.raw().unwrap();
+            raw.put_cf(
+                cf_handle(&raw, cf::PARTITION_QUEUE).unwrap(),
+                keys::partition_queue("z", seq),
+                a.to_bytes(),
+            )
+            .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter()
+                    .any(|p| p.contains("partition queue \"z\"") && p.contains(&format!("{a}"))),
+                "{p:#?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_command_in_flight_behind_another_is_reported() {
+        rt().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, outbox, _a, c) = two_on_one_payee(dir.path()).await;
+            // Forge `c` PREPARED (record and status index) while `a` heads `m`.
+            let mut cmd = outbox.get(c).unwrap();
+            let raw = db.raw().unwrap();
+            cmd.status = Status::Prepared;
+            raw.put_cf(
+                cf_handle(&raw, cf::COMMANDS).unwrap(),
+                keys::command(c),
+                super::super::record::encode_command(&cmd),
+            )
+            .unwrap();
+            let status = cf_handle(&raw, cf::STATUS).unwrap();
+            raw.delete_cf(status, keys::status(Status::Pending, c))
+                .unwrap();
+            raw.put_cf(status, keys::status(Status::Prepared, c), [])
+                .unwrap();
+            let p = problems(&outbox);
+            assert!(
+                p.iter().any(|p| p.contains("partition \"m\"")
+                    && p.contains(&format!("{c} is PREPARED behind the head"))),
+                "{p:#?}"
+            );
+        });
+    }
 }

@@ -28,7 +28,7 @@
 //!   PENDING (a retry waiting), PREPARED/SUBMITTED (a later attempt in flight, whose tx id
 //!   goes to the history as `SUPERSEDED`) and FAILED all become COMMITTED (or PROJECTED)
 //!   with that tx id and block. The ledger is the truth. A command that is COMMITTED leaves
-//!   its partition queue and the due index in the same batch, and `mark_prepared` refuses
+//!   its partition queues and the due index in the same batch, and `mark_prepared` refuses
 //!   it, so a retry that was not yet prepared is never submitted. A COMMITTED or PROJECTED
 //!   command is never re-pointed to a second VALID tx id (logged as an error; the first
 //!   stays).
@@ -50,32 +50,53 @@
 //!   is sent only after that batch is fsync'd.
 //!
 //! # Partition order
-//! Each command has a partition key (the wallet whose order matters). The **queued**
-//! commands of a partition — PENDING, PREPARED and SUBMITTED — form a queue in acceptance
-//! order. The **head** is the oldest queued command; **in flight** means PREPARED or
-//! SUBMITTED. Rules:
-//! - only the head may be in flight, so a partition never has two commands in flight
-//!   ([`Outbox::mark_prepared`] on a command that is not the PENDING head is refused with
-//!   [`StorageError::PartitionBusy`]);
-//! - [`Outbox::next_due`] returns, per partition, only a PENDING head whose
-//!   `next_attempt_at` has come. A head waiting for its retry time **blocks its partition**:
-//!   order over throughput;
-//! - a head leaves the queue when it is COMMITTED or FAILED; the next command becomes head;
-//! - a dead-lettered command that is requeued goes to the **tail** of its partition: the
-//!   commands behind it were not held back while it was dead, and requeueing is an
-//!   operator's explicit "send it now".
+//! Each command has a set of **partition keys** — the wallets it touches on the ledger: a
+//! transfer its payer and its payee — 1 to [`MAX_PARTITION_KEYS`] distinct non-empty keys:
+//! `partition_key` (the first) and `extra_partition_keys` (deduplicated, in byte order).
+//! Each key has a **queue**: the **queued** commands with that key — PENDING, PREPARED and
+//! SUBMITTED — in acceptance order. A command's **head** position in a queue is the oldest
+//! entry; **in flight** means PREPARED or SUBMITTED. Rules:
+//! - [`Outbox::enqueue`] appends the command to the tail of **every** one of its queues in
+//!   one write round, under one sequence number taken from a single counter (the queue key
+//!   is (partition, sequence)), so all queues are ordered by one global acceptance order;
+//! - a command is **due** — in the due index, returned by [`Outbox::next_due`] once its
+//!   `next_attempt_at` has come — only while it is PENDING and the head of **all** its
+//!   queues, and only such a command may go in flight ([`Outbox::mark_prepared`] on any
+//!   other is refused with [`StorageError::PartitionBusy`], naming the first partition
+//!   where another command is ahead of it). So no key ever has two commands in flight; a
+//!   head waiting for its retry time **blocks all its partitions**: order over throughput;
+//! - a command leaves all its queues when it is COMMITTED or FAILED; in each queue it
+//!   headed, the next command becomes head, and due if it now heads all of *its* queues
+//!   (one seek per key of that command);
+//! - a dead-lettered command that is requeued goes to the **tail** of all its queues under
+//!   a new sequence number: the commands behind it were not held back while it was dead,
+//!   and requeueing is an operator's explicit "send it now".
 //!
-//! So commands of one partition reach the submitter, and the ledger, in acceptance order.
-//! `next_due` is not a lease: one dispatcher (the submitter) owns the PENDING → PREPARED step
-//! and remembers which heads it is working on.
+//! **Why this never deadlocks.** Every queue is ordered by the one global sequence, so
+//! any two commands sharing keys are in the same relative order in every queue they share:
+//! there is no cycle of "A waits for B on one key, B for A on another". Whatever is queued,
+//! the command with the smallest sequence number heads every one of its queues, so it is
+//! due (or in flight, or waiting only for its own retry time); when it leaves, the next
+//! smallest does. Every queued command is thus eventually due: no deadlock, no starvation
+//! (`storage/tests/state_machine.rs` checks both against a plain reference model).
+//!
+//! So commands touching one wallet reach the submitter, and the ledger, in acceptance
+//! order, and never run concurrently — for GX, whose transactions read the wallets they
+//! write, gxd never makes an MVCC conflict of its own. Whether an enqueued command heads
+//! its queues is answered by the in-memory partition-length mirror ([`partitions`]), not
+//! by a seek. `next_due` is not a lease: one dispatcher (the submitter) owns the PENDING →
+//! PREPARED step and remembers which heads it is working on.
 //!
 //! # Idempotency
-//! (tenant, request id) → command id. A repeat with the same command type, partition and
-//! payload (compared by SHA-256) returns the original command (`created: false`); with a
-//! different one it is [`StorageError::Conflict`]. An idempotency key lives at least
-//! [`OutboxOptions::idempotency_window`] and, past that, as long as its command is not
-//! committed (a dead-lettered or stuck command keeps its key); it is removed at the latest
-//! with its command.
+//! (tenant, request id) → command id. A repeat with the same command type, partition keys
+//! (as a set) and payload (compared by SHA-256, [`payload_digest`]) returns the original
+//! command (`created: false`); with a different one it is [`StorageError::Conflict`]. One
+//! allowance: a command stored without extra keys (every command accepted before they
+//! existed) is also repeated by a request with the same type, first key and payload, so a
+//! client's retry across the upgrade that added the payee's key is not refused. An
+//! idempotency key lives at least [`OutboxOptions::idempotency_window`] and, past that, as
+//! long as its command is not committed (a dead-lettered or stuck command keeps its key);
+//! it is removed at the latest with its command.
 //!
 //! # Transaction-id index
 //! `txids` (tx id → command) and `command_txids` ((command, tx id) → empty) hold every tx
@@ -144,10 +165,28 @@ pub struct NewCommand {
     pub command_type: String,
     /// The client's request id (idempotency key). Non-empty.
     pub request_id: String,
-    /// Partition key: commands with the same key leave in acceptance order.
+    /// Partition key: commands with the same key leave in acceptance order. Non-empty.
     pub partition_key: String,
+    /// The command's further partition keys (the other wallets it touches): it keeps
+    /// acceptance order in each of these partitions too (module docs, "Partition order").
+    /// Deduplicated, a repeat of `partition_key` dropped; with `partition_key` at most
+    /// [`MAX_PARTITION_KEYS`] distinct keys, each non-empty. Usually empty.
+    pub extra_partition_keys: Vec<String>,
     /// Payload, opaque.
     pub payload: Vec<u8>,
+}
+
+impl NewCommand {
+    /// Every partition key of the command as it will be stored: `partition_key`, then the
+    /// distinct extra keys in byte order (what [`Command::partition_keys`] will return).
+    pub fn partition_keys(&self) -> Vec<String> {
+        std::iter::once(self.partition_key.clone())
+            .chain(normalized_extras(
+                &self.partition_key,
+                &self.extra_partition_keys,
+            ))
+            .collect()
+    }
 }
 
 /// An error recorded on a command.
@@ -228,12 +267,16 @@ pub struct Command {
     pub command_type: String,
     /// Request id.
     pub request_id: String,
-    /// Partition key.
+    /// Partition key (the first; the wallet whose order the command keeps first of all).
     pub partition_key: String,
+    /// Its further partition keys: distinct, in byte order, none equal to
+    /// `partition_key`; empty for most commands (and for every record written before they
+    /// existed).
+    pub extra_partition_keys: Vec<String>,
     /// Payload (hex in JSON; the API renders it as it sees fit).
     #[serde(with = "crate::db::hex_bytes")]
     pub payload: Vec<u8>,
-    /// SHA-256 of (type, partition, payload).
+    /// SHA-256 of (type, partition keys, payload): [`payload_digest`].
     #[serde(skip)]
     pub payload_digest: [u8; 32],
     /// Status.
@@ -274,9 +317,17 @@ pub struct Command {
     pub requeues: u32,
     /// Past attempts, oldest first (the last [`OutboxOptions::max_history`]).
     pub history: Vec<AttemptRecord>,
-    /// Position in the partition queue.
+    /// Position in its partition queues (one sequence number, the same in each).
     #[serde(skip)]
     pub queue_seq: u64,
+}
+
+impl Command {
+    /// Every partition key of the command: `partition_key` first, then the extras.
+    pub fn partition_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.partition_key.as_str())
+            .chain(self.extra_partition_keys.iter().map(String::as_str))
+    }
 }
 
 /// The chaincode's response to a transaction, as endorsed (bounded).
@@ -476,7 +527,9 @@ const MAX_ID_BYTES: usize = 256;
 /// Longest command type.
 const MAX_TYPE_BYTES: usize = 128;
 /// Longest partition key.
-const MAX_PARTITION_BYTES: usize = 1024;
+pub const MAX_PARTITION_BYTES: usize = 1024;
+/// Most distinct partition keys of one command (`partition_key` and its extras).
+pub const MAX_PARTITION_KEYS: usize = 8;
 /// Longest stored error message.
 const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 
@@ -526,8 +579,9 @@ impl Outbox {
 
     /// Accepts a command; returns once it is durable. An idempotent repeat returns the
     /// original command with `created: false`.
-    pub async fn enqueue(&self, new: NewCommand) -> Result<EnqueueOutcome> {
+    pub async fn enqueue(&self, mut new: NewCommand) -> Result<EnqueueOutcome> {
         validate_new(&new, self.opts.max_payload_bytes)?;
+        new.extra_partition_keys = normalized_extras(&new.partition_key, &new.extra_partition_keys);
         let digest = payload_digest(&new);
         let out = self
             .db
@@ -582,7 +636,8 @@ impl Outbox {
     }
 
     /// PREPARED or SUBMITTED → COMMITTED in `block`, for the command's current tx id
-    /// (tx index and result unknown). The next command of the partition becomes due.
+    /// (tx index and result unknown). The next command of each of its partitions becomes
+    /// due if it heads all of its own.
     /// Repeating it, or calling it on a command already PROJECTED in that block, returns
     /// the command unchanged.
     pub async fn mark_committed(&self, id: CommandId, block: u64) -> Result<Command> {
@@ -783,8 +838,8 @@ impl Outbox {
         self.notified(c)
     }
 
-    /// PENDING, PREPARED or SUBMITTED → FAILED (dead letter) with its reason. The next
-    /// command of the partition becomes due.
+    /// PENDING, PREPARED or SUBMITTED → FAILED (dead letter) with its reason. It leaves all
+    /// its partition queues; their next commands become due if they head all of theirs.
     pub async fn mark_failed(&self, id: CommandId, error: CommandError) -> Result<Command> {
         let max_history = self.opts.max_history;
         let c = self
@@ -794,7 +849,8 @@ impl Outbox {
         self.notified(c)
     }
 
-    /// FAILED → PENDING at the tail of its partition, attempts reset, history kept.
+    /// FAILED → PENDING at the tail of all its partition queues, attempts reset, history
+    /// kept.
     pub async fn requeue(&self, id: CommandId) -> Result<Command> {
         let max_history = self.opts.max_history;
         let c = self
@@ -956,9 +1012,9 @@ impl Outbox {
         Ok(counts)
     }
 
-    /// Up to `limit` commands to send now: per partition, the PENDING head if its
-    /// `next_attempt_at <= now` and nothing of its partition is in flight; earliest due
-    /// first.
+    /// Up to `limit` commands to send now: the PENDING commands heading every one of their
+    /// partition queues (so nothing sharing a key with them is in flight or older) whose
+    /// `next_attempt_at <= now`; earliest due first. No two share a partition key.
     pub fn next_due(&self, limit: usize, now: DateTime<Utc>) -> Result<Vec<Command>> {
         let raw = &*self.db.raw()?;
         let snapshot = raw.snapshot();
@@ -1053,6 +1109,28 @@ fn validate_new(new: &NewCommand, max_payload: usize) -> Result<()> {
     // An empty partition key would put every such command in one partition and hide a
     // caller's bug (a missing wallet id): refused.
     check("partition key", &new.partition_key, MAX_PARTITION_BYTES)?;
+    // Bound the list before looking at it (a caller's loop gone wrong), then each key,
+    // then the distinct count.
+    if new.extra_partition_keys.len() > MAX_EXTRA_KEYS_GIVEN {
+        return Err(StorageError::InvalidInput(format!(
+            "{} extra partition keys given; a command has at most {MAX_PARTITION_KEYS} \
+             partition keys",
+            new.extra_partition_keys.len()
+        )));
+    }
+    for (i, key) in new.extra_partition_keys.iter().enumerate() {
+        check(
+            &format!("extra partition key {i}"),
+            key,
+            MAX_PARTITION_BYTES,
+        )?;
+    }
+    let distinct = 1 + normalized_extras(&new.partition_key, &new.extra_partition_keys).len();
+    if distinct > MAX_PARTITION_KEYS {
+        return Err(StorageError::InvalidInput(format!(
+            "{distinct} distinct partition keys; a command has at most {MAX_PARTITION_KEYS}"
+        )));
+    }
     if new.payload.len() > max_payload {
         return Err(StorageError::InvalidInput(format!(
             "payload is larger than {max_payload} bytes"
@@ -1061,16 +1139,44 @@ fn validate_new(new: &NewCommand, max_payload: usize) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 over (type, partition, payload), each length-prefixed.
+/// Extra keys given beyond which a list is refused before it is even deduplicated.
+const MAX_EXTRA_KEYS_GIVEN: usize = 4 * MAX_PARTITION_KEYS;
+
+/// The extra partition keys as stored: distinct, in byte order, without `primary`.
+fn normalized_extras(primary: &str, extras: &[String]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&str> = extras
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != primary)
+        .collect();
+    set.into_iter().map(str::to_owned).collect()
+}
+
+/// SHA-256 over (type, partition, payload), each length-prefixed, then — only for a
+/// command with extra partition keys — their count and each key (normalized: distinct, in
+/// byte order), length-prefixed. The full key set is covered, so a repeat of a request id
+/// with other keys is a conflict; a command without extra keys hashes as it always did,
+/// so an idempotent repeat of a command accepted before extra keys existed still matches.
 pub fn payload_digest(new: &NewCommand) -> [u8; 32] {
+    let extras = normalized_extras(&new.partition_key, &new.extra_partition_keys);
+    digest_of(new, &extras)
+}
+
+fn digest_of(new: &NewCommand, extras: &[String]) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [
-        new.command_type.as_bytes(),
-        new.partition_key.as_bytes(),
-        new.payload.as_slice(),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(new.command_type.as_bytes());
+    part(new.partition_key.as_bytes());
+    part(new.payload.as_slice());
+    if !extras.is_empty() {
+        part(b"extra_partition_keys");
+        part(&(extras.len() as u64).to_be_bytes());
+        for key in extras {
+            part(key.as_bytes());
+        }
     }
     h.finalize().into()
 }
@@ -1177,53 +1283,137 @@ fn partition_head(round: &Round<'_>, partition: &str) -> Result<Option<(Vec<u8>,
     }
 }
 
-/// Makes the current head of a partition (if any) due.
-fn promote_head(round: &mut Round<'_>, partition: &str) -> Result<()> {
-    if let Some((key, id)) = partition_head(round, partition)? {
-        let head = load(round, id)?;
-        if head.status != Status::Pending {
-            return Err(StorageError::corrupt(
-                "partition_queue",
-                &key,
-                format!(
-                    "command {id} behind the head is {} (only the head may be in flight)",
-                    head.status
-                ),
-            ));
+/// The first of a queued command's partitions where it is not the head, with that
+/// partition's head; `None` when it heads every one of its queues (then, and only then,
+/// it may be due or in flight). One seek per partition key.
+fn first_blocking(round: &Round<'_>, c: &Command) -> Result<Option<(String, Option<CommandId>)>> {
+    first_blocking_besides(round, c, None)
+}
+
+/// [`first_blocking`], not asking about `known_head`, a partition `c` is known to head.
+fn first_blocking_besides(
+    round: &Round<'_>,
+    c: &Command,
+    known_head: Option<&str>,
+) -> Result<Option<(String, Option<CommandId>)>> {
+    for key in c.partition_keys().filter(|k| Some(*k) != known_head) {
+        let head = partition_head(round, key)?.map(|(_, id)| id);
+        if head != Some(c.id) {
+            return Ok(Some((key.to_owned(), head)));
         }
+    }
+    Ok(None)
+}
+
+/// Whether every one of `keys`' queues is empty (from the in-memory length mirror: no
+/// seek), i.e. whether a command appended to all of them now heads them all.
+fn all_empty<'k>(round: &Round<'_>, keys: impl IntoIterator<Item = &'k str>) -> Result<bool> {
+    for key in keys {
+        if partitions::len(round, &keys::partition_prefix(key))? != 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Appends command `c` (PENDING, `c.queue_seq` freshly taken) to the tail of every one of
+/// its queues; due at `due_at` if it heads them all (every one was empty).
+fn join_partitions(round: &mut Round<'_>, c: &Command, due_at: DateTime<Utc>) -> Result<()> {
+    let heads_all = all_empty(round, c.partition_keys())?;
+    for key in c.partition_keys() {
+        round.put(
+            cf::PARTITION_QUEUE,
+            keys::partition_queue(key, c.queue_seq),
+            c.id.to_bytes().to_vec(),
+        );
+        partitions::adjust(round, keys::partition_prefix(key), 1)?;
+    }
+    if heads_all {
         round.put(
             cf::DUE,
-            keys::due(due_ms(head.next_attempt_at), id).to_vec(),
+            keys::due(due_ms(due_at), c.id).to_vec(),
             Vec::new(),
         );
     }
     Ok(())
 }
 
-/// Takes a queued command (in its old state `c`) out of its partition queue; if it was the
-/// head, the next one becomes due.
-fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
-    let my_key = keys::partition_queue(&c.partition_key, c.queue_seq);
-    // In flight means head; a PENDING command is the head iff it is in the due index.
-    let due_key = keys::due(due_ms(c.next_attempt_at), c.id);
-    let is_head = c.status.is_in_flight() || round.contains(cf::DUE, &due_key)?;
-    if !round.contains(cf::PARTITION_QUEUE, &my_key)? {
+/// The current head of a partition (if any), which just became its head: due if it now
+/// heads every one of its queues. `promoted` remembers the commands already made due in
+/// this change (one can head several of the queues a leaving command left).
+fn promote_head(
+    round: &mut Round<'_>,
+    partition: &str,
+    promoted: &mut Vec<CommandId>,
+) -> Result<()> {
+    let Some((key, id)) = partition_head(round, partition)? else {
+        return Ok(());
+    };
+    if promoted.contains(&id) {
+        return Ok(());
+    }
+    let head = load(round, id)?;
+    if head.status != Status::Pending {
+        // It was behind the leaving command here, so it did not head all its queues:
+        // it cannot have been in flight.
         return Err(StorageError::corrupt(
             "partition_queue",
-            &my_key,
+            &key,
             format!(
-                "queued command {} is missing from its partition queue",
-                c.id
+                "command {id} behind the head is {} (only a command heading all its \
+                 queues may be in flight)",
+                head.status
             ),
         ));
     }
-    round.delete(cf::PARTITION_QUEUE, my_key);
-    partitions::adjust(round, keys::partition_prefix(&c.partition_key), -1)?;
-    if is_head {
-        if c.status == Status::Pending {
+    if first_blocking_besides(round, &head, Some(partition))?.is_none() {
+        round.put(
+            cf::DUE,
+            keys::due(due_ms(head.next_attempt_at), id).to_vec(),
+            Vec::new(),
+        );
+        promoted.push(id);
+    }
+    Ok(())
+}
+
+/// Takes a queued command (in its old state `c`) out of every one of its partition
+/// queues; in each queue it headed, the next command becomes head, and due if it now heads
+/// all of its own queues.
+fn leave_partition(round: &mut Round<'_>, c: &Command) -> Result<()> {
+    // In flight or due means heading every queue; otherwise each queue is asked.
+    let mut heads_all = c.status.is_in_flight();
+    if c.status == Status::Pending {
+        let due_key = keys::due(due_ms(c.next_attempt_at), c.id);
+        if round.contains(cf::DUE, &due_key)? {
             round.delete(cf::DUE, due_key.to_vec());
+            heads_all = true;
         }
-        promote_head(round, &c.partition_key)?;
+    }
+    let mut headed = Vec::new();
+    for key in c.partition_keys() {
+        let my_key = keys::partition_queue(key, c.queue_seq);
+        if !round.contains(cf::PARTITION_QUEUE, &my_key)? {
+            return Err(StorageError::corrupt(
+                "partition_queue",
+                &my_key,
+                format!(
+                    "queued command {} is missing from its partition queue {key:?}",
+                    c.id
+                ),
+            ));
+        }
+        headed.push(heads_all || partition_head(round, key)?.is_some_and(|(k, _)| k == my_key));
+    }
+    for key in c.partition_keys() {
+        round.delete(cf::PARTITION_QUEUE, keys::partition_queue(key, c.queue_seq));
+        partitions::adjust(round, keys::partition_prefix(key), -1)?;
+    }
+    let mut promoted = Vec::new();
+    for (key, headed) in c.partition_keys().zip(headed) {
+        if headed {
+            promote_head(round, key, &mut promoted)?;
+        }
     }
     Ok(())
 }
@@ -1244,22 +1434,31 @@ fn stage_enqueue(
     let ikey = keys::idempotency(&new.tenant, &new.request_id);
     if let Some(bytes) = round.get(cf::IDEMPOTENCY, &ikey)? {
         let entry = decode_idempotency(&ikey, &bytes)?;
-        if entry.payload_digest != digest {
-            return Err(StorageError::Conflict {
-                tenant: new.tenant,
-                request_id: new.request_id,
-                existing: entry.command_id,
-            });
-        }
         let command = match load(round, entry.command_id) {
-            Err(StorageError::NotFound { .. }) => {
+            Err(StorageError::NotFound { .. }) if entry.payload_digest == digest => {
                 return Err(StorageError::corrupt(
                     "idempotency",
                     &ikey,
                     format!("points to missing command {}", entry.command_id),
                 ));
             }
-            other => other?,
+            Err(StorageError::NotFound { .. }) => None,
+            other => Some(other?),
+        };
+        // A command stored without extra keys — every one accepted before they existed —
+        // is also repeated by a request with the same type, first key and payload: a
+        // client's retry across the upgrade that added the payee's key.
+        let command = command.filter(|c| {
+            entry.payload_digest == digest
+                || (c.extra_partition_keys.is_empty()
+                    && entry.payload_digest == digest_of(&new, &[]))
+        });
+        let Some(command) = command else {
+            return Err(StorageError::Conflict {
+                tenant: new.tenant,
+                request_id: new.request_id,
+                existing: entry.command_id,
+            });
         };
         return Ok(EnqueueOutcome {
             command,
@@ -1271,14 +1470,13 @@ fn stage_enqueue(
     let now_ms = due_ms(now);
     let id = CommandId::new_v7();
     let seq = next_seq(round)?;
-    let partition = keys::partition_prefix(&new.partition_key);
-    let partition_empty = partitions::len(round, &partition)? == 0;
     let command = Command {
         id,
         tenant: new.tenant,
         command_type: new.command_type,
         request_id: new.request_id,
         partition_key: new.partition_key,
+        extra_partition_keys: new.extra_partition_keys,
         payload: new.payload,
         payload_digest: digest,
         status: Status::Pending,
@@ -1323,15 +1521,7 @@ fn stage_enqueue(
         keys::status(Status::Pending, id).to_vec(),
         Vec::new(),
     );
-    round.put(
-        cf::PARTITION_QUEUE,
-        keys::partition_queue(&command.partition_key, seq),
-        id.to_bytes().to_vec(),
-    );
-    partitions::adjust(round, partition, 1)?;
-    if partition_empty {
-        round.put(cf::DUE, keys::due(now_ms, id).to_vec(), Vec::new());
-    }
+    join_partitions(round, &command, now)?;
     add_count(round, Status::Pending, 1)?;
     failpoint!("storage::outbox::enqueue::staged");
     Ok(EnqueueOutcome {
@@ -1363,10 +1553,15 @@ fn stage_prepared(
     }
     let due_key = keys::due(due_ms(c.next_attempt_at), id);
     if !round.contains(cf::DUE, &due_key)? {
-        let head = partition_head(round, &c.partition_key)?.map(|(_, h)| h);
+        // Not due: behind another command in one of its queues (a PENDING command heading
+        // them all is always in the due index, whatever its time).
+        let (partition, head) = match first_blocking(round, &c)? {
+            Some(blocking) => blocking,
+            None => (c.partition_key.clone(), Some(id)),
+        };
         return Err(StorageError::PartitionBusy {
             id,
-            partition: c.partition_key,
+            partition,
             head,
         });
     }
@@ -1461,8 +1656,8 @@ fn index_txid(round: &mut Round<'_>, id: CommandId, txid: &str) -> Result<()> {
 /// - A command already COMMITTED/PROJECTED with **another** tx id keeps its first commit:
 ///   a second VALID transaction of one command is an error worth an operator's look (GX
 ///   makes it impossible: its ids derive from the command id), logged, not recorded.
-/// - Otherwise the command leaves its partition queue (if queued; the next one becomes
-///   due), an in-flight attempt with another tx id goes to the history as SUPERSEDED, and
+/// - Otherwise the command leaves its partition queues (if queued; the next ones become
+///   due if they head all theirs), an in-flight attempt with another tx id goes to the history as SUPERSEDED, and
 ///   the command takes the commit's tx id, block, index and result.
 fn stage_ledger_commit(
     round: &mut Round<'_>,
@@ -1577,7 +1772,7 @@ fn stage_retry(
                 round.put(cf::DUE, new_due, Vec::new());
             }
         }
-        // In flight, hence the head of its partition: due again at the new time.
+        // In flight, hence the head of all its partitions: due again at the new time.
         Status::Prepared | Status::Submitted => round.put(cf::DUE, new_due, Vec::new()),
         Status::Committed | Status::Failed | Status::Projected => {
             return Err(illegal(&c, Status::Pending));
@@ -1651,18 +1846,8 @@ fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Re
         return Err(illegal(&c, Status::Pending));
     }
     let now = now();
-    let seq = next_seq(round)?;
-    let partition = keys::partition_prefix(&c.partition_key);
-    let partition_empty = partitions::len(round, &partition)? == 0;
-    round.put(
-        cf::PARTITION_QUEUE,
-        keys::partition_queue(&c.partition_key, seq),
-        id.to_bytes().to_vec(),
-    );
-    partitions::adjust(round, partition, 1)?;
-    if partition_empty {
-        round.put(cf::DUE, keys::due(due_ms(now), id).to_vec(), Vec::new());
-    }
+    c.queue_seq = next_seq(round)?;
+    join_partitions(round, &c, now)?;
     failpoint!("storage::outbox::transition::after_index");
     let entry = AttemptRecord {
         attempt: c.attempts,
@@ -1675,7 +1860,6 @@ fn stage_requeue(round: &mut Round<'_>, id: CommandId, max_history: usize) -> Re
     c.status = Status::Pending;
     c.attempts = 0;
     c.requeues = c.requeues.saturating_add(1);
-    c.queue_seq = seq;
     c.next_attempt_at = now;
     c.failed_at = None;
     c.txid = None;

@@ -1,5 +1,6 @@
-//! The length of every partition queue, mirrored in memory, so that an enqueue learns
-//! whether its partition is empty without an iterator seek.
+//! The length of every partition queue, mirrored in memory, so that an enqueue (or a
+//! requeue) learns whether its partitions are all empty — whether it heads them all, hence
+//! is due at once — without an iterator seek per key.
 //!
 //! A writer-side [`Extension`] of the database: loaded at open from the `partition_queue`
 //! family, changed by the changes that put or delete a queue entry ([`adjust`], always
@@ -85,8 +86,9 @@ pub(super) fn len(round: &Round<'_>, prefix: &[u8]) -> Result<u64> {
         .saturating_add_signed(mine))
 }
 
-/// Records that a command entered (+1) or left (-1) a partition's queue. Callers pair it
-/// with the matching put/delete in `partition_queue`.
+/// Records that a command entered (+1) or left (-1) one partition's queue (a command with
+/// several keys: once per key). Callers pair it with the matching put/delete in
+/// `partition_queue`.
 pub(super) fn adjust(round: &mut Round<'_>, prefix: Vec<u8>, delta: i64) -> Result<()> {
     round.change::<PartitionLengths>((prefix, delta))
 }

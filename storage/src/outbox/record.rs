@@ -57,7 +57,8 @@ pub struct CommandRecordPb {
     /// Payload (opaque).
     #[prost(bytes = "vec", tag = "6")]
     pub payload: Vec<u8>,
-    /// SHA-256 of (type, partition, payload): what idempotent repeats are compared by.
+    /// SHA-256 of (type, partition keys, payload) ([`super::payload_digest`]): what
+    /// idempotent repeats are compared by.
     #[prost(bytes = "vec", tag = "7")]
     pub payload_digest: Vec<u8>,
     /// Status code, see [`Status::code`].
@@ -119,6 +120,11 @@ pub struct CommandRecordPb {
     /// Projected (applied to the read models) at, ms. Absent = not projected.
     #[prost(int64, optional, tag = "26")]
     pub projected_at_ms: Option<i64>,
+    /// Further partition keys (distinct, in byte order, none equal to `partition_key`); the
+    /// command is in each of their queues at `queue_seq` while queued. Empty = the
+    /// command's one partition is `partition_key` (every record written before the field).
+    #[prost(string, repeated, tag = "27")]
+    pub extra_partition_keys: Vec<String>,
 }
 
 /// A chaincode response as recorded.
@@ -299,6 +305,7 @@ pub fn to_pb(c: &Command) -> CommandRecordPb {
             truncated: r.truncated,
         }),
         projected_at_ms: c.projected_at.map(ms),
+        extra_partition_keys: c.extra_partition_keys.clone(),
     }
 }
 
@@ -338,12 +345,26 @@ pub fn from_pb(key: &[u8], pb: CommandRecordPb) -> Result<Command> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    // The queues rely on it: each extra key once, in order, never the first key.
+    let extras_ok = pb.extra_partition_keys.windows(2).all(|w| w[0] < w[1])
+        && pb
+            .extra_partition_keys
+            .iter()
+            .all(|k| !k.is_empty() && *k != pb.partition_key);
+    if !extras_ok {
+        return Err(bad(
+            "extra partition keys are not distinct, ordered, non-empty keys other than the \
+             partition key"
+                .into(),
+        ));
+    }
     Ok(Command {
         id,
         tenant: pb.tenant,
         command_type: pb.command_type,
         request_id: pb.request_id,
         partition_key: pb.partition_key,
+        extra_partition_keys: pb.extra_partition_keys,
         payload: pb.payload,
         payload_digest,
         status,
