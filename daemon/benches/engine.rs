@@ -80,7 +80,9 @@ fn transfer(request_id: String, from: &str) -> NewCommand {
         tenant: "Org1MSP".into(),
         command_type: gxd_gx::commands::command_type::TRANSFER_TOKENS.into(),
         request_id,
+        // As the API keys a transfer: the payer and the payee.
         partition_key: from.into(),
+        extra_partition_keys: vec![sink(from)],
         payload: serde_json::to_vec(&serde_json::json!({
             "fromWalletId": from, "toWalletId": sink(from), "amount": "1",
         }))
