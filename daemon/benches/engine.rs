@@ -169,7 +169,11 @@ async fn wait_all(times: &Arc<Mutex<Times>>, want: usize, projected: bool, deadl
     loop {
         let done = {
             let t = times.lock().unwrap();
-            if projected { t.projected.len() } else { t.committed.len() }
+            if projected {
+                t.projected.len()
+            } else {
+                t.committed.len()
+            }
         };
         if done >= want {
             return;

@@ -297,9 +297,10 @@ impl Submitter {
             let mut sleep_for = ctx.config.idle_poll;
             if tasks.len() < ctx.config.max_in_flight && recovered.is_empty() {
                 let now = Utc::now();
-                // Claimed heads stay in the due index until prepared: ask for that many more.
-                let want = ctx.config.max_in_flight - tasks.len() + claimed.len();
-                match ctx.outbox.next_due(want, now) {
+                // Claimed heads stay in the due index until prepared: skipped by id, not
+                // loaded, so a poll costs a key comparison per command in flight.
+                let want = ctx.config.max_in_flight - tasks.len();
+                match ctx.outbox.next_due_excluding(want, now, &claimed) {
                     Ok(due) => {
                         for cmd in due {
                             if tasks.len() >= ctx.config.max_in_flight {
@@ -326,24 +327,37 @@ impl Submitter {
                 .set(i64::try_from(tasks.len()).unwrap_or(i64::MAX));
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                Some(done) = tasks.join_next() => match done {
-                    Ok(id) => {
-                        claimed.remove(&id);
-                        // A worker that could not record its outcome (a storage error) leaves
-                        // its command PREPARED or SUBMITTED: resolve it again by its tx id.
-                        if let Ok(c) = ctx.outbox.get(id)
-                            && c.status.is_in_flight()
-                            && !shutdown.is_cancelled()
-                        {
-                            recovered.push_back(c);
+                Some(done) = tasks.join_next() => {
+                    // Every other worker that finished meanwhile too: one poll for all of
+                    // them (under load, completions arrive faster than polls are useful).
+                    let mut finished = vec![done];
+                    while let Some(more) = tasks.try_join_next() {
+                        finished.push(more);
+                    }
+                    let mut panicked = None;
+                    for done in finished {
+                        match done {
+                            Ok(id) => {
+                                claimed.remove(&id);
+                                // A worker that could not record its outcome (a storage
+                                // error) leaves its command PREPARED or SUBMITTED: resolve
+                                // it again by its tx id.
+                                if let Ok(c) = ctx.outbox.get(id)
+                                    && c.status.is_in_flight()
+                                    && !shutdown.is_cancelled()
+                                {
+                                    recovered.push_back(c);
+                                }
+                            }
+                            Err(e) => panicked = Some(e),
                         }
                     }
-                    Err(e) => {
+                    if let Some(e) = panicked {
                         // A worker panicked: its claim cannot be released safely (its command
                         // may be mid-flight); stop, so supervision restarts a clean process.
                         break Err(SubmitterError::Config(format!("submitter worker failed: {e}")));
                     }
-                },
+                }
                 () = ctx.waker.woken() => {}
                 () = tokio::time::sleep(sleep_for) => {}
             }
