@@ -883,3 +883,48 @@ fn a_command_without_extra_keys_hashes_as_before_them() {
         before("TRANSFER_TOKENS", "alice", b"{}")
     );
 }
+
+/// The due index after heavy churn: prepared heads leave tombstones in front of the live
+/// entries; `next_due_excluding` skips claimed ids without loading them, and compacting the
+/// index drops the tombstones and changes no answer.
+#[tokio::test]
+async fn due_index_compaction_and_exclusion_keep_the_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        let c = outbox
+            .enqueue(cmd(&format!("r{i}"), &format!("p{i}"), "{}"))
+            .await
+            .unwrap();
+        ids.push(c.command.id);
+    }
+    // The first 500 are prepared: their due entries become tombstones.
+    for (i, id) in ids.iter().take(500).enumerate() {
+        outbox
+            .mark_prepared(*id, format!("tx{i}"), b"signed".to_vec())
+            .await
+            .unwrap();
+    }
+    let mut expected: Vec<CommandId> = ids[500..].to_vec();
+    expected.sort();
+    let mut before = due_ids(&outbox);
+    before.sort();
+    assert_eq!(before, expected);
+
+    let claimed: std::collections::HashSet<CommandId> = ids[500..550].iter().copied().collect();
+    let rest: Vec<CommandId> = outbox
+        .next_due_excluding(1000, far_future(), &claimed)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(rest.len(), 50);
+    assert!(rest.iter().all(|id| !claimed.contains(id)));
+
+    outbox.compact_due_index().unwrap();
+    let mut after = due_ids(&outbox);
+    after.sort();
+    assert_eq!(after, expected, "compaction changes no answer");
+    assert_integrity(&outbox);
+}

@@ -270,7 +270,21 @@ impl Submitter {
             );
         }
 
+        // Claims since the due index was last compacted (its tombstones slow every poll).
+        let mut claims_since_compaction: u64 = 0;
+        let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
         let result = loop {
+            if claims_since_compaction >= DUE_COMPACTION_EVERY
+                && compaction.as_ref().is_none_or(|c| c.is_finished())
+            {
+                claims_since_compaction = 0;
+                let outbox = ctx.outbox.clone();
+                compaction = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = outbox.compact_due_index() {
+                        tracing::warn!(error = %e, "cannot compact the due index");
+                    }
+                }));
+            }
             let recoveries = ctx.outbox.db().write_status().recoveries;
             if recoveries != storage_recoveries {
                 match in_flight_commands(&ctx.outbox) {
@@ -300,13 +314,16 @@ impl Submitter {
                 // Claimed heads stay in the due index until prepared: skipped by id, not
                 // loaded, so a poll costs a key comparison per command in flight.
                 let want = ctx.config.max_in_flight - tasks.len();
+                let mut found = 0;
                 match ctx.outbox.next_due_excluding(want, now, &claimed) {
                     Ok(due) => {
+                        found = due.len();
                         for cmd in due {
                             if tasks.len() >= ctx.config.max_in_flight {
                                 break;
                             }
                             if claimed.insert(cmd.id) {
+                                claims_since_compaction += 1;
                                 spawn(&mut tasks, &ctx, cmd);
                             }
                         }
@@ -316,7 +333,10 @@ impl Submitter {
                     }
                     Err(e) => break Err(e.into()),
                 }
-                if let Ok(Some(at)) = ctx.outbox.next_due_at()
+                // Nothing due now: sleep until the earliest retry (another seek, so only
+                // then; while commands are found, completions wake the loop anyway).
+                if found == 0
+                    && let Ok(Some(at)) = ctx.outbox.next_due_at()
                     && let Ok(wait) = (at - Utc::now()).to_std()
                 {
                     sleep_for = sleep_for.min(wait.max(Duration::from_millis(1)));
@@ -366,10 +386,17 @@ impl Submitter {
         // Every state is on disk; a worker stopped between two steps is resolved next time.
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        if let Some(c) = compaction {
+            let _ = c.await;
+        }
         ctx.metrics.in_flight.set(0);
         result
     }
 }
+
+/// Claims between two compactions of the outbox's due index
+/// ([`Outbox::compact_due_index`]).
+const DUE_COMPACTION_EVERY: u64 = 2_048;
 
 /// The PREPARED and SUBMITTED commands on disk.
 fn in_flight_commands(outbox: &Outbox) -> Result<VecDeque<Command>, StorageError> {

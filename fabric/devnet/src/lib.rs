@@ -394,6 +394,10 @@ pub async fn start(config: DevnetConfig) -> Result<DevnetHandle, DevnetError> {
             .map_err(|e| DevnetError::Tls(e.to_string()))?;
     }
     let max_msg = config.batch.absolute_max_bytes.max(4 * 1024 * 1024) + 1024 * 1024;
+    // A Fabric peer (grpc-go) does not cap concurrent streams per connection; hyper's
+    // default (200) would queue a client's CommitStatus waits behind each other on its one
+    // connection, which no real peer does. A large bound instead of none.
+    builder = builder.max_concurrent_streams(Some(10_000));
     let router = builder
         .add_service(
             GatewayServer::new(gateway::GatewayService::new(Arc::clone(&node)))

@@ -1052,6 +1052,19 @@ impl Outbox {
         load_many(raw, &snapshot, &ids)
     }
 
+    /// Flushes and compacts the due index, dropping the tombstones its queue-like use
+    /// leaves (every prepared command deletes its entry). Until compacted they sit in front
+    /// of the live entries, and every [`next_due`](Self::next_due) seek steps over all of
+    /// them: a dispatcher calls this after a few thousand claims. The index holds only the
+    /// due heads (small), so this takes milliseconds; it changes no data. Blocking.
+    pub fn compact_due_index(&self) -> Result<()> {
+        let raw = self.db.raw()?;
+        let cf = cf_handle(&raw, cf::DUE)?;
+        raw.flush_cf(cf)?;
+        raw.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// When the earliest dispatchable PENDING head is (or was) due, if there is one: a
     /// submitter that found nothing due sleeps until then (or until woken by an enqueue).
     /// One seek.
