@@ -318,21 +318,7 @@ async fn live_position(
     client: &impl GenericClient,
     channel: &str,
 ) -> Result<Option<Position>, RebuildError> {
-    let row = client
-        .query_opt(
-            "SELECT block_number, block_hash FROM public.projector_checkpoints WHERE channel = $1",
-            &[&channel],
-        )
-        .await?;
-    row.map(|r| {
-        let n: i64 = r.get(0);
-        Ok(Position {
-            block_number: u64::try_from(n)
-                .map_err(|_| ProjectionError::InvalidInput(format!("negative block number {n}")))?,
-            block_hash: r.get(1),
-        })
-    })
-    .transpose()
+    Ok(projection::position_in(client, LIVE_SCHEMA, channel).await?)
 }
 
 /// The swap transaction ([`Rebuild::lock_live`]): the live read models stand still.
