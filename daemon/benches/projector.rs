@@ -831,6 +831,7 @@ async fn run_projector(
     let stop = CancellationToken::new();
     let rss_before_kb = proc_status_kb("VmRSS:");
     reset_peak_rss();
+    eprintln!("projector bench: projecting ({name})");
     let started = Instant::now();
     let task = tokio::spawn(p.run(stop.clone()));
     status
@@ -871,6 +872,7 @@ async fn run_naive(source: Arc<DeliverSource>, last: u64, dir: &std::path::Path)
     let stop = CancellationToken::new();
     let rss_before_kb = proc_status_kb("VmRSS:");
     reset_peak_rss();
+    eprintln!("projector bench: projecting (naive)");
     let started = Instant::now();
     let mut blocks = source.open(CHANNEL, 0, None, stop.clone());
     while let Some(b) = blocks.next_block().await.unwrap() {

@@ -610,6 +610,30 @@ mod batched {
             matches!(&err, ProjectionError::InvalidInput(m) if m.contains("does not exist")),
             "{err}"
         );
+        // A proposal on a wallet that does not exist, in both paths (no foreign key
+        // says so since V3: the insert's row count does).
+        for batched in [true, false] {
+            let err = block(&pool, batched, 3, async |tx| {
+                tx.insert_proposal(
+                    &ctx(3, 0),
+                    &NewProposal {
+                        proposal_id: "p9",
+                        wallet_id: "ghost",
+                        to_wallet_id: "c",
+                        amount: "1",
+                        memo: None,
+                        threshold: 2,
+                    },
+                )
+                .await
+            })
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(&err, ProjectionError::InvalidInput(m) if m.contains("does not exist")),
+                "batched {batched}: {err}"
+            );
+        }
         // A unique key (a transfer id used before).
         let err = block(&pool, true, 3, async |tx| {
             tx.apply_transfer(&ctx(3, 0), &tr("t1", "a", "b", "1", Some(("66", "31"))))

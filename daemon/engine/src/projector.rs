@@ -36,6 +36,18 @@
 //! their commands too. Marking is idempotent. Blocks appended before the outbox was
 //! attached (an older gxd) are not re-marked: their commands stay COMMITTED.
 //!
+//! # Pipelining
+//! Three things overlap, none of them reordering what is durable: the stream is read and
+//! verified ahead by a task of its own ([`ProjectorConfig::prefetch_blocks`] blocks); and
+//! block N's checkpoint append runs beside block N+1's PostgreSQL transaction when N+1 is
+//! already there (during a catch-up), or right after N's commit when it is not (following
+//! the ledger: nothing waits for the next block with an append unfinished). Appends stay
+//! in block order, each after its block's PostgreSQL commit, so the log can only be behind
+//! PostgreSQL — by at most one block more than before — which the reconciliation above
+//! repairs. The status (`height`, `checkpoint_height`, `last_block`) of a block is
+//! published after its append, so a status at block N still means N is in PostgreSQL,
+//! in the checkpoint log and its commands PROJECTED.
+//!
 //! # Lag
 //! The ledger height is what the projector knows of the peer's: the highest block the
 //! stream delivered + 1, and every [`ProjectorConfig::height_probe_interval`] a probe
@@ -98,6 +110,10 @@ pub struct ProjectorConfig {
     /// data error is applied again one transaction at a time, where the poison policy
     /// sees the offending transaction. Off: always one transaction at a time.
     pub batch_writes: bool,
+    /// Blocks read and verified ahead of the one being applied (default 4): the stream's
+    /// decoding and hash checks, and the peer's sending, overlap the PostgreSQL work. At
+    /// least 1.
+    pub prefetch_blocks: usize,
 }
 
 impl ProjectorConfig {
@@ -114,6 +130,7 @@ impl ProjectorConfig {
             },
             height_probe_interval: Duration::from_secs(1),
             batch_writes: true,
+            prefetch_blocks: 4,
         }
     }
 
@@ -212,6 +229,50 @@ impl BlockSourceFactory for DeliverSource {
                 Err(_) => None,
             }
         })
+    }
+}
+
+/// A block source read ahead by a task of its own ([`ProjectorConfig::prefetch_blocks`]):
+/// the stream's decoding and checks, and the peer's sending (HTTP/2 flow control lets it
+/// send only as fast as the stream is read), overlap the projector's PostgreSQL work. The
+/// task owns the source; it stops when the source ends or fails (the error is the last
+/// item), or when this is dropped (with the source's cancellation, which the projector
+/// triggers whenever it leaves the stream).
+struct Prefetch {
+    blocks: tokio::sync::mpsc::Receiver<Result<ParsedBlock, StreamError>>,
+}
+
+impl Prefetch {
+    fn spawn(mut source: Box<dyn BlockSource>, depth: usize) -> Self {
+        let (tx, blocks) = tokio::sync::mpsc::channel(depth.max(1));
+        tokio::spawn(async move {
+            loop {
+                let item = match source.next_block().await {
+                    Ok(Some(block)) => Ok(block),
+                    Ok(None) => return,
+                    Err(e) => Err(e),
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Prefetch { blocks }
+    }
+
+    /// The next block; `Ok(None)` once the source ended (cancelled).
+    async fn next_block(&mut self) -> Result<Option<ParsedBlock>, StreamError> {
+        self.blocks.recv().await.transpose()
+    }
+
+    /// The next block if one is ready, without waiting.
+    fn try_next(&mut self) -> Option<Result<Option<ParsedBlock>, StreamError>> {
+        match self.blocks.try_recv() {
+            Ok(item) => Some(item.map(Some)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(Ok(None)),
+        }
     }
 }
 
@@ -617,12 +678,39 @@ impl Projector {
         };
         let cancel = shutdown.child_token();
         let _stop_source = cancel.clone().drop_guard();
-        let mut source = self.source.open(channel, start, previous_hash, cancel);
+        let source = self
+            .source
+            .open(channel, start, previous_hash, cancel.clone());
+        let mut source = Prefetch::spawn(source, self.config.prefetch_blocks);
         if log_only_until.is_none() {
             self.set_state(ProjectorState::Running);
         }
+        // A block applied to PostgreSQL whose checkpoint append (and status) is still to
+        // do: it runs beside the next block's PostgreSQL transaction (module docs,
+        // "Pipelining"), or at once when no next block is ready.
+        let mut pending: Option<(ParsedBlock, ProjectedBlock)> = None;
         loop {
-            let Some(block) = source.next_block().await? else {
+            let next = match pending.take() {
+                None => source.next_block().await?,
+                Some(prev) => match source.try_next() {
+                    Some(Ok(next)) => {
+                        pending = Some(prev);
+                        next
+                    }
+                    Some(Err(e)) => {
+                        self.finish(prev).await?;
+                        return Err(e.into());
+                    }
+                    None => {
+                        self.finish(prev).await?;
+                        continue;
+                    }
+                },
+            };
+            let Some(block) = next else {
+                if let Some(prev) = pending.take() {
+                    self.finish(prev).await?;
+                }
                 return Ok(());
             };
             self.observe_height(block.number.saturating_add(1));
@@ -646,34 +734,57 @@ impl Projector {
                 }
                 continue;
             }
-            let projected = self.apply_block(&block, position.as_ref()).await?;
+            let applied = match pending.take() {
+                None => self.apply_block(&block, position.as_ref()).await,
+                Some(prev) => {
+                    let (applied, finished) = tokio::join!(
+                        self.apply_block(&block, position.as_ref()),
+                        self.finish(prev)
+                    );
+                    // A failed append leaves the log behind PostgreSQL (which may now have
+                    // this block too): the reconciliation appends what is missing.
+                    finished?;
+                    applied
+                }
+            };
+            let projected = applied?;
             if let Some(hook) = &self.on_applied {
                 hook(block.number);
             }
             crate::kill_point!(crate::failpoints::PROJECTOR_AFTER_PG_COMMIT);
-            self.append(&block).await?;
             position = Some(Position {
                 block_number: block.number,
                 block_hash: block.header_hash.to_vec(),
             });
             *attempt = 0;
-            let lag = self.lag.clone();
-            self.status.send_modify(|s| {
-                if let Ok(mut lag) = lag.lock() {
-                    lag.publish(Some(block.number), s);
-                }
-                s.state = ProjectorState::Running;
-                s.height = Some(block.number);
-                s.checkpoint_height = Some(block.number);
-                s.dead_lettered += projected
-                    .transactions
-                    .iter()
-                    .filter(|t| t.outcome == TxOutcome::DeadLettered)
-                    .count() as u64;
-                s.last_block = Some(projected);
-                s.last_projected_at = Some(Utc::now());
-            });
+            pending = Some((block, projected));
         }
+    }
+
+    /// A block applied to PostgreSQL: its checkpoint append (which marks its commands
+    /// PROJECTED), then its status.
+    async fn finish(
+        &self,
+        (block, projected): (ParsedBlock, ProjectedBlock),
+    ) -> Result<(), Failure> {
+        self.append(&block).await?;
+        let lag = self.lag.clone();
+        self.status.send_modify(|s| {
+            if let Ok(mut lag) = lag.lock() {
+                lag.publish(Some(block.number), s);
+            }
+            s.state = ProjectorState::Running;
+            s.height = Some(block.number);
+            s.checkpoint_height = Some(block.number);
+            s.dead_lettered += projected
+                .transactions
+                .iter()
+                .filter(|t| t.outcome == TxOutcome::DeadLettered)
+                .count() as u64;
+            s.last_block = Some(projected);
+            s.last_projected_at = Some(Utc::now());
+        });
+        Ok(())
     }
 
     async fn append(&self, block: &ParsedBlock) -> Result<(), Failure> {

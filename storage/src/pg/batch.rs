@@ -371,7 +371,8 @@ const PROPOSALS: &str = "INSERT INTO proposals (proposal_id, wallet_id, to_walle
             $1, u.tx, $2, u.at \
      FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                  $8::int4[], $9::text[], $10::timestamptz[]) \
-          AS u(id, w, to_w, amount, memo, threshold, tx, at)";
+          AS u(id, w, to_w, amount, memo, threshold, tx, at) \
+     WHERE EXISTS (SELECT 1 FROM wallets w WHERE w.wallet_id = u.w)";
 
 /// The transfers, and their history rows with the memo each transfer got (a multisig
 /// transfer takes its proposal's): one statement, the CTE's `RETURNING` feeding the rows.
@@ -600,7 +601,10 @@ pub(crate) async fn flush<'f>(
                 )
                 .await
             }),
-            None,
+            Some((
+                p.len() as u64,
+                "a proposal's wallet does not exist in the read models",
+            )),
         ));
     }
     if !t.is_empty() {

@@ -488,10 +488,12 @@ impl BlockTx<'_> {
             .prepare_cached(
                 "INSERT INTO proposals (proposal_id, wallet_id, to_wallet_id, amount, memo, state, \
                  threshold, channel, created_tx_id, created_block, created_at) \
-                 VALUES ($1, $2, $3, $4::text::numeric, $5, 'pending', $6, $7, $8, $9, $10)",
+                 SELECT $1, $2, $3, $4::text::numeric, $5, 'pending', $6, $7, $8, $9, $10 \
+                 WHERE EXISTS (SELECT 1 FROM wallets WHERE wallet_id = $2)",
             )
             .await?;
-        self.tx
+        let inserted = self
+            .tx
             .execute(
                 &stmt,
                 &[
@@ -508,6 +510,9 @@ impl BlockTx<'_> {
                 ],
             )
             .await?;
+        if inserted != 1 {
+            return Err(missing("wallet", p.wallet_id));
+        }
         Ok(())
     }
 
