@@ -1,7 +1,7 @@
 //! End to end through gxd's engine: commands accepted into the RocksDB outbox, submitted to
 //! the devnet by the submitter, projected into PostgreSQL by the projector — the components
-//! `gxd run` builds (`gxd::engine::build`, GX's catalog and handlers), in one process with
-//! the devnet, on one machine.
+//! `gxd run` builds (`gxd::engine::build`, GX's catalog and handlers), in this process, with
+//! the devnet as its own process (`gxd devnet`) on the same machine.
 //!
 //! Two phases in one run:
 //!
@@ -16,7 +16,8 @@
 //!    as the outbox takes them, then drained: the submitter's maximum rate against the
 //!    devnet (commands committed per second, first accept → last commit).
 //!
-//! Memory: `VmHWM` of the whole process (devnet, engine, generator), printed at the end.
+//! Memory: `VmHWM` of this process (engine and generator) and of the devnet's, printed at
+//! the end.
 //!
 //! Run (PostgreSQL as for the tests: `GXD_TEST_DATABASE_URL`, or `GXD_BENCH_LOCAL_PG=1` for a
 //! private throwaway cluster):
@@ -29,6 +30,7 @@
 //!
 //! Knobs: `GXD_BENCH_RATE`, `GXD_BENCH_SECONDS`, `GXD_BENCH_PAYERS`, `GXD_BENCH_BACKLOG`,
 //! `GXD_BENCH_IN_FLIGHT` (the submitter's `max_in_flight`, default 1,024),
+//! `GXD_BENCH_CONNECTIONS` (`fabric.connections`, default the config's),
 //! `GXD_BENCH_BATCH` / `GXD_BENCH_TIMEOUT_MS` (the devnet's block cutting, default 500 tx /
 //! 50 ms).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -37,8 +39,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gxd_devnet::{self as devnet, DevnetConfig};
+use gxd_devnet as devnet;
 use gxd_fabric::client::Gateway;
+use gxd_fabric::identity::SigningIdentity;
+use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
 use gxd_storage::checkpoint::CheckpointLog;
 use gxd_storage::outbox::{CommandId, NewCommand, Outbox, OutboxOptions, Status};
 use gxd_storage::pg::testing::{TEST_DATABASE_URL_ENV, TestDb};
@@ -55,8 +59,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// `VmHWM` of a process (`self` or a pid).
+fn peak_rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -65,6 +70,94 @@ fn peak_rss_mb() -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The devnet as its own process (`gxd devnet`), so that this process's memory and CPU are
+/// the engine's (and the generator's): the sidecar beside its peer, on one machine.
+struct DevnetProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    paths: devnet::DevnetPaths,
+}
+
+impl DevnetProcess {
+    fn start(dir: &std::path::Path, batch: usize, timeout: Duration) -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gxd"))
+            .arg("devnet")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", &addr.to_string()])
+            .args(["--batch-max-tx", &batch.to_string()])
+            .args(["--batch-timeout-ms", &timeout.as_millis().to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let paths = devnet::DevnetPaths::new(dir);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "gxd devnet exited ({status}): {}",
+                    std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gxd devnet did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        DevnetProcess { child, addr, paths }
+    }
+
+    fn connector(&self) -> Arc<PeerConnector> {
+        let endpoint = PeerEndpoint::new(self.addr.to_string()).with_server_name(devnet::PEER_HOST);
+        let tls = TlsOptions {
+            ca_pem: std::fs::read(self.paths.peer_tls_ca(ORG1)).unwrap(),
+            ..TlsOptions::default()
+        };
+        Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap())
+    }
+
+    fn identity(&self, user: &str) -> SigningIdentity {
+        SigningIdentity::from_msp_dir("Org1MSP", &self.paths.user_msp(ORG1, user)).unwrap()
+    }
+
+    fn gateway(&self, user: &str) -> Gateway {
+        Gateway::new(
+            self.connector(),
+            self.identity(user),
+            devnet::DEFAULT_CHANNEL,
+        )
+    }
+
+    async fn height(&self) -> u64 {
+        gxd_fabric::stream::ledger_height(
+            &self.connector(),
+            &self.identity("User1"),
+            devnet::DEFAULT_CHANNEL,
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// SIGTERM, then waits for the exit (also when the bench panics: no devnet left behind).
+impl Drop for DevnetProcess {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -246,6 +339,9 @@ fn main() {
     let n_payers = env_u64("GXD_BENCH_PAYERS", if quick { 64 } else { 512 }).max(1) as usize;
     let backlog = env_u64("GXD_BENCH_BACKLOG", if quick { 1_000 } else { 20_000 }) as usize;
     let in_flight = env_u64("GXD_BENCH_IN_FLIGHT", 1_024);
+    let connections = std::env::var("GXD_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     let batch = env_u64("GXD_BENCH_BATCH", 500) as usize;
     let timeout = Duration::from_millis(env_u64("GXD_BENCH_TIMEOUT_MS", 50));
 
@@ -256,17 +352,11 @@ fn main() {
     rt.block_on(async move {
         let db = TestDb::new().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let handle = devnet::start(
-            DevnetConfig::new(dir.path().join("devnet"))
-                .with_listen("127.0.0.1:0".parse().unwrap())
-                .with_batch(batch, timeout),
-        )
-        .await
-        .unwrap();
-        let paths = handle.paths().clone();
+        let devnet = DevnetProcess::start(&dir.path().join("devnet"), batch, timeout);
+        let paths = devnet.paths.clone();
         let payers: Vec<String> = (0..n_payers).map(|i| format!("payer-{i}")).collect();
         let setup_started = Instant::now();
-        setup_world(&handle.gateway("Admin").unwrap(), &payers).await;
+        setup_world(&devnet.gateway("Admin"), &payers).await;
         eprintln!(
             "engine bench: world of {} payers set up in {:.1} s",
             n_payers,
@@ -284,11 +374,14 @@ fn main() {
         );
         toml += &format!(
             "[fabric]\npeer_endpoints = [{}]\npeer_tls_server_name = {}\ntls_ca_file = {}\nmsp_id = \"Org1MSP\"\nmsp_dir = {}\n",
-            toml_string(&handle.local_addr().to_string()),
+            toml_string(&devnet.addr.to_string()),
             toml_string(devnet::PEER_HOST),
             toml_string(paths.peer_tls_ca(ORG1).to_str().unwrap()),
             toml_string(paths.user_msp(ORG1, "User1").to_str().unwrap()),
         );
+        if let Some(n) = connections {
+            toml += &format!("connections = {n}\n");
+        }
         toml += &format!("[submitter]\nmax_in_flight = {in_flight}\n");
         let mut env = BTreeMap::new();
         if let Some(pw) = db.password() {
@@ -315,8 +408,19 @@ fn main() {
         .unwrap();
         let stop = CancellationToken::new();
         let waker = engine.waker.clone();
+        let mut projector_status = engine.projector.status();
         let submitter = tokio::spawn(engine.submitter.run(stop.clone()));
         let projector = tokio::spawn(engine.projector.run(stop.clone()));
+        // The world's blocks projected first: the steady phase measures following the
+        // ledger, not catching up with the set-up.
+        let world_tip = devnet.height().await - 1;
+        let caught_up = Instant::now();
+        projector_status.wait_for(|s| s.height >= Some(world_tip)).await.unwrap();
+        eprintln!(
+            "engine bench: projector caught up with the world's {} blocks in {:.1} s",
+            world_tip + 1,
+            caught_up.elapsed().as_secs_f64()
+        );
         let times = Arc::new(Mutex::new(Times::default()));
         watch(&outbox, times.clone(), stop.clone());
 
@@ -395,9 +499,10 @@ fn main() {
         projector.await.unwrap().unwrap();
 
         println!(
-            "engine bench: {} cores; devnet batch {batch} tx / {} ms; submitter max_in_flight {in_flight}; {n_payers} partitions (payers); {} profile",
+            "engine bench: {} cores; devnet batch {batch} tx / {} ms; submitter max_in_flight {in_flight}; {} peer connections; {n_payers} partitions (payers); {} profile",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             timeout.as_millis(),
+            connections.unwrap_or(gxd::config::DEFAULT_PEER_CONNECTIONS),
             if cfg!(debug_assertions) { "dev" } else { "release" },
         );
         println!(
@@ -418,8 +523,12 @@ fn main() {
             backlog as f64 / max_elapsed.as_secs_f64(),
             max_projected.as_secs_f64(),
         );
-        println!("peak RSS (VmHWM, devnet + engine + generator): {:.1} MB", peak_rss_mb());
-        handle.shutdown().await.unwrap();
+        println!(
+            "peak RSS (VmHWM): engine + generator {:.1} MB (this process); devnet {:.1} MB (its own process)",
+            peak_rss_mb("self"),
+            peak_rss_mb(&devnet.child.id().to_string()),
+        );
+        drop(devnet);
         drop(rdb);
     });
 }

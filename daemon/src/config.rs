@@ -105,6 +105,8 @@ pub struct FabricSection {
     pub endorse_timeout_seconds: u64,
     pub submit_timeout_seconds: u64,
     pub commit_status_timeout_seconds: u64,
+    /// HTTP/2 connections to the peer in use, taken by calls in turn (1..=64).
+    pub connections: u64,
 }
 
 impl Default for FabricSection {
@@ -124,6 +126,7 @@ impl Default for FabricSection {
             endorse_timeout_seconds: 15,
             submit_timeout_seconds: 5,
             commit_status_timeout_seconds: 60,
+            connections: DEFAULT_PEER_CONNECTIONS,
         }
     }
 }
@@ -411,7 +414,12 @@ pub struct FabricConfig {
     pub endorse_timeout: Duration,
     pub submit_timeout: Duration,
     pub commit_status_timeout: Duration,
+    pub connections: usize,
 }
+
+/// `fabric.connections` by default: one HTTP/2 connection is one task doing the TLS and
+/// framing of all its streams; a few let a busy submitter use more than one core.
+pub const DEFAULT_PEER_CONNECTIONS: u64 = 4;
 
 /// TLS material files (read when the daemon starts).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -779,7 +787,14 @@ impl FabricSection {
         if self.chaincode.trim().is_empty() {
             return Err(ConfigError::new("fabric.chaincode", "must not be empty"));
         }
+        if !(1..=64).contains(&self.connections) {
+            return Err(ConfigError::new(
+                "fabric.connections",
+                format!("{} is out of range 1..=64", self.connections),
+            ));
+        }
         Ok(Some(FabricConfig {
+            connections: usize::try_from(self.connections).unwrap_or(1),
             peer_endpoints: self.peer_endpoints.clone(),
             peer_tls_server_name: self.peer_tls_server_name.clone(),
             tls,
@@ -1169,6 +1184,9 @@ dbname = "gxd"
         assert_eq!(f.peer_endpoints, ["peer0:7051"]);
         assert_eq!(f.tls.unwrap().ca, ca);
         assert_eq!(f.commit_status_timeout, Duration::from_secs(60));
+        assert_eq!(f.connections, 4);
+        let c = check(&base, &[("GXD_FABRIC__CONNECTIONS", "2")]).unwrap();
+        assert_eq!(c.fabric.unwrap().connections, 2);
 
         // A list from the environment: comma-separated.
         let c = check(&base, &[("GXD_FABRIC__PEER_ENDPOINTS", "a:7051, b:8051")]).unwrap();
@@ -1191,6 +1209,11 @@ dbname = "gxd"
             (
                 vec![("GXD_FABRIC__TLS_CLIENT_CERT_FILE", "/x")],
                 "fabric.tls_client_key_file",
+            ),
+            (vec![("GXD_FABRIC__CONNECTIONS", "0")], "fabric.connections"),
+            (
+                vec![("GXD_FABRIC__CONNECTIONS", "65")],
+                "fabric.connections",
             ),
             (
                 vec![("GXD_SUBMITTER__MAX_ATTEMPTS", "0")],

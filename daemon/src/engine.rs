@@ -61,8 +61,10 @@ pub fn connector(fabric: &FabricConfig) -> anyhow::Result<Arc<PeerConnector>> {
                 .transpose()?,
         }),
     };
-    let connector = PeerConnector::new(ConnectionConfig::new(endpoints, tls))
-        .context("set up the connection to fabric.peer_endpoints")?;
+    let connector = PeerConnector::new(
+        ConnectionConfig::new(endpoints, tls).with_connections(fabric.connections),
+    )
+    .context("set up the connection to fabric.peer_endpoints")?;
     Ok(Arc::new(connector))
 }
 

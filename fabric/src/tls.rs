@@ -1,11 +1,15 @@
 //! gRPC connections to Fabric peers: TLS (rustls) with the organization's TLS CA, optional
 //! mutual TLS, server-name override, and failover across several peer endpoints.
 //!
-//! [`PeerConnector`] keeps one tonic [`Channel`] to the endpoint in use. When connecting fails
-//! or a call reports `UNAVAILABLE`, [`PeerConnector::call`] moves on to the next endpoint
-//! (round robin) and retries, at most once per endpoint, within the caller's deadline.
+//! [`PeerConnector`] keeps [`ConnectionConfig::connections`] HTTP/2 connections (tonic
+//! [`Channel`]s) to the endpoint in use and spreads calls over them in turn: one HTTP/2
+//! connection is one task doing all its streams' TLS and framing, which caps a busy
+//! client at one core. When connecting fails or a call reports `UNAVAILABLE`,
+//! [`PeerConnector::call`] moves on to the next endpoint (round robin) and retries, at
+//! most once per endpoint, within the caller's deadline.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -67,6 +71,9 @@ pub struct ConnectionConfig {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive ping interval.
     pub keepalive_interval: Duration,
+    /// HTTP/2 connections to the endpoint in use (at least 1; default 1). Calls take them
+    /// in turn.
+    pub connections: usize,
 }
 
 impl ConnectionConfig {
@@ -76,7 +83,13 @@ impl ConnectionConfig {
             tls,
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(60),
+            connections: 1,
         }
+    }
+
+    pub fn with_connections(mut self, connections: usize) -> Self {
+        self.connections = connections;
+        self
     }
 }
 
@@ -108,13 +121,17 @@ pub enum CallError {
 #[derive(Default)]
 struct State {
     current: usize,
-    channel: Option<(usize, Channel)>,
+    /// The endpoint in use and its connections (never empty).
+    channels: Option<(usize, Vec<Channel>)>,
 }
 
 /// Connections to a set of peer endpoints with failover.
 pub struct PeerConnector {
     endpoints: Vec<(PeerEndpoint, Endpoint)>,
     tls_cert_hash: Vec<u8>,
+    connections: usize,
+    /// Which connection the next call takes.
+    turn: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -198,6 +215,8 @@ impl PeerConnector {
         Ok(Self {
             endpoints,
             tls_cert_hash,
+            connections: config.connections.max(1),
+            turn: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
         })
     }
@@ -212,12 +231,14 @@ impl PeerConnector {
         self.endpoints.iter().map(|(p, _)| p)
     }
 
-    /// A connected channel: the cached one, or the first endpoint (starting at the current one)
-    /// that accepts a connection.
+    /// A connected channel: the next of the endpoint's connections, or (when none is open)
+    /// the first endpoint, starting at the current one, that accepts a connection — then
+    /// the rest of its connections (those that fail are left out).
     pub async fn channel(&self) -> Result<(usize, Channel), ConnectError> {
         let mut state = self.state.lock().await;
-        if let Some((idx, ch)) = &state.channel {
-            return Ok((*idx, ch.clone()));
+        if let Some((idx, channels)) = &state.channels {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            return Ok((*idx, channels[turn % channels.len()].clone()));
         }
         let n = self.endpoints.len();
         let mut errors = Vec::new();
@@ -226,8 +247,17 @@ impl PeerConnector {
             let (peer, ep) = &self.endpoints[idx];
             match ep.connect().await {
                 Ok(ch) => {
+                    let mut channels = vec![ch.clone()];
+                    for _ in 1..self.connections {
+                        match ep.connect().await {
+                            Ok(c) => channels.push(c),
+                            Err(e) => {
+                                tracing::warn!(endpoint = %peer.address, error = %error_chain(&e), "extra peer connection failed; using fewer");
+                            }
+                        }
+                    }
                     state.current = idx;
-                    state.channel = Some((idx, ch.clone()));
+                    state.channels = Some((idx, channels));
                     return Ok((idx, ch));
                 }
                 Err(e) => {
@@ -239,13 +269,23 @@ impl PeerConnector {
         Err(ConnectError::AllFailed(errors.join("; ")))
     }
 
-    /// Forgets the channel to endpoint `idx` and makes the next endpoint current.
+    /// Forgets the connections to endpoint `idx` and makes the next endpoint current.
     pub async fn report_failure(&self, idx: usize) {
         let mut state = self.state.lock().await;
-        if state.channel.as_ref().is_some_and(|(i, _)| *i == idx) {
-            state.channel = None;
+        if state.channels.as_ref().is_some_and(|(i, _)| *i == idx) {
+            state.channels = None;
             state.current = (idx + 1) % self.endpoints.len();
         }
+    }
+
+    /// How many connections are open (to the endpoint in use).
+    pub async fn open_connections(&self) -> usize {
+        self.state
+            .lock()
+            .await
+            .channels
+            .as_ref()
+            .map_or(0, |(_, c)| c.len())
     }
 
     /// Address of endpoint `idx`.

@@ -1133,3 +1133,78 @@ async fn parallel_validation_keeps_in_block_conflicts_and_duplicates() {
     assert_eq!(net.balance(&user, "bob").await, "0");
     net.handle.shutdown().await.unwrap();
 }
+
+/// gxd's connector opens `connections` HTTP/2 connections to the peer and spreads calls
+/// over them in turn (one connection is one task doing all of its streams' TLS and
+/// framing). Seen from a TCP proxy in front of the devnet: three connections, each
+/// carrying its share of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_spreads_calls_over_its_connections() {
+    use gxd_fabric::client::Gateway;
+    use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let handle = start(local(dir.path())).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let target = handle.local_addr();
+    // Bytes each proxied connection carried from the client, sent when it closes.
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let up = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                    .await
+                    .map_or(0, |(up, _)| up);
+                closed_tx.send(up).ok();
+            });
+        }
+    });
+    let ca_pem = std::fs::read(handle.paths().peer_tls_ca(ORG1)).unwrap();
+    let endpoint = PeerEndpoint::new(proxy.to_string()).with_server_name(PEER_HOST);
+    let tls = TlsOptions {
+        ca_pem,
+        ..TlsOptions::default()
+    };
+    let connector = std::sync::Arc::new(
+        PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls)).with_connections(3))
+            .unwrap(),
+    );
+    let gw = Gateway::new(
+        connector.clone(),
+        signer(handle.paths(), ORG1, "User1"),
+        DEFAULT_CHANNEL,
+    );
+    for i in 0..12 {
+        let spec = gw
+            .proposal("gx", "GetWallet")
+            .with_args([format!("nobody-{i}")]);
+        // The chaincode's answer (no such wallet) does not matter: the call went through.
+        let _ = gw.evaluate(&spec).await;
+    }
+    assert_eq!(connector.open_connections().await, 3);
+    drop(gw);
+    drop(connector);
+    let mut up = Vec::new();
+    for _ in 0..3 {
+        let bytes = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+            .await
+            .expect("the connector's connections close when it is dropped")
+            .unwrap();
+        up.push(bytes);
+    }
+    // Four signed proposals each (a certificate apiece, ~1 KiB) against a TLS ClientHello
+    // and the HTTP/2 preface: an unused connection would carry a fraction of the others.
+    let (min, max) = (*up.iter().min().unwrap(), *up.iter().max().unwrap());
+    assert!(min * 2 > max, "calls unevenly spread: {up:?}");
+    assert!(min > 4 * 1024, "each connection carried calls: {up:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), closed.recv())
+            .await
+            .is_err(),
+        "no more than 3 connections"
+    );
+    handle.shutdown().await.unwrap();
+}
