@@ -39,10 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gxd_devnet as devnet;
 use gxd_fabric::client::Gateway;
-use gxd_fabric::identity::SigningIdentity;
-use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
 use gxd_storage::checkpoint::CheckpointLog;
 use gxd_storage::outbox::{CommandId, NewCommand, Outbox, OutboxOptions, Status};
 use gxd_storage::pg::testing::{TEST_DATABASE_URL_ENV, TestDb};
@@ -50,7 +47,9 @@ use gxd_storage::pg::{self};
 use gxd_storage::{Db, DbOptions};
 use tokio_util::sync::CancellationToken;
 
-const ORG1: &str = "org1.example.com";
+#[path = "support/devnet_process.rs"]
+mod devnet_process;
+use devnet_process::{DevnetProcess, ORG1};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -70,94 +69,6 @@ fn peak_rss_mb(pid: &str) -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// The devnet as its own process (`gxd devnet`), so that this process's memory and CPU are
-/// the engine's (and the generator's): the sidecar beside its peer, on one machine.
-struct DevnetProcess {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    paths: devnet::DevnetPaths,
-}
-
-impl DevnetProcess {
-    fn start(dir: &std::path::Path, batch: usize, timeout: Duration) -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gxd"))
-            .arg("devnet")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--listen", &addr.to_string()])
-            .args(["--batch-max-tx", &batch.to_string()])
-            .args(["--batch-timeout-ms", &timeout.as_millis().to_string()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let paths = devnet::DevnetPaths::new(dir);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "gxd devnet exited ({status}): {}",
-                    std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gxd devnet did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        DevnetProcess { child, addr, paths }
-    }
-
-    fn connector(&self) -> Arc<PeerConnector> {
-        let endpoint = PeerEndpoint::new(self.addr.to_string()).with_server_name(devnet::PEER_HOST);
-        let tls = TlsOptions {
-            ca_pem: std::fs::read(self.paths.peer_tls_ca(ORG1)).unwrap(),
-            ..TlsOptions::default()
-        };
-        Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap())
-    }
-
-    fn identity(&self, user: &str) -> SigningIdentity {
-        SigningIdentity::from_msp_dir("Org1MSP", &self.paths.user_msp(ORG1, user)).unwrap()
-    }
-
-    fn gateway(&self, user: &str) -> Gateway {
-        Gateway::new(
-            self.connector(),
-            self.identity(user),
-            devnet::DEFAULT_CHANNEL,
-        )
-    }
-
-    async fn height(&self) -> u64 {
-        gxd_fabric::stream::ledger_height(
-            &self.connector(),
-            &self.identity("User1"),
-            devnet::DEFAULT_CHANNEL,
-        )
-        .await
-        .unwrap()
-    }
-}
-
-/// SIGTERM, then waits for the exit (also when the bench panics: no devnet left behind).
-impl Drop for DevnetProcess {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -375,7 +286,7 @@ fn main() {
         toml += &format!(
             "[fabric]\npeer_endpoints = [{}]\npeer_tls_server_name = {}\ntls_ca_file = {}\nmsp_id = \"Org1MSP\"\nmsp_dir = {}\n",
             toml_string(&devnet.addr.to_string()),
-            toml_string(devnet::PEER_HOST),
+            toml_string(gxd_devnet::PEER_HOST),
             toml_string(paths.peer_tls_ca(ORG1).to_str().unwrap()),
             toml_string(paths.user_msp(ORG1, "User1").to_str().unwrap()),
         );

@@ -10,7 +10,9 @@
 //!   read-model SQL, so its read models must equal the others' (digest checked).
 //!
 //! All three read the blocks from the devnet's Deliver service over TLS and append each
-//! block to a RocksDB checkpoint log, as the projector does.
+//! block to a RocksDB checkpoint log, as the projector does. The devnet runs as its own
+//! process (`gxd devnet`), so this process's memory is the projector's (and the ledger
+//! builder's client state).
 //!
 //! The ledger: GX bootstrapped, then closed-loop submitters (gxd's Fabric client, each on
 //! its own wallets so that nothing conflicts) create users, fund them from their bank,
@@ -33,7 +35,7 @@
 //! written under load has full blocks; Fabric's sample orderer cuts at 500 tx / 2 s),
 //! `GXD_BENCH_SKIP_DIRECT=1` (leave out the direct projector).
 //!
-//! Memory: `VmHWM` of this process (devnet and projector together), reset through
+//! Memory: `VmHWM` of this process (the projector; the devnet is another process), reset through
 //! `/proc/self/clear_refs` before each projection, so each figure is that projection's peak.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -42,13 +44,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use gxd_devnet::{self as devnet, DevnetConfig};
+#[path = "support/devnet_process.rs"]
+mod devnet_process;
+use devnet_process::{DevnetProcess, ORG1};
 use gxd_engine::projector::{BlockSourceFactory, DeliverSource, Projector, ProjectorConfig};
 use gxd_fabric::block::{BlockTransaction, ParsedBlock};
 use gxd_fabric::client::Gateway;
-use gxd_fabric::identity::SigningIdentity;
 use gxd_fabric::stream::Backoff;
-use gxd_fabric::tls::{ConnectionConfig, PeerConnector, PeerEndpoint, TlsOptions};
 use gxd_gx::contract::{GxEvent, ProposalStatus};
 use gxd_gx::handlers::GxProjection;
 use gxd_storage::checkpoint::{CheckpointLog, NewCheckpoint};
@@ -57,8 +59,7 @@ use gxd_storage::pg::{self, PgSettings, Pool, read_models};
 use gxd_storage::{Db, DbOptions};
 use tokio_util::sync::CancellationToken;
 
-const ORG1: &str = "org1.example.com";
-const CHANNEL: &str = devnet::DEFAULT_CHANNEL;
+const CHANNEL: &str = gxd_devnet::DEFAULT_CHANNEL;
 /// Submitters per gRPC connection.
 const PER_CONNECTION: usize = 128;
 /// Users per submitter.
@@ -938,19 +939,9 @@ fn main() {
         // of its databases does.
         let _keep = TestDb::new().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let config = DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap())
-            .with_batch(batch, timeout);
-        let handle = devnet::start(config).await.unwrap();
-        let paths = handle.paths().clone();
-        let addr = handle.local_addr();
-        let ca_pem = std::fs::read(paths.tls_ca_cert(ORG1)).unwrap();
-        let id = |name: &str| SigningIdentity::from_msp_dir("Org1MSP", &paths.user(ORG1, name)).unwrap();
-        let connector = || {
-            let endpoint = PeerEndpoint::new(addr.to_string()).with_server_name(devnet::PEER_HOST);
-            let tls = TlsOptions { ca_pem: ca_pem.clone(), ..TlsOptions::default() };
-            Arc::new(PeerConnector::new(ConnectionConfig::new(vec![endpoint], Some(tls))).unwrap())
-        };
+        let devnet = DevnetProcess::start(&dir.path().join("devnet"), batch, timeout);
+        let id = |name: &str| devnet.identity(name);
+        let connector = || devnet.connector();
         let gateways: Vec<Gateway> = (0..in_flight.div_ceil(PER_CONNECTION))
             .map(|_| Gateway::new(connector(), id("User1"), CHANNEL))
             .collect();
@@ -959,7 +950,7 @@ fn main() {
         let started = Instant::now();
         build_ledger(&gateways, &admin, txs, in_flight).await;
         let built = started.elapsed().as_secs_f64();
-        let height = handle.height();
+        let height = devnet.height().await;
         let last = height - 1;
         let source = Arc::new(DeliverSource { connector: connector(), signer: id("User1"), backoff: Backoff::default() });
 
@@ -1001,6 +992,6 @@ fn main() {
         let same = runs.windows(2).all(|w| w[0].digest == w[1].digest);
         println!("read models identical (digest): {}", if same { "yes" } else { "NO" });
         assert!(same, "the projections differ: {:?}", runs.iter().map(|r| (r.name, &r.digest)).collect::<Vec<_>>());
-        handle.shutdown().await.unwrap();
+        drop(devnet);
     });
 }
