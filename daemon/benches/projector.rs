@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 #[path = "support/devnet_process.rs"]
 mod devnet_process;
-use devnet_process::{DevnetProcess, ORG1};
+use devnet_process::DevnetProcess;
 use gxd_engine::projector::{BlockSourceFactory, DeliverSource, Projector, ProjectorConfig};
 use gxd_fabric::block::{BlockTransaction, ParsedBlock};
 use gxd_fabric::client::Gateway;
