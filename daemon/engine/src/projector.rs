@@ -37,7 +37,7 @@
 //! attached (an older gxd) are not re-marked: their commands stay COMMITTED.
 //!
 //! # Pipelining
-//! Three things overlap, none of them reordering what is durable: the stream is read and
+//! Two things overlap, neither reordering what is durable: the stream is read and
 //! verified ahead by a task of its own ([`ProjectorConfig::prefetch_blocks`] blocks); and
 //! block N's checkpoint append runs beside block N+1's PostgreSQL transaction when N+1 is
 //! already there (during a catch-up), or right after N's commit when it is not (following
