@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gxd_devnet::DevnetConfig;
 use serde_json::{Value, json};
 
 /// Real tokens: `gxd token issue` on the daemon's config, one per (role, subject), leaked
@@ -31,32 +30,7 @@ impl Tokens {
             return t;
         }
         let (role, sub) = spec.split_once(':').unwrap();
-        let out = run_gxd(
-            &[
-                "token",
-                "issue",
-                "--config",
-                self.config.to_str().unwrap(),
-                "--sub",
-                sub,
-                "--role",
-                role,
-            ],
-            &[],
-            Duration::from_secs(30),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token: &'static str = Box::leak(
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .trim()
-                .to_owned()
-                .into_boxed_str(),
-        );
+        let token: &'static str = Box::leak(issue_token(&self.config, sub, role).into_boxed_str());
         assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
         minted.insert(spec.to_owned(), token);
         token
@@ -135,13 +109,10 @@ async fn balance(api: SocketAddr, wallet: &str) -> u128 {
 async fn wallets_through_the_rest_api_end_to_end() {
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap())
-            .with_batch(20, Duration::from_millis(20)),
-    )
-    .await
-    .unwrap();
+    let devnet =
+        gxd_devnet::start(local_devnet(dir.path()).with_batch(20, Duration::from_millis(20)))
+            .await
+            .unwrap();
 
     // The operator's config: the devnet's peer, signing as the org's admin (Bootstrap
     // needs an admin identity; every other GX function accepts it too).
@@ -487,9 +458,7 @@ async fn wallets_through_the_rest_api_end_to_end() {
     assert_eq!(proj["state"], "running");
     assert!(proj["projectedBlock"].as_u64().unwrap() >= done["blockNumber"].as_u64().unwrap());
 
-    gxd.sigterm();
-    let exit = gxd.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(exit.success(), "{}", gxd.logs());
+    gxd.stop();
     assert!(gxd.error_lines().is_empty(), "{:?}", gxd.error_lines());
     devnet.shutdown().await.unwrap();
 }
@@ -529,8 +498,6 @@ fn the_daemon_serves_the_api_and_closes_it_without_credentials() {
     assert_eq!(h["content-type"], "application/problem+json");
     let (status, _) = http_get(api, "/api/v1/wallets/a").unwrap();
     assert_eq!(status, 401);
-    gxd.sigterm();
-    let exit = gxd.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(exit.success(), "{}", gxd.logs());
+    gxd.stop();
     assert!(gxd.error_lines().is_empty(), "{:?}", gxd.error_lines());
 }

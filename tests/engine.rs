@@ -10,7 +10,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gxd_devnet::DevnetConfig;
 use gxd_gx::commands::command_type;
 use gxd_storage::outbox::{NewCommand, Outbox, OutboxOptions, Status};
 use gxd_storage::{Db, DbOptions};
@@ -35,13 +34,10 @@ fn enqueue_payload(
 async fn run_submits_the_outbox_and_projects_the_ledger() {
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap())
-            .with_batch(20, Duration::from_millis(20)),
-    )
-    .await
-    .unwrap();
+    let devnet =
+        gxd_devnet::start(local_devnet(dir.path()).with_batch(20, Duration::from_millis(20)))
+            .await
+            .unwrap();
 
     // The organization's admin bootstraps the system (gxd signs as a client: not an admin).
     let admin = devnet.gateway("Admin").unwrap();
@@ -217,9 +213,7 @@ async fn run_submits_the_outbox_and_projects_the_ledger() {
     assert!(text.contains("locked by a running gxd"), "{text}");
     assert!(text.contains("position:"), "{text}");
 
-    gxd.sigterm();
-    let status = gxd.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(status.success(), "{}", gxd.logs());
+    gxd.stop();
     // No ERROR lines (the 503s of /readyz while the daemon starts are WARN).
     let errors = gxd.error_lines();
     assert!(errors.is_empty(), "{errors:?}");

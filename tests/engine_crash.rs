@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::verdict;
 use common::*;
-use gxd_devnet::{DevnetConfig, Fault, FaultRule, Rpc};
+use gxd_devnet::{Fault, FaultRule, Rpc};
 use gxd_engine::failpoints;
 use gxd_storage::outbox::{CommandId, Outbox, OutboxOptions};
 use gxd_storage::pg::{self, projection};
@@ -86,13 +86,10 @@ async fn run_killed_at_random_and_at_each_durability_step_keeps_exactly_once_and
 
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap())
-            .with_batch(20, Duration::from_millis(20)),
-    )
-    .await
-    .unwrap();
+    let devnet =
+        gxd_devnet::start(local_devnet(dir.path()).with_batch(20, Duration::from_millis(20)))
+            .await
+            .unwrap();
     let payers: Vec<String> = PAYERS.iter().map(|p| p.to_string()).collect();
     verdict::setup(&devnet, &payers).await;
     let client = devnet.gateway("User1").unwrap();
@@ -238,12 +235,7 @@ backoff_max_seconds = 1
         "projector behind the ledger:\n{}",
         gxd.logs()
     );
-    gxd.sigterm();
-    assert!(
-        gxd.wait_exit(Duration::from_secs(30)).unwrap().success(),
-        "{}",
-        gxd.logs()
-    );
+    gxd.stop();
 
     // The outbox: every command committed.
     {

@@ -166,12 +166,7 @@ async fn drain_and_stop(
         "not ready after recovery:\n{}",
         gxd.logs()
     );
-    gxd.sigterm();
-    assert!(
-        gxd.wait_exit(Duration::from_secs(30)).unwrap().success(),
-        "{}",
-        gxd.logs()
-    );
+    gxd.stop();
 }
 
 /// An integer metric without labels (`None` when absent or unreachable).
@@ -295,12 +290,7 @@ async fn devnet_down_for_30_seconds() {
         wait_until(OUTAGE / 2, || down_at.elapsed() >= OUTAGE / 2),
         "clock"
     );
-    gxd.sigterm();
-    assert!(
-        gxd.wait_exit(Duration::from_secs(30)).unwrap().success(),
-        "{}",
-        gxd.logs()
-    );
+    gxd.stop();
     enqueue(&data, &payers, 5, "during", &mut accepted).await;
     let mut gxd = Gxd::spawn_with_api(&args, &[], settings.api_port);
     assert!(

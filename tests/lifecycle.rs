@@ -386,26 +386,7 @@ fn dev_runs_everything_bootstraps_once_and_stops_cleanly() {
         "{curl}"
     );
     // `gxd token issue --config DIR/gxd.toml` works with it.
-    let out = run_gxd(
-        &[
-            "token",
-            "issue",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--sub",
-            "bob",
-            "--role",
-            "user",
-        ],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let issued = String::from_utf8(out.stdout).unwrap();
+    let issued = issue_token(&config_path, "bob", "user");
     assert_eq!(
         auth.authenticator
             .authenticate(issued.trim())

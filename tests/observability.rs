@@ -171,12 +171,7 @@ async fn dashboard_and_alert_rules_query_only_metrics_gxd_exports() {
     // A live gxd with its engine: a devnet peer, one GX transfer accepted before start.
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        gxd_devnet::DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let devnet = gxd_devnet::start(local_devnet(dir.path())).await.unwrap();
     let payers = vec!["treasury".to_owned()];
     common::verdict::setup(&devnet, &payers).await;
     let mut settings = Settings::new(&db, free_port());

@@ -35,6 +35,17 @@ fn rebuild_json(config: &Path, verify: bool) -> (Option<i32>, serde_json::Value,
     (out.status.code(), report, stderr)
 }
 
+/// [`rebuild_json`] on a blocking thread, so that the test's own load keeps running.
+async fn rebuild_json_beside(
+    config: &Path,
+    verify: bool,
+) -> (Option<i32>, serde_json::Value, String) {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || rebuild_json(&config, verify))
+        .await
+        .unwrap()
+}
+
 async fn leftover_schemas(pool: &pg::Pool) -> Vec<String> {
     let c = pool.get().await.unwrap();
     c.query(
@@ -66,12 +77,7 @@ async fn transfer(admin: &gxd_fabric::client::Gateway, id: String, from: &str) {
 async fn rebuild_beside_a_running_gxd_under_load_swaps_identical_read_models() {
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        gxd_devnet::DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let devnet = gxd_devnet::start(local_devnet(dir.path())).await.unwrap();
     // Four payers, one stream of transfers each (a wallet paid from by one stream only:
     // no MVCC conflicts); the three funded by the treasury make three transfers already.
     let payers: Vec<String> = ["treasury", "p1", "p2", "p3"].map(String::from).to_vec();
@@ -120,12 +126,7 @@ async fn rebuild_beside_a_running_gxd_under_load_swaps_identical_read_models() {
         .unwrap()
         .block_number;
 
-    let (code, report, stderr) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || rebuild_json(&config, false)
-    })
-    .await
-    .unwrap();
+    let (code, report, stderr) = rebuild_json_beside(&config, false).await;
     assert_eq!(code, Some(0), "{stderr}\n{report}");
     assert_eq!(report["identical"], true, "{report}");
     assert_eq!(report["swapped"], true, "{report}");
@@ -169,32 +170,20 @@ async fn rebuild_beside_a_running_gxd_under_load_swaps_identical_read_models() {
     assert!(leftover_schemas(&pool).await.is_empty());
 
     // And once more, compare only: identical, exit 0.
-    let (code, report, stderr) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || rebuild_json(&config, true)
-    })
-    .await
-    .unwrap();
+    let (code, report, stderr) = rebuild_json_beside(&config, true).await;
     assert_eq!(code, Some(0), "{stderr}\n{report}");
     assert_eq!(report["identical"], true, "{report}");
     assert_eq!(report["swapped"], false, "{report}");
     assert_eq!(report["position"].as_u64(), Some(position), "{report}");
 
-    gxd.sigterm();
-    let status = gxd.wait_exit(Duration::from_secs(30)).expect("exited");
-    assert_eq!(status.code(), Some(0), "{}", gxd.logs());
+    gxd.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_damaged_read_models_and_rebuild_repairs_them() {
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        gxd_devnet::DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let devnet = gxd_devnet::start(local_devnet(dir.path())).await.unwrap();
     let mut settings = Settings::new(&db, free_port());
     settings.extra_toml = devnet_fabric_toml(&devnet);
     let config = write_config(dir.path(), &settings);
@@ -221,12 +210,7 @@ async fn verify_finds_damaged_read_models_and_rebuild_repairs_them() {
     gxd.wait_ready(Duration::from_secs(90)).unwrap();
     let got = verdict::wait_projected_transfers(&pool, 5, Duration::from_secs(90)).await;
     assert_eq!(got, Ok(5), "{}", gxd.logs());
-    gxd.sigterm();
-    assert_eq!(
-        gxd.wait_exit(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    gxd.stop();
 
     // Damage: a balance off by one, a history row gone; and a profile the API wrote.
     let c = pool.get().await.unwrap();

@@ -68,21 +68,14 @@ async fn run_until_projected(config: &Path, api_port: u16, pool: &pg::Pool, want
     gxd.wait_ready(Duration::from_secs(90)).unwrap();
     let got = common::verdict::wait_projected_transfers(pool, want, Duration::from_secs(90)).await;
     assert_eq!(got, Ok(want), "{}", gxd.logs());
-    gxd.sigterm();
-    let status = gxd.wait_exit(Duration::from_secs(30)).expect("exited");
-    assert_eq!(status.code(), Some(0), "{}", gxd.logs());
+    gxd.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_of_state_and_an_older_database_keeps_exactly_once() {
     let db = TestDb::new().await.unwrap();
     let dir = traversable_tempdir();
-    let devnet = gxd_devnet::start(
-        gxd_devnet::DevnetConfig::new(dir.path().join("devnet"))
-            .with_listen("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let devnet = gxd_devnet::start(local_devnet(dir.path())).await.unwrap();
     let payers = vec!["treasury".to_owned()];
     common::verdict::setup(&devnet, &payers).await;
     let mut settings = Settings::new(&db, free_port());

@@ -305,6 +305,18 @@ impl Gxd {
         }
     }
 
+    /// SIGTERM, then asserts a clean exit (code 0) within 30 s, with the logs if not.
+    pub fn stop(&mut self) {
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "gxd did not exit cleanly within 30 s of SIGTERM ({status:?}):\n{}",
+            self.logs()
+        );
+    }
+
     fn join_readers(&mut self) {
         for r in self.readers.drain(..) {
             let _ = r.join();
@@ -440,6 +452,35 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// `gxd token issue --config CONFIG --sub SUB --role ROLE`, which must succeed: the token.
+pub fn issue_token(config: &Path, sub: &str, role: &str) -> String {
+    let out = run_gxd(
+        &[
+            "token",
+            "issue",
+            "--config",
+            config.to_str().unwrap(),
+            "--sub",
+            sub,
+            "--role",
+            role,
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "gxd token issue: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A devnet config in `dir/devnet`, listening on a free loopback port.
+pub fn local_devnet(dir: &Path) -> gxd_devnet::DevnetConfig {
+    gxd_devnet::DevnetConfig::new(dir.join("devnet")).with_listen(([127, 0, 0, 1], 0).into())
 }
 
 /// The `[fabric]` section pointing `gxd run` at an in-process devnet, signing as
